@@ -1,0 +1,114 @@
+"""Keep secrets and personal data out of logs.
+
+``redact`` masks email addresses, phone numbers, bearer/basic credentials and every value
+registered with :func:`register_secret`. :class:`RedactingFilter` applies it to each log
+record (message *and* arguments) so a careless ``logger.info("%s", email)`` is still safe;
+:func:`install_redaction` attaches the filter to the root handlers and our loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+__all__ = [
+    "RedactingFilter",
+    "get_logger",
+    "install_redaction",
+    "mask_email",
+    "redact",
+    "register_secret",
+]
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-']+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+# International or North-American style numbers with at least 9 digits; dates and ids with
+# fewer digits, and ISO timestamps (no spaces/parentheses between groups), are left alone.
+_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().\-]{7,}\d(?![\w-])")
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|api-key|token)\s+[A-Za-z0-9._~+/=\-]{6,}")
+_MIN_SECRET_LEN = 4
+
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember ``value`` so :func:`redact` masks it wherever it appears. Short values
+    (under 4 characters) are ignored: masking them would shred ordinary words."""
+    if value and len(value) >= _MIN_SECRET_LEN:
+        with _lock:
+            _secrets.add(value)
+
+
+def mask_email(email: str) -> str:
+    """``jane.doe@acme.com`` -> ``j***@acme.com`` (keeps the domain for debugging)."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"
+
+
+def _phone_sub(match: re.Match[str]) -> str:
+    digits = sum(ch.isdigit() for ch in match.group(0))
+    return "<phone>" if digits >= 9 else match.group(0)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with registered secrets, credentials, emails and phone numbers masked."""
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "<secret>")
+    text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} <secret>", text)
+    text = _EMAIL.sub(lambda m: mask_email(m.group(0)), text)
+    return _PHONE.sub(_phone_sub, text)
+
+
+def _redact_arg(arg: Any) -> Any:
+    if isinstance(arg, str):
+        return redact(arg)
+    if isinstance(arg, int | float | bool) or arg is None:
+        return arg
+    return redact(str(arg))
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that rewrites each record's message and args through :func:`redact`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            # Format the traceback now, redacted, so handlers reuse the safe text.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def install_redaction(*logger_names: str) -> None:
+    """Attach the redacting filter to the root logger's handlers and the named loggers.
+
+    Idempotent. Handler-level filters also cover records propagated from third-party
+    loggers (livekit, aiohttp, openai), which logger-level filters would miss.
+    """
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
+    for name in ("pandadoc", *logger_names):
+        lg = logging.getLogger(name)
+        if _FILTER not in lg.filters:
+            lg.addFilter(_FILTER)
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with the redacting filter attached: use it for every
+    logger of this project, so redaction does not depend on how handlers are set up."""
+    lg = logging.getLogger(name)
+    if _FILTER not in lg.filters:
+        lg.addFilter(_FILTER)
+    return lg

@@ -1,0 +1,1 @@
+"""Local stand-ins for the vendors and the model: real HTTP servers with fault injection."""

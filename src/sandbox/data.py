@@ -1,0 +1,119 @@
+"""Seeded demo data shared by the sandbox servers, so one email means the same person in
+Amplitude, Salesforce and HubSpot. Plainly fictional (example.com addresses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["DEMO_SLOTS_PER_DAY", "SANDBOX_CREDENTIALS", "TRIAL_USERS", "TrialUser"]
+
+
+@dataclass(frozen=True)
+class TrialUser:
+    email: str
+    first_name: str
+    last_name: str
+    company: str
+    title: str
+    # Amplitude usage (counts over the trial so far)
+    amplitude_id: int
+    documents_created: int
+    documents_sent: int
+    documents_completed: int
+    templates_created: int
+    integrations: tuple[str, ...] = ()
+    last_active_days_ago: int = 0
+    trial_days_left: int = 10
+    plan: str = "Business trial"
+    # where the CRM record lives
+    in_salesforce: bool = True
+    in_hubspot: bool = True
+    salesforce_object: str = "Lead"  # "Lead" or "Contact"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+TRIAL_USERS: tuple[TrialUser, ...] = (
+    # Active, engaged trialist: in both CRMs (Salesforce Lead).
+    TrialUser(
+        email="jane.doe@acme.example.com",
+        first_name="Jane",
+        last_name="Doe",
+        company="Acme Corp",
+        title="Head of Sales Operations",
+        amplitude_id=100001,
+        documents_created=14,
+        documents_sent=9,
+        documents_completed=6,
+        templates_created=3,
+        integrations=("Salesforce", "Google Drive"),
+        last_active_days_ago=0,
+        trial_days_left=7,
+    ),
+    # Barely started: a Salesforce Contact, also in HubSpot.
+    TrialUser(
+        email="sam.lee@globex.example.com",
+        first_name="Sam",
+        last_name="Lee",
+        company="Globex",
+        title="Office Manager",
+        amplitude_id=100002,
+        documents_created=1,
+        documents_sent=0,
+        documents_completed=0,
+        templates_created=0,
+        last_active_days_ago=5,
+        trial_days_left=2,
+        salesforce_object="Contact",
+    ),
+    # Only in HubSpot (Salesforce has no record): exercises the CRM fallback chain.
+    TrialUser(
+        email="maria.garcia@initech.example.com",
+        first_name="Maria",
+        last_name="Garcia",
+        company="Initech",
+        title="Founder",
+        amplitude_id=100003,
+        documents_created=6,
+        documents_sent=4,
+        documents_completed=4,
+        templates_created=1,
+        integrations=("HubSpot",),
+        last_active_days_ago=1,
+        trial_days_left=12,
+        in_salesforce=False,
+    ),
+    # In neither CRM, but has product usage.
+    TrialUser(
+        email="alex.kim@umbrella.example.com",
+        first_name="Alex",
+        last_name="Kim",
+        company="Umbrella",
+        title="Procurement Lead",
+        amplitude_id=100004,
+        documents_created=3,
+        documents_sent=1,
+        documents_completed=0,
+        templates_created=0,
+        last_active_days_ago=2,
+        trial_days_left=9,
+        in_salesforce=False,
+        in_hubspot=False,
+    ),
+)
+
+# ChiliPiper: demo slots are offered on the next business days at these UTC hours.
+DEMO_SLOTS_PER_DAY: tuple[int, ...] = (15, 17, 19)
+
+# Credentials the sandbox servers accept (and print as env lines). Not secrets: they only
+# open the local stand-ins.
+SANDBOX_CREDENTIALS: dict[str, str] = {
+    "AMPLITUDE_API_KEY": "sandbox-amplitude-api-key",
+    "AMPLITUDE_SECRET_KEY": "sandbox-amplitude-secret-key",
+    "SALESFORCE_CLIENT_ID": "sandbox-salesforce-client-id",
+    "SALESFORCE_CLIENT_SECRET": "sandbox-salesforce-client-secret",
+    "HUBSPOT_ACCESS_TOKEN": "sandbox-hubspot-private-app-token",
+    "CHILIPIPER_API_KEY": "sandbox-chilipiper-api-key",
+    "CHILIPIPER_DISTRIBUTION_ID": "7f8a1b2c-3d4e-4f5a-8b9c-0d1e2f3a4b5c",
+    "CHILIPIPER_MEETING_TYPE_ID": "pandadoc-demo-30",
+    "OPENAI_API_KEY": "sandbox-openai-api-key",
+}

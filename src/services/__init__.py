@@ -1,0 +1,1 @@
+"""Async clients for the external services the agent uses."""

@@ -1,0 +1,266 @@
+"""The one HTTP layer every service client uses.
+
+It owns the per-request timeout, translates every transport and HTTP failure into the
+:mod:`src.errors` taxonomy where it enters (``raise ... from exc``), parses ``Retry-After``
+(seconds or HTTP-date), validates response bodies against pydantic models (a mismatch is
+:class:`~src.errors.BadResponse`), and logs one structured, redacted line per request.
+
+Sessions: inside a LiveKit job the per-job ``http_context`` session is reused; elsewhere
+(tests, the sandbox, benchmarks) each client owns one session, created lazily and closed
+by :meth:`ServiceHttp.aclose`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import pydantic
+
+from ..errors import (
+    AuthenticationFailed,
+    BadResponse,
+    ConnectionFailed,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceError,
+    ServiceTimeout,
+    ServiceUnavailable,
+)
+from ..redaction import get_logger, redact
+
+__all__ = [
+    "DEFAULT_HTTP_OPTIONS",
+    "HttpOptions",
+    "ServiceHttp",
+    "error_for_status",
+    "parse_model",
+    "parse_retry_after",
+]
+
+logger = get_logger("pandadoc.services.http")
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """Per-request limits.
+
+    Attributes:
+        timeout: seconds for one whole request (connect + send + read). Default 4.0: one
+            attempt must leave room for a retry inside a tool's voice budget.
+        connect_timeout: seconds to establish the connection. Default 1.5.
+    """
+
+    timeout: float = 4.0
+    connect_timeout: float = 1.5
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ValueError("timeout must be > 0 seconds")
+        if not 0 < self.connect_timeout <= self.timeout:
+            raise ValueError("connect_timeout must be > 0 and <= timeout")
+
+
+DEFAULT_HTTP_OPTIONS = HttpOptions()
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; ``None`` when
+    absent or unparseable. Dates in the past give 0.0."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if seconds == seconds else None  # NaN -> None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now())
+
+
+def error_for_status(
+    service: str, status: int, headers: Mapping[str, str] | None = None
+) -> ServiceError | None:
+    """The taxonomy error for an HTTP status, or ``None`` for success (2xx/3xx)."""
+    if status < 400:
+        return None
+    msg = f"{service} answered HTTP {status}"
+    if status == 429:
+        retry_after = parse_retry_after((headers or {}).get("Retry-After"))
+        return RateLimited(service, msg, retry_after=retry_after)
+    if status in (401, 403):
+        return AuthenticationFailed(service, msg, status=status)
+    if status == 404:
+        return NotFound(service, msg, status=status)
+    if status == 408:
+        return ServiceTimeout(service, msg, status=status)
+    if status >= 500:
+        return ServiceUnavailable(service, msg, status=status)
+    return InvalidRequest(service, msg, status=status)
+
+
+def parse_model(service: str, model: type[M], data: Any) -> M:
+    """Validate ``data`` against ``model``; a mismatch becomes :class:`BadResponse`."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        # Field locations only: the values may be personal data.
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors()[:5])
+        raise BadResponse(service, f"{service} response failed validation at: {fields}") from exc
+
+
+def _job_session() -> aiohttp.ClientSession | None:
+    """LiveKit's per-job session when running inside a job, else ``None``."""
+    try:
+        from livekit.agents.utils import http_context
+
+        return http_context.http_session()
+    except (RuntimeError, ImportError):
+        return None
+
+
+class ServiceHttp:
+    """JSON-over-HTTP for one service, with the error translation described above.
+
+    Args:
+        service: short service name used in errors and logs.
+        base_url: scheme://host[:port][/prefix]; paths are appended to it.
+        options: per-request timeouts (:data:`DEFAULT_HTTP_OPTIONS`).
+        session: an explicit ``aiohttp.ClientSession`` to use (not closed by us).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        *,
+        options: HttpOptions = DEFAULT_HTTP_OPTIONS,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{service}: base URL must be an absolute http(s) URL")
+        self.service = service
+        self.base_url = base_url.rstrip("/")
+        self.options = options
+        self._session = session
+        self._owns_session = False
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is not None and not self._session.closed:
+            return self._session
+        job = _job_session()
+        if job is not None:
+            return job
+        self._session = aiohttp.ClientSession()
+        self._owns_session = True
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the session if this client created it."""
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+        self._owns_session = False
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json_body: Any = None,
+        form: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        expect_json: bool = True,
+    ) -> Any:
+        """Send one request and return the decoded JSON body (``None`` for an empty body).
+
+        ``timeout`` (seconds) overrides the per-request timeout for this call, never
+        exceeding ``options.timeout``. Raises only :class:`~src.errors.ServiceError`
+        subclasses (and ``asyncio.CancelledError``).
+        """
+        total = min(timeout, self.options.timeout) if timeout else self.options.timeout
+        client_timeout = aiohttp.ClientTimeout(
+            total=total, sock_connect=min(self.options.connect_timeout, total)
+        )
+        url = f"{self.base_url}{path}"
+        started = time.perf_counter()
+        status: int | str = "-"
+        try:
+            try:
+                async with self._get_session().request(
+                    method,
+                    url,
+                    params=params,
+                    json=json_body,
+                    data=form,
+                    headers=headers,
+                    timeout=client_timeout,
+                ) as resp:
+                    status = resp.status
+                    error = error_for_status(self.service, resp.status, resp.headers)
+                    if error is not None:
+                        await resp.read()  # release the connection for reuse
+                        raise error
+                    text = await resp.text()
+            except ServiceError:
+                raise
+            except TimeoutError as exc:
+                status = "timeout"
+                raise ServiceTimeout(
+                    self.service, f"{self.service} did not answer within {total:.1f}s"
+                ) from exc
+            except (aiohttp.ClientConnectionError, ConnectionError) as exc:
+                # ClientConnectorError (refused/DNS), ServerDisconnectedError, resets.
+                status = "connection"
+                raise ConnectionFailed(
+                    self.service, f"{self.service} connection failed: {type(exc).__name__}"
+                ) from exc
+            except aiohttp.ClientPayloadError as exc:
+                status = "bad-payload"
+                raise BadResponse(self.service, f"{self.service} sent a broken body") from exc
+            except aiohttp.ClientError as exc:
+                status = "client-error"
+                raise ServiceUnavailable(
+                    self.service, f"{self.service} request failed: {type(exc).__name__}"
+                ) from exc
+            if not expect_json or not text.strip():
+                return text if not expect_json else None
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                status = f"{status}-unparseable"
+                raise BadResponse(self.service, f"{self.service} sent a non-JSON body") from exc
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            logger.debug(
+                "%s %s %s -> %s in %.0f ms",
+                self.service,
+                method,
+                redact(path),
+                status,
+                elapsed_ms,
+                extra={"service": self.service, "status": status, "elapsed_ms": elapsed_ms},
+            )
+
