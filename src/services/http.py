@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -263,4 +263,3 @@ class ServiceHttp:
                 elapsed_ms,
                 extra={"service": self.service, "status": status, "elapsed_ms": elapsed_ms},
             )
-
