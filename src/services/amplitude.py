@@ -1,0 +1,349 @@
+"""Amplitude client: what a trial user has done in PandaDoc so far.
+
+Endpoint choice
+---------------
+Amplitude offers two ways to read one user (see ``reference/apis/amplitude-*.yml``):
+
+* **Dashboard REST** (``https://amplitude.com/api/2/...``, HTTP Basic ``api_key:secret_key``):
+  ``GET /api/2/usersearch?user=<email>`` resolves the user id to an Amplitude id, then
+  ``GET /api/2/useractivity?user=<amplitude id>`` returns the user's most recent events
+  (up to 1000) and ``userData`` (the user properties).
+* **User Profile** (``https://profile-api.amplitude.com/v1/userprofile``,
+  ``Authorization: Api-Key <secret>``): one call, but it only returns user properties and
+  *computed* properties, which would have to be configured in Amplitude first.
+
+We use **Dashboard REST**: the counts we need (documents created/sent/completed,
+templates, integrations, last activity) are plain events that it returns without any
+Amplitude-side setup; ``usersearch`` gives a clean "no such user" answer (an empty
+``matches`` list -> :class:`~src.errors.NotFound`); it is the host and credential pair the
+rest of our configuration already uses (``AMPLITUDE_API_KEY``/``AMPLITUDE_SECRET_KEY``,
+``AMPLITUDE_BASE_URL`` defaulting to ``https://amplitude.com``; the EU residency host is
+``https://analytics.eu.amplitude.com``). The cost is two sequential round trips, each
+bounded by ``options.timeout``: one :meth:`AmplitudeClient.get_trial_usage` call takes at
+most twice that, and the agent's per-tool deadline bounds the whole call anyway. (A shared
+budget measured here would also charge the requests for one-off work such as the HTTP
+session's first creation.)
+
+Assumptions about PandaDoc's tracking plan (module constants below): the Amplitude
+``user_id`` is the user's email address; the event types are ``Document Created``,
+``Document Sent``, ``Document Completed``, ``Template Created`` and ``Integration
+Connected`` (with an ``integration`` event property naming the integration); the user
+property ``trial_end_date`` (ISO date) holds the end of the trial. Counts cover the most
+recent 1000 events (one page), far more than a trial produces.
+
+Note: the reference describes ``useractivity``'s ``user`` parameter as the user id; the
+live API takes the Amplitude id returned by ``usersearch``, which is what we send (the
+sandbox accepts both).
+
+Idempotency: both calls are reads with no side effects, so :meth:`get_trial_usage` is
+idempotent and safe to retry whenever the raised error says ``retryable``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Self
+
+import aiohttp
+import pydantic
+
+from ..errors import InvalidRequest, NotFound
+from ..redaction import get_logger, register_secret
+from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceHttp, parse_model
+
+__all__ = [
+    "EVENT_DOCUMENT_COMPLETED",
+    "EVENT_DOCUMENT_CREATED",
+    "EVENT_DOCUMENT_SENT",
+    "EVENT_INTEGRATION_CONNECTED",
+    "EVENT_TEMPLATE_CREATED",
+    "TRIAL_END_PROPERTY",
+    "AmplitudeClient",
+    "TrialUsage",
+]
+
+SERVICE = "amplitude"
+
+EVENT_DOCUMENT_CREATED = "Document Created"
+EVENT_DOCUMENT_SENT = "Document Sent"
+EVENT_DOCUMENT_COMPLETED = "Document Completed"
+EVENT_TEMPLATE_CREATED = "Template Created"
+EVENT_INTEGRATION_CONNECTED = "Integration Connected"
+INTEGRATION_PROPERTY = "integration"
+TRIAL_END_PROPERTY = "trial_end_date"
+
+_EVENT_PAGE = 1000  # the API's maximum page size
+
+logger = get_logger("pandadoc.services.amplitude")
+
+
+# -- the result ---------------------------------------------------------------------------
+
+_SMALL = (
+    *("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+    *("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"),
+    *("seventeen", "eighteen", "nineteen"),
+)
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+
+def _say(n: int) -> str:
+    """A count as a speaker would say it: words below 100, digits above (TTS reads those)."""
+    if 0 <= n < 20:
+        return _SMALL[n]
+    if 20 <= n < 100:
+        tens, ones = divmod(n, 10)
+        return _TENS[tens] + (f"-{_SMALL[ones]}" if ones else "")
+    return str(n)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{_say(n)} {word}{'' if n == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class TrialUsage:
+    """One trial user's product usage, as counted from their Amplitude events.
+
+    Attributes:
+        documents_created: documents created during the trial so far.
+        documents_sent: documents sent for signature.
+        documents_completed: documents completed (every recipient signed).
+        templates_created: templates created.
+        integrations: names of connected integrations, oldest connection first, no repeats.
+        last_active_at: time of the most recent event (UTC), ``None`` if there are none.
+        last_active_days_ago: whole days (24 h) between ``last_active_at`` and the lookup;
+            ``None`` when ``last_active_at`` is.
+        trial_days_left: calendar days until the trial ends (0: ends today, negative: has
+            ended), ``None`` when unknown.
+    """
+
+    documents_created: int = 0
+    documents_sent: int = 0
+    documents_completed: int = 0
+    templates_created: int = 0
+    integrations: tuple[str, ...] = ()
+    last_active_at: datetime | None = None
+    last_active_days_ago: int | None = None
+    trial_days_left: int | None = None
+
+    def __post_init__(self) -> None:
+        counts = (
+            self.documents_created,
+            self.documents_sent,
+            self.documents_completed,
+            self.templates_created,
+        )
+        if any(c < 0 for c in counts):
+            raise ValueError("usage counts must be >= 0")
+        if self.last_active_days_ago is not None and self.last_active_days_ago < 0:
+            raise ValueError("last_active_days_ago must be >= 0")
+
+    def spoken_summary(self) -> str:
+        """One short sentence for the caller, e.g. "You've created fourteen documents and
+        sent nine, six of them already completed, and you have seven days left in your
+        trial." Plain words only: no event names, ids or field names."""
+        created, sent, done = (
+            self.documents_created,
+            self.documents_sent,
+            self.documents_completed,
+        )
+        if created == 0:
+            usage = "You haven't created any documents yet"
+        elif sent == 0:
+            it = "it" if created == 1 else "any"
+            usage = f"You've created {_plural(created, 'document')} but haven't sent {it} yet"
+        else:
+            usage = f"You've created {_plural(created, 'document')} and sent {_say(sent)}"
+            if done and done >= sent:
+                usage += ", all of them completed" if sent > 1 else ", and it's been completed"
+            elif done:
+                usage += f", {_say(done)} of them already completed"
+        return f"{usage}{self._tail()}."
+
+    def _tail(self) -> str:
+        left = self.trial_days_left
+        if left is not None:
+            if left < 0:
+                return ", and your trial has ended"
+            if left == 0:
+                return ", and today is the last day of your trial"
+            return f", and you have {_plural(left, 'day')} left in your trial"
+        ago = self.last_active_days_ago
+        if ago is None or ago < 2:
+            return ""
+        return f", and you were last in {_plural(ago, 'day')} ago"
+
+
+# -- wire models: only the fields we use, validated -------------------------------------
+
+
+class _Match(pydantic.BaseModel):
+    user_id: str | None = None
+    amplitude_id: int
+
+
+class _UserSearch(pydantic.BaseModel):
+    matches: list[_Match]
+
+
+class _Event(pydantic.BaseModel):
+    event_type: str
+    event_time: datetime
+    event_properties: dict[str, Any] = pydantic.Field(default_factory=dict)
+
+
+class _UserProperties(pydantic.BaseModel):
+    trial_end_date: date | None = None  # TRIAL_END_PROPERTY
+
+
+class _UserData(pydantic.BaseModel):
+    properties: _UserProperties = pydantic.Field(default_factory=_UserProperties)
+
+
+class _UserActivity(pydantic.BaseModel):
+    user_data: _UserData = pydantic.Field(default_factory=_UserData, alias="userData")
+    events: list[_Event]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _as_utc(when: datetime) -> datetime:
+    # The API sends naive "YYYY-MM-DD HH:MM:SS[.ffffff]" times in UTC.
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _summarize(events: list[_Event], trial_end: date | None, now: datetime) -> TrialUsage:
+    """Count the events we care about into a :class:`TrialUsage` as of ``now`` (aware)."""
+    counts = {
+        EVENT_DOCUMENT_CREATED: 0,
+        EVENT_DOCUMENT_SENT: 0,
+        EVENT_DOCUMENT_COMPLETED: 0,
+        EVENT_TEMPLATE_CREATED: 0,
+    }
+    connected: list[tuple[datetime, str]] = []
+    last: datetime | None = None
+    for event in events:
+        when = _as_utc(event.event_time)
+        last = when if last is None or when > last else last
+        if event.event_type in counts:
+            counts[event.event_type] += 1
+        elif event.event_type == EVENT_INTEGRATION_CONNECTED:
+            name = event.event_properties.get(INTEGRATION_PROPERTY)
+            if isinstance(name, str) and name.strip():
+                connected.append((when, name.strip()))
+    integrations = tuple(dict.fromkeys(name for _, name in sorted(connected)))
+    days_ago = None if last is None else max(0, (now - last) // timedelta(days=1))
+    return TrialUsage(
+        documents_created=counts[EVENT_DOCUMENT_CREATED],
+        documents_sent=counts[EVENT_DOCUMENT_SENT],
+        documents_completed=counts[EVENT_DOCUMENT_COMPLETED],
+        templates_created=counts[EVENT_TEMPLATE_CREATED],
+        integrations=integrations,
+        last_active_at=last,
+        last_active_days_ago=days_ago,
+        trial_days_left=None if trial_end is None else (trial_end - now.date()).days,
+    )
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+class AmplitudeClient:
+    """Reads trial usage from Amplitude's Dashboard REST API.
+
+    Args:
+        api_key: project API key (``AMPLITUDE_API_KEY``), the Basic-auth user name.
+        secret_key: project secret key (``AMPLITUDE_SECRET_KEY``), the Basic-auth password.
+        base_url: API host (``AMPLITUDE_BASE_URL``), default ``https://amplitude.com``.
+        options: per-request timeouts (default 4.0 s total, 1.5 s connect); a
+            :meth:`get_trial_usage` call makes two requests in sequence.
+        session: an ``aiohttp.ClientSession`` to reuse (not closed by :meth:`aclose`).
+        clock: returns the current time (aware, UTC), for "days ago" and "days left".
+    """
+
+    service = SERVICE
+
+    def __init__(
+        self,
+        api_key: str,
+        secret_key: str,
+        base_url: str = "https://amplitude.com",
+        *,
+        options: HttpOptions = DEFAULT_HTTP_OPTIONS,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if not api_key or not secret_key:
+            raise ValueError("amplitude: api_key and secret_key are required")
+        register_secret(api_key)
+        register_secret(secret_key)
+        token = base64.b64encode(f"{api_key}:{secret_key}".encode()).decode("ascii")
+        register_secret(token)
+        self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        self._http = ServiceHttp(SERVICE, base_url, options=options, session=session)
+        self._clock = clock
+
+    async def get_trial_usage(self, email: str) -> TrialUsage:
+        """The trial usage of the user whose Amplitude user id is ``email``.
+
+        Idempotent (two reads): safe to retry when the error is ``retryable``.
+
+        Raises:
+            NotFound: Amplitude has no user with that id (does not count for the breaker).
+            InvalidRequest: ``email`` is blank (nothing is sent).
+            ServiceError: any other failure, translated by :class:`ServiceHttp`.
+        """
+        user_id = email.strip()
+        if not user_id:
+            raise InvalidRequest(SERVICE, "amplitude: empty user id")
+        found = parse_model(
+            SERVICE,
+            _UserSearch,
+            await self._http.request(
+                "GET", "/api/2/usersearch", params={"user": user_id}, headers=self._headers
+            ),
+        )
+        wanted = user_id.casefold()
+        # Only an exact user-id match: reading someone else's usage aloud would be a leak.
+        match = next(
+            (m for m in found.matches if (m.user_id or "").casefold() == wanted),
+            None,
+        )
+        if match is None:
+            raise NotFound(SERVICE, "amplitude: no user with that id")
+
+        activity = parse_model(
+            SERVICE,
+            _UserActivity,
+            await self._http.request(
+                "GET",
+                "/api/2/useractivity",
+                params={"user": match.amplitude_id, "offset": 0, "limit": _EVENT_PAGE},
+                headers=self._headers,
+            ),
+        )
+        usage = _summarize(
+            activity.events, activity.user_data.properties.trial_end_date, self._clock()
+        )
+        logger.debug(
+            "amplitude usage for amplitude_id=%s: %d events",
+            match.amplitude_id,
+            len(activity.events),
+        )
+        return usage
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this client created it."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
