@@ -47,6 +47,7 @@ from __future__ import annotations
 import array
 import asyncio
 import base64
+import email.policy
 import fnmatch
 import itertools
 import json
@@ -57,6 +58,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.parser import BytesParser
 from typing import Any, NoReturn
 
 from aiohttp import web
@@ -596,11 +598,11 @@ class OpenAIServer(SandboxServer):
     async def _transcriptions(self, request: web.Request) -> web.Response:
         if denied := self._unauthorized(request):
             return denied
-        form = await request.post()
+        form = _form_fields(request.headers.get("Content-Type", ""), await request.read())
         if "file" not in form:
-            return openai_error(400, "'file' is required.", param="file")
+            return openai_error(400, "'file' is required (multipart/form-data).", param="file")
         text = self.transcripts.popleft() if self.transcripts else DEFAULT_TRANSCRIPT
-        fmt = str(form.get("response_format") or "json")
+        fmt = form.get("response_format", b"json").decode(errors="replace")
         if fmt == "text":
             return web.Response(text=text)
         if fmt == "verbose_json":
@@ -628,6 +630,25 @@ class OpenAIServer(SandboxServer):
         except (AttributeError, ValueError, TypeError) as exc:
             return openai_error(400, f"bad stall: {exc}")
         return web.json_response({"endpoint": self._stalls[0].endpoint, "count": count}, status=201)
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, bytes]:
+    """Name -> raw value of each part of a ``multipart/form-data`` body.
+
+    The journal middleware has already consumed the request stream, so ``request.post()``
+    cannot parse it again; the cached bytes are parsed here instead.
+    """
+    if not content_type.startswith("multipart/form-data"):
+        return {}
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    fields: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields[name] = payload
+    return fields
 
 
 def _chunk_choices(turn: Turn, calls: Sequence[ToolCall]) -> Iterator[list[dict[str, Any]]]:
