@@ -1,0 +1,506 @@
+"""Salesforce CRM client: who is this trialist, and leave a Task for their rep.
+
+Choices, and why:
+
+* **Auth** is the OAuth 2.0 client-credentials flow: ``POST {instance}/services/oauth2/token``
+  with ``grant_type=client_credentials``. The token is cached; if the response carries
+  ``expires_in`` (Salesforce usually omits it; the session policy decides) the token is
+  renewed a little before it runs out. Concurrent callers share one token request (an
+  ``asyncio.Lock`` held only around the fetch). A 401 on a data call means the session was
+  revoked or timed out: the client fetches a new token **once** and repeats that call
+  **once**; a second 401 is :class:`~src.errors.AuthenticationFailed`. Repeating a call
+  after a 401 is safe even for writes, because Salesforce rejected it before doing anything.
+  A 400/401 from the token endpoint (``invalid_client_id``, ``invalid_client``) is also
+  ``AuthenticationFailed``: our configuration is wrong and retrying will not fix it.
+* **Paths.** The reference (``salesforce-*.openapi.yml``) describes ``POST /query`` with
+  a JSON body ``{"q": <SOQL>}`` and ``POST /sobjects/{type}``, under a server URL copied
+  from its Bulk API 2.0 bundle (``.../services/data/v63.0/jobs``). The REST resources live
+  directly under ``/services/data/<version>``, so that is the prefix used here (one place:
+  :meth:`SalesforceClient._data_path`); the version defaults to the reference's ``v63.0``.
+* **Lookup.** One SOQL query per object, ``Contact`` and ``Lead``, sent concurrently so a
+  lookup costs one round trip of voice latency. The Contact wins when both exist: a Lead
+  that has been converted lives on as a Contact, which is the current record. Each query
+  compares with ``=`` (never ``LIKE``: an email is an exact key, and ``=`` gives ``%`` and
+  ``_`` no meaning) and orders by ``LastModifiedDate DESC LIMIT 1`` so duplicates resolve
+  to the freshest record.
+* **SOQL injection.** The email is shape-checked (:func:`is_valid_email`, RFC 5321/5322/6531
+  syntax, no control or format characters) and then quoted with :func:`soql_quote`, which
+  escapes every character SOQL gives meaning to inside a string literal and refuses the
+  ones SOQL cannot represent. The shape check is a second line, not the defence: quoting
+  alone keeps any value inside its literal.
+* **Writes.** :meth:`SalesforceClient.create_task` is *not* idempotent: Salesforce offers no
+  idempotency key for ``POST /sobjects/Task`` (the only server-side dedupe, an upsert on an
+  external-id field, needs a custom field and is not in the reference). If it fails with a
+  timeout or a dropped connection the Task may or may not exist, so callers must not
+  retry it blindly; the client itself never repeats it except after a 401 (see above).
+
+Retry safety: :meth:`~SalesforceClient.find_person` is read-only and safe to retry;
+:meth:`~SalesforceClient.create_task` is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import pydantic
+
+from ..errors import AuthenticationFailed, BadResponse, InvalidRequest, NotFound, ServiceError
+from ..redaction import get_logger, register_secret
+from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceHttp, parse_model
+
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "CrmContact",
+    "SalesforceClient",
+    "is_valid_email",
+    "person_query",
+    "soql_quote",
+]
+
+SERVICE = "salesforce"
+DEFAULT_API_VERSION = "v63.0"
+TOKEN_PATH = "/services/oauth2/token"
+
+logger = get_logger("pandadoc.services.salesforce")
+
+# Renew a token this many seconds before the expiry the server announced (at most half
+# its lifetime), so a request never leaves with a token that dies on the way.
+_EXPIRY_MARGIN_S = 30.0
+_SUBJECT_MAX = 255  # Task.Subject is a 255-character field
+_DESCRIPTION_MAX = 32_000  # Task.Description is a 32k long text area
+
+# -- SOQL quoting ------------------------------------------------------------------------
+
+# Characters with an escape sequence inside a SOQL string literal (Salesforce SOQL and
+# SOSL Reference, "Quoted String Escape Sequences").
+_SOQL_ESCAPES = {
+    "\\": "\\\\",
+    "'": "\\'",
+    '"': '\\"',
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\b": "\\b",
+    "\f": "\\f",
+}
+_SOQL_LIKE_ESCAPES = {"%": "\\%", "_": "\\_"}
+
+
+def soql_quote(value: str, *, like: bool = False) -> str:
+    """``value`` as a complete SOQL string literal, quotes included.
+
+    Escapes backslash, single and double quotes, newline, carriage return, tab, backspace
+    and form feed. With ``like=True`` (default ``False``) it also escapes ``%`` and ``_``
+    so they match literally in a ``LIKE`` pattern; SOQL accepts those two escapes only in
+    ``LIKE``, so never pass ``like=True`` for ``=``. Other control characters (category
+    ``Cc``: NUL, ESC, DEL, C1 controls, ...) have no SOQL escape and raise ``ValueError``
+    rather than being dropped, which would silently query a different value. Everything
+    else, including non-ASCII text, is kept verbatim.
+
+    >>> soql_quote("o'brien@example.com")
+    "'o\\\\'brien@example.com'"
+    """
+    table = {**_SOQL_ESCAPES, **_SOQL_LIKE_ESCAPES} if like else _SOQL_ESCAPES
+    out: list[str] = []
+    for ch in value:
+        escaped = table.get(ch)
+        if escaped is not None:
+            out.append(escaped)
+        elif unicodedata.category(ch) == "Cc":
+            raise ValueError(f"control character U+{ord(ch):04X} cannot appear in SOQL")
+        else:
+            out.append(ch)
+    return "'" + "".join(out) + "'"
+
+
+# -- email shape ---------------------------------------------------------------------------
+
+_NON_ASCII = r"[^\x00-\x7f\s]"
+_ATEXT = rf"(?:[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-]|{_NON_ASCII})"
+_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_QUOTED = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|{_NON_ASCII}|\\[\x20-\x7e])*"'
+_LABEL_CH = rf"(?:[A-Za-z0-9]|{_NON_ASCII})"
+_LABEL = rf"{_LABEL_CH}(?:(?:{_LABEL_CH}|-)*{_LABEL_CH})?"
+_EMAIL = re.compile(rf"(?P<local>{_DOT_ATOM}|{_QUOTED})@(?P<domain>{_LABEL}(?:\.{_LABEL})+)")
+
+
+def is_valid_email(email: str) -> bool:
+    """Whether ``email`` has the syntax of an address: a dot-atom or quoted local part of
+    at most 64 characters, ``@``, and a dotted domain; at most 254 characters in all;
+    non-ASCII letters allowed (RFC 6531); no control, format or surrogate characters.
+
+    Deliberately permissive about *which* characters (``o'brien@...``, ``a+b@...`` are
+    real addresses); it is a guard against garbage, while :func:`soql_quote` is what
+    makes any value safe in a query.
+    """
+    if not email or len(email) > 254:
+        return False
+    if any(unicodedata.category(ch).startswith("C") for ch in email):
+        return False
+    match = _EMAIL.fullmatch(email)
+    return match is not None and len(match.group("local")) <= 64
+
+
+# -- results -----------------------------------------------------------------------------
+
+_PLACEHOLDERS = {"", "-", "?", "n/a", "na", "none", "null", "unknown", "[not provided]"}
+_UNSPEAKABLE = re.compile(r"[<>{}\[\]|\\@_]|https?:", re.IGNORECASE)
+
+
+def _speakable(value: str | None, max_len: int = 80) -> str | None:
+    """``value`` if it reads well aloud, else ``None`` (placeholders, markup, urls)."""
+    if value is None:
+        return None
+    text = " ".join(value.split())
+    if text.casefold() in _PLACEHOLDERS or len(text) > max_len or _UNSPEAKABLE.search(text):
+        return None
+    return text
+
+
+@dataclass(frozen=True)
+class CrmContact:
+    """A person's CRM record, as far as the agent needs it.
+
+    Attributes:
+        id: Salesforce record id (15/18 characters); for :meth:`SalesforceClient.create_task`.
+        object_type: ``"Contact"`` or ``"Lead"``.
+        first_name, last_name, company, title: as recorded; ``None`` when empty. A
+            Contact's company is its Account's name.
+        status: the Lead status (``None`` for Contacts, which have none).
+        owner: the record owner's name (the rep), when visible.
+        source: always ``"salesforce"``.
+    """
+
+    id: str
+    object_type: Literal["Lead", "Contact"]
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    title: str | None = None
+    status: str | None = None
+    owner: str | None = None
+    source: str = "salesforce"
+
+    @property
+    def full_name(self) -> str | None:
+        """First and last name joined, ``None`` when neither is recorded."""
+        return " ".join(p for p in (self.first_name, self.last_name) if p) or None
+
+    def spoken_summary(self) -> str:
+        """One short sentence about the person for the conversation: name, role and
+        company when known; never ids, record types or CRM jargon (placeholder values
+        such as ``[not provided]`` are left out)."""
+        first, last = _speakable(self.first_name), _speakable(self.last_name)
+        name = " ".join(p for p in (first, last) if p)
+        company, title = _speakable(self.company), _speakable(self.title)
+        if name and company and title:
+            return f"{name} works at {company} as {title}."
+        if name and company:
+            return f"{name} works at {company}."
+        if name and title:
+            return f"{name} works as {title}."
+        if name:
+            return f"I found {name} in our records."
+        if company:
+            return f"I found a record for someone at {company}."
+        return "I found a matching record."
+
+
+# -- response models -----------------------------------------------------------------------
+
+
+class _TokenResponse(pydantic.BaseModel):
+    access_token: str = pydantic.Field(min_length=1)
+    token_type: str | None = None
+    expires_in: float | None = pydantic.Field(default=None, gt=0)
+
+
+class _Attributes(pydantic.BaseModel):
+    type: str
+
+
+class _Named(pydantic.BaseModel):
+    Name: str | None = None
+
+
+class _Record(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+
+    attributes: _Attributes
+    Id: str = pydantic.Field(min_length=15, max_length=18)
+    FirstName: str | None = None
+    LastName: str | None = None
+    Company: str | None = None
+    Title: str | None = None
+    Status: str | None = None
+    Owner: _Named | None = None
+    Account: _Named | None = None
+
+
+class _QueryResult(pydantic.BaseModel):
+    totalSize: int = pydantic.Field(ge=0)
+    done: bool
+    records: list[_Record]
+
+
+class _CreateResult(pydantic.BaseModel):
+    id: str = pydantic.Field(min_length=15, max_length=18)
+    success: bool
+    errors: list[Any] = pydantic.Field(default_factory=list)
+
+
+# Fields per object; a Contact's company is its Account's name.
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "Contact": ("Id", "FirstName", "LastName", "Title", "Account.Name", "Owner.Name"),
+    "Lead": ("Id", "FirstName", "LastName", "Company", "Title", "Status", "Owner.Name"),
+}
+_RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+
+
+def person_query(object_type: Literal["Lead", "Contact"], email: str) -> str:
+    """The exact SOQL :meth:`SalesforceClient.find_person` sends for one object."""
+    fields = ", ".join(_FIELDS[object_type])
+    return (
+        f"SELECT {fields} FROM {object_type} WHERE Email = {soql_quote(email)} "
+        "ORDER BY LastModifiedDate DESC LIMIT 1"
+    )
+
+
+def _to_contact(record: _Record) -> CrmContact:
+    object_type: Literal["Lead", "Contact"] = (
+        "Contact" if record.attributes.type == "Contact" else "Lead"
+    )
+    company = record.Account.Name if record.Account is not None else record.Company
+    return CrmContact(
+        id=record.Id,
+        object_type=object_type,
+        first_name=record.FirstName or None,
+        last_name=record.LastName or None,
+        company=company or None,
+        title=record.Title or None,
+        status=record.Status or None,
+        owner=(record.Owner.Name or None) if record.Owner is not None else None,
+    )
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float | None  # clock() reading after which it is renewed; None: until a 401
+
+
+# -- client --------------------------------------------------------------------------------
+
+
+class SalesforceClient:
+    """Async Salesforce REST client (client-credentials OAuth, SOQL lookup, Task create).
+
+    Args:
+        instance_url: the org's My Domain URL, e.g. ``https://acme.my.salesforce.com``
+            (``SALESFORCE_INSTANCE_URL``); both the token and the data calls go there.
+        client_id, client_secret: the connected/external client app's consumer key and
+            secret (``SALESFORCE_CLIENT_ID``, ``SALESFORCE_CLIENT_SECRET``).
+        api_version: REST API version, default ``"v63.0"`` (the reference's).
+        options: per-request timeouts in seconds (:data:`DEFAULT_HTTP_OPTIONS`).
+        session: an ``aiohttp.ClientSession`` to use (not closed by :meth:`aclose`).
+        clock: monotonic clock in seconds, for token expiry; default ``time.monotonic``.
+
+    Use as ``async with SalesforceClient(...) as sf:`` or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        instance_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        api_version: str = DEFAULT_API_VERSION,
+        options: HttpOptions = DEFAULT_HTTP_OPTIONS,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise ValueError("salesforce: client_id and client_secret are required")
+        if not re.fullmatch(r"v\d+\.\d", api_version):
+            raise ValueError("salesforce: api_version must look like 'v63.0'")
+        register_secret(client_id)
+        register_secret(client_secret)
+        self._http = ServiceHttp(SERVICE, instance_url, options=options, session=session)
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._api_version = api_version
+        self._clock = clock
+        self._token: _Token | None = None
+        self._token_lock = asyncio.Lock()
+        self._token_epoch = 0  # token fetches finished; lets waiters share a failed one
+        self._token_error: ServiceError | None = None
+
+    async def __aenter__(self) -> SalesforceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this client created it."""
+        await self._http.aclose()
+
+    def _data_path(self, resource: str) -> str:
+        return f"/services/data/{self._api_version}{resource}"
+
+    # -- token ------------------------------------------------------------------------------
+    def _valid_token(self) -> _Token | None:
+        token = self._token
+        if token is None or (token.expires_at is not None and self._clock() >= token.expires_at):
+            return None
+        return token
+
+    async def _access_token(self, *, stale: str | None = None) -> str:
+        """A usable token. ``stale`` is one the server just rejected: it is replaced,
+        unless another caller already replaced it while we waited for the lock."""
+        token = self._valid_token()
+        if token is not None and token.value != stale:
+            return token.value
+        epoch = self._token_epoch
+        async with self._token_lock:
+            token = self._valid_token()
+            if token is not None and token.value != stale:
+                return token.value
+            if self._token_epoch != epoch and self._token_error is not None:
+                # The fetch we queued behind failed: share its outcome, not a second request.
+                raise self._token_error
+            self._token = None
+            try:
+                self._token = await self._fetch_token()
+            except ServiceError as exc:
+                self._token_error = exc
+                raise
+            else:
+                self._token_error = None
+            finally:
+                self._token_epoch += 1
+            return self._token.value
+
+    async def _fetch_token(self) -> _Token:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._client_secret,
+        }
+        try:
+            data = await self._http.request("POST", TOKEN_PATH, form=form)
+        except InvalidRequest as exc:
+            # 400 invalid_client_id / invalid_grant: our configuration, not the service.
+            raise AuthenticationFailed(
+                SERVICE, "salesforce rejected the client credentials", status=exc.status
+            ) from exc
+        parsed = parse_model(SERVICE, _TokenResponse, data)
+        register_secret(parsed.access_token)
+        expires_at = None
+        if parsed.expires_in is not None:
+            lifetime = parsed.expires_in
+            expires_at = self._clock() + max(lifetime - _EXPIRY_MARGIN_S, lifetime / 2)
+        logger.debug("salesforce: new access token (expiry announced: %s)", bool(expires_at))
+        return _Token(parsed.access_token, expires_at)
+
+    async def _authed(self, method: str, path: str, json_body: Any) -> Any:
+        """One data call with the bearer token; on 401, one token refresh and one repeat."""
+        token = await self._access_token()
+        try:
+            return await self._http.request(
+                method, path, json_body=json_body, headers={"Authorization": f"Bearer {token}"}
+            )
+        except AuthenticationFailed as exc:
+            if exc.status != 401:
+                raise  # 403: permissions; a new token will not change them
+            logger.info("salesforce: access token rejected, refreshing it once")
+        token = await self._access_token(stale=token)
+        return await self._http.request(
+            method, path, json_body=json_body, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    # -- public API -------------------------------------------------------------------------
+    async def find_person(self, email: str) -> CrmContact:
+        """The Contact, else the Lead, whose ``Email`` equals ``email`` (case-insensitive,
+        as Salesforce compares). Read-only, so safe to retry.
+
+        Raises:
+            InvalidRequest: ``email`` is not a well-formed address (nothing is sent).
+            NotFound: neither a Contact nor a Lead has that email.
+            ServiceError: any other failure, translated by the HTTP layer; when the two
+                queries both fail, the Contact query's error is raised.
+        """
+        email = email.strip()
+        if not is_valid_email(email):
+            raise InvalidRequest(SERVICE, "email address is not well-formed")
+        contact_result, lead_result = await asyncio.gather(
+            self._query_one("Contact", email),
+            self._query_one("Lead", email),
+            return_exceptions=True,
+        )
+        for result in (contact_result, lead_result):
+            if isinstance(result, CrmContact):
+                logger.debug("salesforce: person found as a %s", result.object_type)
+                return result
+            if isinstance(result, BaseException) and not isinstance(result, NotFound):
+                # A failed Contact query hides whether a Contact (which would win) exists.
+                raise result
+        raise NotFound(SERVICE, "no Contact or Lead with that email")
+
+    async def _query_one(self, object_type: Literal["Lead", "Contact"], email: str) -> CrmContact:
+        data = await self._authed(
+            "POST", self._data_path("/query"), {"q": person_query(object_type, email)}
+        )
+        result = parse_model(SERVICE, _QueryResult, data)
+        if not result.records:
+            raise NotFound(SERVICE, f"no {object_type} with that email")
+        record = result.records[0]
+        if record.attributes.type != object_type:
+            raise BadResponse(SERVICE, f"salesforce answered a {object_type} query with other rows")
+        return _to_contact(record)
+
+    async def create_task(self, who_id: str, subject: str, description: str) -> str:
+        """Create a ``Task`` (status *Not Started*, priority *Normal*) on the Lead or
+        Contact ``who_id`` and return the new Task's id.
+
+        ``subject`` is cut to 255 and ``description`` to 32,000 characters (the fields'
+        limits). **Not idempotent**: a timeout or dropped connection leaves it unknown
+        whether the Task exists, so do not retry it blindly (a duplicate Task is the
+        risk). Only a 401 is repeated, once, after a token refresh: Salesforce rejected
+        that request before acting on it.
+
+        Raises:
+            InvalidRequest: ``who_id`` is not a record id or ``subject`` is blank (nothing
+                is sent), or Salesforce rejected the fields (400).
+            BadResponse: Salesforce answered without a created id.
+            ServiceError: any other failure, translated by the HTTP layer.
+        """
+        if not _RECORD_ID.fullmatch(who_id):
+            raise InvalidRequest(SERVICE, "who_id is not a Salesforce record id")
+        subject = " ".join(subject.split())
+        if not subject:
+            raise InvalidRequest(SERVICE, "task subject is blank")
+        body = {
+            "WhoId": who_id,
+            "Subject": _truncate(subject, _SUBJECT_MAX),
+            "Description": _truncate(description.strip(), _DESCRIPTION_MAX),
+            "Status": "Not Started",
+            "Priority": "Normal",
+        }
+        data = await self._authed("POST", self._data_path("/sobjects/Task"), body)
+        created = parse_model(SERVICE, _CreateResult, data)
+        if not created.success:
+            raise BadResponse(SERVICE, "salesforce reported the task as not created")
+        logger.info("salesforce: task created")
+        return created.id
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
