@@ -161,6 +161,16 @@ async def test_unknown_user_is_not_found(client: AmplitudeClient, server: Amplit
     assert [e.path for e in server.journal] == ["/api/2/usersearch"]
 
 
+async def test_only_an_exact_user_id_match_counts(
+    client: AmplitudeClient, server: AmplitudeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A search that answers with somebody else must not read their usage to the caller.
+    monkeypatch.setattr(server, "_find", lambda key: JANE)
+    with pytest.raises(NotFound):
+        await client.get_trial_usage("someone.else@acme.example.com")
+    assert [e.path for e in server.journal] == ["/api/2/usersearch"]
+
+
 async def test_blank_email_is_rejected_without_a_request(
     client: AmplitudeClient, server: AmplitudeServer
 ) -> None:

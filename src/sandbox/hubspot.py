@@ -1,0 +1,279 @@
+"""HubSpot CRM stand-in: contact search and note creation.
+
+Speaks the shapes of ``reference/apis/hubspot-crm-search.openapi.yml``,
+``hubspot-crm-contacts.openapi.yml`` and ``hubspot-engagement-notes.openapi.yml``:
+
+* ``POST /crm/v3/objects/contacts/search``: ``filterGroups`` are OR-ed, the filters in a
+  group AND-ed; operators ``EQ``/``NEQ`` (case-insensitive, as HubSpot compares emails),
+  ``HAS_PROPERTY``/``NOT_HAS_PROPERTY`` and ``IN``; anything else is a 400. Only the
+  requested ``properties`` are returned (a default set otherwise), ``limit`` (max 200) and
+  an ``after`` cursor page the results.
+* ``POST /crm/v3/objects/notes``: ``properties`` (string values, ``hs_timestamp``
+  required) and ``associations``; an association to a contact that does not exist, or of
+  a type other than ``HUBSPOT_DEFINED``/202 (note -> contact), is a 400. Created notes are
+  kept in :attr:`HubSpotServer.notes` and answered with 201 and the note.
+
+Only seeded users with ``in_hubspot=True`` exist, with deterministic ids. Auth is
+``Authorization: Bearer <HUBSPOT_ACCESS_TOKEN>`` from
+:data:`~src.sandbox.data.SANDBOX_CREDENTIALS`; anything else is a 401 with HubSpot's
+error body. A MALFORMED fault answers 200 with valid JSON of the wrong shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from .base import SandboxServer, bearer_token
+from .data import SANDBOX_CREDENTIALS, TRIAL_USERS, TrialUser
+
+__all__ = ["HubSpotServer", "SandboxNote", "contact_id_for"]
+
+_DEFAULT_PROPERTIES = ("createdate", "email", "firstname", "hs_object_id", "lastmodifieddate")
+_SEEDED_AT = "2025-01-06T09:00:00.000Z"
+_LIFECYCLE = ("lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity")
+_OWNERS = ("81234567", None)
+_NOTE_TO_CONTACT = 202
+_FIRST_NOTE_ID = 90_000_001
+_SUPPORTED_OPERATORS = {"EQ", "NEQ", "HAS_PROPERTY", "NOT_HAS_PROPERTY", "IN"}
+
+
+def contact_id_for(user: TrialUser) -> str:
+    """The seeded HubSpot contact id of ``user`` (stable across runs)."""
+    return str(51_000_000 + user.amplitude_id % 100_000)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _error(status: int, category: str, message: str) -> web.Response:
+    return web.json_response(
+        {
+            "status": "error",
+            "message": message,
+            "correlationId": str(uuid.uuid4()),
+            "category": category,
+        },
+        status=status,
+    )
+
+
+def _bad_request(message: str) -> web.Response:
+    return _error(400, "VALIDATION_ERROR", message)
+
+
+@dataclass
+class SandboxNote:
+    """A note created through the sandbox."""
+
+    id: str
+    properties: dict[str, str]
+    contact_ids: tuple[str, ...]
+    associations: list[dict[str, Any]] = field(default_factory=list)
+    created_at: str = ""
+
+    @property
+    def body(self) -> str:
+        return self.properties.get("hs_note_body", "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "properties": dict(self.properties),
+            "createdAt": self.created_at,
+            "updatedAt": self.created_at,
+            "archived": False,
+        }
+
+
+class HubSpotServer(SandboxServer):
+    """HubSpot CRM sandbox.
+
+    Args:
+        now: current time (aware, UTC) stamped on created notes.
+        users: the seeded users, default :data:`TRIAL_USERS` (only ``in_hubspot`` ones
+            become contacts).
+    """
+
+    name = "hubspot"
+
+    def __init__(
+        self,
+        *,
+        now: Callable[[], datetime] = _utc_now,
+        users: tuple[TrialUser, ...] = TRIAL_USERS,
+    ) -> None:
+        self.now = now
+        self.token = SANDBOX_CREDENTIALS["HUBSPOT_ACCESS_TOKEN"]
+        self.contacts: dict[str, dict[str, str | None]] = {}
+        for i, user in enumerate(u for u in users if u.in_hubspot):
+            cid = contact_id_for(user)
+            self.contacts[cid] = {
+                "hs_object_id": cid,
+                "email": user.email,
+                "firstname": user.first_name,
+                "lastname": user.last_name,
+                "company": user.company,
+                "jobtitle": user.title,
+                "lifecyclestage": _LIFECYCLE[i % len(_LIFECYCLE)],
+                "hubspot_owner_id": _OWNERS[i % len(_OWNERS)],
+                "createdate": _SEEDED_AT,
+                "lastmodifieddate": _SEEDED_AT,
+            }
+        self.notes: list[SandboxNote] = []
+        self._note_ids = itertools.count(_FIRST_NOTE_ID)
+        super().__init__()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/crm/v3/objects/contacts/search", self._search_contacts)
+        app.router.add_post("/crm/v3/objects/notes", self._create_note)
+
+    def malformed_body(self, request: web.Request) -> web.Response:
+        if request.path.endswith("/search"):
+            broken: Any = {"total": 1, "results": [{"properties": "not-an-object"}]}
+        else:
+            broken = {"properties": {"hs_note_body": "no id here"}, "archived": "maybe"}
+        return web.json_response(broken)
+
+    # -- helpers --------------------------------------------------------------------------
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        if bearer_token(request) == self.token:
+            return None
+        return _error(
+            401,
+            "INVALID_AUTHENTICATION",
+            "Authentication credentials not found. This API supports OAuth 2.0 and "
+            "private app access tokens.",
+        )
+
+    @staticmethod
+    def _matches(props: dict[str, str | None], flt: dict[str, Any]) -> bool:
+        name = str(flt.get("propertyName", ""))
+        op = str(flt.get("operator", ""))
+        have = props.get(name)
+        if op == "HAS_PROPERTY":
+            return bool(have)
+        if op == "NOT_HAS_PROPERTY":
+            return not have
+        if op == "IN":
+            wanted = {str(v).casefold() for v in flt.get("values") or ()}
+            return have is not None and have.casefold() in wanted
+        equal = have is not None and have.casefold() == str(flt.get("value", "")).casefold()
+        return equal if op == "EQ" else not equal
+
+    @staticmethod
+    def _check_filter_groups(groups: Any) -> str | None:
+        if not isinstance(groups, list):
+            return "filterGroups must be an array"
+        for group in groups:
+            filters = group.get("filters") if isinstance(group, dict) else None
+            if not isinstance(filters, list):
+                return "each filter group needs a filters array"
+            for flt in filters:
+                if not isinstance(flt, dict) or not flt.get("propertyName"):
+                    return "each filter needs a propertyName"
+                if flt.get("operator") not in _SUPPORTED_OPERATORS:
+                    return f"operator {flt.get('operator')!r} is not supported by the sandbox"
+                if flt["operator"] in ("EQ", "NEQ") and not isinstance(flt.get("value"), str):
+                    return "EQ/NEQ filters need a string value"
+        return None
+
+    # -- handlers ------------------------------------------------------------------------------
+    async def _search_contacts(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad_request("Invalid JSON body")
+        if not isinstance(body, dict):
+            return _bad_request("Request body must be an object")
+        groups = body.get("filterGroups", [])
+        if (problem := self._check_filter_groups(groups)) is not None:
+            return _bad_request(problem)
+        limit, after = body.get("limit", 10), body.get("after", "0")
+        if not isinstance(limit, int) or not 0 < limit <= 200:
+            return _bad_request("limit must be an integer between 1 and 200")
+        if not str(after).isdigit():
+            return _bad_request("after must be a paging cursor")
+        requested = body.get("properties") or list(_DEFAULT_PROPERTIES)
+        if not isinstance(requested, list):
+            return _bad_request("properties must be an array")
+
+        hits = [
+            (cid, props)
+            for cid, props in self.contacts.items()
+            if not groups or any(all(self._matches(props, f) for f in g["filters"]) for g in groups)
+        ]
+        start = int(after)
+        page = hits[start : start + limit]
+        response: dict[str, Any] = {
+            "total": len(hits),
+            "results": [
+                {
+                    "id": cid,
+                    "properties": {str(name): props.get(str(name)) for name in requested},
+                    "createdAt": props["createdate"],
+                    "updatedAt": props["lastmodifieddate"],
+                    "archived": False,
+                }
+                for cid, props in page
+            ],
+        }
+        if start + limit < len(hits):
+            response["paging"] = {"next": {"after": str(start + limit)}}
+        return web.json_response(response)
+
+    async def _create_note(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad_request("Invalid JSON body")
+        props = body.get("properties") if isinstance(body, dict) else None
+        if not isinstance(props, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in props.items()
+        ):
+            return _bad_request("properties must be an object of string values")
+        if not props.get("hs_timestamp"):
+            return _bad_request("Property hs_timestamp is required")
+        associations = body.get("associations", [])
+        contact_ids: list[str] = []
+        if not isinstance(associations, list):
+            return _bad_request("associations must be an array")
+        for assoc in associations:
+            to = assoc.get("to") if isinstance(assoc, dict) else None
+            types = assoc.get("types") if isinstance(assoc, dict) else None
+            if not isinstance(to, dict) or not isinstance(types, list) or not types:
+                return _bad_request("each association needs 'to' and 'types'")
+            target = str(to.get("id", ""))
+            for kind in types:
+                if not isinstance(kind, dict) or (
+                    kind.get("associationCategory"),
+                    kind.get("associationTypeId"),
+                ) != ("HUBSPOT_DEFINED", _NOTE_TO_CONTACT):
+                    return _bad_request("unsupported association type")
+            if target not in self.contacts:
+                return _bad_request(f"One or more association targets do not exist: {target}")
+            contact_ids.append(target)
+        note = SandboxNote(
+            id=str(next(self._note_ids)),
+            properties=dict(props),
+            contact_ids=tuple(contact_ids),
+            associations=list(associations),
+            created_at=_iso(self.now()),
+        )
+        self.notes.append(note)
+        return web.json_response(note.to_json(), status=201)

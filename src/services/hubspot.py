@@ -1,0 +1,332 @@
+"""HubSpot client: the CRM fallback when Salesforce has no record of a caller or fails.
+
+Endpoints (``reference/apis/hubspot-*.yml``), all with ``Authorization: Bearer <private-app
+access token>`` (``HUBSPOT_ACCESS_TOKEN``) on ``HUBSPOT_BASE_URL`` (default
+``https://api.hubapi.com``):
+
+* ``POST /crm/v3/objects/contacts/search`` with one filter group ``email EQ <email>``
+  (HubSpot compares emails case-insensitively) and the properties we read.
+* ``POST /crm/v3/objects/notes`` with ``hs_note_body``, ``hs_timestamp`` and an
+  association to the contact (``HUBSPOT_DEFINED`` type 202, note -> contact).
+
+Not found: :meth:`HubSpotClient.find_contact` raises :class:`~src.errors.NotFound` rather
+than returning ``None``. The taxonomy defines NotFound as "404 / empty result": it does not
+count for the breaker, maps to the "data not found" phrase, and lets the agent treat
+"Salesforce has nothing" and "HubSpot has nothing" the same way in its fallback chain.
+
+Idempotency:
+
+* ``find_contact`` is a search: a POST, but a read without side effects, so it is
+  idempotent and safe to retry whenever the error says ``retryable``.
+* ``create_note`` is **not** idempotent: every accepted request creates another note, and
+  the reference offers no idempotency key. It must not be retried blindly. So that
+  generic retry helpers do the right thing, errors whose outcome is ambiguous (the request
+  may have been processed: timeouts, 5xx, a connection lost after sending) are re-marked
+  ``retryable = False``; only failures where HubSpot certainly did not create anything
+  (429, 401/403, 400, a refused connection or a connect timeout) keep their usual flag.
+  :func:`write_outcome_is_ambiguous` is that policy, callable on its own.
+
+Neither emails nor note bodies are logged (only contact and note ids).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import aiohttp
+import pydantic
+
+from ..errors import (
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    ServiceTimeout,
+    ServiceUnavailable,
+)
+from ..redaction import get_logger, register_secret
+from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceHttp, parse_model
+
+__all__ = [
+    "CONTACT_PROPERTIES",
+    "NOTE_TO_CONTACT_ASSOCIATION",
+    "CrmContact",
+    "HubSpotClient",
+    "write_outcome_is_ambiguous",
+]
+
+SERVICE = "hubspot"
+
+#: Contact properties requested from the search (HubSpot returns only those asked for).
+CONTACT_PROPERTIES: tuple[str, ...] = (
+    "email",
+    "firstname",
+    "lastname",
+    "company",
+    "jobtitle",
+    "lifecyclestage",
+    "hubspot_owner_id",
+)
+#: HubSpot-defined association type id for note -> contact.
+NOTE_TO_CONTACT_ASSOCIATION = 202
+_MAX_NOTE_CHARS = 65_536  # HubSpot's limit for hs_note_body
+
+logger = get_logger("pandadoc.services.hubspot")
+
+
+_PLACEHOLDERS = frozenset({"", "-", "--", "n/a", "na", "none", "null", "unknown", "tbd", "?"})
+_UNSPEAKABLE = re.compile(r"[<>{}\[\]@|\\]|https?:|www\.")
+_MAX_SPOKEN_CHARS = 80
+
+
+def _speakable(value: str | None) -> str | None:
+    """A CRM value fit to be read aloud, else ``None``: free-text fields hold placeholders
+    ("n/a"), markup, addresses or whole paragraphs that a caller should never hear."""
+    text = " ".join((value or "").split())
+    if text.casefold() in _PLACEHOLDERS or len(text) > _MAX_SPOKEN_CHARS:
+        return None
+    return None if _UNSPEAKABLE.search(text) else text
+
+
+@dataclass(frozen=True)
+class CrmContact:
+    """A person's HubSpot contact record, as far as the agent needs it.
+
+    Field names follow :class:`src.services.salesforce.CrmContact` where the meaning is
+    the same, so the agent can treat either CRM's record alike.
+
+    Attributes:
+        id: HubSpot contact id; pass it to :meth:`HubSpotClient.create_note`.
+        first_name, last_name, company, title: as recorded (``title`` is HubSpot's
+            ``jobtitle``); ``None`` when empty.
+        lifecycle_stage: HubSpot's internal stage value (e.g. ``"lead"``), for the sales
+            team only; never spoken.
+        owner_id: HubSpot owner (sales rep) id, ``None`` when unassigned; never spoken.
+        source: always ``"hubspot"``.
+    """
+
+    id: str
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    title: str | None = None
+    lifecycle_stage: str | None = None
+    owner_id: str | None = None
+    source: str = SERVICE
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("a CRM contact needs an id")
+
+    @property
+    def full_name(self) -> str | None:
+        """First and last name joined, ``None`` when both are empty."""
+        name = " ".join(p for p in (self.first_name, self.last_name) if p)
+        return name or None
+
+    def spoken_summary(self) -> str:
+        """One short sentence about the person, e.g. "Jane Doe works at Acme Corp as Head
+        of Sales Operations." Name, company and role only, when fit to be spoken; never
+        ids, stages, owners or CRM jargon."""
+        first, last = _speakable(self.first_name), _speakable(self.last_name)
+        name = " ".join(p for p in (first, last) if p)
+        company, title = _speakable(self.company), _speakable(self.title)
+        if name and company and title:
+            return f"{name} works at {company} as {title}."
+        if name and company:
+            return f"{name} works at {company}."
+        if name and title:
+            return f"{name} works as {title}."
+        if name:
+            return f"I found {name} in our records."
+        if company:
+            return f"I found a record for someone at {company}."
+        return "I found a matching record."
+
+
+# -- wire models ----------------------------------------------------------------------------
+
+
+class _Contact(pydantic.BaseModel):
+    id: str
+    properties: dict[str, str | None] = pydantic.Field(default_factory=dict)
+
+
+class _SearchResponse(pydantic.BaseModel):
+    results: list[_Contact]
+
+
+class _Note(pydantic.BaseModel):
+    id: str
+
+
+def _clean(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value or None
+
+
+def _contact(raw: _Contact) -> CrmContact:
+    p = raw.properties
+    return CrmContact(
+        id=raw.id,
+        first_name=_clean(p.get("firstname")),
+        last_name=_clean(p.get("lastname")),
+        company=_clean(p.get("company")),
+        title=_clean(p.get("jobtitle")),
+        lifecycle_stage=_clean(p.get("lifecyclestage")),
+        owner_id=_clean(p.get("hubspot_owner_id")),
+    )
+
+
+def _hubspot_time(when: datetime) -> str:
+    """``2024-01-15T10:30:00.000Z``: UTC with milliseconds, as the reference shows."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def write_outcome_is_ambiguous(exc: ServiceError) -> bool:
+    """Whether a failed write may nevertheless have been applied by the server.
+
+    True for timeouts, 5xx and connections lost after the request could have been sent;
+    false for answers that reject the request (4xx, 429) and for connections that were
+    never established (refused, DNS, connect timeout): nothing reached the server.
+    """
+    never_sent = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+    if isinstance(exc.__cause__, never_sent):
+        return False
+    return isinstance(exc, ServiceTimeout | ServiceUnavailable)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class HubSpotClient:
+    """Finds contacts and logs notes in HubSpot CRM.
+
+    Args:
+        access_token: private-app access token (``HUBSPOT_ACCESS_TOKEN``), sent as Bearer.
+        base_url: API host (``HUBSPOT_BASE_URL``), default ``https://api.hubapi.com``.
+        options: per-request timeouts (default 4.0 s total, 1.5 s connect).
+        session: an ``aiohttp.ClientSession`` to reuse (not closed by :meth:`aclose`).
+        clock: current time (aware, UTC), the default ``hs_timestamp`` of a note.
+    """
+
+    service = SERVICE
+
+    def __init__(
+        self,
+        access_token: str,
+        base_url: str = "https://api.hubapi.com",
+        *,
+        options: HttpOptions = DEFAULT_HTTP_OPTIONS,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if not access_token:
+            raise ValueError("hubspot: access_token is required")
+        register_secret(access_token)
+        self._headers = {
+            "Authorization": f"Bearer {access_token}",
+            "Accept": "application/json",
+        }
+        self._http = ServiceHttp(SERVICE, base_url, options=options, session=session)
+        self._clock = clock
+
+    async def find_contact(self, email: str) -> CrmContact:
+        """The contact whose primary email is ``email`` (case-insensitive).
+
+        Idempotent (a search): safe to retry when the error is ``retryable``.
+
+        Raises:
+            NotFound: no such contact (does not count for the breaker).
+            InvalidRequest: ``email`` is blank (nothing is sent).
+            ServiceError: any other failure, translated by :class:`ServiceHttp`.
+        """
+        address = email.strip()
+        if not address:
+            raise InvalidRequest(SERVICE, "hubspot: empty email")
+        body: dict[str, Any] = {
+            "filterGroups": [
+                {"filters": [{"propertyName": "email", "operator": "EQ", "value": address}]}
+            ],
+            "properties": list(CONTACT_PROPERTIES),
+            "limit": 1,  # a primary email belongs to one contact at most
+        }
+        data = await self._http.request(
+            "POST", "/crm/v3/objects/contacts/search", json_body=body, headers=self._headers
+        )
+        found = parse_model(SERVICE, _SearchResponse, data)
+        if not found.results:
+            raise NotFound(SERVICE, "hubspot: no contact with that email")
+        contact = _contact(found.results[0])
+        logger.debug("hubspot contact found: id=%s", contact.id)
+        return contact
+
+    async def create_note(
+        self, contact_id: str, body: str, *, timestamp: datetime | None = None
+    ) -> str:
+        """Log a note on the contact's timeline and return the new note's id.
+
+        Args:
+            contact_id: HubSpot contact id (:attr:`CrmContact.id`).
+            body: note text (``hs_note_body``), at most 65,536 characters.
+            timestamp: when the note happened (``hs_timestamp``); default now (UTC).
+
+        **Not idempotent**: each accepted call creates a note and HubSpot offers no
+        idempotency key. Errors whose outcome is ambiguous (timeout, 5xx, connection lost
+        after sending) are raised with ``retryable = False`` so no generic retry repeats
+        the write; 429 and a refused connection stay retryable.
+
+        Raises:
+            InvalidRequest: blank ``contact_id``/``body``, an over-long body (nothing is
+                sent), or HubSpot rejected the request (e.g. unknown contact, HTTP 400).
+            ServiceError: any other failure, translated by :class:`ServiceHttp`.
+        """
+        contact_id = contact_id.strip()
+        if not contact_id or not body.strip():
+            raise InvalidRequest(SERVICE, "hubspot: note needs a contact id and a body")
+        if len(body) > _MAX_NOTE_CHARS:
+            raise InvalidRequest(SERVICE, "hubspot: note body too long")
+        payload = {
+            "properties": {
+                "hs_note_body": body,
+                "hs_timestamp": _hubspot_time(timestamp or self._clock()),
+            },
+            "associations": [
+                {
+                    "to": {"id": contact_id},
+                    "types": [
+                        {
+                            "associationCategory": "HUBSPOT_DEFINED",
+                            "associationTypeId": NOTE_TO_CONTACT_ASSOCIATION,
+                        }
+                    ],
+                }
+            ],
+        }
+        try:
+            data = await self._http.request(
+                "POST", "/crm/v3/objects/notes", json_body=payload, headers=self._headers
+            )
+        except ServiceError as exc:
+            if write_outcome_is_ambiguous(exc):
+                exc.retryable = False  # the note may exist: never repeat blindly
+            raise
+        note = parse_model(SERVICE, _Note, data)
+        logger.debug("hubspot note %s created for contact %s", note.id, contact_id)
+        return note.id
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this client created it."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
