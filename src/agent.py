@@ -1,0 +1,824 @@
+"""PandaDoc Trialist voice agent: tools, session wiring, error handler and worker entry.
+
+Run it with ``python src/agent.py console|console --text|dev|start|download-files``.
+
+The agent looks up a trialist's product usage (Amplitude) and CRM record (Salesforce, then
+HubSpot), offers and books demo times (ChiliPiper) and logs a call summary to the CRM.
+Every service call goes through the service's circuit breaker and voice-tuned retries
+inside one per-tool deadline; every tool is wrapped so a failure restores the session
+state and the caller hears a short natural sentence (:mod:`src.error_recovery`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import aiohttp
+from livekit.agents import (
+    NOT_GIVEN,
+    Agent,
+    AgentServer,
+    AgentSession,
+    APIConnectOptions,
+    JobContext,
+    JobProcess,
+    RunContext,
+    cli,
+    function_tool,
+    llm,
+    stt,
+    tts,
+    vad,
+)
+from livekit.agents.llm import ToolError
+from livekit.agents.voice.agent_session import SessionConnectOptions
+from livekit.agents.voice.events import CloseEvent, ErrorEvent
+from livekit.plugins import openai
+
+from src.error_recovery import (
+    ERROR_RESPONSES,
+    CircuitBreaker,
+    ErrorRecoveryMixin,
+    VoiceRetryPolicy,
+)
+from src.errors import (
+    AuthenticationFailed,
+    CircuitOpenError,
+    ConnectionFailed,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+)
+from src.redaction import get_logger, install_redaction
+from src.services.amplitude import AmplitudeClient, TrialUsage
+from src.services.chilipiper import BookedMeeting, ChiliPiperClient, DemoSlot
+from src.services.http import HttpOptions
+from src.services.hubspot import HubSpotClient
+from src.services.salesforce import SalesforceClient
+from src.settings import Settings, load_settings
+
+__all__ = [
+    "SERVICE_NAMES",
+    "PandaDocTrialistAgent",
+    "TrialistData",
+    "TrialistServices",
+    "build_session",
+    "on_session_error",
+    "server",
+]
+
+logger = get_logger("pandadoc.agent")
+
+T = TypeVar("T")
+SERVICE_NAMES = ("amplitude", "salesforce", "chilipiper", "hubspot")
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+\-']{1,64}@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}$")
+_MAX_SUMMARY_CHARS = 2000
+
+INSTRUCTIONS = """\
+You are Ava, a friendly PandaDoc specialist on a voice call with someone on a PandaDoc free \
+trial. Help them get real value from the trial: answer questions about PandaDoc, check how \
+their trial is going, and when it fits, offer to book a short demo with our sales team.
+
+How you speak: warm, concise, natural. One or two short sentences per turn. No lists, no \
+markdown, no symbols, no links. Say numbers and times the way a person would, like \
+"three documents" or "Tuesday at two in the afternoon".
+
+Tools: use get_trial_usage to see what they have done so far, lookup_account to see who \
+they are in our records, check_demo_availability before offering demo times, book_demo only \
+with an option you offered, and log_call_summary near the end of the call with a one or two \
+sentence summary and their interest level. If a tool answers with a sentence about a \
+problem, pass the gist on kindly in your own words and carry on with what still works. \
+Never mention tools, systems, errors or technical details to the caller.
+"""
+
+
+# --------------------------------------------------------------------------------------
+# Session state
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrialistData:
+    """What this conversation knows. The error-recovery wrapper snapshots it before each
+    tool and restores it when a tool fails, so a failure never leaves half-written state.
+
+    Attributes:
+        email: the trialist's work email (participant attributes, job metadata, console
+            setting, or said by the caller and validated).
+        name: their name when known.
+        timezone: IANA zone for speaking demo times.
+        usage: product usage found in Amplitude.
+        crm_source / crm_record_id / crm_summary: the CRM record found, if any.
+        offered_slots: demo options offered in this conversation, by option number.
+        booked_meeting: the demo booked in this conversation.
+        summaries_logged: call summaries saved to the CRM.
+    """
+
+    email: str | None = None
+    name: str | None = None
+    timezone: str = "America/New_York"
+    usage: TrialUsage | None = None
+    crm_source: str | None = None
+    crm_record_id: str | None = None
+    crm_summary: str | None = None
+    offered_slots: dict[int, DemoSlot] = field(default_factory=dict)
+    booked_meeting: BookedMeeting | None = None
+    summaries_logged: int = 0
+
+
+@dataclass
+class PendingWrite:
+    """A CRM write that could not be sent (circuit open, rate limited, refused): kept
+    outside the session state so a tool's rollback cannot drop it, and retried later."""
+
+    source: str
+    record_id: str
+    subject: str
+    body: str
+    attempts: int = 0
+
+
+# --------------------------------------------------------------------------------------
+# Services
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrialistServices:
+    """The four vendor clients; a service without configuration is ``None`` and its
+    tools answer with a spoken fallback instead of failing."""
+
+    amplitude: AmplitudeClient | None = None
+    salesforce: SalesforceClient | None = None
+    hubspot: HubSpotClient | None = None
+    chilipiper: ChiliPiperClient | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, session: aiohttp.ClientSession | None = None
+    ) -> TrialistServices:
+        r = settings.resilience
+        options = HttpOptions(
+            timeout=r.service_timeout, connect_timeout=min(1.0, r.service_timeout)
+        )
+        a, s, h, c = (
+            settings.amplitude,
+            settings.salesforce,
+            settings.hubspot,
+            settings.chilipiper,
+        )
+        services = cls(
+            amplitude=AmplitudeClient(
+                a.api_key, a.secret_key, a.base_url, options=options, session=session
+            )
+            if a.configured
+            else None,
+            salesforce=SalesforceClient(
+                s.instance_url, s.client_id, s.client_secret, options=options, session=session
+            )
+            if s.configured
+            else None,
+            hubspot=HubSpotClient(h.access_token, h.base_url, options=options, session=session)
+            if h.configured
+            else None,
+            chilipiper=ChiliPiperClient(
+                c.api_key,
+                c.distribution_id,
+                c.meeting_type_id,
+                c.base_url,
+                options=options,
+                session=session,
+            )
+            if c.configured
+            else None,
+        )
+        missing = [name for name in SERVICE_NAMES if getattr(services, name) is None]
+        if missing:
+            logger.warning("Not configured, tools will use spoken fallbacks: %s", missing)
+        return services
+
+    async def aclose(self) -> None:
+        for client in (self.amplitude, self.salesforce, self.hubspot, self.chilipiper):
+            if client is not None:
+                await client.aclose()
+
+
+# --------------------------------------------------------------------------------------
+# Spoken fallbacks (tool outputs the LLM passes on; never technical)
+# --------------------------------------------------------------------------------------
+
+USAGE_FALLBACK = (
+    "I can't pull up your trial activity right now, but I'm happy to help with anything else."
+)
+USAGE_NOT_FOUND = (
+    "I couldn't find a trial under that email. Could you double-check the address for me?"
+)
+ACCOUNT_FALLBACK = (
+    "I can't reach your account details right now, but we can keep going without them."
+)
+ACCOUNT_NOT_FOUND = "I couldn't find an account under that email yet, and that's okay."
+SLOTS_FALLBACK = (
+    "I can't see the demo calendar right now. I can try again in a moment, or we can keep chatting."
+)
+NO_SLOTS = "There are no open demo times in the next few days. Want me to check further out?"
+BOOK_FALLBACK = (
+    "I couldn't lock in that time just now, so it isn't booked yet. Shall I try again in a moment?"
+)
+NOTE_QUEUED = (
+    "I couldn't save that note just now. I'll hold on to it and try again before we finish."
+)
+NOTE_UNCONFIRMED = "I couldn't confirm that the note was saved, so I'll have the team double-check."
+NOTE_NO_RECORD = "There's no account on file to attach that note to yet, so I haven't saved it."
+ASK_EMAIL = "What's the email address on your PandaDoc trial?"
+BAD_EMAIL = "That email address doesn't sound quite right. Could you spell it out for me?"
+FILLER = "One moment while I pull that up."
+
+
+def _write_rejected_before_applied(exc: BaseException) -> bool:
+    """Whether a failed write certainly changed nothing, so sending it again later cannot
+    duplicate it: refused before sending, rate limited, rejected credentials, or a 503."""
+    if isinstance(exc, CircuitOpenError | RateLimited | AuthenticationFailed):
+        return True
+    if isinstance(exc, ConnectionFailed):
+        return isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+    return isinstance(exc, ServiceUnavailable) and exc.status == 503
+
+
+# --------------------------------------------------------------------------------------
+# The agent
+# --------------------------------------------------------------------------------------
+
+
+class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
+    """The trialist agent. ``services`` are the vendor clients; ``settings`` supply the
+    breaker and retry tuning; ``clock``/``sleep`` are injectable for tests."""
+
+    def __init__(
+        self,
+        services: TrialistServices,
+        settings: Settings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        super().__init__(instructions=INSTRUCTIONS)
+        self.settings = settings or Settings()
+        r = self.settings.resilience
+        self.services = services
+        self.circuit_breakers: dict[str, CircuitBreaker] = {
+            name: CircuitBreaker(
+                failure_threshold=r.failure_threshold,
+                recovery_timeout=r.recovery_timeout,
+                name=name,
+                clock=clock,
+            )
+            for name in SERVICE_NAMES
+        }
+        self.retry_policy = VoiceRetryPolicy(
+            max_retries=r.max_retries,
+            base_delay=r.base_delay,
+            max_delay=r.max_delay,
+            jitter=r.jitter,
+        )
+        self.retry_clock = clock
+        self.retry_sleep = sleep
+        self._now = now
+        self.pending_writes: list[PendingWrite] = []
+
+    # -- tools ---------------------------------------------------------------------------
+    @function_tool()
+    async def get_trial_usage(self, context: RunContext[TrialistData], email: str = "") -> str:
+        """Look up how the caller has used their PandaDoc trial so far: documents created,
+        sent and completed, templates, integrations and days left in the trial.
+
+        Args:
+            email: The caller's work email, only if they just said it. Leave empty to use
+                the email already on file for this call.
+        """
+        return await self.handle_tool_with_error_recovery(
+            context, "get_trial_usage", lambda: self._trial_usage(context, email)
+        )
+
+    @function_tool()
+    async def lookup_account(self, context: RunContext[TrialistData], email: str = "") -> str:
+        """Find the caller's account in our CRM: their name, role and company.
+
+        Args:
+            email: The caller's work email, only if they just said it. Leave empty to use
+                the email already on file for this call.
+        """
+        return await self.handle_tool_with_error_recovery(
+            context, "lookup_account", lambda: self._lookup_account(context, email)
+        )
+
+    @function_tool()
+    async def check_demo_availability(self, context: RunContext[TrialistData]) -> str:
+        """Find open times for a short PandaDoc demo with our sales team over the next few
+        business days. Call this before offering any demo time."""
+        return await self.handle_tool_with_error_recovery(
+            context, "check_demo_availability", lambda: self._demo_slots(context)
+        )
+
+    @function_tool()
+    async def book_demo(self, context: RunContext[TrialistData], option: int) -> str:
+        """Book the demo time the caller chose.
+
+        Args:
+            option: The option number of a demo time offered earlier in this call
+                (1 for the first time offered, 2 for the second, and so on).
+        """
+        return await self.handle_tool_with_error_recovery(
+            context, "book_demo", lambda: self._book_demo(context, option)
+        )
+
+    @function_tool()
+    async def log_call_summary(
+        self,
+        context: RunContext[TrialistData],
+        summary: str,
+        interest: Literal["low", "medium", "high"] = "medium",
+    ) -> str:
+        """Save a short summary of this call to the caller's CRM record for the sales team.
+
+        Args:
+            summary: One or two plain sentences: what the caller needs and what was agreed.
+            interest: How interested the caller is in buying: low, medium or high.
+        """
+        return await self.handle_tool_with_error_recovery(
+            context, "log_call_summary", lambda: self._log_summary(context, summary, interest)
+        )
+
+    # -- tool bodies -----------------------------------------------------------------------
+    async def _trial_usage(self, context: RunContext[TrialistData], email: str) -> str:
+        data = context.userdata
+        address = self._resolve_email(data, email)
+        client = self.services.amplitude
+        if client is None:
+            raise ToolError(USAGE_FALLBACK)
+        try:
+            async with self._filler(context):
+                result = await self._protected(
+                    "amplitude",
+                    lambda: client.get_trial_usage(address),
+                    USAGE_FALLBACK,
+                    reraise=(NotFound, InvalidRequest),
+                )
+        except (NotFound, InvalidRequest):
+            raise ToolError(USAGE_NOT_FOUND) from None
+        data.email = address
+        data.usage = result
+        return result.spoken_summary()
+
+    async def _lookup_account(self, context: RunContext[TrialistData], email: str) -> str:
+        data = context.userdata
+        address = self._resolve_email(data, email)
+        async with self._filler(context):
+            found = await self._find_crm_record(address)
+        data.email = address
+        if found is None:
+            raise ToolError(ACCOUNT_NOT_FOUND)
+        source, record_id, summary, name = found
+        data.crm_source, data.crm_record_id, data.crm_summary = source, record_id, summary
+        if name and not data.name:
+            data.name = name
+        await self.flush_pending_writes()
+        return summary
+
+    async def _find_crm_record(self, email: str) -> tuple[str, str, str, str | None] | None:
+        """Salesforce first, HubSpot when Salesforce fails or has no record, all inside one
+        tool deadline. ``None`` when neither CRM has the person; ``ToolError`` with a
+        spoken fallback when no CRM could answer."""
+        deadline_at = self.retry_clock() + self.settings.resilience.tool_deadline
+        answered_not_found = False
+        sf = self.services.salesforce
+        if sf is not None:
+            try:
+                person = await self._protected(
+                    "salesforce",
+                    lambda: sf.find_person(email),
+                    ACCOUNT_FALLBACK,
+                    reraise=(NotFound, InvalidRequest),
+                    deadline_at=deadline_at,
+                )
+            except (NotFound, InvalidRequest):
+                answered_not_found = True
+            except ToolError:
+                logger.info("Salesforce unavailable, falling back to HubSpot")
+            else:
+                name = " ".join(p for p in (person.first_name, person.last_name) if p) or None
+                return "salesforce", person.id, person.spoken_summary(), name
+        hs = self.services.hubspot
+        if hs is not None and self.retry_clock() < deadline_at:
+            try:
+                contact = await self._protected(
+                    "hubspot",
+                    lambda: hs.find_contact(email),
+                    ACCOUNT_FALLBACK,
+                    reraise=(NotFound, InvalidRequest),
+                    deadline_at=deadline_at,
+                )
+            except (NotFound, InvalidRequest):
+                return None
+            return "hubspot", contact.id, contact.spoken_summary(), contact.full_name
+        if answered_not_found:
+            return None
+        raise ToolError(ACCOUNT_FALLBACK)
+
+    async def _demo_slots(self, context: RunContext[TrialistData]) -> str:
+        data = context.userdata
+        client = self.services.chilipiper
+        if client is None:
+            raise ToolError(SLOTS_FALLBACK)
+        async with self._filler(context):
+            slots = await self._protected(
+                "chilipiper",
+                lambda: client.get_demo_slots(self._now(), days=5, limit=3),
+                SLOTS_FALLBACK,
+            )
+        if not slots:
+            return NO_SLOTS
+        data.offered_slots = {i: slot for i, slot in enumerate(slots, start=1)}
+        tz = _zone(data.timezone)
+        offers = "; ".join(f"option {i} is {s.spoken(tz)}" for i, s in data.offered_slots.items())
+        return f"Open demo times: {offers}. Ask which one works best."
+
+    async def _book_demo(self, context: RunContext[TrialistData], option: int) -> str:
+        data = context.userdata
+        if not data.offered_slots:
+            raise ToolError("I haven't offered any demo times yet. Let me check what's open.")
+        slot = data.offered_slots.get(option) if isinstance(option, int) else None
+        if slot is None:
+            raise ToolError("That isn't one of the times I offered. Which of those works best?")
+        tz = _zone(data.timezone)
+        if data.booked_meeting is not None and data.booked_meeting.slot_id == slot.slot_id:
+            return data.booked_meeting.spoken_summary(tz)
+        if not data.email:
+            raise ToolError(ASK_EMAIL)
+        client = self.services.chilipiper
+        if client is None:
+            raise ToolError(BOOK_FALLBACK)
+        email, name = data.email, data.name or ""
+        async with self._filler(context):
+            # Safe to retry: the client sends a deterministic idempotency key.
+            meeting = await self._protected(
+                "chilipiper", lambda: client.book_demo(email, name, slot), BOOK_FALLBACK
+            )
+        data.booked_meeting = meeting
+        return meeting.spoken_summary(tz)
+
+    async def _log_summary(
+        self, context: RunContext[TrialistData], summary: str, interest: str
+    ) -> str:
+        data = context.userdata
+        text = " ".join(str(summary).split())
+        if not text:
+            raise ToolError("What would you like me to note down from our call?")
+        text = text[:_MAX_SUMMARY_CHARS]
+        level = interest if interest in ("low", "medium", "high") else "medium"
+        if data.crm_record_id is None or data.crm_source is None:
+            if not data.email:
+                raise ToolError(ASK_EMAIL)
+            found = await self._find_crm_record(data.email)
+            if found is None:
+                raise ToolError(NOTE_NO_RECORD)
+            data.crm_source, data.crm_record_id, data.crm_summary, _ = found
+        write = PendingWrite(
+            source=data.crm_source,
+            record_id=data.crm_record_id,
+            subject=f"Trialist call summary (interest: {level})",
+            body=text,
+        )
+        outcome = await self._send_write(write)
+        if outcome == "saved":
+            data.summaries_logged += 1
+            return "Thanks, I've saved a note of our call for the team."
+        if outcome == "queued":
+            self.pending_writes.append(write)
+            raise ToolError(NOTE_QUEUED)
+        raise ToolError(NOTE_UNCONFIRMED)
+
+    # -- writes that must not be lost or doubled ------------------------------------------
+    async def _send_write(self, write: PendingWrite) -> Literal["saved", "queued", "unknown"]:
+        """Send one CRM write once (never blindly retried: neither CRM offers an
+        idempotency key). Returns ``queued`` when it certainly did not apply."""
+        write.attempts += 1
+
+        async def send() -> str:
+            if write.source == "salesforce" and self.services.salesforce is not None:
+                return await self.services.salesforce.create_task(
+                    write.record_id, write.subject, write.body
+                )
+            if write.source == "hubspot" and self.services.hubspot is not None:
+                return await self.services.hubspot.create_note(
+                    write.record_id, f"{write.subject}\n\n{write.body}"
+                )
+            raise CircuitOpenError(write.source)  # not configured: nothing was sent
+
+        try:
+            result = await self.call_with_retry_and_circuit_breaker(
+                write.source, send, "", max_retries=0, reraise=(Exception,)
+            )
+        except Exception as exc:
+            if _write_rejected_before_applied(exc):
+                logger.warning("CRM write not applied (%s); queued", type(exc).__name__)
+                return "queued"
+            logger.error(
+                "CRM write outcome unknown after %s; not re-sent to avoid a duplicate",
+                type(exc).__name__,
+                extra={"service": write.source},
+            )
+            return "unknown"
+        if result == "":  # the circuit was open: nothing was sent
+            return "queued"
+        return "saved"
+
+    async def flush_pending_writes(self) -> int:
+        """Try queued CRM writes again; returns how many are still pending. Called after
+        a CRM lookup succeeds and when the session ends."""
+        still: list[PendingWrite] = []
+        for write in list(self.pending_writes):
+            outcome = await self._send_write(write)
+            if outcome == "queued":
+                still.append(write)
+            elif outcome == "unknown":
+                logger.error("Queued CRM write outcome unknown; flagged for manual check")
+        self.pending_writes = still
+        if still:
+            logger.warning("%d CRM write(s) still pending", len(still))
+        return len(still)
+
+    async def on_exit(self) -> None:
+        remaining = await self.flush_pending_writes()
+        if remaining:
+            logger.error("%d call summary write(s) could not be saved before the end", remaining)
+
+    # -- helpers ---------------------------------------------------------------------------
+    async def _protected(
+        self,
+        service: str,
+        func: Callable[[], Awaitable[T]],
+        fallback: str,
+        *,
+        reraise: tuple[type[BaseException], ...] = (),
+        deadline_at: float | None = None,
+    ) -> T:
+        """A service call through breaker + retries inside the tool deadline; a fallback
+        becomes a ``ToolError`` carrying the spoken sentence."""
+        if deadline_at is None:
+            deadline_at = self.retry_clock() + self.settings.resilience.tool_deadline
+        remaining = max(0.01, deadline_at - self.retry_clock())
+        result = await self.call_with_retry_and_circuit_breaker(
+            service,
+            func,
+            fallback,
+            max_retries=self.retry_policy.max_retries,
+            deadline=remaining,
+            reraise=reraise,
+        )
+        if isinstance(result, str) and result == fallback:
+            raise ToolError(fallback)
+        return result  # type: ignore[return-value]
+
+    @asynccontextmanager
+    async def _filler(self, context: RunContext[TrialistData]) -> AsyncIterator[None]:
+        """Speak a short filler if the call leaves the caller waiting."""
+        with_filler = getattr(context, "with_filler", None)
+        if with_filler is None:
+            yield
+            return
+        async with with_filler(FILLER, delay=self.settings.resilience.filler_delay):
+            yield
+
+    @staticmethod
+    def _resolve_email(data: TrialistData, email: str) -> str:
+        candidate = str(email or "").strip().lower()
+        if candidate:
+            if len(candidate) > 254 or not _EMAIL.match(candidate):
+                raise ToolError(BAD_EMAIL)
+            return candidate
+        if data.email:
+            return data.email
+        raise ToolError(ASK_EMAIL)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+# --------------------------------------------------------------------------------------
+# Session assembly and the error handler
+# --------------------------------------------------------------------------------------
+
+
+def connect_options(settings: Settings) -> SessionConnectOptions:
+    """LiveKit's model retry settings, tuned for voice (see ResilienceSettings)."""
+    r = settings.resilience
+    return SessionConnectOptions(
+        llm_conn_options=APIConnectOptions(
+            max_retry=r.llm_max_retry, retry_interval=r.model_retry_interval, timeout=r.llm_timeout
+        ),
+        tts_conn_options=APIConnectOptions(
+            max_retry=r.tts_max_retry, retry_interval=r.model_retry_interval, timeout=r.tts_timeout
+        ),
+        stt_conn_options=APIConnectOptions(
+            max_retry=r.stt_max_retry, retry_interval=r.model_retry_interval, timeout=r.stt_timeout
+        ),
+        max_unrecoverable_errors=r.max_unrecoverable_errors,
+    )
+
+
+def build_llm(settings: Settings) -> llm.LLM[Any]:
+    """OpenAI chat model, with a ``FallbackAdapter`` to a second model when configured."""
+    m = settings.models
+    base_url = m.openai_base_url or NOT_GIVEN
+    api_key = m.openai_api_key or NOT_GIVEN
+    primary = openai.LLM(model=m.llm_model, base_url=base_url, api_key=api_key)
+    if not m.fallback_llm_model:
+        return primary
+    secondary = openai.LLM(model=m.fallback_llm_model, base_url=base_url, api_key=api_key)
+    return llm.FallbackAdapter(
+        [primary, secondary], attempt_timeout=settings.resilience.llm_timeout
+    )
+
+
+def build_tts(settings: Settings) -> tts.TTS[Any]:
+    m = settings.models
+    return openai.TTS(
+        model=m.tts_model,
+        voice=m.tts_voice,
+        base_url=m.openai_base_url or NOT_GIVEN,
+        api_key=m.openai_api_key or NOT_GIVEN,
+    )
+
+
+def build_stt(settings: Settings) -> stt.STT[Any] | None:
+    if not settings.models.deepgram_api_key:
+        return None
+    from livekit.plugins import deepgram
+
+    return deepgram.STT(model=settings.models.stt_model, api_key=settings.models.deepgram_api_key)
+
+
+def on_session_error(session: AgentSession[Any], event: ErrorEvent) -> asyncio.Task[None] | None:
+    """The spec's session ``"error"`` handler. Recoverable errors are logged (LiveKit is
+    retrying); an unrecoverable one makes the agent apologise out loud instead of going
+    silent. Returns the speaking task, if any."""
+    error = event.error
+    source = type(event.source).__name__
+    cause = type(getattr(error, "error", error)).__name__
+    if getattr(error, "recoverable", False):
+        logger.info("Recoverable %s error: %s", source, cause)
+        return None
+    logger.error("Unrecoverable %s error: %s", source, cause)
+    agent = session.current_agent if _has_agent(session) else None
+    if isinstance(agent, ErrorRecoveryMixin):
+        phrase = agent.get_error_response("service_unavailable")
+    else:
+        phrase = ERROR_RESPONSES["service_unavailable"][0]
+    text = f"{phrase} I apologize for the interruption."
+
+    async def speak() -> None:
+        try:
+            handle = session.say(text, allow_interruptions=False)
+            await handle
+        except RuntimeError:
+            logger.warning("Session closed before the apology could be spoken")
+
+    return asyncio.create_task(speak())
+
+
+def _has_agent(session: AgentSession[Any]) -> bool:
+    try:
+        session.current_agent  # noqa: B018 - raises when no agent is running
+    except RuntimeError:
+        return False
+    return True
+
+
+def build_session(
+    settings: Settings,
+    *,
+    userdata: TrialistData,
+    llm_model: llm.LLM[Any] | None = None,
+    tts_model: tts.TTS[Any] | None | Literal["default"] = "default",
+    stt_model: stt.STT[Any] | None | Literal["default"] = "default",
+    vad_model: vad.VAD | None = None,
+) -> AgentSession[TrialistData]:
+    """The one place an ``AgentSession`` is assembled (production and tests): models,
+    voice-tuned connect options, and the error handler."""
+    session_tts = build_tts(settings) if tts_model == "default" else tts_model
+    session_stt = build_stt(settings) if stt_model == "default" else stt_model
+    session: AgentSession[TrialistData] = AgentSession(
+        llm=llm_model or build_llm(settings),
+        tts=session_tts if session_tts is not None else NOT_GIVEN,
+        stt=session_stt if session_stt is not None else NOT_GIVEN,
+        vad=vad_model if vad_model is not None else NOT_GIVEN,
+        userdata=userdata,
+        conn_options=connect_options(settings),
+    )
+    tasks: set[asyncio.Task[None]] = set()
+
+    def _on_error(event: ErrorEvent) -> None:
+        task = on_session_error(session, event)
+        if task is not None:
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    def _on_close(event: CloseEvent) -> None:
+        logger.info("Session closed: %s", event.reason)
+
+    session.on("error", _on_error)
+    session.on("close", _on_close)
+    return session
+
+
+# --------------------------------------------------------------------------------------
+# Worker entry point
+# --------------------------------------------------------------------------------------
+
+
+def identity_from_job(metadata: str, attributes: dict[str, str]) -> tuple[str | None, str | None]:
+    """(email, name) of the trialist from participant attributes, else job metadata JSON.
+    Untrusted input: anything malformed is ignored with a log line."""
+    email = attributes.get("email") or None
+    name = attributes.get("name") or None
+    if metadata:
+        try:
+            meta = json.loads(metadata)
+        except ValueError:
+            logger.warning("Job metadata is not JSON; ignoring it")
+            meta = {}
+        if isinstance(meta, dict):
+            email = email or (meta.get("email") if isinstance(meta.get("email"), str) else None)
+            name = name or (meta.get("name") if isinstance(meta.get("name"), str) else None)
+    if email is not None:
+        email = email.strip().lower()
+        if len(email) > 254 or not _EMAIL.match(email):
+            logger.warning("Ignoring a malformed trialist email from the job")
+            email = None
+    if name is not None:
+        name = " ".join(name.split())[:80] or None
+    return email, name
+
+
+SETTINGS = load_settings()
+install_redaction()
+server = AgentServer()
+
+
+def prewarm(proc: JobProcess) -> None:
+    from livekit.plugins import silero
+
+    proc.userdata["vad"] = silero.VAD.load()
+
+
+server.setup_fnc = prewarm
+
+
+@server.rtc_session(agent_name=SETTINGS.agent.agent_name)
+async def entrypoint(ctx: JobContext) -> None:
+    settings = SETTINGS
+    install_redaction()
+    services = TrialistServices.from_settings(settings)
+    data = TrialistData(
+        email=settings.agent.trialist_email or None,
+        name=settings.agent.trialist_name or None,
+        timezone=settings.agent.timezone,
+    )
+    session = build_session(settings, userdata=data, vad_model=ctx.proc.userdata.get("vad"))
+    agent = PandaDocTrialistAgent(services, settings)
+
+    async def _shutdown() -> None:
+        await agent.flush_pending_writes()
+        await services.aclose()
+
+    ctx.add_shutdown_callback(_shutdown)
+    await session.start(agent=agent, room=ctx.room)
+    participant = await ctx.wait_for_participant() if ctx.room.isconnected() else None
+    attributes = dict(participant.attributes) if participant is not None else {}
+    email, name = identity_from_job(ctx.job.metadata or "", attributes)
+    data.email = email or data.email
+    data.name = name or data.name
+    greeting = f"Hi {data.name.split()[0]}! " if data.name else "Hi there! "
+    await session.say(
+        greeting + "I'm Ava from PandaDoc. How is your trial going so far?",
+        allow_interruptions=True,
+    )
+
+
+if __name__ == "__main__":
+    cli.run_app(server)

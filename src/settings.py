@@ -1,0 +1,324 @@
+"""Configuration, read from the environment in one place.
+
+``load_settings()`` reads ``.env.local`` then ``.env`` (python-dotenv; real environment
+variables win), validates every value and returns frozen dataclasses. A bad value raises
+:class:`SettingsError` naming the variable and what is expected, never echoing the value
+(it may be a secret). Every secret is registered with :mod:`src.redaction` so it cannot
+reach a log line. See ``.env.example`` for the full, commented list.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .redaction import register_secret
+
+__all__ = [
+    "DEFAULT_RESILIENCE",
+    "AgentSettings",
+    "ChiliPiperSettings",
+    "HubSpotSettings",
+    "ModelSettings",
+    "ResilienceSettings",
+    "SalesforceSettings",
+    "ServiceSettings",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+]
+
+AMPLITUDE_DEFAULT_URL = "https://amplitude.com"
+HUBSPOT_DEFAULT_URL = "https://api.hubapi.com"
+CHILIPIPER_DEFAULT_URL = "https://fire.chilipiper.com/api/fire-edge"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid. The message names the variable."""
+
+
+@dataclass(frozen=True)
+class ResilienceSettings:
+    """The spec's tuning parameters plus the voice budget.
+
+    Attributes:
+        failure_threshold: consecutive failed calls that open a service's circuit (3).
+        recovery_timeout: seconds an open circuit waits before one probe (30.0).
+        max_retries: retries per service call after the first attempt (2).
+        base_delay: seconds before the first retry (0.5).
+        max_delay: cap on one retry delay, seconds (3.0).
+        jitter: randomise retry delays (True; turn off only in tests).
+        service_timeout: seconds for one HTTP attempt to a vendor (2.5).
+        tool_deadline: seconds a tool may take in all, retries included (6.0). Past it
+            the caller hears a fallback sentence.
+        filler_delay: seconds of silence before filler speech during a slow tool (1.5).
+        llm_timeout / tts_timeout / stt_timeout: seconds per model attempt (6.0/5.0/5.0).
+        llm_max_retry / tts_max_retry / stt_max_retry: LiveKit-level retries (1/1/2),
+            instead of LiveKit's 3 retries x 2 s, which can leave a caller in silence
+            for over half a minute.
+        model_retry_interval: seconds between model retries (0.3).
+        max_unrecoverable_errors: consecutive model failures before the session ends
+            after a spoken goodbye (3).
+    """
+
+    failure_threshold: int = 3
+    recovery_timeout: float = 30.0
+    max_retries: int = 2
+    base_delay: float = 0.5
+    max_delay: float = 3.0
+    jitter: bool = True
+    service_timeout: float = 2.5
+    tool_deadline: float = 6.0
+    filler_delay: float = 1.5
+    llm_timeout: float = 6.0
+    tts_timeout: float = 5.0
+    stt_timeout: float = 5.0
+    llm_max_retry: int = 1
+    tts_max_retry: int = 1
+    stt_max_retry: int = 2
+    model_retry_interval: float = 0.3
+    max_unrecoverable_errors: int = 3
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise SettingsError("CIRCUIT_FAILURE_THRESHOLD must be >= 1")
+        if self.recovery_timeout < 0:
+            raise SettingsError("CIRCUIT_RECOVERY_TIMEOUT must be >= 0 seconds")
+        if self.max_retries < 0:
+            raise SettingsError("RETRY_MAX_RETRIES must be >= 0")
+        if not 0 <= self.base_delay <= self.max_delay:
+            raise SettingsError("RETRY_BASE_DELAY must be >= 0 and <= RETRY_MAX_DELAY")
+        if not 0 < self.service_timeout <= self.tool_deadline:
+            raise SettingsError("SERVICE_TIMEOUT must be > 0 and <= TOOL_DEADLINE")
+        for name, value in (
+            ("LLM_TIMEOUT", self.llm_timeout),
+            ("TTS_TIMEOUT", self.tts_timeout),
+            ("STT_TIMEOUT", self.stt_timeout),
+        ):
+            if value <= 0:
+                raise SettingsError(f"{name} must be > 0 seconds")
+        if min(self.llm_max_retry, self.tts_max_retry, self.stt_max_retry) < 0:
+            raise SettingsError("LLM/TTS/STT_MAX_RETRY must be >= 0")
+        if self.max_unrecoverable_errors < 1:
+            raise SettingsError("MAX_UNRECOVERABLE_ERRORS must be >= 1")
+
+
+DEFAULT_RESILIENCE = ResilienceSettings()
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Amplitude credentials and address."""
+
+    api_key: str = ""
+    secret_key: str = ""
+    base_url: str = AMPLITUDE_DEFAULT_URL
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_key and self.secret_key)
+
+
+@dataclass(frozen=True)
+class SalesforceSettings:
+    instance_url: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.instance_url and self.client_id and self.client_secret)
+
+
+@dataclass(frozen=True)
+class HubSpotSettings:
+    access_token: str = ""
+    base_url: str = HUBSPOT_DEFAULT_URL
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.access_token)
+
+
+@dataclass(frozen=True)
+class ChiliPiperSettings:
+    api_key: str = ""
+    base_url: str = CHILIPIPER_DEFAULT_URL
+    distribution_id: str = ""
+    meeting_type_id: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_key and self.distribution_id and self.meeting_type_id)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """LLM, TTS and STT. ``openai_base_url`` empty means OpenAI's own endpoint."""
+
+    openai_api_key: str = ""
+    openai_base_url: str = ""
+    llm_model: str = "gpt-4o-mini"
+    fallback_llm_model: str = ""
+    tts_model: str = "gpt-4o-mini-tts"
+    tts_voice: str = "alloy"
+    deepgram_api_key: str = ""
+    stt_model: str = "nova-3"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    agent_name: str = "pandadoc-trialist"
+    trialist_email: str = ""
+    trialist_name: str = ""
+    timezone: str = "America/New_York"
+
+
+@dataclass(frozen=True)
+class Settings:
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    amplitude: ServiceSettings = field(default_factory=ServiceSettings)
+    salesforce: SalesforceSettings = field(default_factory=SalesforceSettings)
+    hubspot: HubSpotSettings = field(default_factory=HubSpotSettings)
+    chilipiper: ChiliPiperSettings = field(default_factory=ChiliPiperSettings)
+
+
+# -- parsing --------------------------------------------------------------------------
+
+
+def _str(env: Mapping[str, str], name: str, default: str = "") -> str:
+    return env.get(name, default).strip() or default
+
+
+def _url(env: Mapping[str, str], name: str, default: str = "") -> str:
+    value = _str(env, name, default).rstrip("/")
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{name} must be an absolute http(s) URL")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number of seconds")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false")
+
+
+def _secret(env: Mapping[str, str], name: str) -> str:
+    value = _str(env, name)
+    register_secret(value)
+    return value
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """Build :class:`Settings` from a mapping (``os.environ`` or a test dict)."""
+    d = DEFAULT_RESILIENCE
+    resilience = ResilienceSettings(
+        failure_threshold=_int(env, "CIRCUIT_FAILURE_THRESHOLD", d.failure_threshold),
+        recovery_timeout=_float(env, "CIRCUIT_RECOVERY_TIMEOUT", d.recovery_timeout),
+        max_retries=_int(env, "RETRY_MAX_RETRIES", d.max_retries),
+        base_delay=_float(env, "RETRY_BASE_DELAY", d.base_delay),
+        max_delay=_float(env, "RETRY_MAX_DELAY", d.max_delay),
+        jitter=_bool(env, "RETRY_JITTER", d.jitter),
+        service_timeout=_float(env, "SERVICE_TIMEOUT", d.service_timeout),
+        tool_deadline=_float(env, "TOOL_DEADLINE", d.tool_deadline),
+        filler_delay=_float(env, "FILLER_DELAY", d.filler_delay),
+        llm_timeout=_float(env, "LLM_TIMEOUT", d.llm_timeout),
+        tts_timeout=_float(env, "TTS_TIMEOUT", d.tts_timeout),
+        stt_timeout=_float(env, "STT_TIMEOUT", d.stt_timeout),
+        llm_max_retry=_int(env, "LLM_MAX_RETRY", d.llm_max_retry),
+        tts_max_retry=_int(env, "TTS_MAX_RETRY", d.tts_max_retry),
+        stt_max_retry=_int(env, "STT_MAX_RETRY", d.stt_max_retry),
+        model_retry_interval=_float(env, "MODEL_RETRY_INTERVAL", d.model_retry_interval),
+        max_unrecoverable_errors=_int(env, "MAX_UNRECOVERABLE_ERRORS", d.max_unrecoverable_errors),
+    )
+    for name in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        _secret(env, name)
+    return Settings(
+        agent=AgentSettings(
+            agent_name=_str(env, "AGENT_NAME", "pandadoc-trialist"),
+            trialist_email=_str(env, "TRIALIST_EMAIL"),
+            trialist_name=_str(env, "TRIALIST_NAME"),
+            timezone=_str(env, "TRIALIST_TIMEZONE", "America/New_York"),
+        ),
+        models=ModelSettings(
+            openai_api_key=_secret(env, "OPENAI_API_KEY"),
+            openai_base_url=_url(env, "OPENAI_BASE_URL"),
+            llm_model=_str(env, "OPENAI_MODEL", "gpt-4o-mini"),
+            fallback_llm_model=_str(env, "OPENAI_FALLBACK_MODEL"),
+            tts_model=_str(env, "OPENAI_TTS_MODEL", "gpt-4o-mini-tts"),
+            tts_voice=_str(env, "OPENAI_TTS_VOICE", "alloy"),
+            deepgram_api_key=_secret(env, "DEEPGRAM_API_KEY"),
+            stt_model=_str(env, "DEEPGRAM_MODEL", "nova-3"),
+        ),
+        resilience=resilience,
+        amplitude=ServiceSettings(
+            api_key=_secret(env, "AMPLITUDE_API_KEY"),
+            secret_key=_secret(env, "AMPLITUDE_SECRET_KEY"),
+            base_url=_url(env, "AMPLITUDE_BASE_URL", AMPLITUDE_DEFAULT_URL),
+        ),
+        salesforce=SalesforceSettings(
+            instance_url=_url(env, "SALESFORCE_INSTANCE_URL"),
+            client_id=_secret(env, "SALESFORCE_CLIENT_ID"),
+            client_secret=_secret(env, "SALESFORCE_CLIENT_SECRET"),
+        ),
+        hubspot=HubSpotSettings(
+            access_token=_secret(env, "HUBSPOT_ACCESS_TOKEN"),
+            base_url=_url(env, "HUBSPOT_BASE_URL", HUBSPOT_DEFAULT_URL),
+        ),
+        chilipiper=ChiliPiperSettings(
+            api_key=_secret(env, "CHILIPIPER_API_KEY"),
+            base_url=_url(env, "CHILIPIPER_BASE_URL", CHILIPIPER_DEFAULT_URL),
+            distribution_id=_str(env, "CHILIPIPER_DISTRIBUTION_ID"),
+            meeting_type_id=_str(env, "CHILIPIPER_MEETING_TYPE_ID"),
+        ),
+    )
+
+
+def load_settings(root: Path | None = None) -> Settings:
+    """Load ``.env.local`` and ``.env`` from ``root`` (default: the repository root) into
+    the process environment without overriding real variables, then parse it."""
+    from dotenv import load_dotenv
+
+    base = root or Path(__file__).resolve().parent.parent
+    for name in (".env.local", ".env"):
+        path = base / name
+        if path.is_file():
+            load_dotenv(path, override=False)
+    return settings_from_env(os.environ)
