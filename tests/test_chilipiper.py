@@ -230,7 +230,8 @@ async def test_book_demo(client: ChiliPiperClient, server: ChiliPiperServer) -> 
     assert meeting.starts_at == slot.starts_at and meeting.slot_id == slot.slot_id
     assert meeting.meeting_id == server.meetings[0].meeting_id
     assert meeting.link and meeting.meeting_id in meeting.link
-    assert meeting.spoken_summary() == "You're all set for a demo on Monday at 3 PM."
+    assert meeting.spoken_summary() == "You're all set for the demo at the time you picked."
+    assert meeting.spoken_summary(UTC) == "You're all set for a demo on Monday at 3 PM."
     assert meeting.spoken_summary(NEW_YORK) == "You're all set for a demo on Monday at 10 AM."
     (stored,) = server.meetings
     assert (stored.guest_email, stored.guest_name) == (JANE.email, "Jane Doe")

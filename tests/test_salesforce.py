@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import pytest
@@ -111,6 +111,31 @@ async def test_contact_wins_over_a_lead_with_the_same_email(
     person = await client.find_person(SAM.email)
 
     assert person.object_type == "Contact" and person.company == SAM.company
+
+
+@pytest.mark.parametrize(
+    ("failing", "outcome"),
+    [("Contact", ServiceUnavailable), ("Lead", "Contact")],
+    ids=["contact-query-fails", "lead-query-fails"],
+)
+async def test_one_failing_object_query(
+    monkeypatch: pytest.MonkeyPatch, failing: str, outcome: type[ServiceError] | str
+) -> None:
+    sf = SalesforceClient("http://127.0.0.1:9", CLIENT_ID, CLIENT_SECRET, options=FAST)
+
+    async def query_one(object_type: Literal["Lead", "Contact"], email: str) -> CrmContact:
+        if object_type == failing:
+            raise ServiceUnavailable("salesforce")
+        prefix = "003" if object_type == "Contact" else "00Q"
+        return CrmContact(f"{prefix}000000000000AAA", object_type)
+
+    monkeypatch.setattr(sf, "_query_one", query_one)
+    if isinstance(outcome, str):
+        assert (await sf.find_person(JANE.email)).object_type == outcome
+    else:
+        # A Lead was found, but a Contact (which would win) may exist: no guessing.
+        with pytest.raises(outcome):
+            await sf.find_person(JANE.email)
 
 
 @pytest.mark.parametrize("email", [*NOT_IN_SALESFORCE, "nobody@example.com"])

@@ -142,10 +142,13 @@ class BookedMeeting:
     slot_id: str
     link: str | None = None
 
-    def spoken_summary(self, tz: tzinfo = UTC) -> str:
-        """One sentence confirming the booking, with the time in ``tz`` (default UTC;
-        pass the caller's timezone), e.g. ``"You're all set for a demo on Tuesday at
-        3 PM."`` Never ids or links."""
+    def spoken_summary(self, tz: tzinfo | None = None) -> str:
+        """One sentence confirming the booking, never ids or links. With the caller's
+        timezone ``tz`` it names the time (``"You're all set for a demo on Tuesday at
+        3 PM."``); without one (default ``None``) it leaves the time out rather than
+        speak it in a zone the caller may not be in."""
+        if tz is None:
+            return "You're all set for the demo at the time you picked."
         return f"You're all set for a demo on {spoken_time(self.starts_at, tz)}."
 
 

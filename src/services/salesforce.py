@@ -219,7 +219,7 @@ class CrmContact:
 class _TokenResponse(pydantic.BaseModel):
     access_token: str = pydantic.Field(min_length=1)
     token_type: str | None = None
-    expires_in: float | None = pydantic.Field(default=None, gt=0)
+    expires_in: float | None = None  # seconds; absent or <= 0: valid until a 401
 
 
 class _Attributes(pydantic.BaseModel):
@@ -404,7 +404,7 @@ class SalesforceClient:
         parsed = parse_model(SERVICE, _TokenResponse, data)
         register_secret(parsed.access_token)
         expires_at = None
-        if parsed.expires_in is not None:
+        if parsed.expires_in is not None and parsed.expires_in > 0:
             lifetime = parsed.expires_in
             expires_at = self._clock() + max(lifetime - _EXPIRY_MARGIN_S, lifetime / 2)
         logger.debug("salesforce: new access token (expiry announced: %s)", bool(expires_at))
@@ -434,8 +434,10 @@ class SalesforceClient:
         Raises:
             InvalidRequest: ``email`` is not a well-formed address (nothing is sent).
             NotFound: neither a Contact nor a Lead has that email.
-            ServiceError: any other failure, translated by the HTTP layer; when the two
-                queries both fail, the Contact query's error is raised.
+            ServiceError: any other failure, translated by the HTTP layer. A failed
+                Contact query is raised even when the Lead query found someone (a
+                Contact, had it been found, would have won); a failed Lead query is
+                raised only when no Contact was found.
         """
         email = email.strip()
         if not is_valid_email(email):
