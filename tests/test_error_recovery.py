@@ -896,3 +896,24 @@ async def test_base_exceptions_pass_through_untouched(agent: RecoveringAgent) ->
         )
     with pytest.raises(Shutdown):
         await agent.call_with_retry_and_circuit_breaker("amplitude", Flaky(Shutdown()), FALLBACK)
+
+
+# ---------------------------------------------------------------------------------------
+# integration with PandaDocTrialistAgent
+# ---------------------------------------------------------------------------------------
+
+
+async def test_agent_integration_uses_the_recovery_layer(clock: FakeClock) -> None:
+    from src.agent import PandaDocTrialistAgent, TrialistServices
+
+    agent = PandaDocTrialistAgent(TrialistServices(), clock=clock, sleep=RecordingSleep(clock))
+    assert isinstance(agent, ErrorRecoveryMixin)
+    assert sorted(agent.circuit_breakers) == ["amplitude", "chilipiper", "hubspot", "salesforce"]
+    assert agent.retry_policy == VoiceRetryPolicy(max_retries=2, base_delay=0.5, max_delay=3.0)
+    func = Flaky(*(unavailable() for _ in range(9)))
+    for _ in range(3):
+        assert await agent.call_with_retry_and_circuit_breaker("amplitude", func, FALLBACK) == (
+            FALLBACK
+        )
+    assert agent.circuit_breakers["amplitude"].state is CircuitState.OPEN
+    assert agent.get_error_response("timeout") in ERROR_RESPONSES["timeout"]

@@ -1,0 +1,378 @@
+"""The agent end to end, offline: the real AgentSession and openai plugin against the
+sandbox's scripted model, the real clients against the sandbox services."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from livekit.agents import AgentSession
+from livekit.agents.voice.run_result import RunResult
+
+from src.agent import (
+    ACCOUNT_FALLBACK,
+    BOOK_FALLBACK,
+    NOTE_QUEUED,
+    SERVICE_NAMES,
+    SLOTS_FALLBACK,
+    USAGE_FALLBACK,
+    USAGE_NOT_FOUND,
+    PandaDocTrialistAgent,
+    TrialistData,
+    TrialistServices,
+    build_session,
+    identity_from_job,
+)
+from src.error_recovery import ERROR_RESPONSES, CircuitState
+from src.sandbox import Sandbox
+from src.sandbox.base import FaultKind
+from src.sandbox.openai_server import ToolCall, Turn
+from src.settings import Settings, settings_from_env
+
+JANE = "jane.doe@acme.example.com"
+MARIA = "maria.garcia@initech.example.com"  # only in HubSpot
+ALEX = "alex.kim@umbrella.example.com"  # in neither CRM
+
+
+class NoSleep:
+    """Recorded instead of waited: retries stay fast and their delays are checkable."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@dataclasses.dataclass
+class Rig:
+    sandbox: Sandbox
+    settings: Settings
+    services: TrialistServices
+    agent: PandaDocTrialistAgent
+    session: AgentSession[TrialistData]
+    data: TrialistData
+    sleep: NoSleep
+
+    async def say(self, text: str) -> RunResult[Any]:
+        return await self.session.run(user_input=text)
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox() as sb:
+        yield sb
+
+
+def fast_settings(env: dict[str, str]) -> Settings:
+    settings = settings_from_env(env)
+    return dataclasses.replace(
+        settings,
+        resilience=dataclasses.replace(
+            settings.resilience,
+            service_timeout=0.5,
+            tool_deadline=3.0,
+            llm_timeout=2.0,
+            model_retry_interval=0.01,
+        ),
+    )
+
+
+@pytest.fixture
+async def rig(sandbox: Sandbox) -> AsyncIterator[Rig]:
+    settings = fast_settings(sandbox.env())
+    services = TrialistServices.from_settings(settings)
+    sleep = NoSleep()
+    agent = PandaDocTrialistAgent(services, settings, sleep=sleep)
+    data = TrialistData(email=JANE)
+    session = build_session(settings, userdata=data, tts_model=None, stt_model=None)
+    async with session:
+        await session.start(agent)
+        yield Rig(sandbox, settings, services, agent, session, data, sleep)
+    await services.aclose()
+
+
+def tool_output(result: RunResult[Any], name: str) -> Any:
+    for event in result.events:
+        if event.type == "function_call_output" and event.item.name == name:
+            return event.item
+    raise AssertionError(f"no output of {name} in {result.events}")
+
+
+def assistant_text(result: RunResult[Any]) -> str:
+    return " ".join(e.item.text_content or "" for e in result.events if e.type == "message")
+
+
+# ---------------------------------------------------------------------------------------
+# construction
+# ---------------------------------------------------------------------------------------
+
+
+def test_agent_has_the_spec_breakers() -> None:
+    agent = PandaDocTrialistAgent(TrialistServices())
+    assert set(agent.circuit_breakers) == {"amplitude", "salesforce", "chilipiper", "hubspot"}
+    assert tuple(sorted(agent.circuit_breakers)) == tuple(sorted(SERVICE_NAMES))
+    for name, breaker in agent.circuit_breakers.items():
+        assert (breaker.failure_threshold, breaker.recovery_timeout) == (3, 30.0)
+        assert breaker.name == name
+
+
+def test_breaker_settings_are_overridable() -> None:
+    settings = settings_from_env(
+        {"CIRCUIT_FAILURE_THRESHOLD": "5", "CIRCUIT_RECOVERY_TIMEOUT": "12.5"}
+    )
+    agent = PandaDocTrialistAgent(TrialistServices(), settings)
+    assert {(b.failure_threshold, b.recovery_timeout) for b in agent.circuit_breakers.values()} == {
+        (5, 12.5)
+    }
+
+
+def test_tool_schemas_describe_arguments() -> None:
+    agent = PandaDocTrialistAgent(TrialistServices())
+    names = {t.info.name for t in agent.tools}  # type: ignore[union-attr]
+    assert names == {
+        "get_trial_usage",
+        "lookup_account",
+        "check_demo_availability",
+        "book_demo",
+        "log_call_summary",
+    }
+
+
+@pytest.mark.parametrize(
+    ("metadata", "attributes", "expected"),
+    [
+        ('{"email": "Jane.Doe@Acme.example.com", "name": "Jane  Doe"}', {}, (JANE, "Jane Doe")),
+        ("", {"email": JANE}, (JANE, None)),
+        ("not json", {}, (None, None)),
+        ('{"email": "nope"}', {}, (None, None)),
+        ('{"email": ["x"]}', {"name": "Sam"}, (None, "Sam")),
+        ('["list"]', {}, (None, None)),
+    ],
+)
+def test_identity_from_job_is_validated(
+    metadata: str, attributes: dict[str, str], expected: tuple[str | None, str | None]
+) -> None:
+    assert identity_from_job(metadata, attributes) == expected
+
+
+# ---------------------------------------------------------------------------------------
+# happy paths
+# ---------------------------------------------------------------------------------------
+
+
+async def test_trial_usage_happy_path(rig: Rig) -> None:
+    result = await rig.say("How is my trial usage going?")
+    result.expect.next_event().is_function_call(name="get_trial_usage")
+    out = result.expect.next_event().is_function_call_output()
+    assert not out.event().item.is_error
+    assert "fourteen documents" in out.event().item.output
+    msg = result.expect.next_event().is_message(role="assistant")
+    assert "fourteen documents" in (msg.event().item.text_content or "")
+    result.expect.no_more_events()
+    assert rig.data.usage is not None and rig.data.usage.documents_created == 14
+
+
+async def test_account_lookup_happy_path_uses_salesforce(rig: Rig) -> None:
+    result = await rig.say("What's on my account record?")
+    out = tool_output(result, "lookup_account")
+    assert not out.is_error
+    assert "Jane Doe" in out.output and "Acme Corp" in out.output
+    assert rig.data.crm_source == "salesforce"
+    assert rig.sandbox.hubspot.requests("/crm/*") == []
+
+
+async def test_demo_availability_and_booking(rig: Rig) -> None:
+    result = await rig.say("Do you have any demo times?")
+    out = tool_output(result, "check_demo_availability")
+    assert not out.is_error and "option 1" in out.output
+    assert set(rig.data.offered_slots) == {1, 2, 3}
+    result = await rig.say("Book the second option please")
+    result.expect.next_event().is_function_call(name="book_demo", arguments={"option": 2})
+    out = tool_output(result, "book_demo")
+    assert not out.is_error and out.output.startswith("You're all set for a demo on")
+    assert rig.data.booked_meeting is not None
+    assert rig.data.booked_meeting.slot_id == rig.data.offered_slots[2].slot_id
+    assert len(rig.sandbox.chilipiper.meetings) == 1
+
+
+async def test_log_call_summary_writes_a_salesforce_task(rig: Rig) -> None:
+    result = await rig.say("Please log a summary: wants a demo next week")
+    out = tool_output(result, "log_call_summary")
+    assert not out.is_error and "saved a note" in out.output
+    assert rig.data.summaries_logged == 1
+    assert len(rig.sandbox.salesforce.tasks) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------
+
+
+async def test_booking_requires_an_offered_slot(rig: Rig) -> None:
+    result = await rig.say("Book the first option")
+    out = tool_output(result, "book_demo")
+    assert out.is_error and "haven't offered" in out.output
+    await rig.say("Any demo times?")
+    rig.sandbox.openai.say(Turn(tool_calls=[ToolCall("book_demo", {"option": 7})]), Turn("Ok."))
+    result = await rig.say("the seventh one")
+    out = tool_output(result, "book_demo")
+    assert out.is_error and "isn't one of the times I offered" in out.output
+    assert rig.sandbox.chilipiper.meetings == []
+
+
+@pytest.mark.parametrize("email", ["not-an-email", "a@b", "x" * 300 + "@example.com"])
+async def test_bad_email_gets_a_natural_question(rig: Rig, email: str) -> None:
+    before = copy.deepcopy(rig.data)
+    rig.sandbox.openai.say(
+        Turn(tool_calls=[ToolCall("get_trial_usage", {"email": email})]), Turn("Sure.")
+    )
+    result = await rig.say("check my usage")
+    out = tool_output(result, "get_trial_usage")
+    assert out.is_error and "spell it out" in out.output
+    assert rig.sandbox.amplitude.journal == []
+    assert rig.data == before
+
+
+async def test_unknown_trial_user(rig: Rig) -> None:
+    result = await rig.say("check usage for nobody@nowhere.example.com")
+    out = tool_output(result, "get_trial_usage")
+    assert out.is_error and out.output == USAGE_NOT_FOUND
+    assert rig.data.email == JANE  # the failed lookup changed nothing
+
+
+# ---------------------------------------------------------------------------------------
+# failures: a natural phrase, the conversation continues, state is as before
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("service", "prompt", "tool", "fallback"),
+    [
+        ("amplitude", "How is my trial usage?", "get_trial_usage", USAGE_FALLBACK),
+        ("chilipiper", "Any demo times?", "check_demo_availability", SLOTS_FALLBACK),
+    ],
+)
+async def test_tool_under_service_failure(
+    rig: Rig, service: str, prompt: str, tool: str, fallback: str
+) -> None:
+    await rig.say("What's on my account?")  # some state first
+    before = copy.deepcopy(rig.data)
+    getattr(rig.sandbox, service).inject("*", FaultKind.SERVICE_UNAVAILABLE)
+    result = await rig.say(prompt)
+    out = tool_output(result, tool)
+    assert out.is_error and out.output == fallback
+    assert rig.data == before
+    assert len(rig.sleep.delays) == 2  # two voice retries, recorded not waited
+    # the conversation carries on with what still works
+    result = await rig.say("Please log a summary: interested")
+    assert not tool_output(result, "log_call_summary").is_error
+
+
+async def test_booking_failure_is_reported_not_booked(rig: Rig) -> None:
+    await rig.say("Any demo times?")
+    before = copy.deepcopy(rig.data)
+    rig.sandbox.chilipiper.inject("*", FaultKind.SERVER_ERROR)
+    result = await rig.say("Book the first option")
+    out = tool_output(result, "book_demo")
+    assert out.is_error and out.output == BOOK_FALLBACK
+    assert rig.data == before and rig.data.booked_meeting is None
+    rig.sandbox.chilipiper.clear()
+    result = await rig.say("Book the first option")
+    assert not tool_output(result, "book_demo").is_error
+    assert len(rig.sandbox.chilipiper.meetings) == 1
+
+
+async def test_circuit_opens_after_three_failures_and_fourth_call_sends_nothing(
+    rig: Rig,
+) -> None:
+    amplitude = rig.sandbox.amplitude
+    amplitude.inject("*", FaultKind.SERVICE_UNAVAILABLE)
+    for _ in range(3):
+        out = tool_output(await rig.say("How is my trial usage?"), "get_trial_usage")
+        assert out.output == USAGE_FALLBACK
+    sent = len(amplitude.journal)
+    assert sent == 9  # 3 calls x (1 + 2 retries)
+    assert rig.agent.circuit_breakers["amplitude"].state is CircuitState.OPEN
+    out = tool_output(await rig.say("How is my trial usage?"), "get_trial_usage")
+    assert out.is_error and out.output == USAGE_FALLBACK
+    assert len(amplitude.journal) == sent
+
+
+@pytest.mark.parametrize("outage", ["down", "empty"])
+async def test_hubspot_answers_when_salesforce_is_down_or_empty(rig: Rig, outage: str) -> None:
+    if outage == "down":
+        await rig.sandbox.salesforce.go_down()
+        rig.data.email = JANE
+    else:
+        rig.data.email = MARIA  # Salesforce has no record of her
+    result = await rig.say("What's on my account?")
+    out = tool_output(result, "lookup_account")
+    assert not out.is_error
+    assert rig.data.crm_source == "hubspot"
+    assert len(rig.sandbox.hubspot.requests("/crm/v3/objects/contacts/search")) == 1
+
+
+async def test_account_in_neither_crm(rig: Rig) -> None:
+    rig.data.email = ALEX
+    out = tool_output(await rig.say("What's on my account?"), "lookup_account")
+    assert out.is_error and "couldn't find an account" in out.output
+    assert rig.data.crm_source is None
+
+
+async def test_account_lookup_when_both_crms_fail(rig: Rig) -> None:
+    rig.sandbox.salesforce.inject("*", FaultKind.SERVICE_UNAVAILABLE)
+    rig.sandbox.hubspot.inject("*", FaultKind.SERVICE_UNAVAILABLE)
+    out = tool_output(await rig.say("What's on my account?"), "lookup_account")
+    assert out.is_error and out.output == ACCOUNT_FALLBACK
+
+
+async def test_summary_during_crm_outage_is_queued_and_flushed(rig: Rig) -> None:
+    await rig.say("What's on my account?")
+    salesforce = rig.sandbox.salesforce
+    salesforce.inject("/services/data/*/sobjects/Task*", FaultKind.RATE_LIMITED, retry_after=1)
+    out = tool_output(await rig.say("Please log a summary: wants pricing"), "log_call_summary")
+    assert out.is_error and out.output == NOTE_QUEUED
+    assert len(rig.agent.pending_writes) == 1 and salesforce.tasks == []
+    salesforce.clear()
+    assert await rig.agent.flush_pending_writes() == 0
+    assert len(salesforce.tasks) == 1
+    assert "wants pricing" in str(salesforce.tasks[0])
+
+
+async def test_ambiguous_write_failure_is_not_resent(rig: Rig) -> None:
+    await rig.say("What's on my account?")
+    salesforce = rig.sandbox.salesforce
+    salesforce.inject("/services/data/*/sobjects/Task*", FaultKind.SERVER_ERROR, count=1)
+    out = tool_output(await rig.say("Please log a summary: call me"), "log_call_summary")
+    assert out.is_error and "double-check" in out.output
+    assert rig.agent.pending_writes == []
+    assert len(salesforce.requests("/services/data/*/sobjects/Task*", "POST")) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# the LLM itself fails: the error handler speaks, the session goes on
+# ---------------------------------------------------------------------------------------
+
+
+async def test_llm_unreachable_gets_a_spoken_apology(rig: Rig) -> None:
+    await rig.sandbox.openai.go_down()
+    result = await rig.say("hello?")
+    spoken = assistant_text(result)
+    assert spoken.endswith("I apologize for the interruption.")
+    assert (
+        spoken.removesuffix(" I apologize for the interruption.")
+        in (ERROR_RESPONSES["service_unavailable"])
+    )
+    history = [
+        item.text_content
+        for item in rig.session.history.items
+        if item.type == "message" and item.role == "assistant"
+    ]
+    assert spoken in history
+    await rig.sandbox.openai.come_up()
+    result = await rig.say("How is my trial usage?")
+    assert not tool_output(result, "get_trial_usage").is_error
