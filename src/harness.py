@@ -17,6 +17,7 @@ timeout); with ``skip_sleeps`` the retry backoff advances the offset instead of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import re
@@ -27,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from livekit.agents import AgentSession
+from livekit.agents.llm import ChatMessage
 from livekit.agents.voice.run_result import (
     ChatMessageEvent,
     FunctionCallEvent,
@@ -256,10 +258,8 @@ class Conversation:
     async def _teardown(self) -> None:
         self.sandbox.clear()
         if self._session is not None:
-            try:
+            with contextlib.suppress(TimeoutError, RuntimeError):
                 await asyncio.wait_for(self._session.aclose(), 5.0)
-            except (TimeoutError, RuntimeError):
-                pass
         if self._services is not None:
             await self._services.aclose()
         await self.sandbox.stop()
@@ -276,7 +276,7 @@ class Conversation:
         ``session.say`` from the error handler)."""
         texts: list[str] = []
         for item in self.session.history.items:
-            if getattr(item, "type", None) == "message" and item.role == "assistant":
+            if isinstance(item, ChatMessage) and item.role == "assistant":
                 text = item.text_content
                 if text:
                     texts.append(text)
@@ -292,8 +292,10 @@ class Conversation:
         started = time.perf_counter()
         events: Sequence[Any] = ()
         try:
-            run = await asyncio.wait_for(self.session.run(user_input=user_text), timeout)
-            events = run.events
+            run_result: Any = await asyncio.wait_for(
+                self.session.run(user_input=user_text), timeout
+            )
+            events = run_result.events
         except Exception as exc:  # measured, not raised: the caller asserts on it
             result.failure = type(exc).__name__
         result.total_s = time.perf_counter() - started
@@ -313,17 +315,20 @@ class Conversation:
                         seconds=seconds,
                     )
                 )
-            elif isinstance(event, ChatMessageEvent) and event.item.role == "assistant":
-                if result.first_words_s is None:
-                    spoke_at = event.item.metrics.get("started_speaking_at")
-                    at = spoke_at if isinstance(spoke_at, float) else event.item.created_at
-                    result.first_words_s = max(0.0, at - started_wall)
+            elif (
+                isinstance(event, ChatMessageEvent)
+                and event.item.role == "assistant"
+                and result.first_words_s is None
+            ):
+                spoke_at = event.item.metrics.get("started_speaking_at")
+                at = spoke_at if isinstance(spoke_at, float) else event.item.created_at
+                result.first_words_s = max(0.0, at - started_wall)
         # Anything spoken outside the run's events (the error handler's session.say).
         result.said = self.assistant_history()[history_before:]
         if result.first_words_s is None and result.said:
             result.first_words_s = result.total_s
-        seconds = [t.seconds for t in result.tools if t.seconds is not None]
-        result.tool_resolution_s = max(seconds) if seconds else None
+        durations = [t.seconds for t in result.tools if t.seconds is not None]
+        result.tool_resolution_s = max(durations) if durations else None
         counts_after = self.request_counts()
         result.requests = {k: counts_after[k] - counts_before.get(k, 0) for k in counts_after}
         result.transitions = self.transitions[transitions_before:]
