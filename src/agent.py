@@ -62,6 +62,7 @@ from src.errors import (
 from src.redaction import get_logger, install_redaction
 from src.services.amplitude import AmplitudeClient, TrialUsage
 from src.services.chilipiper import BookedMeeting, ChiliPiperClient, DemoSlot
+from src.services.crm import CrmContact
 from src.services.http import HttpOptions
 from src.services.hubspot import HubSpotClient
 from src.services.salesforce import SalesforceClient
@@ -388,14 +389,13 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         data.email = address
         if found is None:
             raise ToolError(ACCOUNT_NOT_FOUND)
-        source, record_id, summary, name = found
-        data.crm_source, data.crm_record_id, data.crm_summary = source, record_id, summary
-        if name and not data.name:
-            data.name = name
+        data.crm_source, data.crm_record_id = found.source, found.id
+        data.crm_summary = found.spoken_summary()
+        data.name = data.name or found.full_name
         await self.flush_pending_writes()
-        return summary
+        return data.crm_summary
 
-    async def _find_crm_record(self, email: str) -> tuple[str, str, str, str | None] | None:
+    async def _find_crm_record(self, email: str) -> CrmContact | None:
         """Salesforce first, HubSpot when Salesforce fails or has no record, all inside one
         tool deadline. ``None`` when neither CRM has the person; ``ToolError`` with a
         spoken fallback when no CRM could answer."""
@@ -416,8 +416,7 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
             except ToolError:
                 logger.info("Salesforce unavailable, falling back to HubSpot")
             else:
-                name = " ".join(p for p in (person.first_name, person.last_name) if p) or None
-                return "salesforce", person.id, person.spoken_summary(), name
+                return person
         hs = self.services.hubspot
         if hs is not None and self.retry_clock() < deadline_at:
             try:
@@ -430,7 +429,7 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
                 )
             except (NotFound, InvalidRequest):
                 return None
-            return "hubspot", contact.id, contact.spoken_summary(), contact.full_name
+            return contact
         if answered_not_found:
             return None
         raise ToolError(ACCOUNT_FALLBACK)
@@ -492,7 +491,8 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
             found = await self._find_crm_record(data.email)
             if found is None:
                 raise ToolError(NOTE_NO_RECORD)
-            data.crm_source, data.crm_record_id, data.crm_summary, _ = found
+            data.crm_source, data.crm_record_id = found.source, found.id
+            data.crm_summary = found.spoken_summary()
         write = PendingWrite(
             source=data.crm_source,
             record_id=data.crm_record_id,

@@ -78,7 +78,7 @@ async def test_find_contact_for_seeded_users(client: HubSpotClient, user: TrialU
 
 
 async def test_owner_is_optional(client: HubSpotClient) -> None:
-    owners = [(await client.find_contact(u.email)).owner_id for u in IN_HUBSPOT]
+    owners = [(await client.find_contact(u.email)).owner for u in IN_HUBSPOT]
     assert owners[0] == "81234567"
     assert None in owners
 
@@ -128,18 +128,47 @@ def test_constructor_requires_token() -> None:
     ("contact", "expected"),
     [
         (
-            CrmContact("1", "Jane", "Doe", "Acme Corp", "Head of Sales Operations"),
+            CrmContact(
+                source="hubspot",
+                id="1",
+                first_name="Jane",
+                last_name="Doe",
+                company="Acme Corp",
+                title="Head of Sales Operations",
+            ),
             "Jane Doe works at Acme Corp as Head of Sales Operations.",
         ),
-        (CrmContact("1", "Jane", None, "Acme Corp"), "Jane works at Acme Corp."),
-        (CrmContact("1", "Jane", "Doe", title="Founder"), "Jane Doe works as Founder."),
         (
-            CrmContact("1", "Jane", "Doe", "n/a", "https://x.example"),
+            CrmContact(
+                source="hubspot", id="1", first_name="Jane", last_name=None, company="Acme Corp"
+            ),
+            "Jane works at Acme Corp.",
+        ),
+        (
+            CrmContact(
+                source="hubspot", id="1", first_name="Jane", last_name="Doe", title="Founder"
+            ),
+            "Jane Doe works as Founder.",
+        ),
+        (
+            CrmContact(
+                source="hubspot",
+                id="1",
+                first_name="Jane",
+                last_name="Doe",
+                company="n/a",
+                title="https://x.example",
+            ),
             "I found Jane Doe in our records.",
         ),
-        (CrmContact("1", company="Initech"), "I found a record for someone at Initech."),
         (
-            CrmContact("1", lifecycle_stage="marketingqualifiedlead", owner_id="81234567"),
+            CrmContact(source="hubspot", id="1", company="Initech"),
+            "I found a record for someone at Initech.",
+        ),
+        (
+            CrmContact(
+                source="hubspot", id="1", lifecycle_stage="marketingqualifiedlead", owner="81234567"
+            ),
             "I found a matching record.",
         ),
     ],

@@ -127,7 +127,9 @@ async def test_one_failing_object_query(
         if object_type == failing:
             raise ServiceUnavailable("salesforce")
         prefix = "003" if object_type == "Contact" else "00Q"
-        return CrmContact(f"{prefix}000000000000AAA", object_type)
+        return CrmContact(
+            id=f"{prefix}000000000000AAA", source="salesforce", object_type=object_type
+        )
 
     monkeypatch.setattr(sf, "_query_one", query_one)
     if isinstance(outcome, str):
@@ -633,19 +635,51 @@ async def test_logs_carry_no_secrets_tokens_or_emails(
     ("contact", "expected"),
     [
         (
-            CrmContact("003000000000000AAA", "Contact", "Sam", "Lee", "Globex", "Office Manager"),
+            CrmContact(
+                source="salesforce",
+                id="003000000000000AAA",
+                object_type="Contact",
+                first_name="Sam",
+                last_name="Lee",
+                company="Globex",
+                title="Office Manager",
+            ),
             "Sam Lee works at Globex as Office Manager.",
         ),
         (
-            CrmContact("00Q000000000000AAA", "Lead", "Ana", "Ruiz", "[not provided]", "CTO"),
+            CrmContact(
+                source="salesforce",
+                id="00Q000000000000AAA",
+                object_type="Lead",
+                first_name="Ana",
+                last_name="Ruiz",
+                company="[not provided]",
+                title="CTO",
+            ),
             "Ana Ruiz works as CTO.",
         ),
         (
-            CrmContact("00Q000000000000AAA", "Lead", None, "Ruiz", "Initech", None),
+            CrmContact(
+                source="salesforce",
+                id="00Q000000000000AAA",
+                object_type="Lead",
+                first_name=None,
+                last_name="Ruiz",
+                company="Initech",
+                title=None,
+            ),
             "Ruiz works at Initech.",
         ),
         (
-            CrmContact("00Q000000000000AAA", "Lead", None, None, "https://x.io", "n/a"),
+            CrmContact(
+                source="salesforce",
+                id="00Q000000000000AAA",
+                object_type="Lead",
+                first_name=None,
+                last_name=None,
+                company="https://x.io",
+                title="n/a",
+            ),
             "I found a matching record.",
         ),
     ],

@@ -31,9 +31,7 @@ Neither emails nor note bodies are logged (only contact and note ids).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self
 
@@ -48,6 +46,7 @@ from ..errors import (
     ServiceUnavailable,
 )
 from ..redaction import get_logger, register_secret
+from .crm import CrmContact
 from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceHttp, parse_model
 
 __all__ = [
@@ -75,76 +74,6 @@ NOTE_TO_CONTACT_ASSOCIATION = 202
 _MAX_NOTE_CHARS = 65_536  # HubSpot's limit for hs_note_body
 
 logger = get_logger("pandadoc.services.hubspot")
-
-
-_PLACEHOLDERS = frozenset({"", "-", "--", "n/a", "na", "none", "null", "unknown", "tbd", "?"})
-_UNSPEAKABLE = re.compile(r"[<>{}\[\]@|\\]|https?:|www\.")
-_MAX_SPOKEN_CHARS = 80
-
-
-def _speakable(value: str | None) -> str | None:
-    """A CRM value fit to be read aloud, else ``None``: free-text fields hold placeholders
-    ("n/a"), markup, addresses or whole paragraphs that a caller should never hear."""
-    text = " ".join((value or "").split())
-    if text.casefold() in _PLACEHOLDERS or len(text) > _MAX_SPOKEN_CHARS:
-        return None
-    return None if _UNSPEAKABLE.search(text) else text
-
-
-@dataclass(frozen=True)
-class CrmContact:
-    """A person's HubSpot contact record, as far as the agent needs it.
-
-    Field names follow :class:`src.services.salesforce.CrmContact` where the meaning is
-    the same, so the agent can treat either CRM's record alike.
-
-    Attributes:
-        id: HubSpot contact id; pass it to :meth:`HubSpotClient.create_note`.
-        first_name, last_name, company, title: as recorded (``title`` is HubSpot's
-            ``jobtitle``); ``None`` when empty.
-        lifecycle_stage: HubSpot's internal stage value (e.g. ``"lead"``), for the sales
-            team only; never spoken.
-        owner_id: HubSpot owner (sales rep) id, ``None`` when unassigned; never spoken.
-        source: always ``"hubspot"``.
-    """
-
-    id: str
-    first_name: str | None = None
-    last_name: str | None = None
-    company: str | None = None
-    title: str | None = None
-    lifecycle_stage: str | None = None
-    owner_id: str | None = None
-    source: str = SERVICE
-
-    def __post_init__(self) -> None:
-        if not self.id:
-            raise ValueError("a CRM contact needs an id")
-
-    @property
-    def full_name(self) -> str | None:
-        """First and last name joined, ``None`` when both are empty."""
-        name = " ".join(p for p in (self.first_name, self.last_name) if p)
-        return name or None
-
-    def spoken_summary(self) -> str:
-        """One short sentence about the person, e.g. "Jane Doe works at Acme Corp as Head
-        of Sales Operations." Name, company and role only, when fit to be spoken; never
-        ids, stages, owners or CRM jargon."""
-        first, last = _speakable(self.first_name), _speakable(self.last_name)
-        name = " ".join(p for p in (first, last) if p)
-        company, title = _speakable(self.company), _speakable(self.title)
-        if name and company and title:
-            return f"{name} works at {company} as {title}."
-        if name and company:
-            return f"{name} works at {company}."
-        if name and title:
-            return f"{name} works as {title}."
-        if name:
-            return f"I found {name} in our records."
-        if company:
-            return f"I found a record for someone at {company}."
-        return "I found a matching record."
 
 
 # -- wire models ----------------------------------------------------------------------------
@@ -177,7 +106,8 @@ def _contact(raw: _Contact) -> CrmContact:
         company=_clean(p.get("company")),
         title=_clean(p.get("jobtitle")),
         lifecycle_stage=_clean(p.get("lifecyclestage")),
-        owner_id=_clean(p.get("hubspot_owner_id")),
+        owner=_clean(p.get("hubspot_owner_id")),
+        source=SERVICE,
     )
 
 

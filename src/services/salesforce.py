@@ -53,6 +53,7 @@ import pydantic
 
 from ..errors import AuthenticationFailed, BadResponse, InvalidRequest, NotFound, ServiceError
 from ..redaction import get_logger, register_secret
+from .crm import CrmContact
 from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceHttp, parse_model
 
 __all__ = [
@@ -150,69 +151,6 @@ def is_valid_email(email: str) -> bool:
 
 # -- results -----------------------------------------------------------------------------
 
-_PLACEHOLDERS = {"", "-", "?", "n/a", "na", "none", "null", "unknown", "[not provided]"}
-_UNSPEAKABLE = re.compile(r"[<>{}\[\]|\\@_]|https?:", re.IGNORECASE)
-
-
-def _speakable(value: str | None, max_len: int = 80) -> str | None:
-    """``value`` if it reads well aloud, else ``None`` (placeholders, markup, urls)."""
-    if value is None:
-        return None
-    text = " ".join(value.split())
-    if text.casefold() in _PLACEHOLDERS or len(text) > max_len or _UNSPEAKABLE.search(text):
-        return None
-    return text
-
-
-@dataclass(frozen=True)
-class CrmContact:
-    """A person's CRM record, as far as the agent needs it.
-
-    Attributes:
-        id: Salesforce record id (15/18 characters); for :meth:`SalesforceClient.create_task`.
-        object_type: ``"Contact"`` or ``"Lead"``.
-        first_name, last_name, company, title: as recorded; ``None`` when empty. A
-            Contact's company is its Account's name.
-        status: the Lead status (``None`` for Contacts, which have none).
-        owner: the record owner's name (the rep), when visible.
-        source: always ``"salesforce"``.
-    """
-
-    id: str
-    object_type: Literal["Lead", "Contact"]
-    first_name: str | None = None
-    last_name: str | None = None
-    company: str | None = None
-    title: str | None = None
-    status: str | None = None
-    owner: str | None = None
-    source: str = "salesforce"
-
-    @property
-    def full_name(self) -> str | None:
-        """First and last name joined, ``None`` when neither is recorded."""
-        return " ".join(p for p in (self.first_name, self.last_name) if p) or None
-
-    def spoken_summary(self) -> str:
-        """One short sentence about the person for the conversation: name, role and
-        company when known; never ids, record types or CRM jargon (placeholder values
-        such as ``[not provided]`` are left out)."""
-        first, last = _speakable(self.first_name), _speakable(self.last_name)
-        name = " ".join(p for p in (first, last) if p)
-        company, title = _speakable(self.company), _speakable(self.title)
-        if name and company and title:
-            return f"{name} works at {company} as {title}."
-        if name and company:
-            return f"{name} works at {company}."
-        if name and title:
-            return f"{name} works as {title}."
-        if name:
-            return f"I found {name} in our records."
-        if company:
-            return f"I found a record for someone at {company}."
-        return "I found a matching record."
-
-
 # -- response models -----------------------------------------------------------------------
 
 
@@ -287,6 +225,7 @@ def _to_contact(record: _Record) -> CrmContact:
         title=record.Title or None,
         status=record.Status or None,
         owner=(record.Owner.Name or None) if record.Owner is not None else None,
+        source=SERVICE,
     )
 
 

@@ -1,0 +1,82 @@
+"""The CRM record both CRM clients return, so the agent treats Salesforce and HubSpot
+alike (the fallback chain swaps one for the other without the caller noticing)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["CrmContact", "speakable"]
+
+# Free-text CRM fields hold placeholders, markup, addresses or whole paragraphs that a
+# caller should never hear.
+_PLACEHOLDERS = frozenset(
+    {"", "-", "--", "?", "n/a", "na", "none", "null", "unknown", "tbd", "[not provided]"}
+)
+_UNSPEAKABLE = re.compile(r"[<>{}\[\]|\\@_]|https?:|www\.", re.IGNORECASE)
+_MAX_SPOKEN_CHARS = 80
+
+
+def speakable(value: str | None) -> str | None:
+    """``value`` if it reads well aloud, else ``None`` (placeholders, markup, URLs,
+    anything over 80 characters)."""
+    text = " ".join((value or "").split())
+    if text.casefold() in _PLACEHOLDERS or len(text) > _MAX_SPOKEN_CHARS:
+        return None
+    return None if _UNSPEAKABLE.search(text) else text
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrmContact:
+    """A person's CRM record, as far as the agent needs it.
+
+    Attributes:
+        id: the CRM's record id (Salesforce Lead/Contact id, HubSpot contact id); used to
+            attach a call summary. Never spoken.
+        source: ``"salesforce"`` or ``"hubspot"``.
+        first_name, last_name, company, title: as recorded; ``None`` when empty.
+        object_type: Salesforce ``"Lead"`` or ``"Contact"``; ``None`` for HubSpot.
+        status: Salesforce Lead status, when any.
+        owner: the record owner (Salesforce: the rep's name; HubSpot: owner id).
+        lifecycle_stage: HubSpot's lifecycle stage, when any.
+
+    Only name, company and title are ever spoken (:meth:`spoken_summary`).
+    """
+
+    id: str
+    source: str
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    title: str | None = None
+    object_type: str | None = None
+    status: str | None = None
+    owner: str | None = None
+    lifecycle_stage: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("a CRM contact needs an id")
+
+    @property
+    def full_name(self) -> str | None:
+        """First and last name joined, ``None`` when neither is recorded."""
+        return " ".join(p for p in (self.first_name, self.last_name) if p) or None
+
+    def spoken_summary(self) -> str:
+        """One short sentence, e.g. "Jane Doe works at Acme Corp as Head of Sales
+        Operations." Never ids, record types, stages, owners or CRM jargon."""
+        first, last = speakable(self.first_name), speakable(self.last_name)
+        name = " ".join(p for p in (first, last) if p)
+        company, title = speakable(self.company), speakable(self.title)
+        if name and company and title:
+            return f"{name} works at {company} as {title}."
+        if name and company:
+            return f"{name} works at {company}."
+        if name and title:
+            return f"{name} works as {title}."
+        if name:
+            return f"I found {name} in our records."
+        if company:
+            return f"I found a record for someone at {company}."
+        return "I found a matching record."
