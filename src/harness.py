@@ -174,6 +174,8 @@ class Conversation:
         skip_sleeps: see :class:`HarnessClock`.
         env: extra environment entries layered over ``sandbox.env()``.
         sandbox: an already constructed (not started) :class:`Sandbox` to use.
+        tts_model / stt_model: passed to :func:`build_session` (default: text only);
+            ``"default"`` builds the production model against the stand-in.
     """
 
     def __init__(
@@ -184,7 +186,11 @@ class Conversation:
         skip_sleeps: bool = False,
         env: Mapping[str, str] | None = None,
         sandbox: Sandbox | None = None,
+        tts_model: Any = None,
+        stt_model: Any = None,
     ) -> None:
+        self.tts_model = tts_model
+        self.stt_model = stt_model
         self.sandbox = sandbox or Sandbox()
         self.overrides = dict(overrides or {})
         self.email = email
@@ -238,8 +244,8 @@ class Conversation:
             self._session = build_session(
                 self._settings,
                 userdata=TrialistData(email=self.email or env["TRIALIST_EMAIL"]),
-                tts_model=None,
-                stt_model=None,
+                tts_model=self.tts_model,
+                stt_model=self.stt_model,
             )
             await self._session.start(self._agent)
         except BaseException:
