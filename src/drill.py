@@ -1,0 +1,325 @@
+"""Resilience drill: scripted conversations with faults injected, against the sandbox, with
+the real production tuning (``ResilienceSettings`` defaults: 2.5 s per HTTP attempt, 6 s
+per tool, 2 retries from 0.5 s with jitter, circuit 3 failures / 30 s).
+
+    uv run python -m src.drill                 # every scenario, a table, exit 1 on a miss
+    uv run python -m src.drill --list
+    uv run python -m src.drill --scenario amplitude-hang --json drill.json
+
+No keys, no network: the vendors and the model are the local sandbox stand-ins. Retry
+backoff really waits; the only shortcut is the ``circuit-recovery`` scenario, which jumps
+the agent's clock over the 30 s recovery timeout (said in its row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from src.harness import Conversation, TurnResult, technical_leaks
+from src.sandbox import FaultKind, SandboxServer
+from src.sandbox.data import TRIAL_USERS
+from src.settings import ResilienceSettings
+
+__all__ = ["SCENARIOS", "Fault", "Scenario", "ScenarioReport", "main", "run_scenario"]
+
+JANE = TRIAL_USERS[0].email
+MARIA = next(u.email for u in TRIAL_USERS if not u.in_salesforce and u.in_hubspot)
+DEFAULTS = ResilienceSettings()
+VOICE_BUDGET = DEFAULTS.tool_deadline + 1.0  # a tool's deadline plus the model round trips
+LLM_BUDGET = DEFAULTS.llm_timeout * (DEFAULTS.llm_max_retry + 1) + 1.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """``kind``: ``down`` (connection refused) or a :class:`FaultKind` value."""
+
+    service: str
+    kind: str
+    endpoint: str = "*"
+    retry_after: float = 1.0
+    delay_ms: int = 0
+    every: int = 2
+
+    async def apply(self, server: SandboxServer) -> None:
+        if self.kind == "down":
+            await server.go_down()
+        elif self.kind == "stall":
+            stall = getattr(server, "stall_after_first_chunk", None)
+            if stall is None:
+                raise ValueError(f"{self.service} cannot stall")
+            stall()
+        else:
+            server.inject(
+                self.endpoint,
+                FaultKind(self.kind),
+                retry_after=self.retry_after,
+                delay_ms=self.delay_ms,
+                every=self.every,
+            )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One drill: ``warmup`` turns run healthy, then ``faults`` are injected and
+    ``turns`` are measured against ``budget_s`` (end of user turn -> first words)."""
+
+    name: str
+    what: str
+    faults: tuple[Fault, ...]
+    turns: tuple[str, ...]
+    budget_s: float = VOICE_BUDGET
+    email: str = JANE
+    warmup: tuple[str, ...] = ()
+    failing: str = ""  # service whose requests are counted (default: first fault's)
+    recovery: bool = False  # after the turns: heal, skip the recovery timeout, one more turn
+    flush: bool = False  # after the turns: heal and flush queued CRM writes
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("baseline", "no faults", (), ("how is my trial usage?",), failing="amplitude"),
+    Scenario(
+        "amplitude-503",
+        "usage service answers 503",
+        (Fault("amplitude", "503"),),
+        ("how is my trial usage?",),
+    ),
+    Scenario(
+        "amplitude-hang",
+        "usage service never answers",
+        (Fault("amplitude", "hang"),),
+        ("how is my trial usage?",),
+    ),
+    Scenario(
+        "amplitude-slow",
+        "usage service 2.2 s per request (under the 2.5 s timeout)",
+        (Fault("amplitude", "slow", delay_ms=2200),),
+        ("how is my trial usage?",),
+    ),
+    Scenario(
+        "salesforce-down",
+        "Salesforce refuses connections; HubSpot answers",
+        (Fault("salesforce", "down"),),
+        ("what's on my account?",),
+    ),
+    Scenario(
+        "salesforce-429",
+        "Salesforce rate limits with Retry-After 1",
+        (Fault("salesforce", "429", retry_after=1.0),),
+        ("what's on my account?",),
+    ),
+    Scenario(
+        "hubspot-500",
+        "HubSpot-only contact, HubSpot answers 500",
+        (Fault("hubspot", "500"),),
+        ("what's on my account?",),
+        email=MARIA,
+    ),
+    Scenario(
+        "chilipiper-flapping",
+        "calendar fails every other request",
+        (Fault("chilipiper", "flapping", every=2),),
+        ("any demo times?", "book the second option"),
+        warmup=("any demo times?",),
+    ),
+    Scenario(
+        "chilipiper-book-401",
+        "booking rejected: bad credentials",
+        (Fault("chilipiper", "401"),),
+        ("book the second option",),
+        warmup=("any demo times?",),
+    ),
+    Scenario(
+        "crm-write-outage",
+        "summary write while Salesforce is down; queued, flushed after",
+        (Fault("salesforce", "down"),),
+        ("please log a summary: wants a demo next week",),
+        warmup=("what's on my account?",),
+        flush=True,
+    ),
+    Scenario(
+        "circuit-recovery",
+        "usage 503 x3 opens the circuit; fast fallback; probe after 30 s (clock jumped)",
+        (Fault("amplitude", "503"),),
+        ("how is my trial usage?",) * 4,
+        recovery=True,
+    ),
+    Scenario(
+        "llm-unreachable",
+        "model endpoint refuses connections",
+        (Fault("openai", "down"),),
+        ("how is my trial usage?",),
+        budget_s=LLM_BUDGET,
+    ),
+    Scenario(
+        "llm-stall",
+        "model stream stops after its first chunk",
+        (Fault("openai", "stall"),),
+        ("hello there",),
+        budget_s=LLM_BUDGET,
+    ),
+)
+
+
+@dataclass
+class ScenarioReport:
+    name: str
+    what: str
+    heard: str
+    first_words_s: float | None
+    tool_s: float | None
+    requests: list[int]
+    failing: str
+    transitions: list[str]
+    budget_s: float
+    verdict: str
+    problems: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+async def run_scenario(scenario: Scenario) -> ScenarioReport:
+    failing = scenario.failing or (scenario.faults[0].service if scenario.faults else "")
+    problems: list[str] = []
+    note = ""
+    async with Conversation(email=scenario.email) as conv:
+        for text in scenario.warmup:
+            await conv.turn(text)
+        for fault in scenario.faults:
+            await fault.apply(conv.sandbox.servers[fault.service])
+        turns: list[TurnResult] = [await conv.turn(text) for text in scenario.turns]
+        if scenario.flush or scenario.recovery:
+            for server in conv.sandbox.servers.values():
+                server.clear()
+                await server.come_up()
+        if scenario.flush:
+            queued = len(conv.agent.pending_writes)
+            remaining = await conv.agent.flush_pending_writes()
+            note = f"queued {queued}, still pending after flush {remaining}"
+            if remaining:
+                problems.append("write still pending after recovery")
+        if scenario.recovery:
+            recovery = conv.settings.resilience.recovery_timeout
+            conv.clock.advance(recovery + 1)
+            note = f"clock jumped {recovery:g} s (recovery timeout) before the last turn"
+            turns.append(await conv.turn(scenario.turns[-1]))
+        history = conv.assistant_history()
+        transitions = [str(t) for t in conv.transitions]
+    for turn in turns:
+        if turn.failure:
+            problems.append(f"turn raised {turn.failure}")
+        if not turn.said:
+            problems.append("silence")
+        problems.extend(turn.leaks())
+    problems.extend(leak for text in history for leak in technical_leaks(text))
+    first = [t.first_words_s for t in turns]
+    worst_first = None if any(f is None for f in first) else max(f for f in first if f)
+    if worst_first is None:
+        problems.append("no first words measured")
+    elif worst_first > scenario.budget_s:
+        problems.append(f"first words {worst_first:.2f}s > budget {scenario.budget_s:g}s")
+    tool_times = [t.tool_resolution_s for t in turns if t.tool_resolution_s is not None]
+    return ScenarioReport(
+        name=scenario.name,
+        what=scenario.what,
+        heard=" | ".join(" ".join(t.said) for t in turns),
+        first_words_s=worst_first,
+        tool_s=max(tool_times) if tool_times else None,
+        requests=[t.requests.get(failing, 0) for t in turns],
+        failing=failing,
+        transitions=transitions,
+        budget_s=scenario.budget_s,
+        verdict="MISS" if problems else "ok",
+        problems=problems,
+        note=note,
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render(reports: Sequence[ScenarioReport]) -> str:
+    header = ("scenario", "caller heard", "1st words s", "tool s", "requests", "breaker", "verdict")
+    rows = [
+        (
+            r.name,
+            _cut(r.heard, 58),
+            _fmt(r.first_words_s),
+            _fmt(r.tool_s),
+            f"{r.failing or '-'} {'/'.join(map(str, r.requests))}",
+            _cut(", ".join(t.split(":", 1)[1] for t in r.transitions) or "-", 40),
+            f"{r.verdict} (<= {r.budget_s:g}s)",
+        )
+        for r in reports
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    for r in reports:
+        if r.note:
+            lines.append(f"note {r.name}: {r.note}")
+        for problem in r.problems:
+            lines.append(f"MISS {r.name}: {problem}")
+    return "\n".join(lines)
+
+
+async def run_all(scenarios: Sequence[Scenario]) -> list[ScenarioReport]:
+    return [await run_scenario(s) for s in scenarios]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.drill", description=__doc__.split("\n")[0])
+    parser.add_argument("--list", action="store_true", help="list scenarios and exit")
+    parser.add_argument("--scenario", action="append", help="run only this scenario (repeatable)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show agent logs")
+    args = parser.parse_args(argv)
+    by_name = {s.name: s for s in SCENARIOS}
+    if args.list:
+        for s in SCENARIOS:
+            print(f"{s.name:22} {s.what}")
+        return 0
+    chosen = list(SCENARIOS)
+    if args.scenario:
+        unknown = [n for n in args.scenario if n not in by_name]
+        if unknown:
+            parser.error(f"unknown scenario(s): {', '.join(unknown)}; see --list")
+        chosen = [by_name[n] for n in args.scenario]
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL)
+    started = time.perf_counter()
+    reports = asyncio.run(run_all(chosen))
+    elapsed = time.perf_counter() - started
+    print(render(reports))
+    r = DEFAULTS
+    print(
+        f"\n{len(reports)} scenario(s) in {elapsed:.1f}s; tuning: service_timeout "
+        f"{r.service_timeout:g}s, tool_deadline {r.tool_deadline:g}s, max_retries "
+        f"{r.max_retries}, base/max delay {r.base_delay:g}/{r.max_delay:g}s, circuit "
+        f"{r.failure_threshold} failures/{r.recovery_timeout:g}s, llm_timeout "
+        f"{r.llm_timeout:g}s x{r.llm_max_retry + 1}"
+    )
+    if args.json:
+        payload: dict[str, Any] = {
+            "elapsed_s": elapsed,
+            "settings": asdict(DEFAULTS),
+            "scenarios": [asdict(rep) for rep in reports],
+        }
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2)
+    return 1 if any(rep.verdict != "ok" for rep in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
