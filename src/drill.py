@@ -175,6 +175,7 @@ class ScenarioReport:
     heard: str
     first_words_s: float | None
     tool_s: float | None
+    turn_s: float
     requests: list[int]
     failing: str
     transitions: list[str]
@@ -225,12 +226,16 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
     elif worst_first > scenario.budget_s:
         problems.append(f"first words {worst_first:.2f}s > budget {scenario.budget_s:g}s")
     tool_times = [t.tool_resolution_s for t in turns if t.tool_resolution_s is not None]
+    tool_limit = DEFAULTS.tool_deadline + 0.5
+    if tool_times and max(tool_times) > tool_limit:
+        problems.append(f"tool took {max(tool_times):.2f}s > deadline {tool_limit:g}s")
     return ScenarioReport(
         name=scenario.name,
         what=scenario.what,
         heard=" | ".join(" ".join(t.said) for t in turns),
         first_words_s=worst_first,
         tool_s=max(tool_times) if tool_times else None,
+        turn_s=max(t.total_s for t in turns),
         requests=[t.requests.get(failing, 0) for t in turns],
         failing=failing,
         transitions=transitions,
@@ -250,13 +255,23 @@ def _cut(text: str, width: int) -> str:
 
 
 def render(reports: Sequence[ScenarioReport]) -> str:
-    header = ("scenario", "caller heard", "1st words s", "tool s", "requests", "breaker", "verdict")
+    header = (
+        "scenario",
+        "caller heard",
+        "1st words s",
+        "tool s",
+        "turn s",
+        "requests",
+        "breaker",
+        "verdict",
+    )
     rows = [
         (
             r.name,
             _cut(r.heard, 58),
             _fmt(r.first_words_s),
             _fmt(r.tool_s),
+            _fmt(r.turn_s),
             f"{r.failing or '-'} {'/'.join(map(str, r.requests))}",
             _cut(", ".join(t.split(":", 1)[1] for t in r.transitions) or "-", 40),
             f"{r.verdict} (<= {r.budget_s:g}s)",

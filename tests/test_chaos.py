@@ -14,6 +14,7 @@ the only real waiting is the sandbox's own delays and per-attempt timeouts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -521,3 +522,34 @@ def test_technical_leaks_catches(text: str) -> None:
 )
 def test_technical_leaks_passes_natural_speech(text: str) -> None:
     assert technical_leaks(text) == []
+
+
+# --------------------------------------------------------------------------------------
+# The drill's plumbing (the full drill runs with production timings: python -m src.drill)
+# --------------------------------------------------------------------------------------
+
+
+async def test_drill_scenario_reports_and_verdicts() -> None:
+    from src.drill import SCENARIOS, run_scenario
+
+    by_name = {s.name: s for s in SCENARIOS}
+    report = await run_scenario(by_name["chilipiper-book-401"])
+    assert report.verdict == "ok", report.problems
+    assert report.requests == [1]  # a 401 is not retried
+    assert "isn't booked" in report.heard
+    assert report.first_words_s is not None and report.first_words_s < report.budget_s
+
+    strict = dataclasses.replace(by_name["baseline"], budget_s=0.0)
+    missed = await run_scenario(strict)
+    assert missed.verdict == "MISS"
+    assert any("budget" in p for p in missed.problems)
+
+
+def test_drill_cli_list_and_unknown(capsys: pytest.CaptureFixture[str]) -> None:
+    from src.drill import SCENARIOS, main
+
+    assert main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(s.name in listed for s in SCENARIOS)
+    with pytest.raises(SystemExit):
+        main(["--scenario", "no-such-scenario"])
