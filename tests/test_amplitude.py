@@ -27,6 +27,7 @@ from src.sandbox.base import FaultKind, SandboxServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS, TrialUser
 from src.services.amplitude import AmplitudeClient, TrialUsage
 from src.services.http import HttpOptions
+from tests.fault_helpers import flapping_outcomes
 
 NOW = datetime(2025, 3, 12, 15, 0, tzinfo=UTC)
 OPTIONS = HttpOptions(timeout=0.5, connect_timeout=0.3)
@@ -271,14 +272,7 @@ async def test_slow_under_timeout_succeeds(
 
 async def test_flapping_alternates(client: AmplitudeClient, server: AmplitudeServer) -> None:
     server.inject("/api/2/useractivity", FaultKind.FLAPPING, every=2)
-    outcomes = []
-    for _ in range(4):
-        try:
-            await client.get_trial_usage(JANE.email)
-            outcomes.append("ok")
-        except ServiceUnavailable as exc:
-            assert exc.retryable
-            outcomes.append("fail")
+    outcomes = await flapping_outcomes(lambda: client.get_trial_usage(JANE.email))
     assert outcomes == ["ok", "fail", "ok", "fail"]
 
 

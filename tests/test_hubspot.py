@@ -27,6 +27,7 @@ from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS, TrialUser
 from src.sandbox.hubspot import HubSpotServer, contact_id_for
 from src.services.http import HttpOptions
 from src.services.hubspot import CrmContact, HubSpotClient, write_outcome_is_ambiguous
+from tests.fault_helpers import flapping_outcomes
 
 NOW = datetime(2025, 3, 12, 15, 0, 7, 250_000, tzinfo=UTC)
 OPTIONS = HttpOptions(timeout=0.5, connect_timeout=0.3)
@@ -229,14 +230,7 @@ async def test_slow_under_timeout_succeeds(client: HubSpotClient, server: HubSpo
 
 async def test_flapping_alternates(client: HubSpotClient, server: HubSpotServer) -> None:
     server.inject("*", FaultKind.FLAPPING, every=2)
-    outcomes = []
-    for _ in range(4):
-        try:
-            await client.find_contact(JANE.email)
-            outcomes.append("ok")
-        except ServiceUnavailable as exc:
-            assert exc.retryable
-            outcomes.append("fail")
+    outcomes = await flapping_outcomes(lambda: client.find_contact(JANE.email))
     assert outcomes == ["ok", "fail", "ok", "fail"]
 
 
