@@ -361,6 +361,22 @@ async def test_summary_write_never_silently_dropped(crm: str, fault: str) -> Non
             assert output == NOTE_QUEUED
 
 
+async def test_queued_summary_is_sent_when_the_session_ends() -> None:
+    """The promise in NOTE_QUEUED ("I'll try again before we finish") is kept: closing the
+    session runs the agent's on_exit, which flushes the outbox once the CRM is back."""
+    async with conversation(JANE) as conv:
+        await conv.turn("what's on my account?")
+        conv.sandbox.salesforce.inject("*", FaultKind.SERVICE_UNAVAILABLE)
+        turn = await conv.turn("please log a summary: wants a demo next week")
+        assert only_tool(turn, "log_call_summary")[0] == NOTE_QUEUED
+        assert len(conv.agent.pending_writes) == 1
+        conv.sandbox.salesforce.clear()
+        await conv.session.aclose()
+        assert conv.agent.pending_writes == []
+        statuses = [e.status for e in conv.sandbox.salesforce.requests("*/sobjects/*", "POST")]
+        assert statuses == [503, 201]  # refused once, then written exactly once
+
+
 # --------------------------------------------------------------------------------------
 # The model paths: LLM, TTS, STT
 # --------------------------------------------------------------------------------------
