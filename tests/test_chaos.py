@@ -37,6 +37,7 @@ from src.error_recovery import CircuitState
 from src.harness import Conversation, TurnResult, technical_leaks
 from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
+from src.services.chilipiper import IDEMPOTENCY_HEADER
 
 JANE = TRIAL_USERS[0].email  # in Salesforce and HubSpot
 MARIA = next(u.email for u in TRIAL_USERS if not u.in_salesforce and u.in_hubspot)
@@ -304,12 +305,10 @@ async def test_booking_fault(fault: str) -> None:
         await heal(server)
         again = await conv.turn("book the second option")
         assert not only_tool(again, "book_demo")[1]
-        keys = {
-            e.headers.get("Idempotency-Key") or e.headers.get("idempotency-key")
-            for e in server.requests(method="POST")
-            if e.status is not None and e.status < 300 and "book" in e.path
-        }
-        assert len(keys) <= 1
+        booked = [e for e in server.requests(method="POST") if e.headers.get(IDEMPOTENCY_HEADER)]
+        assert booked, "no booking request carried an idempotency key"
+        assert len({e.headers[IDEMPOTENCY_HEADER] for e in booked}) == 1
+        assert len(server.meetings) == 1
 
 
 @pytest.mark.parametrize("fault", FAULTS)
