@@ -453,3 +453,26 @@ async def test_agent_session_runs_against_the_sandbox(
         assert message.text_content == USAGE_TEXT
 
     assert server.tool_outputs()[0].content == USAGE_TEXT
+
+
+def test_default_turn_answers_the_tool_result_behind_filler_speech() -> None:
+    from src.sandbox.openai_server import default_turn
+
+    body = {
+        "messages": [
+            {"role": "user", "content": "how is my usage?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_trial_usage", "arguments": "{}"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "You've created two documents."},
+            {"role": "assistant", "content": "One moment while I pull that up."},
+        ]
+    }
+    assert "two documents" in default_turn(body).text

@@ -202,6 +202,14 @@ def default_turn(body: Mapping[str, Any]) -> Turn:
     """
     messages = [m for m in body.get("messages") or () if isinstance(m, Mapping)]
     offered = _offered_tools(body)
+    # Filler speech said while a tool ran lands after its result: look past plain
+    # assistant text (no tool calls) to find what the model is answering.
+    while (
+        len(messages) > 1
+        and messages[-1].get("role") == "assistant"
+        and not messages[-1].get("tool_calls")
+    ):
+        messages.pop()
     if messages and messages[-1].get("role") == "tool":
         outputs: list[str] = []
         for message in reversed(messages):
