@@ -25,6 +25,12 @@ from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "src" / "agent.py"
+# Output after which waiting longer is pointless.
+_FATAL = (
+    "Plugins must be registered on the main thread",
+    "unhandled exception while running the job task",
+    "PortAudio library not found",
+)
 _ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][A-Za-z0-9]|[=>])")
 
 
@@ -112,7 +118,8 @@ class Terminal:
         deadline = time.monotonic() + timeout
         while not found(self.text):
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._pump(min(0.2, remaining)):
+            fatal = any(marker in self.text for marker in _FATAL)
+            if fatal or remaining <= 0 or not self._pump(min(0.2, remaining)):
                 if found(self.text):
                     return
                 tail = self.text[-4000:]
@@ -124,7 +131,8 @@ class Terminal:
                     )
                 if "PortAudio" in tail:
                     hint = "\nHINT: PortAudio is missing; run .ci/setup-system."
-                pytest.fail(f"timed out waiting for {what}; terminal tail:\n{tail}{hint}")
+                reason = "the console failed" if fatal else "timed out"
+                pytest.fail(f"{reason} waiting for {what}; terminal tail:\n{tail}{hint}")
 
     def drain(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
