@@ -238,7 +238,9 @@ BOOK_FALLBACK = (
 NOTE_QUEUED = (
     "I couldn't save that note just now. I'll hold on to it and try again before we finish."
 )
-NOTE_UNCONFIRMED = "I couldn't confirm that the note was saved, so I'll have the team double-check."
+# Honest: the outcome is unknown, and re-sending could duplicate it (operators get an
+# error log line to check the CRM by hand).
+NOTE_UNCONFIRMED = "I couldn't confirm that the note was saved, so please don't count on it."
 NOTE_NO_RECORD = "There's no account on file to attach that note to yet, so I haven't saved it."
 ASK_EMAIL = "What's the email address on your PandaDoc trial?"
 BAD_EMAIL = "That email address doesn't sound quite right. Could you spell it out for me?"

@@ -16,6 +16,7 @@ from src.agent import (
     ACCOUNT_FALLBACK,
     BOOK_FALLBACK,
     NOTE_QUEUED,
+    NOTE_UNCONFIRMED,
     SERVICE_NAMES,
     SLOTS_FALLBACK,
     USAGE_FALLBACK,
@@ -348,7 +349,7 @@ async def test_ambiguous_write_failure_is_not_resent(rig: Rig) -> None:
     salesforce = rig.sandbox.salesforce
     salesforce.inject("/services/data/*/sobjects/Task*", FaultKind.SERVER_ERROR, count=1)
     out = tool_output(await rig.say("Please log a summary: call me"), "log_call_summary")
-    assert out.is_error and "double-check" in out.output
+    assert out.is_error and out.output == NOTE_UNCONFIRMED
     assert rig.agent.pending_writes == []
     assert len(salesforce.requests("/services/data/*/sobjects/Task*", "POST")) == 1
 
