@@ -3,7 +3,9 @@
 ``test_dockerfile_*`` parse the Dockerfile; ``test_clean_install_runs_the_worker_cli`` does
 what its build does: a fresh virtualenv, the locked runtime dependencies and a regular
 (non-editable) install of the project, then ``python src/agent.py --help`` from a copy of
-the code, in a directory that is not the repository. It uses uv's cache, so it is fast;
+the code, in a directory that is not the repository;
+``test_dockerfile_run_steps_build_a_working_app`` runs the Dockerfile's own ``uv sync`` and
+``download-files`` RUN lines in a copy of what it COPYs. Both use uv's cache, so they are fast;
 a package missing from the cache is fetched from PyPI, and a failure to do so fails the
 test (never a skip).
 """
@@ -117,6 +119,48 @@ def test_clean_install_runs_the_worker_cli(tmp_path: Path) -> None:
 
     result = _run(
         [str(python), "src/agent.py", "--help"],
+        cwd=app,
+        env={**env, "COLUMNS": "120", "NO_COLOR": "1"},
+    )
+    for command in COMMANDS:
+        assert re.search(rf"\b{re.escape(command)}\b", result.stdout), result.stdout
+
+
+def test_dockerfile_run_steps_build_a_working_app(tmp_path: Path) -> None:
+    """The Dockerfile's own `uv sync` and `download-files` steps, run in a copy of what it
+    COPYs (uv's cache allowed, for speed), then the CMD's command line with --help."""
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.fail("uv is not on PATH; the Dockerfile installs it with pip (see .ci/run)")
+    app = tmp_path / "app"
+    app.mkdir()
+    for name in ("pyproject.toml", "uv.lock", "README.md"):
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, app / name)
+    shutil.copytree(ROOT / "src", app / "src", ignore=shutil.ignore_patterns("__pycache__"))
+
+    venv_bin = app / ".venv" / "bin"
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(
+        UV_PROJECT_ENVIRONMENT=str(app / ".venv"),
+        UV_PYTHON=sys.executable,
+        PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
+    )
+    runs = [args for keyword, args in _instructions() if keyword == "RUN"]
+    steps = [r for r in runs if r.startswith(("uv sync", "python src/agent.py"))]
+    assert len(steps) == 3, steps
+    for step in steps:
+        argv = [a for a in step.split() if a != "--no-cache"]
+        if argv[0] == "uv":
+            argv[0] = uv
+        else:
+            argv[0] = str(venv_bin / "python")
+        _run(argv, cwd=app, env=env)
+
+    cmd = json.loads(next(args for keyword, args in _instructions() if keyword == "CMD"))
+    assert cmd[:2] == ["python", "src/agent.py"]
+    result = _run(
+        [str(venv_bin / "python"), cmd[1], "--help"],
         cwd=app,
         env={**env, "COLUMNS": "120", "NO_COLOR": "1"},
     )
