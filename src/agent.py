@@ -42,7 +42,9 @@ from livekit.agents import (
 from livekit.agents.llm import ToolError
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import CloseEvent, ErrorEvent
-from livekit.plugins import openai
+
+# Plugins must register on the main thread: import them here, not inside prewarm or jobs.
+from livekit.plugins import deepgram, openai, silero
 
 from src.error_recovery import (
     ERROR_RESPONSES,
@@ -670,8 +672,6 @@ def build_tts(settings: Settings) -> tts.TTS[Any]:
 def build_stt(settings: Settings) -> stt.STT[Any] | None:
     if not settings.models.deepgram_api_key:
         return None
-    from livekit.plugins import deepgram
-
     return deepgram.STT(model=settings.models.stt_model, api_key=settings.models.deepgram_api_key)
 
 
@@ -783,8 +783,6 @@ server = AgentServer()
 
 
 def prewarm(proc: JobProcess) -> None:
-    from livekit.plugins import silero
-
     proc.userdata["vad"] = silero.VAD.load()
 
 
