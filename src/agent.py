@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
+from livekit import rtc
 from livekit.agents import (
     NOT_GIVEN,
     Agent,
@@ -73,6 +74,7 @@ from src.settings import Settings, load_settings
 __all__ = [
     "SERVICE_NAMES",
     "PandaDocTrialistAgent",
+    "SpokenApology",
     "TrialistData",
     "TrialistServices",
     "build_session",
@@ -660,12 +662,20 @@ def build_llm(settings: Settings) -> llm.LLM[Any]:
 
 
 def build_tts(settings: Settings) -> tts.TTS[Any]:
+    """OpenAI TTS; with a Deepgram key, a ``tts.FallbackAdapter`` to Deepgram's voice so
+    a TTS outage does not silence the agent."""
     m = settings.models
-    return openai.TTS(
+    primary = openai.TTS(
         model=m.tts_model,
         voice=m.tts_voice,
         base_url=m.openai_base_url or NOT_GIVEN,
         api_key=m.openai_api_key or NOT_GIVEN,
+    )
+    if not m.deepgram_api_key:
+        return primary
+    secondary = deepgram.TTS(api_key=m.deepgram_api_key)
+    return tts.FallbackAdapter(
+        [primary, secondary], max_retry_per_tts=settings.resilience.tts_max_retry
     )
 
 
@@ -675,10 +685,46 @@ def build_stt(settings: Settings) -> stt.STT[Any] | None:
     return deepgram.STT(model=settings.models.stt_model, api_key=settings.models.deepgram_api_key)
 
 
-def on_session_error(session: AgentSession[Any], event: ErrorEvent) -> asyncio.Task[None] | None:
+class SpokenApology:
+    """The apology for an unrecoverable model error, pre-rendered while the TTS works, so
+    it can still be heard when the TTS itself is what failed.
+
+    Args:
+        text: the sentence (default: a ``service_unavailable`` phrase plus the spec's
+            "I apologize for the interruption.").
+    """
+
+    def __init__(self, text: str | None = None) -> None:
+        self.text = text or f"{ERROR_RESPONSES['service_unavailable'][0]} {_APOLOGY}"
+        self.frames: list[rtc.AudioFrame] = []
+
+    async def prerender(self, tts_model: tts.TTS[Any] | None) -> bool:
+        """Synthesize :attr:`text` once; ``False`` (and a log line) when it cannot be."""
+        if tts_model is None:
+            return False
+        try:
+            async with tts_model.synthesize(self.text) as stream:
+                self.frames = [event.frame async for event in stream]
+        except Exception as exc:
+            logger.warning("Could not pre-render the apology: %s", type(exc).__name__)
+            self.frames = []
+        return bool(self.frames)
+
+    async def audio(self) -> AsyncIterator[rtc.AudioFrame]:
+        for frame in self.frames:
+            yield frame
+
+
+_APOLOGY = "I apologize for the interruption."
+
+
+def on_session_error(
+    session: AgentSession[Any], event: ErrorEvent, apology: SpokenApology | None = None
+) -> asyncio.Task[None] | None:
     """The spec's session ``"error"`` handler. Recoverable errors are logged (LiveKit is
     retrying); an unrecoverable one makes the agent apologise out loud instead of going
-    silent. Returns the speaking task, if any."""
+    silent. When the TTS is what failed and ``apology`` holds pre-rendered audio, that
+    audio is played (the failing TTS is not asked again). Returns the speaking task."""
     error = event.error
     source = type(event.source).__name__
     cause = type(getattr(error, "error", error)).__name__
@@ -686,17 +732,20 @@ def on_session_error(session: AgentSession[Any], event: ErrorEvent) -> asyncio.T
         logger.info("Recoverable %s error: %s", source, cause)
         return None
     logger.error("Unrecoverable %s error: %s", source, cause)
-    agent = session.current_agent if _has_agent(session) else None
-    if isinstance(agent, ErrorRecoveryMixin):
-        phrase = agent.get_error_response("service_unavailable")
+    if isinstance(event.source, tts.TTS) and apology is not None and apology.frames:
+        text: str = apology.text
+        audio: Any = apology.audio()
     else:
-        phrase = ERROR_RESPONSES["service_unavailable"][0]
-    text = f"{phrase} I apologize for the interruption."
+        agent = session.current_agent if _has_agent(session) else None
+        if isinstance(agent, ErrorRecoveryMixin):
+            phrase = agent.get_error_response("service_unavailable")
+        else:
+            phrase = ERROR_RESPONSES["service_unavailable"][0]
+        text, audio = f"{phrase} {_APOLOGY}", NOT_GIVEN
 
     async def speak() -> None:
         try:
-            handle = session.say(text, allow_interruptions=False)
-            await handle
+            await session.say(text, audio=audio, allow_interruptions=False)
         except RuntimeError:
             logger.warning("Session closed before the apology could be spoken")
 
@@ -719,6 +768,7 @@ def build_session(
     tts_model: tts.TTS[Any] | None | Literal["default"] = "default",
     stt_model: stt.STT[Any] | None | Literal["default"] = "default",
     vad_model: vad.VAD | None = None,
+    apology: SpokenApology | None = None,
 ) -> AgentSession[TrialistData]:
     """The one place an ``AgentSession`` is assembled (production and tests): models,
     voice-tuned connect options, and the error handler."""
@@ -735,7 +785,7 @@ def build_session(
     tasks: set[asyncio.Task[None]] = set()
 
     def _on_error(event: ErrorEvent) -> None:
-        task = on_session_error(session, event)
+        task = on_session_error(session, event, apology)
         if task is not None:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -799,8 +849,11 @@ async def entrypoint(ctx: JobContext) -> None:
         name=settings.agent.trialist_name or None,
         timezone=settings.agent.timezone,
     )
-    session = build_session(settings, userdata=data, vad_model=ctx.proc.userdata.get("vad"))
     agent = PandaDocTrialistAgent(services, settings)
+    apology = SpokenApology(f"{agent.get_error_response('service_unavailable')} {_APOLOGY}")
+    session = build_session(
+        settings, userdata=data, vad_model=ctx.proc.userdata.get("vad"), apology=apology
+    )
 
     async def _shutdown() -> None:
         await agent.flush_pending_writes()
@@ -808,6 +861,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
     ctx.add_shutdown_callback(_shutdown)
     await session.start(agent=agent, room=ctx.room)
+    prerender = asyncio.create_task(apology.prerender(session.tts))
     participant = await ctx.wait_for_participant() if ctx.room.isconnected() else None
     attributes = dict(participant.attributes) if participant is not None else {}
     email, name = identity_from_job(ctx.job.metadata or "", attributes)
@@ -818,6 +872,7 @@ async def entrypoint(ctx: JobContext) -> None:
         greeting + "I'm Ava from PandaDoc. How is your trial going so far?",
         allow_interruptions=True,
     )
+    await prerender  # keep a reference until done; failures are logged inside
 
 
 if __name__ == "__main__":

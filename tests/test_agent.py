@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from livekit.agents import AgentSession
+from livekit.agents import NOT_GIVEN, AgentSession, APIConnectionError
+from livekit.agents.tts import TTSError
+from livekit.agents.voice.events import ErrorEvent
 from livekit.agents.voice.run_result import RunResult
 
 from src.agent import (
@@ -22,10 +24,13 @@ from src.agent import (
     USAGE_FALLBACK,
     USAGE_NOT_FOUND,
     PandaDocTrialistAgent,
+    SpokenApology,
     TrialistData,
     TrialistServices,
     build_session,
+    build_tts,
     identity_from_job,
+    on_session_error,
 )
 from src.error_recovery import ERROR_RESPONSES, CircuitState
 from src.sandbox import Sandbox
@@ -377,3 +382,69 @@ async def test_llm_unreachable_gets_a_spoken_apology(rig: Rig) -> None:
     await rig.sandbox.openai.come_up()
     result = await rig.say("How is my trial usage?")
     assert not tool_output(result, "get_trial_usage").is_error
+
+
+# ---------------------------------------------------------------------------------------
+# the TTS itself fails: the apology rendered in advance is played
+# ---------------------------------------------------------------------------------------
+
+
+async def test_tts_failure_plays_the_prerendered_apology(sandbox: Sandbox) -> None:
+    settings = fast_settings(sandbox.env())
+    tts_model = build_tts(settings)  # the real openai TTS, against the stand-in
+    apology = SpokenApology()
+    assert await apology.prerender(tts_model)
+    assert sum(frame.duration for frame in apology.frames) > 0.5
+    session = build_session(
+        settings, userdata=TrialistData(), tts_model=None, stt_model=None, apology=apology
+    )
+    said: list[tuple[str, Any]] = []
+    async with session:
+        await session.start(PandaDocTrialistAgent(TrialistServices(), settings))
+        real_say = session.say
+
+        def spy(text: str, **kwargs: Any) -> Any:
+            said.append((text, kwargs.get("audio")))
+            return real_say(text, **kwargs)
+
+        session.say = spy  # type: ignore[method-assign]
+        await sandbox.openai.go_down()
+        failure = TTSError(
+            timestamp=0.0, label="openai.TTS", error=APIConnectionError(), recoverable=False
+        )
+        task = on_session_error(session, ErrorEvent(error=failure, source=tts_model), apology)
+        assert task is not None
+        await task
+        history = [i.text_content for i in session.history.items if i.type == "message"]
+    assert said[0][0] == apology.text
+    assert said[0][1] is not None and not isinstance(said[0][1], type(NOT_GIVEN))
+    assert apology.text in history
+    assert len(sandbox.openai.requests("/v1/audio/speech")) == 1  # only the pre-render
+
+
+async def test_apology_without_tts_audio_is_still_said(sandbox: Sandbox) -> None:
+    settings = fast_settings(sandbox.env())
+    await sandbox.openai.go_down()
+    apology = SpokenApology()
+    assert not await apology.prerender(build_tts(settings))
+    assert not await apology.prerender(None)
+    session = build_session(
+        settings, userdata=TrialistData(), tts_model=None, stt_model=None, apology=apology
+    )
+    async with session:
+        await session.start(PandaDocTrialistAgent(TrialistServices(), settings))
+        failure = TTSError(
+            timestamp=0.0, label="openai.TTS", error=APIConnectionError(), recoverable=False
+        )
+        recoverable = failure.model_copy(update={"recoverable": True})
+        assert on_session_error(session, ErrorEvent(error=recoverable, source=None)) is None
+        task = on_session_error(session, ErrorEvent(error=failure, source=None), apology)
+        assert task is not None
+        await task
+        spoken = [
+            i.text_content
+            for i in session.history.items
+            if i.type == "message" and i.role == "assistant"
+        ]
+    assert len(spoken) == 1 and spoken[0] is not None
+    assert spoken[0].endswith("I apologize for the interruption.")
