@@ -829,7 +829,8 @@ def identity_from_job(metadata: str, attributes: dict[str, str]) -> tuple[str | 
 
 SETTINGS = load_settings()
 install_redaction()
-server = AgentServer()
+# Metrics (src/metrics.py) are served by LiveKit's worker endpoint when PROMETHEUS_PORT is set.
+server = AgentServer(prometheus_port=SETTINGS.agent.prometheus_port or None)
 
 
 def prewarm(proc: JobProcess) -> None:

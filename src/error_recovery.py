@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from livekit.agents.llm import StopResponse, ToolError
 
+from . import metrics
 from .errors import (
     CircuitOpenError,
     ConnectionFailed,
@@ -178,7 +179,7 @@ class CircuitBreaker:
         self.name = name
         self._clock = clock
         self._is_failure = is_failure
-        self._listeners: list[TransitionListener] = list(listeners)
+        self._listeners: list[TransitionListener] = [metrics.record_transition, *listeners]
         self._state = CircuitState.CLOSED
         self._failure_count = 0
         self._opened_at: float | None = None
@@ -538,9 +539,13 @@ class ErrorRecoveryMixin:
         and cancellation pass through after the restore. Success returns the result.
         """
         found, snapshot = _snapshot(context)
+        started = time.perf_counter()
         try:
-            return await tool_func()
+            result = await tool_func()
         except BaseException as exc:
+            metrics.TOOL_DURATION.labels(tool=tool_name).observe(time.perf_counter() - started)
+            if isinstance(exc, Exception) and not isinstance(exc, StopResponse):
+                metrics.TOOL_CALLS.labels(tool=tool_name, outcome="fallback").inc()
             if found:
                 try:
                     _restore(context, snapshot)
@@ -571,6 +576,9 @@ class ErrorRecoveryMixin:
                 extra={"tool": tool_name, "error_class": type(exc).__name__},
             )
             raise ToolError(self.get_error_response(phrase_type)) from exc
+        metrics.TOOL_DURATION.labels(tool=tool_name).observe(time.perf_counter() - started)
+        metrics.TOOL_CALLS.labels(tool=tool_name, outcome="ok").inc()
+        return result
 
     async def call_with_retry_and_circuit_breaker(
         self,
@@ -612,6 +620,7 @@ class ErrorRecoveryMixin:
         try:
             probe = breaker.acquire()
         except CircuitOpenError:
+            metrics.SERVICE_FALLBACKS.labels(service=service_name, reason="circuit_open").inc()
             logger.info(
                 "Circuit for %s is open; using the fallback",
                 service_name,
@@ -643,6 +652,7 @@ class ErrorRecoveryMixin:
             breaker.record_failure(exc, probe=probe)
             if isinstance(exc, reraise) or not isinstance(exc, Exception):
                 raise
+            metrics.SERVICE_FALLBACKS.labels(service=service_name, reason="failed").inc()
             logger.warning(
                 "%s call failed with %s; using the fallback",
                 service_name,

@@ -176,6 +176,11 @@ class AgentSettings:
     trialist_email: str = ""
     trialist_name: str = ""
     timezone: str = "America/New_York"
+    prometheus_port: int = 0  # 0: metrics endpoint off
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.prometheus_port <= 65535:
+            raise SettingsError("PROMETHEUS_PORT must be a port number (0 turns metrics off)")
 
 
 @dataclass(frozen=True)
@@ -276,6 +281,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             trialist_email=_str(env, "TRIALIST_EMAIL"),
             trialist_name=_str(env, "TRIALIST_NAME"),
             timezone=_str(env, "TRIALIST_TIMEZONE", "America/New_York"),
+            prometheus_port=_int(env, "PROMETHEUS_PORT", 0),
         ),
         models=ModelSettings(
             openai_api_key=_secret(env, "OPENAI_API_KEY"),

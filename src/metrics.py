@@ -1,0 +1,66 @@
+"""Prometheus metrics for the error-recovery layer (the spec's "circuit breaker metrics"
+enhancement), on ``prometheus_client``, which livekit-agents already ships.
+
+The worker exposes them on ``PROMETHEUS_PORT`` through LiveKit's own endpoint; jobs run in
+separate processes, so LiveKit's multiprocess directory aggregates them (``livesum``
+gauges count the live jobs whose circuit is open).
+
+* ``pandadoc_circuit_transitions_total{service,to_state}``: breaker transitions.
+* ``pandadoc_circuits_open{service}``: jobs whose circuit for ``service`` is open now.
+* ``pandadoc_service_fallbacks_total{service,reason}``: calls answered with the spoken
+  fallback (``circuit_open`` or ``failed``).
+* ``pandadoc_tool_calls_total{tool,outcome}``: ``ok``, or ``fallback`` when the tool
+  answered with a spoken phrase (recovery sentence or a question) instead of data.
+* ``pandadoc_tool_duration_seconds{tool}``: how long the caller waited on a tool.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "CIRCUITS_OPEN",
+    "CIRCUIT_TRANSITIONS",
+    "SERVICE_FALLBACKS",
+    "TOOL_CALLS",
+    "TOOL_DURATION",
+    "record_transition",
+]
+
+CIRCUIT_TRANSITIONS = Counter(
+    "pandadoc_circuit_transitions_total",
+    "Circuit breaker state transitions.",
+    ["service", "to_state"],
+)
+CIRCUITS_OPEN = Gauge(
+    "pandadoc_circuits_open",
+    "Jobs whose circuit breaker for the service is open.",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+SERVICE_FALLBACKS = Counter(
+    "pandadoc_service_fallbacks_total",
+    "Service calls answered with the spoken fallback instead of data.",
+    ["service", "reason"],
+)
+TOOL_CALLS = Counter(
+    "pandadoc_tool_calls_total",
+    "Tool calls by outcome: ok, or fallback (the caller heard a recovery phrase).",
+    ["tool", "outcome"],
+)
+TOOL_DURATION = Histogram(
+    "pandadoc_tool_duration_seconds",
+    "Time the caller waited on a tool, retries included.",
+    ["tool"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0),
+)
+
+
+def record_transition(service: str, old: object, new: object) -> None:
+    """A :class:`~src.error_recovery.CircuitBreaker` listener."""
+    old_state, new_state = str(old), str(new)
+    CIRCUIT_TRANSITIONS.labels(service=service or "unnamed", to_state=new_state).inc()
+    if new_state == "open":
+        CIRCUITS_OPEN.labels(service=service or "unnamed").inc()
+    elif old_state == "open":
+        CIRCUITS_OPEN.labels(service=service or "unnamed").dec()
