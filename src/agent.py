@@ -32,6 +32,7 @@ from livekit.agents import (
     APIConnectOptions,
     JobContext,
     JobProcess,
+    ModelSettings,
     RunContext,
     cli,
     function_tool,
@@ -249,6 +250,34 @@ NOTE_NO_RECORD = "There's no account on file to attach that note to yet, so I ha
 ASK_EMAIL = "What's the email address on your PandaDoc trial?"
 BAD_EMAIL = "That email address doesn't sound quite right. Could you spell it out for me?"
 FILLER = "One moment while I pull that up."
+# LiveKit itself answers a malformed tool call with parser text (pydantic messages, type
+# names, URLs). The model must never see or repeat that: it gets these sentences instead.
+BAD_TOOL_ARGUMENTS = (
+    "That request was missing a detail in a form I can use. "
+    "Ask the caller to say it again in plain words."
+)
+UNKNOWN_TOOL = "There is no such action. Carry on with the actions you have."
+_LIVEKIT_TOOL_ERRORS = (
+    ("Error parsing arguments for", BAD_TOOL_ARGUMENTS),
+    ("Unknown tool type for function", UNKNOWN_TOOL),
+    ("Unknown function:", UNKNOWN_TOOL),
+)
+
+
+def caller_safe_context(chat_ctx: llm.ChatContext) -> llm.ChatContext:
+    """A copy of ``chat_ctx`` in which LiveKit's own tool-call errors are replaced by
+    plain sentences; the session history keeps the originals for operators. Our tools'
+    errors are already natural phrases and pass unchanged."""
+    items: list[llm.ChatItem] = []
+    for item in chat_ctx.items:
+        if item.type == "function_call_output" and item.is_error:
+            for prefix, sentence in _LIVEKIT_TOOL_ERRORS:
+                if item.output.startswith(prefix):
+                    logger.debug("Malformed %s call: the model gets a plain note", item.name)
+                    item = item.model_copy(update={"output": sentence})
+                    break
+        items.append(item)
+    return llm.ChatContext(items)
 
 
 def _write_rejected_before_applied(exc: BaseException) -> bool:
@@ -568,6 +597,15 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         remaining = await self.flush_pending_writes()
         if remaining:
             logger.error("%d call summary write(s) could not be saved before the end", remaining)
+
+    def llm_node(
+        self,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool],
+        model_settings: ModelSettings,
+    ) -> Any:
+        """LiveKit's default LLM node, fed a context without technical tool errors."""
+        return Agent.default.llm_node(self, caller_safe_context(chat_ctx), tools, model_settings)
 
     # -- helpers ---------------------------------------------------------------------------
     async def _protected(

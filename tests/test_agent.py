@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,11 +17,13 @@ from livekit.agents.voice.run_result import RunResult
 
 from src.agent import (
     ACCOUNT_FALLBACK,
+    BAD_TOOL_ARGUMENTS,
     BOOK_FALLBACK,
     NOTE_QUEUED,
     NOTE_UNCONFIRMED,
     SERVICE_NAMES,
     SLOTS_FALLBACK,
+    UNKNOWN_TOOL,
     USAGE_FALLBACK,
     USAGE_NOT_FOUND,
     PandaDocTrialistAgent,
@@ -448,3 +451,35 @@ async def test_apology_without_tts_audio_is_still_said(sandbox: Sandbox) -> None
         ]
     assert len(spoken) == 1 and spoken[0] is not None
     assert spoken[0].endswith("I apologize for the interruption.")
+
+
+# ---------------------------------------------------------------------------------------
+# malformed tool calls: LiveKit's parser text never reaches the model
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "sentence"),
+    [
+        (ToolCall("book_demo", {"option": "the blue one"}), BAD_TOOL_ARGUMENTS),
+        (ToolCall("book_demo", '{"option": '), BAD_TOOL_ARGUMENTS),
+        (ToolCall("get_trial_usage", {"email": 42}), BAD_TOOL_ARGUMENTS),
+        (
+            ToolCall("log_call_summary", {"summary": "hi", "interest": "extreme"}),
+            BAD_TOOL_ARGUMENTS,
+        ),
+        (ToolCall("delete_account", {}), UNKNOWN_TOOL),
+    ],
+)
+async def test_malformed_tool_call_reaches_the_model_as_a_plain_sentence(
+    rig: Rig, call: ToolCall, sentence: str
+) -> None:
+    before = copy.deepcopy(rig.data)
+    rig.sandbox.openai.say(Turn(tool_calls=[call]), Turn("Could you say that again?"))
+    result = await rig.say("do the thing")
+    assert "say that again" in assistant_text(result)
+    seen = [o.content for o in rig.sandbox.openai.tool_outputs()]
+    assert seen == [sentence]
+    for text in seen:
+        assert not re.search(r"pydantic|http|validation|Error|Args|\{", text)
+    assert rig.data == before
