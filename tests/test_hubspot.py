@@ -26,7 +26,7 @@ from src.sandbox.base import FaultKind
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS, TrialUser
 from src.sandbox.hubspot import HubSpotServer, contact_id_for
 from src.services.http import HttpOptions
-from src.services.hubspot import CrmContact, HubSpotClient, write_outcome_is_ambiguous
+from src.services.hubspot import HubSpotClient, write_outcome_is_ambiguous
 from tests.fault_helpers import flapping_outcomes
 
 NOW = datetime(2025, 3, 12, 15, 0, 7, 250_000, tzinfo=UTC)
@@ -123,59 +123,6 @@ async def test_wrong_token(server: HubSpotServer) -> None:
 def test_constructor_requires_token() -> None:
     with pytest.raises(ValueError):
         HubSpotClient("")
-
-
-@pytest.mark.parametrize(
-    ("contact", "expected"),
-    [
-        (
-            CrmContact(
-                source="hubspot",
-                id="1",
-                first_name="Jane",
-                last_name="Doe",
-                company="Acme Corp",
-                title="Head of Sales Operations",
-            ),
-            "Jane Doe works at Acme Corp as Head of Sales Operations.",
-        ),
-        (
-            CrmContact(
-                source="hubspot", id="1", first_name="Jane", last_name=None, company="Acme Corp"
-            ),
-            "Jane works at Acme Corp.",
-        ),
-        (
-            CrmContact(
-                source="hubspot", id="1", first_name="Jane", last_name="Doe", title="Founder"
-            ),
-            "Jane Doe works as Founder.",
-        ),
-        (
-            CrmContact(
-                source="hubspot",
-                id="1",
-                first_name="Jane",
-                last_name="Doe",
-                company="n/a",
-                title="https://x.example",
-            ),
-            "I found Jane Doe in our records.",
-        ),
-        (
-            CrmContact(source="hubspot", id="1", company="Initech"),
-            "I found a record for someone at Initech.",
-        ),
-        (
-            CrmContact(
-                source="hubspot", id="1", lifecycle_stage="marketingqualifiedlead", owner="81234567"
-            ),
-            "I found a matching record.",
-        ),
-    ],
-)
-def test_contact_spoken_summary(contact: CrmContact, expected: str) -> None:
-    assert contact.spoken_summary() == expected
 
 
 async def test_spoken_summary_never_leaks_crm_details(client: HubSpotClient) -> None:

@@ -45,14 +45,14 @@ import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 import pydantic
 
 from ..errors import InvalidRequest, NotFound
 from ..redaction import get_logger, register_secret
-from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceHttp, parse_model
+from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
 
 __all__ = [
     "EVENT_DOCUMENT_COMPLETED",
@@ -254,7 +254,7 @@ def _summarize(events: list[_Event], trial_end: date | None, now: datetime) -> T
 # -- the client ---------------------------------------------------------------------------
 
 
-class AmplitudeClient:
+class AmplitudeClient(ServiceClient):
     """Reads trial usage from Amplitude's Dashboard REST API.
 
     Args:
@@ -337,13 +337,3 @@ class AmplitudeClient:
             len(activity.events),
         )
         return usage
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this client created it."""
-        await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()

@@ -51,7 +51,7 @@ import pydantic
 
 from ..errors import BadResponse, InvalidRequest, NotFound
 from ..redaction import get_logger, register_secret
-from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceHttp, parse_model
+from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
 
 __all__ = [
     "AVAILABILITY_PATH",
@@ -193,7 +193,7 @@ def _utcnow() -> datetime:
 # -- client --------------------------------------------------------------------------------
 
 
-class ChiliPiperClient:
+class ChiliPiperClient(ServiceClient):
     """Async ChiliPiper Edge API client for demo availability and booking.
 
     Args:
@@ -231,16 +231,6 @@ class ChiliPiperClient:
         self._now = now
         self._booked: dict[str, BookedMeeting] = {}
         self._booking_locks: dict[str, asyncio.Lock] = {}
-
-    async def __aenter__(self) -> ChiliPiperClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this client created it."""
-        await self._http.aclose()
 
     def _routing(self) -> dict[str, Any]:
         """Meeting type, host and attendee: the same in availability and booking."""

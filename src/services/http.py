@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -40,6 +40,7 @@ from ..redaction import get_logger, redact
 __all__ = [
     "DEFAULT_HTTP_OPTIONS",
     "HttpOptions",
+    "ServiceClient",
     "ServiceHttp",
     "error_for_status",
     "parse_model",
@@ -263,3 +264,20 @@ class ServiceHttp:
                 elapsed_ms,
                 extra={"service": self.service, "status": status, "elapsed_ms": elapsed_ms},
             )
+
+
+class ServiceClient:
+    """Base of the vendor clients: each owns one :class:`ServiceHttp` as ``_http`` and is
+    an async context manager that closes it."""
+
+    _http: ServiceHttp
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this client created it."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 import pydantic
@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..redaction import get_logger, register_secret
 from .crm import CrmContact
-from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceHttp, parse_model
+from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
 
 __all__ = [
     "CONTACT_PROPERTIES",
@@ -135,7 +135,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class HubSpotClient:
+class HubSpotClient(ServiceClient):
     """Finds contacts and logs notes in HubSpot CRM.
 
     Args:
@@ -250,13 +250,3 @@ class HubSpotClient:
         note = parse_model(SERVICE, _Note, data)
         logger.debug("hubspot note %s created for contact %s", note.id, contact_id)
         return note.id
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this client created it."""
-        await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()

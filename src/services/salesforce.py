@@ -54,7 +54,7 @@ import pydantic
 from ..errors import AuthenticationFailed, BadResponse, InvalidRequest, NotFound, ServiceError
 from ..redaction import get_logger, register_secret
 from .crm import CrmContact
-from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceHttp, parse_model
+from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -238,7 +238,7 @@ class _Token:
 # -- client --------------------------------------------------------------------------------
 
 
-class SalesforceClient:
+class SalesforceClient(ServiceClient):
     """Async Salesforce REST client (client-credentials OAuth, SOQL lookup, Task create).
 
     Args:
@@ -280,16 +280,6 @@ class SalesforceClient:
         self._token_lock = asyncio.Lock()
         self._token_epoch = 0  # token fetches finished; lets waiters share a failed one
         self._token_error: ServiceError | None = None
-
-    async def __aenter__(self) -> SalesforceClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this client created it."""
-        await self._http.aclose()
 
     def _data_path(self, resource: str) -> str:
         return f"/services/data/{self._api_version}{resource}"
