@@ -430,21 +430,28 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         await self.flush_pending_writes()
         return data.crm_summary
 
-    async def _find_crm_record(self, email: str) -> CrmContact | None:
+    async def _find_crm_record(
+        self, email: str, deadline_at: float | None = None
+    ) -> CrmContact | None:
         """Salesforce first, HubSpot when Salesforce fails or has no record, all inside one
-        tool deadline. ``None`` when neither CRM has the person; ``ToolError`` with a
-        spoken fallback when no CRM could answer."""
-        deadline_at = self.retry_clock() + self.settings.resilience.tool_deadline
+        tool deadline (``deadline_at`` on the retry clock; default: a fresh one). ``None``
+        when neither CRM has the person; ``ToolError`` with a spoken fallback when no CRM
+        could answer."""
+        if deadline_at is None:
+            deadline_at = self._deadline()
         answered_not_found = False
-        sf = self.services.salesforce
+        sf, hs = self.services.salesforce, self.services.hubspot
         if sf is not None:
+            # A slow Salesforce must leave HubSpot a fair share of the budget.
+            r = self.settings.resilience
+            reserve = min(r.service_timeout, r.tool_deadline / 3) if hs is not None else 0.0
             try:
                 person = await self._protected(
                     "salesforce",
                     lambda: sf.find_person(email),
                     ACCOUNT_FALLBACK,
                     reraise=(NotFound, InvalidRequest),
-                    deadline_at=deadline_at,
+                    deadline_at=deadline_at - reserve,
                 )
             except (NotFound, InvalidRequest):
                 answered_not_found = True
@@ -452,7 +459,6 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
                 logger.info("Salesforce unavailable, falling back to HubSpot")
             else:
                 return person
-        hs = self.services.hubspot
         if hs is not None and self.retry_clock() < deadline_at:
             try:
                 contact = await self._protected(
@@ -515,6 +521,7 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         self, context: RunContext[TrialistData], summary: str, interest: str
     ) -> str:
         data = context.userdata
+        deadline_at = self._deadline()
         text = " ".join(str(summary).split())
         if not text:
             raise ToolError("What would you like me to note down from our call?")
@@ -523,7 +530,8 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         if data.crm_record_id is None or data.crm_source is None:
             if not data.email:
                 raise ToolError(ASK_EMAIL)
-            found = await self._find_crm_record(data.email)
+            async with self._filler(context):
+                found = await self._find_crm_record(data.email, deadline_at)
             if found is None:
                 raise ToolError(NOTE_NO_RECORD)
             data.crm_source, data.crm_record_id = found.source, found.id
@@ -534,7 +542,8 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
             subject=f"Trialist call summary (interest: {level})",
             body=text,
         )
-        outcome = await self._send_write(write)
+        async with self._filler(context):
+            outcome = await self._send_write(write, deadline_at)
         if outcome == "saved":
             data.summaries_logged += 1
             return "Thanks, I've saved a note of our call for the team."
@@ -544,10 +553,14 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         raise ToolError(NOTE_UNCONFIRMED)
 
     # -- writes that must not be lost or doubled ------------------------------------------
-    async def _send_write(self, write: PendingWrite) -> Literal["saved", "queued", "unknown"]:
+    async def _send_write(
+        self, write: PendingWrite, deadline_at: float | None = None
+    ) -> Literal["saved", "queued", "unknown"]:
         """Send one CRM write once (never blindly retried: neither CRM offers an
-        idempotency key). Returns ``queued`` when it certainly did not apply."""
+        idempotency key), within ``deadline_at`` when given. Returns ``queued`` when it
+        certainly did not apply, ``unknown`` when it may have."""
         write.attempts += 1
+        deadline = None if deadline_at is None else max(0.01, deadline_at - self.retry_clock())
 
         async def send() -> str:
             if write.source == "salesforce" and self.services.salesforce is not None:
@@ -562,7 +575,7 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
 
         try:
             result = await self.call_with_retry_and_circuit_breaker(
-                write.source, send, "", max_retries=0, reraise=(Exception,)
+                write.source, send, "", max_retries=0, deadline=deadline, reraise=(Exception,)
             )
         except Exception as exc:
             if _write_rejected_before_applied(exc):
@@ -620,7 +633,7 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         """A service call through breaker + retries inside the tool deadline; a fallback
         becomes a ``ToolError`` carrying the spoken sentence."""
         if deadline_at is None:
-            deadline_at = self.retry_clock() + self.settings.resilience.tool_deadline
+            deadline_at = self._deadline()
         remaining = max(0.01, deadline_at - self.retry_clock())
         result = await self.call_with_retry_and_circuit_breaker(
             service,
@@ -633,6 +646,10 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         if isinstance(result, str) and result == fallback:
             raise ToolError(fallback)
         return result  # type: ignore[return-value]
+
+    def _deadline(self) -> float:
+        """When a tool started now must have answered, on the retry clock."""
+        return self.retry_clock() + self.settings.resilience.tool_deadline
 
     @asynccontextmanager
     async def _filler(self, context: RunContext[TrialistData]) -> AsyncIterator[None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,7 +36,7 @@ from src.agent import (
     identity_from_job,
     on_session_error,
 )
-from src.error_recovery import ERROR_RESPONSES, CircuitState
+from src.error_recovery import ERROR_RESPONSES, CircuitState, VoiceRetryPolicy
 from src.sandbox import Sandbox
 from src.sandbox.base import FaultKind
 from src.sandbox.openai_server import ToolCall, Turn
@@ -483,3 +484,19 @@ async def test_malformed_tool_call_reaches_the_model_as_a_plain_sentence(
     for text in seen:
         assert not re.search(r"pydantic|http|validation|Error|Args|\{", text)
     assert rig.data == before
+
+
+async def test_hanging_salesforce_leaves_hubspot_its_share_of_the_deadline(rig: Rig) -> None:
+    settings = rig.agent.settings
+    rig.agent.settings = dataclasses.replace(
+        settings, resilience=dataclasses.replace(settings.resilience, tool_deadline=1.2)
+    )
+    rig.agent.retry_policy = VoiceRetryPolicy(base_delay=0.0, max_delay=0.0, jitter=False)
+    rig.sandbox.salesforce.inject("/services/data/*", FaultKind.HANG)
+    started = time.monotonic()
+    result = await rig.say("What's on my account?")
+    elapsed = time.monotonic() - started
+    out = tool_output(result, "lookup_account")
+    assert not out.is_error and "Jane Doe" in out.output
+    assert rig.data.crm_source == "hubspot"
+    assert elapsed < 1.2 + 0.8  # the tool deadline plus model round trips
