@@ -65,7 +65,7 @@ from src.errors import (
 )
 from src.redaction import get_logger, install_redaction
 from src.services.amplitude import AmplitudeClient, TrialUsage
-from src.services.chilipiper import BookedMeeting, ChiliPiperClient, DemoSlot
+from src.services.chilipiper import BookedMeeting, ChiliPiperClient, DemoSlot, SlotUnavailable
 from src.services.crm import CrmContact
 from src.services.http import HttpOptions
 from src.services.hubspot import HubSpotClient
@@ -127,6 +127,7 @@ class TrialistData:
         crm_source / crm_record_id / crm_summary: the CRM record found, if any.
         offered_slots: demo options offered in this conversation, by option number.
         booked_meeting: the demo booked in this conversation.
+        demo_requested: the slot id handed to sales through the CRM when booking failed.
         summaries_logged: call summaries saved to the CRM.
     """
 
@@ -139,6 +140,7 @@ class TrialistData:
     crm_summary: str | None = None
     offered_slots: dict[int, DemoSlot] = field(default_factory=dict)
     booked_meeting: BookedMeeting | None = None
+    demo_requested: str | None = None
     summaries_logged: int = 0
 
 
@@ -237,6 +239,7 @@ SLOTS_FALLBACK = (
     "I can't see the demo calendar right now. I can try again in a moment, or we can keep chatting."
 )
 NO_SLOTS = "There are no open demo times in the next few days. Want me to check further out?"
+SLOT_TAKEN = "Someone just took that time. Shall I check what else is open?"
 BOOK_FALLBACK = (
     "I couldn't lock in that time just now, so it isn't booked yet. Shall I try again in a moment?"
 )
@@ -443,8 +446,7 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         sf, hs = self.services.salesforce, self.services.hubspot
         if sf is not None:
             # A slow Salesforce must leave HubSpot a fair share of the budget.
-            r = self.settings.resilience
-            reserve = min(r.service_timeout, r.tool_deadline / 3) if hs is not None else 0.0
+            reserve = self._reserve() if hs is not None else 0.0
             try:
                 person = await self._protected(
                     "salesforce",
@@ -509,13 +511,54 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         if client is None:
             raise ToolError(BOOK_FALLBACK)
         email, name = data.email, data.name or ""
-        async with self._filler(context):
-            # Safe to retry: the client sends a deterministic idempotency key.
-            meeting = await self._protected(
-                "chilipiper", lambda: client.book_demo(email, name, slot), BOOK_FALLBACK
-            )
+        deadline_at = self._deadline()
+        try:
+            async with self._filler(context):
+                # Safe to retry: the client sends a deterministic idempotency key. The
+                # reserve leaves time to hand the request to sales if booking fails.
+                meeting = await self._protected(
+                    "chilipiper",
+                    lambda: client.book_demo(email, name, slot),
+                    BOOK_FALLBACK,
+                    reraise=(SlotUnavailable,),
+                    deadline_at=deadline_at - self._reserve(),
+                )
+        except SlotUnavailable:
+            raise ToolError(SLOT_TAKEN) from None
+        except ToolError:
+            return await self._hand_demo_to_sales(context, slot, deadline_at)
         data.booked_meeting = meeting
         return meeting.spoken_summary(tz)
+
+    async def _hand_demo_to_sales(
+        self, context: RunContext[TrialistData], slot: DemoSlot, deadline_at: float
+    ) -> str:
+        """Graceful degradation when booking fails: the chosen time goes to the sales
+        team as a CRM task/note, so the caller still gets a human follow-up."""
+        data = context.userdata
+        when = slot.spoken(_zone(data.timezone))
+        body = (
+            f"The trialist asked for a PandaDoc demo on {when} "
+            f"({slot.starts_at.isoformat()}). Automatic booking failed; "
+            "please confirm the time with them by email."
+        )
+        try:
+            outcome = await self._crm_write(context, "Demo requested", body, deadline_at)
+        except ToolError:  # no CRM could answer the lookup
+            outcome = "unknown"
+        if outcome == "saved":
+            data.demo_requested = slot.slot_id
+            return (
+                f"I couldn't book it directly, so I've passed {when} to our sales team, "
+                "and they'll confirm it with you by email."
+            )
+        if outcome == "queued":
+            data.demo_requested = slot.slot_id
+            return (
+                f"I couldn't book it directly. I've noted {when} for our sales team "
+                "and will pass it on before we finish."
+            )
+        raise ToolError(BOOK_FALLBACK)
 
     async def _log_summary(
         self, context: RunContext[TrialistData], summary: str, interest: str
@@ -527,30 +570,39 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
             raise ToolError("What would you like me to note down from our call?")
         text = text[:_MAX_SUMMARY_CHARS]
         level = interest if interest in ("low", "medium", "high") else "medium"
+        subject = f"Trialist call summary (interest: {level})"
+        outcome = await self._crm_write(context, subject, text, deadline_at)
+        if outcome == "saved":
+            data.summaries_logged += 1
+            return "Thanks, I've saved a note of our call for the team."
+        if outcome == "no_record":
+            raise ToolError(NOTE_NO_RECORD)
+        if outcome == "queued":
+            raise ToolError(NOTE_QUEUED)
+        raise ToolError(NOTE_UNCONFIRMED)
+
+    async def _crm_write(
+        self, context: RunContext[TrialistData], subject: str, body: str, deadline_at: float
+    ) -> Literal["saved", "queued", "unknown", "no_record"]:
+        """Write to the caller's CRM record (looked up first if needed). A write that
+        certainly did not apply is queued on the agent, outside the session state, so a
+        tool's rollback cannot drop it."""
+        data = context.userdata
         if data.crm_record_id is None or data.crm_source is None:
             if not data.email:
                 raise ToolError(ASK_EMAIL)
             async with self._filler(context):
                 found = await self._find_crm_record(data.email, deadline_at)
             if found is None:
-                raise ToolError(NOTE_NO_RECORD)
+                return "no_record"
             data.crm_source, data.crm_record_id = found.source, found.id
             data.crm_summary = found.spoken_summary()
-        write = PendingWrite(
-            source=data.crm_source,
-            record_id=data.crm_record_id,
-            subject=f"Trialist call summary (interest: {level})",
-            body=text,
-        )
+        write = PendingWrite(data.crm_source, data.crm_record_id, subject, body)
         async with self._filler(context):
             outcome = await self._send_write(write, deadline_at)
-        if outcome == "saved":
-            data.summaries_logged += 1
-            return "Thanks, I've saved a note of our call for the team."
         if outcome == "queued":
             self.pending_writes.append(write)
-            raise ToolError(NOTE_QUEUED)
-        raise ToolError(NOTE_UNCONFIRMED)
+        return outcome
 
     # -- writes that must not be lost or doubled ------------------------------------------
     async def _send_write(
@@ -646,6 +698,12 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         if isinstance(result, str) and result == fallback:
             raise ToolError(fallback)
         return result  # type: ignore[return-value]
+
+    def _reserve(self) -> float:
+        """Seconds of a tool's budget kept back for a fallback step (one attempt's worth,
+        at most a third of the deadline)."""
+        r = self.settings.resilience
+        return min(r.service_timeout, r.tool_deadline / 3)
 
     def _deadline(self) -> float:
         """When a tool started now must have answered, on the retry clock."""

@@ -23,6 +23,7 @@ from src.agent import (
     NOTE_QUEUED,
     NOTE_UNCONFIRMED,
     SERVICE_NAMES,
+    SLOT_TAKEN,
     SLOTS_FALLBACK,
     UNKNOWN_TOOL,
     USAGE_FALLBACK,
@@ -282,18 +283,43 @@ async def test_tool_under_service_failure(
     assert not tool_output(result, "log_call_summary").is_error
 
 
-async def test_booking_failure_is_reported_not_booked(rig: Rig) -> None:
+async def test_failed_booking_is_handed_to_sales(rig: Rig) -> None:
     await rig.say("Any demo times?")
-    before = copy.deepcopy(rig.data)
+    slot = rig.data.offered_slots[1]
     rig.sandbox.chilipiper.inject("*", FaultKind.SERVER_ERROR)
     result = await rig.say("Book the first option")
     out = tool_output(result, "book_demo")
-    assert out.is_error and out.output == BOOK_FALLBACK
-    assert rig.data == before and rig.data.booked_meeting is None
+    assert not out.is_error and "passed" in out.output and "sales team" in out.output
+    assert rig.data.booked_meeting is None and rig.data.demo_requested == slot.slot_id
+    [task] = rig.sandbox.salesforce.tasks
+    assert task["Subject"] == "Demo requested"
+    assert slot.starts_at.isoformat() in task["Description"]
     rig.sandbox.chilipiper.clear()
     result = await rig.say("Book the first option")
     assert not tool_output(result, "book_demo").is_error
+    assert rig.data.booked_meeting is not None
     assert len(rig.sandbox.chilipiper.meetings) == 1
+
+
+async def test_failed_booking_with_no_crm_is_reported_not_booked(rig: Rig) -> None:
+    await rig.say("Any demo times?")
+    before = copy.deepcopy(rig.data)
+    for server in (rig.sandbox.chilipiper, rig.sandbox.salesforce, rig.sandbox.hubspot):
+        server.inject("*", FaultKind.SERVER_ERROR)
+    out = tool_output(await rig.say("Book the first option"), "book_demo")
+    assert out.is_error and out.output == BOOK_FALLBACK
+    assert rig.data == before
+    assert rig.agent.pending_writes == []
+
+
+async def test_slot_taken_meanwhile(rig: Rig) -> None:
+    await rig.say("Any demo times?")
+    client = rig.services.chilipiper
+    assert client is not None
+    await client.book_demo("someone.else@example.com", "", rig.data.offered_slots[1])
+    out = tool_output(await rig.say("Book the first option"), "book_demo")
+    assert out.is_error and out.output == SLOT_TAKEN
+    assert rig.data.booked_meeting is None and rig.sandbox.salesforce.tasks == []
 
 
 async def test_circuit_opens_after_three_failures_and_fourth_call_sends_nothing(
