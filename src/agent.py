@@ -43,7 +43,12 @@ from livekit.agents import (
 )
 from livekit.agents.llm import ToolError
 from livekit.agents.voice.agent_session import SessionConnectOptions
-from livekit.agents.voice.events import CloseEvent, ErrorEvent
+from livekit.agents.voice.events import (
+    CloseEvent,
+    ConversationItemAddedEvent,
+    ErrorEvent,
+    UserInputTranscribedEvent,
+)
 
 # Plugins must register on the main thread: import them here, not inside prewarm or jobs.
 from livekit.plugins import deepgram, openai, silero
@@ -75,6 +80,7 @@ from src.settings import Settings, load_settings
 __all__ = [
     "SERVICE_NAMES",
     "PandaDocTrialistAgent",
+    "SessionErrorHandler",
     "SpokenApology",
     "TrialistData",
     "TrialistServices",
@@ -756,7 +762,8 @@ def connect_options(settings: Settings) -> SessionConnectOptions:
         stt_conn_options=APIConnectOptions(
             max_retry=r.stt_max_retry, retry_interval=r.model_retry_interval, timeout=r.stt_timeout
         ),
-        max_unrecoverable_errors=r.max_unrecoverable_errors,
+        # One above ours: SessionErrorHandler says goodbye and ends the call first.
+        max_unrecoverable_errors=r.max_unrecoverable_errors + 1,
     )
 
 
@@ -799,8 +806,8 @@ def build_stt(settings: Settings) -> stt.STT[Any] | None:
 
 
 class SpokenApology:
-    """The apology for an unrecoverable model error, pre-rendered while the TTS works, so
-    it can still be heard when the TTS itself is what failed.
+    """A sentence for model failures (the apology, or the goodbye), pre-rendered while
+    the TTS works, so it can still be heard when the TTS itself is what failed.
 
     Args:
         text: the sentence (default: a ``service_unavailable`` phrase plus the spec's
@@ -829,6 +836,10 @@ class SpokenApology:
 
 
 _APOLOGY = "I apologize for the interruption."
+GOODBYE = (
+    "I'm sorry, I'm having trouble on my end, so let's pick this up another time. "
+    "Thank you for your patience, and goodbye."
+)
 
 
 def on_session_error(
@@ -846,23 +857,108 @@ def on_session_error(
         return None
     logger.error("Unrecoverable %s error: %s", source, cause)
     if isinstance(event.source, tts.TTS) and apology is not None and apology.frames:
-        text: str = apology.text
-        audio: Any = apology.audio()
+        return _speak(session, apology.text, apology)
+    agent = session.current_agent if _has_agent(session) else None
+    if isinstance(agent, ErrorRecoveryMixin):
+        phrase = agent.get_error_response("service_unavailable")
     else:
-        agent = session.current_agent if _has_agent(session) else None
-        if isinstance(agent, ErrorRecoveryMixin):
-            phrase = agent.get_error_response("service_unavailable")
-        else:
-            phrase = ERROR_RESPONSES["service_unavailable"][0]
-        text, audio = f"{phrase} {_APOLOGY}", NOT_GIVEN
+        phrase = ERROR_RESPONSES["service_unavailable"][0]
+    return _speak(session, f"{phrase} {_APOLOGY}")
+
+
+def _speak(
+    session: AgentSession[Any], text: str, prerendered: SpokenApology | None = None
+) -> asyncio.Task[None]:
+    """Say ``text`` (with ``prerendered`` audio when given), uninterruptible, as a task."""
+    audio: Any = prerendered.audio() if prerendered is not None else NOT_GIVEN
 
     async def speak() -> None:
         try:
             await session.say(text, audio=audio, allow_interruptions=False)
         except RuntimeError:
-            logger.warning("Session closed before the apology could be spoken")
+            logger.warning("Session closed before the sentence could be spoken")
 
     return asyncio.create_task(speak())
+
+
+class SessionErrorHandler:
+    """Wires :func:`on_session_error` to a session and decides when to stop trying.
+
+    LiveKit resets its own error counts whenever the agent speaks, so with apologies being
+    spoken it would never end a broken session: the caller would hear an apology every
+    turn. This handler counts consecutive unrecoverable errors per kind (LLM, STT, TTS);
+    at ``max_failures`` it says :data:`GOODBYE` (pre-rendered when the TTS is what failed)
+    and ends the session after it has played. Real progress resets the count: an
+    assistant message that is not ours (LLM and TTS work) or a user transcript (STT works).
+    """
+
+    def __init__(
+        self,
+        session: AgentSession[Any],
+        *,
+        max_failures: int,
+        apology: SpokenApology | None = None,
+        goodbye: SpokenApology | None = None,
+    ) -> None:
+        self.session = session
+        self.max_failures = max_failures
+        self.apology = apology
+        self.goodbye = goodbye
+        self.failures: dict[str, int] = {}
+        self.ended = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def attach(self) -> None:
+        self.session.on("error", self.on_error)
+        self.session.on("conversation_item_added", self.on_item_added)
+        self.session.on("user_input_transcribed", self.on_user_input)
+
+    def on_error(self, event: ErrorEvent) -> None:
+        if self.ended:
+            return
+        task: asyncio.Task[None] | None
+        kind = str(getattr(event.error, "type", "error"))
+        if getattr(event.error, "recoverable", False):
+            task = on_session_error(self.session, event, self.apology)
+        else:
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+            if self.failures[kind] >= self.max_failures:
+                task = self._end_call(event)
+            else:
+                task = on_session_error(self.session, event, self.apology)
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def on_item_added(self, event: ConversationItemAddedEvent) -> None:
+        item = event.item
+        if getattr(item, "role", None) != "assistant":
+            return
+        text = getattr(item, "text_content", None) or ""
+        if text and _APOLOGY not in text and text != GOODBYE:
+            self.failures.pop("llm_error", None)
+            self.failures.pop("tts_error", None)
+
+    def on_user_input(self, event: UserInputTranscribedEvent) -> None:
+        if event.transcript:
+            self.failures.pop("stt_error", None)
+
+    def _end_call(self, event: ErrorEvent) -> asyncio.Task[None]:
+        self.ended = True
+        logger.error(
+            "Ending the session after %d consecutive %s failures",
+            self.max_failures,
+            type(event.source).__name__,
+        )
+        tts_failed = isinstance(event.source, tts.TTS)
+        prerendered = self.goodbye if tts_failed and self.goodbye and self.goodbye.frames else None
+        spoken = _speak(self.session, GOODBYE, prerendered)
+
+        async def end() -> None:
+            await spoken
+            self.session.shutdown(drain=True)
+
+        return asyncio.create_task(end())
 
 
 def _has_agent(session: AgentSession[Any]) -> bool:
@@ -882,9 +978,10 @@ def build_session(
     stt_model: stt.STT[Any] | None | Literal["default"] = "default",
     vad_model: vad.VAD | None = None,
     apology: SpokenApology | None = None,
+    goodbye: SpokenApology | None = None,
 ) -> AgentSession[TrialistData]:
     """The one place an ``AgentSession`` is assembled (production and tests): models,
-    voice-tuned connect options, and the error handler."""
+    voice-tuned connect options, and the error handler (:class:`SessionErrorHandler`)."""
     session_tts = build_tts(settings) if tts_model == "default" else tts_model
     session_stt = build_stt(settings) if stt_model == "default" else stt_model
     session: AgentSession[TrialistData] = AgentSession(
@@ -895,18 +992,16 @@ def build_session(
         userdata=userdata,
         conn_options=connect_options(settings),
     )
-    tasks: set[asyncio.Task[None]] = set()
-
-    def _on_error(event: ErrorEvent) -> None:
-        task = on_session_error(session, event, apology)
-        if task is not None:
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+    SessionErrorHandler(
+        session,
+        max_failures=settings.resilience.max_unrecoverable_errors,
+        apology=apology,
+        goodbye=goodbye,
+    ).attach()
 
     def _on_close(event: CloseEvent) -> None:
         logger.info("Session closed: %s", event.reason)
 
-    session.on("error", _on_error)
     session.on("close", _on_close)
     return session
 
@@ -965,8 +1060,13 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     agent = PandaDocTrialistAgent(services, settings)
     apology = SpokenApology(f"{agent.get_error_response('service_unavailable')} {_APOLOGY}")
+    goodbye = SpokenApology(GOODBYE)
     session = build_session(
-        settings, userdata=data, vad_model=ctx.proc.userdata.get("vad"), apology=apology
+        settings,
+        userdata=data,
+        vad_model=ctx.proc.userdata.get("vad"),
+        apology=apology,
+        goodbye=goodbye,
     )
 
     async def _shutdown() -> None:
@@ -975,7 +1075,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
     ctx.add_shutdown_callback(_shutdown)
     await session.start(agent=agent, room=ctx.room)
-    prerender = asyncio.create_task(apology.prerender(session.tts))
+    prerender = asyncio.gather(apology.prerender(session.tts), goodbye.prerender(session.tts))
     participant = await ctx.wait_for_participant() if ctx.room.isconnected() else None
     attributes = dict(participant.attributes) if participant is not None else {}
     email, name = identity_from_job(ctx.job.metadata or "", attributes)

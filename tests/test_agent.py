@@ -3,6 +3,8 @@ sandbox's scripted model, the real clients against the sandbox services."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import dataclasses
 import re
@@ -20,6 +22,7 @@ from src.agent import (
     ACCOUNT_FALLBACK,
     BAD_TOOL_ARGUMENTS,
     BOOK_FALLBACK,
+    GOODBYE,
     NOTE_QUEUED,
     NOTE_UNCONFIRMED,
     SERVICE_NAMES,
@@ -526,3 +529,47 @@ async def test_hanging_salesforce_leaves_hubspot_its_share_of_the_deadline(rig: 
     assert not out.is_error and "Jane Doe" in out.output
     assert rig.data.crm_source == "hubspot"
     assert elapsed < 1.2 + 0.8  # the tool deadline plus model round trips
+
+
+async def test_repeated_model_failures_end_with_a_spoken_goodbye(sandbox: Sandbox) -> None:
+    settings = fast_settings(sandbox.env())
+    settings = dataclasses.replace(
+        settings,
+        resilience=dataclasses.replace(settings.resilience, max_unrecoverable_errors=2),
+    )
+    session = build_session(
+        settings, userdata=TrialistData(email=JANE), tts_model=None, stt_model=None
+    )
+    closed: list[str] = []
+    session.on("close", lambda event: closed.append(str(event.reason)))
+    agent = PandaDocTrialistAgent(TrialistServices(), settings, sleep=NoSleep())
+    async with session:
+        await session.start(agent)
+        await sandbox.openai.go_down()
+        first = assistant_text(await session.run(user_input="hello?"))
+        assert first.endswith("I apologize for the interruption.")
+        with contextlib.suppress(RuntimeError):
+            await session.run(user_input="are you there?")
+        for _ in range(100):
+            if closed:
+                break
+            await asyncio.sleep(0.02)
+        spoken = [
+            i.text_content
+            for i in session.history.items
+            if i.type == "message" and i.role == "assistant"
+        ]
+    assert spoken == [first, GOODBYE]
+    assert closed and "error" not in closed[0]  # we ended it, after the goodbye
+
+
+async def test_progress_resets_the_failure_count(rig: Rig) -> None:
+    await rig.sandbox.openai.go_down()
+    await rig.say("hello?")
+    await rig.sandbox.openai.come_up()
+    await rig.say("How is my trial usage?")  # a real answer: the model works again
+    await rig.sandbox.openai.go_down()
+    for _ in range(rig.settings.resilience.max_unrecoverable_errors - 1):
+        text = assistant_text(await rig.say("hello again?"))
+        assert text.endswith("I apologize for the interruption.")
+        assert text != GOODBYE
