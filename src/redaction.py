@@ -9,6 +9,7 @@ record (message *and* arguments) so a careless ``logger.info("%s", email)`` is s
 from __future__ import annotations
 
 import logging
+import numbers
 import re
 import threading
 from typing import Any
@@ -22,11 +23,12 @@ __all__ = [
     "register_secret",
 ]
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-']+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+# Unicode-aware (RFC 6531 addresses such as josé@exämple.de are valid and must be masked).
+_EMAIL = re.compile(r"[\w.%+\-'!#$&*=?^`{|}~]+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}")
 # International or North-American style numbers with at least 9 digits; dates and ids with
 # fewer digits, and ISO timestamps (no spaces/parentheses between groups), are left alone.
 _PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().\-]{7,}\d(?![\w-])")
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|api-key|token)\s+[A-Za-z0-9._~+/=\-]{6,}")
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|api-key|token)\s+[A-Za-z0-9._~+/=!\-]{6,}")
 _MIN_SECRET_LEN = 4
 
 _secrets: set[str] = set()
@@ -65,9 +67,24 @@ def redact(text: str) -> str:
 def _redact_arg(arg: Any) -> Any:
     if isinstance(arg, str):
         return redact(arg)
-    if isinstance(arg, int | float | bool) or arg is None:
-        return arg
+    if isinstance(arg, numbers.Number) or arg is None:
+        return arg  # keeps %d / %.2f formatting working
     return redact(str(arg))
+
+
+def _redact_extra(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict | list | tuple | set):
+        return redact(str(value))
+    return value
+
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
 
 
 class RedactingFilter(logging.Filter):
@@ -80,9 +97,17 @@ class RedactingFilter(logging.Filter):
             record.args = tuple(_redact_arg(a) for a in record.args)
         elif isinstance(record.args, dict):
             record.args = {k: _redact_arg(v) for k, v in record.args.items()}
-        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-            # Format the traceback now, redacted, so handlers reuse the safe text.
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.exc_info and record.exc_info[1] is not None:
+            # Format the traceback now, redacted, and drop the live exception: formatters
+            # (LiveKit's JSON one included) then print the safe text instead.
+            if not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD_ATTRS:
+                setattr(record, key, _redact_extra(value))
         return True
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+from decimal import Decimal
 
 import pytest
 
@@ -57,3 +59,47 @@ def test_installed_filter_covers_third_party_loggers(caplog: pytest.LogCaptureFi
     assert "sam.lee@globex.example.com" not in caplog.text
     assert "jane.doe@acme.example.com" not in caplog.text
     assert "s***@globex.example.com" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "email", ["josé@acme.example.com", "jörg.müller@example.com", "user@exämple.de"]
+)
+def test_unicode_emails_are_masked(email: str) -> None:
+    masked = redact(f"lookup for {email} failed")
+    assert email not in masked
+    assert email.split("@")[0][1:] not in masked
+
+
+def test_credentials_with_punctuation_are_masked() -> None:
+    assert "AQ4xyz" not in redact("Authorization: Bearer 00DSANDBOX!AQ4xyz.abc")
+
+
+def test_json_logs_redact_tracebacks_and_extras() -> None:
+    from livekit.agents.cli.log import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.redaction.json")
+    logger.addHandler(handler)
+    logger.propagate = False
+    install_redaction("test.redaction.json")
+    try:
+        try:
+            raise ValueError("lookup failed for jane.doe@acme.example.com / +1 415 555 0132")
+        except ValueError:
+            logger.exception(
+                "failed %d time(s)",
+                Decimal(2),
+                extra={
+                    "guest": "jane.doe@acme.example.com",
+                    "lk.pii.arguments": {"email": "a.b@c.example.com"},
+                },
+            )
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "failed 2 time(s)" in text
+    assert "ValueError" in text  # the traceback is still there, redacted
+    for personal in ("jane.doe@acme.example.com", "555 0132", "a.b@c.example.com"):
+        assert personal not in text
