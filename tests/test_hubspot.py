@@ -250,7 +250,8 @@ async def test_bad_note_input_is_rejected_locally(
         # The server may have created the note: never repeat blindly.
         param(FaultKind.HANG, {}, ServiceTimeout, False),
         param(FaultKind.SERVER_ERROR, {}, ServiceUnavailable, False),
-        param(FaultKind.SERVICE_UNAVAILABLE, {}, ServiceUnavailable, False),
+        # 503 means "unable to handle the request" (RFC 9110): nothing was applied.
+        param(FaultKind.SERVICE_UNAVAILABLE, {}, ServiceUnavailable, True),
         param(FaultKind.REFUSE, {}, ConnectionFailed, False),
         # The server certainly did not create it.
         param(FaultKind.RATE_LIMITED, {"retry_after": 1}, RateLimited, True),

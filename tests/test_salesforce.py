@@ -73,7 +73,7 @@ def token_requests(server: SalesforceServer) -> int:
 
 
 def queries(server: SalesforceServer) -> list[str]:
-    return [e.body["q"] for e in server.requests(QUERY, "POST")]
+    return [e.query["q"] for e in server.requests(QUERY, "GET")]
 
 
 # -- lookups ------------------------------------------------------------------------------

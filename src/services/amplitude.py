@@ -50,7 +50,7 @@ from typing import Any
 import aiohttp
 import pydantic
 
-from ..errors import InvalidRequest, NotFound
+from ..errors import BadResponse, InvalidRequest, NotFound
 from ..redaction import get_logger, register_secret
 from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
 
@@ -306,7 +306,11 @@ class AmplitudeClient(ServiceClient):
             SERVICE,
             _UserSearch,
             await self._http.request(
-                "GET", "/api/2/usersearch", params={"user": user_id}, headers=self._headers
+                "GET",
+                "/api/2/usersearch",
+                params={"user": user_id},
+                headers=self._headers,
+                on_404=BadResponse,  # a search answers "nobody" with an empty list
             ),
         )
         wanted = user_id.casefold()
@@ -326,6 +330,7 @@ class AmplitudeClient(ServiceClient):
                 "/api/2/useractivity",
                 params={"user": match.amplitude_id, "offset": 0, "limit": _EVENT_PAGE},
                 headers=self._headers,
+                on_404=BadResponse,  # the user was just found: a 404 is not "no user"
             ),
         )
         usage = _summarize(

@@ -274,7 +274,7 @@ class ChiliPiperClient(ServiceClient):
             "interval": {"startsAt": _utc_iso(start), "duration": f"P{days}D"},
         }
         data = await self._http.request(
-            "POST", AVAILABILITY_PATH, json_body=body, headers=self._auth
+            "POST", AVAILABILITY_PATH, json_body=body, headers=self._auth, on_404=BadResponse
         )
         parsed = parse_model(SERVICE, _StartTimes, data)
         end = start + timedelta(days=days)

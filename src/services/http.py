@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ import pydantic
 from ..errors import (
     AuthenticationFailed,
     BadResponse,
+    CircuitOpenError,
     ConnectionFailed,
     InvalidRequest,
     NotFound,
@@ -45,6 +48,7 @@ __all__ = [
     "error_for_status",
     "parse_model",
     "parse_retry_after",
+    "write_outcome_is_ambiguous",
 ]
 
 logger = get_logger("pandadoc.services.http")
@@ -75,27 +79,28 @@ class HttpOptions:
 DEFAULT_HTTP_OPTIONS = HttpOptions()
 
 
+_DELTA_SECONDS = re.compile(r"\d{1,9}(?:\.\d{1,6})?")
+MAX_RETRY_AFTER = 86_400.0  # a day: anything longer is as good as "not today"
+
+
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; ``None`` when
-    absent or unparseable. Dates in the past give 0.0."""
+    """``Retry-After`` as seconds from now: delta-seconds (RFC 9110; decimals tolerated)
+    or an HTTP-date; ``None`` when absent or unparseable. Past dates give 0.0; values are
+    capped at :data:`MAX_RETRY_AFTER`."""
     if value is None:
         return None
     value = value.strip()
     if not value:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if seconds == seconds else None  # NaN -> None
+    if _DELTA_SECONDS.fullmatch(value):
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now())
+    return min(max(0.0, when.timestamp() - now()), MAX_RETRY_AFTER)
 
 
 def error_for_status(
@@ -119,6 +124,28 @@ def error_for_status(
     return InvalidRequest(service, msg, status=status)
 
 
+def write_outcome_is_ambiguous(exc: BaseException) -> bool:
+    """Whether a failed write may nevertheless have been applied by the server.
+
+    False when the request certainly changed nothing: the breaker refused it, the
+    connection was never established (refused, DNS, connect timeout), or the server
+    rejected it (4xx, 429, and 503, which RFC 9110 defines as "unable to handle the
+    request"). True for timeouts, other 5xx, connections lost after sending, and
+    anything unexpected. A write whose outcome is ambiguous must not be re-sent without
+    an idempotency key.
+    """
+    if isinstance(exc, CircuitOpenError):
+        return False
+    never_sent = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+    if isinstance(exc.__cause__, never_sent):
+        return False
+    if isinstance(exc, ServiceUnavailable) and exc.status == 503:
+        return False
+    if isinstance(exc, ServiceError):
+        return isinstance(exc, ServiceTimeout | ServiceUnavailable | BadResponse)
+    return True
+
+
 def parse_model(service: str, model: type[M], data: Any) -> M:
     """Validate ``data`` against ``model``; a mismatch becomes :class:`BadResponse`."""
     try:
@@ -130,13 +157,16 @@ def parse_model(service: str, model: type[M], data: Any) -> M:
 
 
 def _job_session() -> aiohttp.ClientSession | None:
-    """LiveKit's per-job session when running inside a job, else ``None``."""
-    try:
-        from livekit.agents.utils import http_context
-
-        return http_context.http_session()
-    except (RuntimeError, ImportError):
+    """LiveKit's per-job session when running inside a job, else ``None``. Never imports
+    LiveKit itself (a 2 s import would stall the event loop outside a worker)."""
+    http_context = sys.modules.get("livekit.agents.utils.http_context")
+    if http_context is None:
         return None
+    try:
+        session: aiohttp.ClientSession = http_context.http_session()
+    except RuntimeError:  # not inside a job
+        return None
+    return session
 
 
 class ServiceHttp:
@@ -194,13 +224,19 @@ class ServiceHttp:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         expect_json: bool = True,
+        on_404: type[ServiceError] = NotFound,
     ) -> Any:
         """Send one request and return the decoded JSON body (``None`` for an empty body).
 
-        ``timeout`` (seconds) overrides the per-request timeout for this call, never
-        exceeding ``options.timeout``. Raises only :class:`~src.errors.ServiceError`
+        ``timeout`` (seconds, > 0) shortens the per-request timeout for this call, never
+        exceeding ``options.timeout``. ``on_404`` is the error a 404 becomes: the default
+        :class:`NotFound` suits record reads; a search or query endpoint, which answers
+        "nothing" with an empty list, passes :class:`BadResponse` so a wrong URL is not
+        mistaken for a missing person. Raises only :class:`~src.errors.ServiceError`
         subclasses (and ``asyncio.CancelledError``).
         """
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be > 0 seconds")
         total = min(timeout, self.options.timeout) if timeout else self.options.timeout
         client_timeout = aiohttp.ClientTimeout(
             total=total, sock_connect=min(self.options.connect_timeout, total)
@@ -223,8 +259,11 @@ class ServiceHttp:
                     error = error_for_status(self.service, resp.status, resp.headers)
                     if error is not None:
                         await resp.read()  # release the connection for reuse
+                        if resp.status == 404 and on_404 is not NotFound:
+                            raise on_404(self.service, error.args[0], status=404)
                         raise error
-                    text = await resp.text()
+                    # Undecodable bytes become U+FFFD, so a bad body fails as BadResponse.
+                    text = await resp.text(errors="replace")
             except ServiceError:
                 raise
             except TimeoutError as exc:
@@ -250,7 +289,7 @@ class ServiceHttp:
                 return text if not expect_json else None
             try:
                 return json.loads(text)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 status = f"{status}-unparseable"
                 raise BadResponse(self.service, f"{self.service} sent a non-JSON body") from exc
         finally:

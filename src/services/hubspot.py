@@ -39,15 +39,21 @@ import aiohttp
 import pydantic
 
 from ..errors import (
+    BadResponse,
     InvalidRequest,
     NotFound,
     ServiceError,
-    ServiceTimeout,
-    ServiceUnavailable,
 )
 from ..redaction import get_logger, register_secret
 from .crm import CrmContact
-from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
+from .http import (
+    DEFAULT_HTTP_OPTIONS,
+    HttpOptions,
+    ServiceClient,
+    ServiceHttp,
+    parse_model,
+    write_outcome_is_ambiguous,
+)
 
 __all__ = [
     "CONTACT_PROPERTIES",
@@ -118,19 +124,6 @@ def _hubspot_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
-def write_outcome_is_ambiguous(exc: ServiceError) -> bool:
-    """Whether a failed write may nevertheless have been applied by the server.
-
-    True for timeouts, 5xx and connections lost after the request could have been sent;
-    false for answers that reject the request (4xx, 429) and for connections that were
-    never established (refused, DNS, connect timeout): nothing reached the server.
-    """
-    never_sent = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-    if isinstance(exc.__cause__, never_sent):
-        return False
-    return isinstance(exc, ServiceTimeout | ServiceUnavailable)
-
-
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -188,7 +181,11 @@ class HubSpotClient(ServiceClient):
             "limit": 1,  # a primary email belongs to one contact at most
         }
         data = await self._http.request(
-            "POST", "/crm/v3/objects/contacts/search", json_body=body, headers=self._headers
+            "POST",
+            "/crm/v3/objects/contacts/search",
+            json_body=body,
+            headers=self._headers,
+            on_404=BadResponse,  # a search answers "nobody" with an empty list
         )
         found = parse_model(SERVICE, _SearchResponse, data)
         if not found.results:

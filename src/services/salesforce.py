@@ -54,7 +54,14 @@ import pydantic
 from ..errors import AuthenticationFailed, BadResponse, InvalidRequest, NotFound, ServiceError
 from ..redaction import get_logger, register_secret
 from .crm import CrmContact
-from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
+from .http import (
+    DEFAULT_HTTP_OPTIONS,
+    HttpOptions,
+    ServiceClient,
+    ServiceHttp,
+    parse_model,
+    write_outcome_is_ambiguous,
+)
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -339,12 +346,26 @@ class SalesforceClient(ServiceClient):
         logger.debug("salesforce: new access token (expiry announced: %s)", bool(expires_at))
         return _Token(parsed.access_token, expires_at)
 
-    async def _authed(self, method: str, path: str, json_body: Any) -> Any:
-        """One data call with the bearer token; on 401, one token refresh and one repeat."""
+    async def _authed(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        on_404: type[ServiceError] = BadResponse,
+    ) -> Any:
+        """One data call with the bearer token; on 401, one token refresh and one repeat.
+        A 404 means a wrong instance URL or API version, never a missing person."""
         token = await self._access_token()
         try:
             return await self._http.request(
-                method, path, json_body=json_body, headers={"Authorization": f"Bearer {token}"}
+                method,
+                path,
+                json_body=json_body,
+                params=params,
+                headers={"Authorization": f"Bearer {token}"},
+                on_404=on_404,
             )
         except AuthenticationFailed as exc:
             if exc.status != 401:
@@ -352,7 +373,12 @@ class SalesforceClient(ServiceClient):
             logger.info("salesforce: access token rejected, refreshing it once")
         token = await self._access_token(stale=token)
         return await self._http.request(
-            method, path, json_body=json_body, headers={"Authorization": f"Bearer {token}"}
+            method,
+            path,
+            json_body=json_body,
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+            on_404=on_404,
         )
 
     # -- public API -------------------------------------------------------------------------
@@ -386,8 +412,11 @@ class SalesforceClient(ServiceClient):
         raise NotFound(SERVICE, "no Contact or Lead with that email")
 
     async def _query_one(self, object_type: Literal["Lead", "Contact"], email: str) -> CrmContact:
+        # The REST Query resource: GET .../query?q=SOQL answers synchronously with the
+        # records. (The bundled reference files this under Bulk API 2.0 as a POST with a
+        # JSON body; the sandbox accepts both.)
         data = await self._authed(
-            "POST", self._data_path("/query"), {"q": person_query(object_type, email)}
+            "GET", self._data_path("/query"), params={"q": person_query(object_type, email)}
         )
         result = parse_model(SERVICE, _QueryResult, data)
         if not result.records:
@@ -425,7 +454,12 @@ class SalesforceClient(ServiceClient):
             "Status": "Not Started",
             "Priority": "Normal",
         }
-        data = await self._authed("POST", self._data_path("/sobjects/Task"), body)
+        try:
+            data = await self._authed("POST", self._data_path("/sobjects/Task"), body)
+        except ServiceError as exc:
+            if write_outcome_is_ambiguous(exc):
+                exc.retryable = False  # the Task may exist: never repeat blindly
+            raise
         created = parse_model(SERVICE, _CreateResult, data)
         if not created.success:
             raise BadResponse(SERVICE, "salesforce reported the task as not created")
