@@ -183,7 +183,8 @@ class CircuitBreaker:
         self._state = CircuitState.CLOSED
         self._failure_count = 0
         self._opened_at: float | None = None
-        self._probe_in_flight = False
+        self._probe_token = 0  # token of the probe in flight, 0 when none
+        self._tokens_issued = 0
 
     # -- read-only view ----------------------------------------------------------------
     @property
@@ -227,15 +228,18 @@ class CircuitBreaker:
         self.record_success(probe=probe)
         return result
 
-    def acquire(self) -> bool:
-        """Ask permission for one call. Returns ``True`` when this call is the half-open
-        probe; raises :class:`CircuitOpenError` when the call must not go through.
+    def acquire(self) -> int:
+        """Ask permission for one call. Returns a probe token (a positive int, truthy)
+        when this call is the half-open probe, else ``0``; raises
+        :class:`CircuitOpenError` when the call must not go through.
 
         Every successful ``acquire`` must be followed by exactly one ``record_success``
-        or ``record_failure`` with the same ``probe`` flag (``call`` does this for you).
+        or ``record_failure`` passing the returned value as ``probe`` (``call`` does this
+        for you). The token lets a probe that outlived a :meth:`reset` be ignored instead
+        of deciding for the next probe.
         """
         if self._state is CircuitState.CLOSED:
-            return False
+            return 0
         if self._state is CircuitState.OPEN:
             if self.retry_in() > 0:
                 raise CircuitOpenError(self.name, self.retry_in())
@@ -244,33 +248,40 @@ class CircuitBreaker:
                 "Circuit breaker: Transitioning to half-open state",
                 extra={"breaker": self.name},
             )
-        if self._probe_in_flight:
+        if self._probe_token:
             raise CircuitOpenError(self.name, 0.0)
-        self._probe_in_flight = True
+        self._tokens_issued += 1
+        self._probe_token = self._tokens_issued
+        return self._probe_token
+
+    def _end_probe(self, probe: int) -> bool:
+        """Free the probe slot; ``False`` for a stale token (the slot is not its own)."""
+        if probe != self._probe_token:
+            return False
+        self._probe_token = 0
         return True
 
-    def record_success(self, *, probe: bool = False) -> None:
+    def record_success(self, *, probe: int = 0) -> None:
         """Record a successful call (or an answer that is not a health failure)."""
         if probe:
-            self._probe_in_flight = False
-            if self._state is CircuitState.HALF_OPEN:
+            if self._end_probe(probe) and self._state is CircuitState.HALF_OPEN:
                 self._close()
             return
         if self._state is CircuitState.CLOSED:
             self._failure_count = 0
 
-    def record_failure(self, exc: BaseException, *, probe: bool = False) -> None:
+    def record_failure(self, exc: BaseException, *, probe: int = 0) -> None:
         """Record a failed call; exceptions the predicate does not count are neutral,
         except that a probe which merely got an uncounted answer (e.g. not found) proves
-        the service is up, and a cancelled probe frees the slot for the next caller."""
+        the service is up, and a probe ended by cancellation or another ``BaseException``
+        only frees the slot for the next caller."""
         if probe:
-            self._probe_in_flight = False
-            if self._state is not CircuitState.HALF_OPEN:
+            if not self._end_probe(probe) or self._state is not CircuitState.HALF_OPEN:
                 return
             if self._is_failure(exc):
                 self._failure_count += 1
                 self._open(reason="probe failed")
-            elif not isinstance(exc, asyncio.CancelledError):
+            elif isinstance(exc, Exception):
                 self._close()
             return
         if self._state is not CircuitState.CLOSED or not self._is_failure(exc):
@@ -281,7 +292,7 @@ class CircuitBreaker:
 
     def reset(self) -> None:
         """Force the circuit closed (operator action); counts and probe are cleared."""
-        self._probe_in_flight = False
+        self._probe_token = 0
         if self._state is not CircuitState.CLOSED:
             self._close()
         self._failure_count = 0
@@ -339,6 +350,7 @@ async def retry_with_exponential_backoff(
     retryable: Callable[[BaseException], bool] = is_retryable,
     deadline: float | None = None,
     attempt_timeout: float | None = None,
+    min_attempt: float = 0.0,
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
     rng: random.Random | None = None,
@@ -357,6 +369,8 @@ async def retry_with_exponential_backoff(
             no sleep starts that would end past it, and each attempt is cut to what is
             left. The last error is raised. Default None (no budget).
         attempt_timeout: seconds for one attempt (``TimeoutError`` when exceeded).
+        min_attempt: with a ``deadline``, no retry starts with less than this many
+            seconds left (an attempt cut short is a wasted request). Default 0.0.
         sleep, clock, rng: injectable for tests.
         name: label for log records (service name).
 
@@ -366,7 +380,7 @@ async def retry_with_exponential_backoff(
     """
     if max_retries < 0:
         raise ValueError("max_retries must be >= 0")
-    if base_delay < 0 or max_delay < 0:
+    if base_delay < 0 or max_delay < 0 or min_attempt < 0:
         raise ValueError("delays must be >= 0 seconds")
     start = clock()
     attempt = 0
@@ -388,7 +402,7 @@ async def retry_with_exponential_backoff(
                 if exc.retry_after > max_delay:
                     raise
                 delay = max(delay, exc.retry_after)
-            if deadline is not None and (clock() - start) + delay >= deadline:
+            if deadline is not None and (clock() - start) + delay + min_attempt >= deadline:
                 raise
             attempt += 1
             logger.warning(
@@ -490,6 +504,10 @@ def _restore(context: Any, snapshot: Any) -> None:
         live.clear()
         live.update(snapshot)
         return
+    if type(live) is type(snapshot) and dataclasses.is_dataclass(live):
+        for f in dataclasses.fields(live):  # works with slots=True too
+            setattr(live, f.name, getattr(snapshot, f.name))
+        return
     if hasattr(live, "__dict__") and type(live) is type(snapshot):
         live.__dict__.clear()
         live.__dict__.update(snapshot.__dict__)
@@ -515,6 +533,7 @@ class ErrorRecoveryMixin:
     retry_policy: VoiceRetryPolicy = DEFAULT_VOICE_RETRY
     retry_sleep: Sleep = staticmethod(asyncio.sleep)
     retry_clock: Clock = staticmethod(time.monotonic)
+    _recovery_lock: asyncio.Lock | None = None
 
     def get_error_response(self, error_type: str) -> str:
         """A natural spoken sentence for ``error_type`` (one of :data:`ERROR_RESPONSES`);
@@ -537,7 +556,25 @@ class ErrorRecoveryMixin:
         else derived from the exception by :func:`error_type_for`). A ``ToolError``
         raised by the tool itself is already caller-safe and is kept; ``StopResponse``
         and cancellation pass through after the restore. Success returns the result.
+
+        Wrapped tools of one agent run one at a time: LiveKit runs the tool calls of one
+        model reply concurrently, and a failed tool's rollback must never erase what a
+        sibling tool saved meanwhile. (So a wrapped tool must not call another one.)
         """
+        lock: asyncio.Lock | None = getattr(self, "_recovery_lock", None)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._recovery_lock = lock
+        async with lock:
+            return await self._run_recovering(context, tool_name, tool_func, error_type)
+
+    async def _run_recovering(
+        self,
+        context: Any,
+        tool_name: str,
+        tool_func: Callable[[], Awaitable[T]],
+        error_type: str | None,
+    ) -> T:
         found, snapshot = _snapshot(context)
         started = time.perf_counter()
         try:
@@ -589,6 +626,7 @@ class ErrorRecoveryMixin:
         *,
         deadline: float | None = None,
         attempt_timeout: float | None = None,
+        min_attempt: float = 0.0,
         reraise: tuple[type[BaseException], ...] = (),
     ) -> T | str:
         """Call a service through its breaker with voice-tuned retries.
@@ -605,6 +643,7 @@ class ErrorRecoveryMixin:
             max_retries: retries after the first attempt. Default 2.
             deadline: overall seconds for all attempts and waits. Default None.
             attempt_timeout: seconds per attempt. Default None.
+            min_attempt: no retry starts with less than this left of ``deadline``.
             reraise: exception types to raise instead of falling back (e.g. ``NotFound``
                 when "no record" needs its own answer).
 
@@ -612,6 +651,8 @@ class ErrorRecoveryMixin:
             KeyError: ``service_name`` is not one of ``self.circuit_breakers`` (the
                 message lists the known names).
         """
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")  # before the breaker sees a call
         breakers = getattr(self, "circuit_breakers", {})
         breaker = breakers.get(service_name)
         if breaker is None:
@@ -643,6 +684,7 @@ class ErrorRecoveryMixin:
                 retryable=_retryable,
                 deadline=deadline,
                 attempt_timeout=attempt_timeout,
+                min_attempt=min_attempt,
                 sleep=self.retry_sleep,
                 clock=self.retry_clock,
                 rng=self.error_rng,

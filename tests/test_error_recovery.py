@@ -917,3 +917,124 @@ async def test_agent_integration_uses_the_recovery_layer(clock: FakeClock) -> No
         )
     assert agent.circuit_breakers["amplitude"].state is CircuitState.OPEN
     assert agent.get_error_response("timeout") in ERROR_RESPONSES["timeout"]
+
+
+# ---------------------------------------------------------------------------------------
+# review findings: probes, concurrency, budgets
+# ---------------------------------------------------------------------------------------
+
+
+async def test_probe_ended_by_a_base_exception_does_not_close(clock: FakeClock) -> None:
+    class Shutdown(BaseException):
+        pass
+
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1.0, clock=clock)
+    with pytest.raises(ServiceUnavailable):
+        await breaker.call(Flaky(unavailable()))
+    clock.advance(1.0)
+    with pytest.raises(Shutdown):
+        await breaker.call(Flaky(Shutdown()))
+    assert breaker.state is CircuitState.HALF_OPEN  # undecided, slot free again
+    assert await breaker.call(Flaky(value="probe")) == "probe"
+    assert breaker.state is CircuitState.CLOSED
+
+
+async def test_a_probe_that_outlived_a_reset_is_ignored(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1.0, clock=clock)
+    with pytest.raises(ServiceUnavailable):
+        await breaker.call(Flaky(unavailable()))
+    clock.advance(1.0)
+    stale = breaker.acquire()
+    assert stale
+    breaker.reset()
+    with pytest.raises(ServiceUnavailable):
+        await breaker.call(Flaky(unavailable()))
+    clock.advance(1.0)
+    current = breaker.acquire()
+    assert current and current != stale
+    breaker.record_success(probe=stale)  # the old probe finishes late
+    assert breaker.state is CircuitState.HALF_OPEN
+    with pytest.raises(CircuitOpenError):  # the current probe still holds the slot
+        breaker.acquire()
+    breaker.record_failure(unavailable(), probe=current)
+    assert breaker.state is CircuitState.OPEN
+
+
+async def test_bad_arguments_are_not_a_service_failure(agent: RecoveringAgent) -> None:
+    with pytest.raises(ValueError):
+        await agent.call_with_retry_and_circuit_breaker("amplitude", Flaky(), FALLBACK, -1)
+    assert agent.circuit_breakers["amplitude"].failure_count == 0
+
+
+async def test_restore_keeps_identity_of_slotted_dataclasses(agent: RecoveringAgent) -> None:
+    @dataclass(slots=True)
+    class Slotted:
+        facts: list[str] = field(default_factory=list)
+
+    state = Slotted(["kept"])
+    ctx = FakeRunContext(state)
+
+    async def tool() -> None:
+        state.facts.append("half-written")
+        raise unavailable()
+
+    with pytest.raises(ToolError):
+        await agent.handle_tool_with_error_recovery(ctx, "t", tool)
+    assert ctx.session.userdata is state
+    assert state.facts == ["kept"]
+
+
+async def test_no_retry_starts_without_time_for_an_attempt(
+    sleep: RecordingSleep, clock: FakeClock
+) -> None:
+    async def slow_failure() -> None:
+        clock.advance(0.6)
+        raise unavailable()
+
+    func_calls = 0
+
+    async def counted() -> None:
+        nonlocal func_calls
+        func_calls += 1
+        await slow_failure()
+
+    with pytest.raises(ServiceUnavailable):
+        await retry_with_exponential_backoff(
+            counted,
+            max_retries=5,
+            base_delay=0.1,
+            jitter=False,
+            deadline=1.0,
+            min_attempt=0.3,
+            sleep=sleep,
+            clock=clock,
+        )
+    # t=0.6 failed; 0.6 + 0.1 delay + 0.3 minimum attempt >= 1.0: stop instead of a
+    # doomed second attempt
+    assert func_calls == 1 and sleep.delays == []
+
+
+async def test_parallel_tools_never_erase_a_siblings_success(agent: RecoveringAgent) -> None:
+    state = TrialState()
+    ctx = FakeRunContext(state)
+    started = asyncio.Event()
+
+    async def failing() -> None:
+        state.facts.append("half-written")
+        started.set()
+        await asyncio.sleep(0)
+        raise unavailable()
+
+    async def succeeding() -> str:
+        await started.wait()
+        state.email = "saved@example.com"
+        return "ok"
+
+    results = await asyncio.gather(
+        agent.handle_tool_with_error_recovery(ctx, "a", failing),
+        agent.handle_tool_with_error_recovery(ctx, "b", succeeding),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], ToolError) and results[1] == "ok"
+    assert state.email == "saved@example.com"  # the sibling's save survived the rollback
+    assert state.facts == []  # and the failed tool left nothing behind
