@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import aiohttp
 from livekit import rtc
 from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
     Agent,
     AgentServer,
@@ -60,22 +61,18 @@ from src.error_recovery import (
     VoiceRetryPolicy,
 )
 from src.errors import (
-    AuthenticationFailed,
     CircuitOpenError,
-    ConnectionFailed,
     InvalidRequest,
     NotFound,
-    RateLimited,
-    ServiceUnavailable,
 )
 from src.redaction import get_logger, install_redaction
 from src.services.amplitude import AmplitudeClient, TrialUsage
 from src.services.chilipiper import BookedMeeting, ChiliPiperClient, DemoSlot, SlotUnavailable
 from src.services.crm import CrmContact
-from src.services.http import HttpOptions
+from src.services.http import HttpOptions, write_outcome_is_ambiguous
 from src.services.hubspot import HubSpotClient
 from src.services.salesforce import SalesforceClient
-from src.settings import Settings, load_settings
+from src.settings import Settings, SettingsError, load_settings
 
 __all__ = [
     "SERVICE_NAMES",
@@ -95,6 +92,7 @@ T = TypeVar("T")
 SERVICE_NAMES = ("amplitude", "salesforce", "chilipiper", "hubspot")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+\-']{1,64}@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}$")
 _MAX_SUMMARY_CHARS = 2000
+_MIN_ATTEMPT_S = 0.5  # no request starts with less time than this left in the tool budget
 
 INSTRUCTIONS = """\
 You are Ava, a friendly PandaDoc specialist on a voice call with someone on a PandaDoc free \
@@ -148,6 +146,9 @@ class TrialistData:
     booked_meeting: BookedMeeting | None = None
     demo_requested: str | None = None
     summaries_logged: int = 0
+
+
+WriteOutcome = Literal["saved", "queued", "rejected", "unknown"]
 
 
 @dataclass
@@ -255,10 +256,12 @@ NOTE_QUEUED = (
 # Honest: the outcome is unknown, and re-sending could duplicate it (operators get an
 # error log line to check the CRM by hand).
 NOTE_UNCONFIRMED = "I couldn't confirm that the note was saved, so please don't count on it."
+NOTE_FAILED = "I couldn't save that note, so please don't count on it."
 NOTE_NO_RECORD = "There's no account on file to attach that note to yet, so I haven't saved it."
 ASK_EMAIL = "What's the email address on your PandaDoc trial?"
 BAD_EMAIL = "That email address doesn't sound quite right. Could you spell it out for me?"
 FILLER = "One moment while I pull that up."
+FILLER_WRITE = "One moment while I take care of that."
 # LiveKit itself answers a malformed tool call with parser text (pydantic messages, type
 # names, URLs). The model must never see or repeat that: it gets these sentences instead.
 BAD_TOOL_ARGUMENTS = (
@@ -287,16 +290,6 @@ def caller_safe_context(chat_ctx: llm.ChatContext) -> llm.ChatContext:
                     break
         items.append(item)
     return llm.ChatContext(items)
-
-
-def _write_rejected_before_applied(exc: BaseException) -> bool:
-    """Whether a failed write certainly changed nothing, so sending it again later cannot
-    duplicate it: refused before sending, rate limited, rejected credentials, or a 503."""
-    if isinstance(exc, CircuitOpenError | RateLimited | AuthenticationFailed):
-        return True
-    if isinstance(exc, ConnectionFailed):
-        return isinstance(exc.__cause__, aiohttp.ClientConnectorError)
-    return isinstance(exc, ServiceUnavailable) and exc.status == 503
 
 
 # --------------------------------------------------------------------------------------
@@ -340,6 +333,8 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         self.retry_sleep = sleep
         self._now = now
         self.pending_writes: list[PendingWrite] = []
+        self._flush_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[int]] = set()
 
     # -- tools ---------------------------------------------------------------------------
     @function_tool()
@@ -351,7 +346,7 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
             email: The caller's work email, only if they just said it. Leave empty to use
                 the email already on file for this call.
         """
-        return await self.handle_tool_with_error_recovery(
+        return await self._run_tool(
             context, "get_trial_usage", lambda: self._trial_usage(context, email)
         )
 
@@ -363,7 +358,7 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
             email: The caller's work email, only if they just said it. Leave empty to use
                 the email already on file for this call.
         """
-        return await self.handle_tool_with_error_recovery(
+        return await self._run_tool(
             context, "lookup_account", lambda: self._lookup_account(context, email)
         )
 
@@ -371,7 +366,7 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
     async def check_demo_availability(self, context: RunContext[TrialistData]) -> str:
         """Find open times for a short PandaDoc demo with our sales team over the next few
         business days. Call this before offering any demo time."""
-        return await self.handle_tool_with_error_recovery(
+        return await self._run_tool(
             context, "check_demo_availability", lambda: self._demo_slots(context)
         )
 
@@ -383,8 +378,8 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
             option: The option number of a demo time offered earlier in this call
                 (1 for the first time offered, 2 for the second, and so on).
         """
-        return await self.handle_tool_with_error_recovery(
-            context, "book_demo", lambda: self._book_demo(context, option)
+        return await self._run_tool(
+            context, "book_demo", lambda: self._book_demo(context, option), filler=FILLER_WRITE
         )
 
     @function_tool()
@@ -400,8 +395,11 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
             summary: One or two plain sentences: what the caller needs and what was agreed.
             interest: How interested the caller is in buying: low, medium or high.
         """
-        return await self.handle_tool_with_error_recovery(
-            context, "log_call_summary", lambda: self._log_summary(context, summary, interest)
+        return await self._run_tool(
+            context,
+            "log_call_summary",
+            lambda: self._log_summary(context, summary, interest),
+            filler=FILLER_WRITE,
         )
 
     # -- tool bodies -----------------------------------------------------------------------
@@ -412,13 +410,12 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         if client is None:
             raise ToolError(USAGE_FALLBACK)
         try:
-            async with self._filler(context):
-                result = await self._protected(
-                    "amplitude",
-                    lambda: client.get_trial_usage(address),
-                    USAGE_FALLBACK,
-                    reraise=(NotFound, InvalidRequest),
-                )
+            result = await self._protected(
+                "amplitude",
+                lambda: client.get_trial_usage(address),
+                USAGE_FALLBACK,
+                reraise=(NotFound, InvalidRequest),
+            )
         except (NotFound, InvalidRequest):
             raise ToolError(USAGE_NOT_FOUND) from None
         data.email = address
@@ -428,15 +425,14 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
     async def _lookup_account(self, context: RunContext[TrialistData], email: str) -> str:
         data = context.userdata
         address = self._resolve_email(data, email)
-        async with self._filler(context):
-            found = await self._find_crm_record(address)
+        found = await self._find_crm_record(address)
         data.email = address
         if found is None:
             raise ToolError(ACCOUNT_NOT_FOUND)
         data.crm_source, data.crm_record_id = found.source, found.id
         data.crm_summary = found.spoken_summary()
         data.name = data.name or found.full_name
-        await self.flush_pending_writes()
+        self._flush_soon()  # the CRM answers again: send what waited, in the background
         return data.crm_summary
 
     async def _find_crm_record(
@@ -488,12 +484,11 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         client = self.services.chilipiper
         if client is None:
             raise ToolError(SLOTS_FALLBACK)
-        async with self._filler(context):
-            slots = await self._protected(
-                "chilipiper",
-                lambda: client.get_demo_slots(self._now(), days=5, limit=3),
-                SLOTS_FALLBACK,
-            )
+        slots = await self._protected(
+            "chilipiper",
+            lambda: client.get_demo_slots(self._now(), days=5, limit=3),
+            SLOTS_FALLBACK,
+        )
         if not slots:
             return NO_SLOTS
         data.offered_slots = {i: slot for i, slot in enumerate(slots, start=1)}
@@ -519,16 +514,15 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         email, name = data.email, data.name or ""
         deadline_at = self._deadline()
         try:
-            async with self._filler(context):
-                # Safe to retry: the client sends a deterministic idempotency key. The
-                # reserve leaves time to hand the request to sales if booking fails.
-                meeting = await self._protected(
-                    "chilipiper",
-                    lambda: client.book_demo(email, name, slot),
-                    BOOK_FALLBACK,
-                    reraise=(SlotUnavailable,),
-                    deadline_at=deadline_at - self._reserve(),
-                )
+            # Safe to retry: the client sends a deterministic idempotency key. The
+            # reserve leaves time to hand the request to sales if booking fails.
+            meeting = await self._protected(
+                "chilipiper",
+                lambda: client.book_demo(email, name, slot),
+                BOOK_FALLBACK,
+                reraise=(SlotUnavailable,),
+                deadline_at=deadline_at - self._reserve(),
+            )
         except SlotUnavailable:
             raise ToolError(SLOT_TAKEN) from None
         except ToolError:
@@ -545,8 +539,9 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         when = slot.spoken(_zone(data.timezone))
         body = (
             f"The trialist asked for a PandaDoc demo on {when} "
-            f"({slot.starts_at.isoformat()}). Automatic booking failed; "
-            "please confirm the time with them by email."
+            f"({slot.starts_at.isoformat()}). Automatic booking could not be confirmed "
+            "(it may or may not exist in ChiliPiper); please check, and confirm the time "
+            "with them by email."
         )
         try:
             outcome = await self._crm_write(context, "Demo requested", body, deadline_at)
@@ -555,14 +550,14 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         if outcome == "saved":
             data.demo_requested = slot.slot_id
             return (
-                f"I couldn't book it directly, so I've passed {when} to our sales team, "
-                "and they'll confirm it with you by email."
+                f"I couldn't confirm the booking directly, so I've passed {when} to our "
+                "sales team, and they'll confirm it with you by email."
             )
         if outcome == "queued":
             data.demo_requested = slot.slot_id
             return (
-                f"I couldn't book it directly. I've noted {when} for our sales team "
-                "and will pass it on before we finish."
+                f"I couldn't confirm the booking directly. I've noted {when} for our "
+                "sales team and will pass it on before we finish."
             )
         raise ToolError(BOOK_FALLBACK)
 
@@ -585,11 +580,13 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
             raise ToolError(NOTE_NO_RECORD)
         if outcome == "queued":
             raise ToolError(NOTE_QUEUED)
+        if outcome == "rejected":
+            raise ToolError(NOTE_FAILED)
         raise ToolError(NOTE_UNCONFIRMED)
 
     async def _crm_write(
         self, context: RunContext[TrialistData], subject: str, body: str, deadline_at: float
-    ) -> Literal["saved", "queued", "unknown", "no_record"]:
+    ) -> WriteOutcome | Literal["no_record"]:
         """Write to the caller's CRM record (looked up first if needed). A write that
         certainly did not apply is queued on the agent, outside the session state, so a
         tool's rollback cannot drop it."""
@@ -597,15 +594,13 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         if data.crm_record_id is None or data.crm_source is None:
             if not data.email:
                 raise ToolError(ASK_EMAIL)
-            async with self._filler(context):
-                found = await self._find_crm_record(data.email, deadline_at)
+            found = await self._find_crm_record(data.email, deadline_at)
             if found is None:
                 return "no_record"
             data.crm_source, data.crm_record_id = found.source, found.id
             data.crm_summary = found.spoken_summary()
         write = PendingWrite(data.crm_source, data.crm_record_id, subject, body)
-        async with self._filler(context):
-            outcome = await self._send_write(write, deadline_at)
+        outcome = await self._send_write(write, deadline_at)
         if outcome == "queued":
             self.pending_writes.append(write)
         return outcome
@@ -613,12 +608,21 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
     # -- writes that must not be lost or doubled ------------------------------------------
     async def _send_write(
         self, write: PendingWrite, deadline_at: float | None = None
-    ) -> Literal["saved", "queued", "unknown"]:
+    ) -> WriteOutcome:
         """Send one CRM write once (never blindly retried: neither CRM offers an
-        idempotency key), within ``deadline_at`` when given. Returns ``queued`` when it
-        certainly did not apply, ``unknown`` when it may have."""
+        idempotency key), within ``deadline_at`` when given.
+
+        Returns ``saved``; ``queued`` when it certainly did not apply and may be sent
+        again later (not even sent when the budget left is shorter than one attempt);
+        ``rejected`` when the CRM refused it for good; ``unknown`` when it may have
+        applied (operators get an error log line to check by hand).
+        """
+        deadline = None
+        if deadline_at is not None:
+            deadline = deadline_at - self.retry_clock()
+            if deadline < self.settings.resilience.service_timeout:
+                return "queued"  # a write cut short would leave its outcome unknown
         write.attempts += 1
-        deadline = None if deadline_at is None else max(0.01, deadline_at - self.retry_clock())
 
         async def send() -> str:
             if write.source == "salesforce" and self.services.salesforce is not None:
@@ -635,8 +639,14 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
             result = await self.call_with_retry_and_circuit_breaker(
                 write.source, send, "", max_retries=0, deadline=deadline, reraise=(Exception,)
             )
+        except asyncio.CancelledError:
+            logger.error("CRM write cancelled in flight; its outcome is unknown")
+            raise
+        except (InvalidRequest, NotFound) as exc:
+            logger.error("CRM write rejected (%s); not saved", type(exc).__name__)
+            return "rejected"
         except Exception as exc:
-            if _write_rejected_before_applied(exc):
+            if not write_outcome_is_ambiguous(exc):
                 logger.warning("CRM write not applied (%s); queued", type(exc).__name__)
                 return "queued"
             logger.error(
@@ -650,24 +660,41 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         return "saved"
 
     async def flush_pending_writes(self) -> int:
-        """Try queued CRM writes again; returns how many are still pending. Called after
-        a CRM lookup succeeds and when the session ends."""
-        still: list[PendingWrite] = []
-        for write in list(self.pending_writes):
-            outcome = await self._send_write(write)
-            if outcome == "queued":
-                still.append(write)
-            elif outcome == "unknown":
-                logger.error("Queued CRM write outcome unknown; flagged for manual check")
-        self.pending_writes = still
-        if still:
-            logger.warning("%d CRM write(s) still pending", len(still))
-        return len(still)
+        """Send queued CRM writes again; returns how many are still pending.
+
+        Runs in the background after a CRM lookup succeeds, and at the end of the
+        session. One flush at a time; each write leaves the queue before it is sent and
+        comes back only if it certainly did not apply, so no write is sent twice or lost
+        to a concurrent flush or a cancellation.
+        """
+        async with self._flush_lock:
+            batch, self.pending_writes = self.pending_writes, []
+            requeue: list[PendingWrite] = []
+            try:
+                while batch:
+                    write = batch.pop(0)
+                    outcome = await self._send_write(write)
+                    if outcome == "queued":
+                        requeue.append(write)
+            finally:
+                # Unsent ones (after a cancellation) and not-applied ones go back first.
+                self.pending_writes[:0] = requeue + batch
+            if self.pending_writes:
+                logger.warning("%d CRM write(s) still pending", len(self.pending_writes))
+            return len(self.pending_writes)
+
+    def _flush_soon(self) -> None:
+        """Flush queued writes without making the caller wait for them."""
+        if not self.pending_writes:
+            return
+        task = asyncio.create_task(self.flush_pending_writes())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def on_exit(self) -> None:
         remaining = await self.flush_pending_writes()
         if remaining:
-            logger.error("%d call summary write(s) could not be saved before the end", remaining)
+            logger.error("%d CRM write(s) could not be saved before the end", remaining)
 
     def llm_node(
         self,
@@ -679,6 +706,19 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         return Agent.default.llm_node(self, caller_safe_context(chat_ctx), tools, model_settings)
 
     # -- helpers ---------------------------------------------------------------------------
+    async def _run_tool(
+        self,
+        context: RunContext[TrialistData],
+        tool_name: str,
+        body: Callable[[], Awaitable[str]],
+        *,
+        filler: str = FILLER,
+    ) -> str:
+        """Every tool: error recovery (state snapshot, natural phrase) and one filler
+        sentence if the caller would otherwise wait in silence."""
+        async with self._filler(context, filler):
+            return await self.handle_tool_with_error_recovery(context, tool_name, body)
+
     async def _protected(
         self,
         service: str,
@@ -692,13 +732,19 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         becomes a ``ToolError`` carrying the spoken sentence."""
         if deadline_at is None:
             deadline_at = self._deadline()
-        remaining = max(0.01, deadline_at - self.retry_clock())
+        remaining = deadline_at - self.retry_clock()
+        min_attempt = min(_MIN_ATTEMPT_S, self.settings.resilience.service_timeout)
+        if remaining < min_attempt:
+            # Too late for a useful attempt: answer now, and don't blame the service.
+            logger.info("No time left in the tool budget for %s", service)
+            raise ToolError(fallback)
         result = await self.call_with_retry_and_circuit_breaker(
             service,
             func,
             fallback,
             max_retries=self.retry_policy.max_retries,
             deadline=remaining,
+            min_attempt=min_attempt,
             reraise=reraise,
         )
         if isinstance(result, str) and result == fallback:
@@ -716,13 +762,16 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         return self.retry_clock() + self.settings.resilience.tool_deadline
 
     @asynccontextmanager
-    async def _filler(self, context: RunContext[TrialistData]) -> AsyncIterator[None]:
-        """Speak a short filler if the call leaves the caller waiting."""
+    async def _filler(
+        self, context: RunContext[TrialistData], sentence: str = FILLER
+    ) -> AsyncIterator[None]:
+        """Speak ``sentence`` once if the work inside leaves the caller waiting for
+        ``FILLER_DELAY`` seconds."""
         with_filler = getattr(context, "with_filler", None)
         if with_filler is None:
             yield
             return
-        async with with_filler(FILLER, delay=self.settings.resilience.filler_delay):
+        async with with_filler(sentence, delay=self.settings.resilience.filler_delay):
             yield
 
     @staticmethod
@@ -818,12 +867,17 @@ class SpokenApology:
         self.text = text or f"{ERROR_RESPONSES['service_unavailable'][0]} {_APOLOGY}"
         self.frames: list[rtc.AudioFrame] = []
 
-    async def prerender(self, tts_model: tts.TTS[Any] | None) -> bool:
-        """Synthesize :attr:`text` once; ``False`` (and a log line) when it cannot be."""
+    async def prerender(
+        self,
+        tts_model: tts.TTS[Any] | None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> bool:
+        """Synthesize :attr:`text` once (pass the session's voice-tuned
+        ``conn_options``); ``False`` (and a log line) when it cannot be."""
         if tts_model is None:
             return False
         try:
-            async with tts_model.synthesize(self.text) as stream:
+            async with tts_model.synthesize(self.text, conn_options=conn_options) as stream:
                 self.frames = [event.frame async for event in stream]
         except Exception as exc:
             logger.warning("Could not pre-render the apology: %s", type(exc).__name__)
@@ -1035,7 +1089,12 @@ def identity_from_job(metadata: str, attributes: dict[str, str]) -> tuple[str | 
     return email, name
 
 
-SETTINGS = load_settings()
+try:
+    SETTINGS = load_settings()
+except SettingsError as exc:
+    if __name__ == "__main__":  # a clear line for the operator, not a traceback
+        raise SystemExit(f"Configuration error: {exc}") from None
+    raise
 install_redaction()
 # Metrics (src/metrics.py) are served by LiveKit's worker endpoint when PROMETHEUS_PORT is set.
 server = AgentServer(prometheus_port=SETTINGS.agent.prometheus_port or None)
@@ -1075,7 +1134,10 @@ async def entrypoint(ctx: JobContext) -> None:
 
     ctx.add_shutdown_callback(_shutdown)
     await session.start(agent=agent, room=ctx.room)
-    prerender = asyncio.gather(apology.prerender(session.tts), goodbye.prerender(session.tts))
+    tts_options = connect_options(settings).tts_conn_options
+    prerender = asyncio.gather(
+        apology.prerender(session.tts, tts_options), goodbye.prerender(session.tts, tts_options)
+    )
     participant = await ctx.wait_for_participant() if ctx.room.isconnected() else None
     attributes = dict(participant.attributes) if participant is not None else {}
     email, name = identity_from_job(ctx.job.metadata or "", attributes)

@@ -220,7 +220,8 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
         problems.extend(turn.leaks())
     problems.extend(leak for text in history for leak in technical_leaks(text))
     first = [t.first_words_s for t in turns]
-    worst_first = None if any(f is None for f in first) else max(f for f in first if f)
+    measured = [f for f in first if f is not None]
+    worst_first = max(measured) if measured and len(measured) == len(first) else None
     if worst_first is None:
         problems.append("no first words measured")
     elif worst_first > scenario.budget_s:

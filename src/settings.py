@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .redaction import register_secret
 
@@ -35,6 +37,9 @@ __all__ = [
 AMPLITUDE_DEFAULT_URL = "https://amplitude.com"
 HUBSPOT_DEFAULT_URL = "https://api.hubapi.com"
 CHILIPIPER_DEFAULT_URL = "https://fire.chilipiper.com/api/fire-edge"
+
+
+_EMAIL = re.compile(r"[^\s@]{1,64}@[^\s@]+\.[^\W\d_]{2,}")
 
 
 class SettingsError(ValueError):
@@ -103,6 +108,10 @@ class ResilienceSettings:
                 raise SettingsError(f"{name} must be > 0 seconds")
         if min(self.llm_max_retry, self.tts_max_retry, self.stt_max_retry) < 0:
             raise SettingsError("LLM/TTS/STT_MAX_RETRY must be >= 0")
+        if self.model_retry_interval < 0:
+            raise SettingsError("MODEL_RETRY_INTERVAL must be >= 0 seconds")
+        if self.filler_delay < 0:  # >= TOOL_DEADLINE is allowed: it turns the filler off
+            raise SettingsError("FILLER_DELAY must be >= 0 seconds")
         if self.max_unrecoverable_errors < 1:
             raise SettingsError("MAX_UNRECOVERABLE_ERRORS must be >= 1")
 
@@ -181,6 +190,14 @@ class AgentSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.prometheus_port <= 65535:
             raise SettingsError("PROMETHEUS_PORT must be a port number (0 turns metrics off)")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise SettingsError("TRIALIST_TIMEZONE must be an IANA zone name") from None
+        if self.trialist_email and (
+            len(self.trialist_email) > 254 or not _EMAIL.fullmatch(self.trialist_email)
+        ):
+            raise SettingsError("TRIALIST_EMAIL must be an email address")
 
 
 @dataclass(frozen=True)
@@ -201,13 +218,20 @@ def _str(env: Mapping[str, str], name: str, default: str = "") -> str:
     return env.get(name, default).strip() or default
 
 
-def _url(env: Mapping[str, str], name: str, default: str = "") -> str:
+def _url(
+    env: Mapping[str, str],
+    name: str,
+    default: str = "",
+    *,
+    schemes: tuple[str, ...] = ("http", "https"),
+) -> str:
     value = _str(env, name, default).rstrip("/")
     if not value:
         return ""
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SettingsError(f"{name} must be an absolute http(s) URL")
+    if parts.scheme not in schemes or not parts.netloc:
+        kinds = "/".join(schemes)
+        raise SettingsError(f"{name} must be an absolute URL ({kinds})")
     return value
 
 
@@ -275,6 +299,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     )
     for name in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
         _secret(env, name)
+    _url(env, "LIVEKIT_URL", schemes=("ws", "wss", "http", "https"))
     return Settings(
         agent=AgentSettings(
             agent_name=_str(env, "AGENT_NAME", "pandadoc-trialist"),

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from livekit.agents import NOT_GIVEN, AgentSession, APIConnectionError
+from livekit.agents.llm import ToolError
 from livekit.agents.tts import TTSError
 from livekit.agents.voice.events import ErrorEvent
 from livekit.agents.voice.run_result import RunResult
@@ -23,6 +24,7 @@ from src.agent import (
     BAD_TOOL_ARGUMENTS,
     BOOK_FALLBACK,
     GOODBYE,
+    NOTE_FAILED,
     NOTE_QUEUED,
     NOTE_UNCONFIRMED,
     SERVICE_NAMES,
@@ -32,6 +34,7 @@ from src.agent import (
     USAGE_FALLBACK,
     USAGE_NOT_FOUND,
     PandaDocTrialistAgent,
+    PendingWrite,
     SpokenApology,
     TrialistData,
     TrialistServices,
@@ -573,3 +576,87 @@ async def test_progress_resets_the_failure_count(rig: Rig) -> None:
         text = assistant_text(await rig.say("hello again?"))
         assert text.endswith("I apologize for the interruption.")
         assert text != GOODBYE
+
+
+# ---------------------------------------------------------------------------------------
+# the outbox of CRM writes: never lost, never sent twice
+# ---------------------------------------------------------------------------------------
+
+TASKS = "/services/data/*/sobjects/Task"
+
+
+async def outbox(rig: Rig, count: int) -> list[PendingWrite]:
+    await rig.say("What's on my account?")
+    record = rig.data.crm_record_id
+    assert record is not None
+    writes = [PendingWrite("salesforce", record, "Queued note", f"note {i}") for i in range(count)]
+    rig.agent.pending_writes.extend(writes)
+    return writes
+
+
+async def test_concurrent_flushes_send_each_write_once(rig: Rig) -> None:
+    await outbox(rig, 3)
+    results = await asyncio.gather(
+        rig.agent.flush_pending_writes(), rig.agent.flush_pending_writes()
+    )
+    assert results == [0, 0]
+    assert sorted(t["Description"] for t in rig.sandbox.salesforce.tasks) == [
+        "note 0",
+        "note 1",
+        "note 2",
+    ]
+
+
+async def test_a_cancelled_flush_neither_loses_nor_doubles(rig: Rig) -> None:
+    await outbox(rig, 3)
+    salesforce = rig.sandbox.salesforce
+    salesforce.inject(TASKS, FaultKind.HANG)
+    flush = asyncio.create_task(rig.agent.flush_pending_writes())
+    for _ in range(300):  # until the first write is in flight (3 s at most)
+        if salesforce.requests(TASKS, "POST"):
+            break
+        await asyncio.sleep(0.01)
+    assert salesforce.requests(TASKS, "POST")
+    queued_meanwhile = PendingWrite("salesforce", rig.data.crm_record_id or "", "Later", "late")
+    rig.agent.pending_writes.append(queued_meanwhile)
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    salesforce.clear()
+    # The write in flight has an unknown outcome and is not re-sent; the rest are.
+    assert [w.body for w in rig.agent.pending_writes] == ["note 1", "note 2", "late"]
+    assert await rig.agent.flush_pending_writes() == 0
+    bodies = [t["Description"] for t in salesforce.tasks]
+    assert sorted(bodies) == ["late", "note 1", "note 2"]
+
+
+async def test_a_write_without_time_for_an_attempt_is_queued_unsent(rig: Rig) -> None:
+    [write] = await outbox(rig, 1)
+    rig.agent.pending_writes.clear()
+    outcome = await rig.agent._send_write(write, deadline_at=rig.agent.retry_clock() + 0.1)
+    assert outcome == "queued"
+    assert rig.sandbox.salesforce.requests(TASKS) == []
+
+
+async def test_a_rejected_write_is_reported_and_dropped(rig: Rig) -> None:
+    await rig.say("What's on my account?")
+    # A 400 means the CRM refused the write itself: re-sending cannot help.
+    rig.data.crm_record_id = "003000000000000ZZZ"  # a record the CRM does not have
+    out = tool_output(await rig.say("Please log a summary: call me"), "log_call_summary")
+    assert out.is_error and out.output == NOTE_FAILED
+    assert rig.agent.pending_writes == []
+
+
+async def test_no_request_starts_without_time_for_it(rig: Rig) -> None:
+    client = rig.services.amplitude
+    assert client is not None
+    with pytest.raises(ToolError) as info:
+        await rig.agent._protected(
+            "amplitude",
+            lambda: client.get_trial_usage(JANE),
+            USAGE_FALLBACK,
+            deadline_at=rig.agent.retry_clock() + 0.05,
+        )
+    assert info.value.message == USAGE_FALLBACK
+    assert rig.sandbox.amplitude.journal == []
+    assert rig.agent.circuit_breakers["amplitude"].failure_count == 0

@@ -61,7 +61,13 @@ def test_values_are_parsed() -> None:
         ("LLM_MAX_RETRY", "-1", "LLM/TTS/STT_MAX_RETRY must be >= 0"),
         ("MAX_UNRECOVERABLE_ERRORS", "0", "MAX_UNRECOVERABLE_ERRORS must be >= 1"),
         ("RETRY_MAX_RETRIES", "-2", "RETRY_MAX_RETRIES must be >= 0"),
-        ("HUBSPOT_BASE_URL", "api.hubapi.com", "HUBSPOT_BASE_URL must be an absolute http(s) URL"),
+        ("HUBSPOT_BASE_URL", "api.hubapi.com", "HUBSPOT_BASE_URL must be an absolute URL"),
+        ("LIVEKIT_URL", "my-project.livekit.cloud", "LIVEKIT_URL must be an absolute URL"),
+        ("MODEL_RETRY_INTERVAL", "-1", "MODEL_RETRY_INTERVAL must be >= 0"),
+        ("FILLER_DELAY", "-1", "FILLER_DELAY must be >= 0"),
+        ("TRIALIST_TIMEZONE", "Mars/Olympus", "TRIALIST_TIMEZONE must be an IANA zone"),
+        ("TRIALIST_EMAIL", "not-an-email", "TRIALIST_EMAIL must be an email address"),
+        ("PROMETHEUS_PORT", "70000", "PROMETHEUS_PORT must be a port number"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:
