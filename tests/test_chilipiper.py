@@ -531,3 +531,29 @@ def test_parse_duration(text: str, expected: timedelta) -> None:
 def test_parse_duration_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+async def test_a_retry_repeats_the_very_same_request(server: ChiliPiperServer) -> None:
+    ticks = iter(NOW + timedelta(seconds=7 * i) for i in range(100))  # time moves on
+    slot = DemoSlot.at(at(0, 15))
+    async with ChiliPiperClient(
+        API_KEY,
+        DISTRIBUTION,
+        MEETING_TYPE,
+        server.base_url,
+        options=FAST,
+        now=lambda: next(ticks),
+    ) as client:
+        server.inject(BOOKING_PATH, FaultKind.SLOW, count=1, delay_ms=700)  # answer lost
+        with pytest.raises(ServiceTimeout):
+            await client.book_demo(JANE.email, "Jane", slot)
+        for _ in range(100):
+            if server.meetings:
+                break
+            await asyncio.sleep(0.01)
+        meeting = await client.book_demo(JANE.email, "Jane", slot)
+    first, second = bookings(server)
+    assert first.body == second.body  # the strict store replays it instead of a 422
+    assert second.status == 200
+    assert meeting.meeting_id == server.meetings[0].meeting_id
+    assert len(server.meetings) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -623,3 +624,24 @@ async def test_logs_carry_no_secrets_tokens_or_emails(
         assert secret not in text
     for personal in (JANE.email, SAM.email, "jane.doe", "o'brien", "Jane", "Doe"):
         assert personal not in text
+
+
+async def test_a_cancelled_token_fetch_leaves_no_stale_error(
+    client: SalesforceClient, server: SalesforceServer
+) -> None:
+    # An earlier fetch failed with a 503 ...
+    server.inject("/services/oauth2/token", FaultKind.SERVICE_UNAVAILABLE, count=1)
+    with pytest.raises(ServiceUnavailable):
+        await client.find_person(JANE.email)
+    # ... then a fetch hangs with a caller queued behind it, and is cancelled.
+    server.inject("/services/oauth2/token", FaultKind.HANG, count=1)
+    first = asyncio.create_task(client.find_person(JANE.email))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(client.find_person(JANE.email))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    server.clear()
+    person = await second  # fetches its own token, not the old 503
+    assert person.first_name == "Jane"

@@ -11,9 +11,10 @@
   wall clock.
 * ``POST`` :data:`~src.services.chilipiper.BOOKING_PATH` (our booking contract, not in
   the reference; see :mod:`src.services.chilipiper`): requires an ``Idempotency-Key``
-  header (400 without). A key seen before with the same guest and start returns the
-  same meeting (200, ``Idempotent-Replayed: true``); with a different guest or start it
-  is 422. A start that is not an offered slot, or is already booked, is 409. Otherwise
+  header (400 without). A key seen before with the very same request body returns the
+  same meeting (200, ``Idempotent-Replayed: true``); with any other body it is 422, as
+  strict idempotency stores answer. A start that is not an offered slot, or is already
+  booked, is 409. Otherwise
   the meeting is stored on :attr:`ChiliPiperServer.meetings` (201).
 
 Auth: ``Authorization: Bearer <CHILIPIPER_API_KEY>`` exactly; anything else is 401.
@@ -127,6 +128,7 @@ class ChiliPiperServer(SandboxServer):
         self.meeting_type_id = SANDBOX_CREDENTIALS["CHILIPIPER_MEETING_TYPE_ID"]
         self.meetings: list[SandboxMeeting] = []
         self._by_key: dict[str, SandboxMeeting] = {}
+        self._bodies: dict[str, Any] = {}  # the request each idempotency key was first used for
         super().__init__()
 
     def add_routes(self, app: web.Application) -> None:
@@ -296,7 +298,8 @@ class ChiliPiperServer(SandboxServer):
 
         existing = self._by_key.get(key)
         if existing is not None:
-            if existing.guest_email.casefold() != email.casefold() or existing.start_time != start:
+            # Strict, as idempotency stores are: a key replays only the very same request.
+            if self._bodies.get(key) != body:
                 return web.json_response(
                     {
                         "errorCode": "IdempotencyKeyReused",
@@ -322,4 +325,5 @@ class ChiliPiperServer(SandboxServer):
         )
         self.meetings.append(meeting)
         self._by_key[key] = meeting
+        self._bodies[key] = body
         return web.json_response(meeting.to_json(), status=201)

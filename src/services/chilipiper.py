@@ -231,6 +231,7 @@ class ChiliPiperClient(ServiceClient):
         self._now = now
         self._booked: dict[str, BookedMeeting] = {}
         self._booking_locks: dict[str, asyncio.Lock] = {}
+        self._booking_bodies: dict[str, dict[str, Any]] = {}
 
     def _routing(self) -> dict[str, Any]:
         """Meeting type, host and attendee: the same in availability and booking."""
@@ -316,14 +317,22 @@ class ChiliPiperClient(ServiceClient):
                 return known
             meeting = await self._send_booking(key, email, name, slot)
             self._booked[key] = meeting
+            self._booking_bodies.pop(key, None)
+        if not lock.locked():
+            self._booking_locks.pop(key, None)
         logger.info("chilipiper: demo booked")
         return meeting
 
     async def _send_booking(self, key: str, email: str, name: str, slot: DemoSlot) -> BookedMeeting:
-        guest: dict[str, str] = {"email": email}
-        if name:
-            guest["name"] = name
-        body = {**self._routing(), "startTime": _utc_iso(slot.starts_at), "guest": guest}
+        body = self._booking_bodies.get(key)
+        if body is None:
+            guest: dict[str, str] = {"email": email}
+            if name:
+                guest["name"] = name
+            body = {**self._routing(), "startTime": _utc_iso(slot.starts_at), "guest": guest}
+            # A retry must repeat the very same request under its key (the routing
+            # carries a timestamp): strict idempotency stores reject a changed body.
+            self._booking_bodies[key] = body
         try:
             data = await self._http.request(
                 "POST",

@@ -313,14 +313,14 @@ class SalesforceClient(ServiceClient):
                 # The fetch we queued behind failed: share its outcome, not a second request.
                 raise self._token_error
             self._token = None
+            self._token_error = None  # only this fetch's own failure may be shared
             try:
                 self._token = await self._fetch_token()
             except ServiceError as exc:
                 self._token_error = exc
                 raise
-            else:
-                self._token_error = None
             finally:
+                # A cancelled fetch leaves no error behind: waiters fetch for themselves.
                 self._token_epoch += 1
             return self._token.value
 
