@@ -34,6 +34,10 @@ def contact(source: str = "salesforce", **fields: str | None) -> CrmContact:
         (contact(company="Initech", source="hubspot"), "I found a record for someone at Initech."),
         (contact(company="https://x.io", title="n/a"), "I found a matching record."),
         (
+            contact(first_name="undefined", last_name="NaN", company="acme.com"),
+            "I found a record for someone at acme.com.",
+        ),
+        (
             contact(source="hubspot", lifecycle_stage="marketingqualifiedlead", owner="81234567"),
             "I found a matching record.",
         ),
@@ -62,6 +66,18 @@ def test_spoken_summary_is_one_plain_sentence(record: CrmContact, expected: str)
         ("www.acme.example.com", None),
         ("x" * 81, None),
         (None, None),
+        ("undefined", None),
+        ("NaN", None),
+        ("#N/A", None),
+        ("0", None),
+        ("True", None),
+        ("%%%", None),
+        ("--None--", None),
+        ("00Q5e0000000001AAA", None),
+        ("Acme\u200b Corp", None),
+        ("Head of Sales Ops", "Head of Sales Ops"),
+        ("3M", "3M"),
+        ("O'Brien & Co.", "O'Brien & Co."),
     ],
 )
 def test_speakable(value: str | None, expected: str | None) -> None:

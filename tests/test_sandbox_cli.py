@@ -243,3 +243,51 @@ async def test_serve_prints_env_writes_it_and_stops_on_sigterm(tmp_path: Path) -
             code = await proc.wait()
     assert code == 0
     assert "# Sandbox stopped." in rest
+
+
+async def test_clearing_one_endpoint_releases_only_its_hung_requests() -> None:
+    import aiohttp
+
+    from src.sandbox.base import FaultKind
+    from src.sandbox.hubspot import HubSpotServer
+
+    async with HubSpotServer() as server:
+        server.inject("/crm/v3/objects/notes", FaultKind.HANG)
+        server.inject("/crm/v3/objects/contacts/search", FaultKind.HANG)
+        async with aiohttp.ClientSession() as http:
+            notes = asyncio.create_task(http.post(f"{server.base_url}/crm/v3/objects/notes"))
+            search = asyncio.create_task(
+                http.post(f"{server.base_url}/crm/v3/objects/contacts/search")
+            )
+            await asyncio.sleep(0.1)
+            server.clear("/crm/v3/objects/notes")
+            released = await asyncio.wait_for(notes, 2)
+            assert released.status == 503
+            await asyncio.sleep(0.1)
+            assert not search.done()  # still held by its own fault
+            server.clear()
+            assert (await asyncio.wait_for(search, 2)).status == 503
+
+
+async def test_flapping_lets_older_faults_apply_on_its_passing_turns() -> None:
+    from src.sandbox.base import FaultKind
+    from src.sandbox.hubspot import HubSpotServer
+
+    server = HubSpotServer()
+    server.inject("*", FaultKind.UNAUTHORIZED)
+    server.inject("*", FaultKind.FLAPPING, every=2)
+    kinds = [getattr(server._match_fault("/x"), "kind", None) for _ in range(4)]
+    assert kinds == [FaultKind.UNAUTHORIZED, FaultKind.FLAPPING] * 2
+
+
+async def test_journal_hides_secret_form_fields() -> None:
+    import aiohttp
+
+    from src.sandbox.salesforce import SalesforceServer
+
+    async with SalesforceServer() as server, aiohttp.ClientSession() as http:
+        form = {"grant_type": "client_credentials", "client_id": "id", "client_secret": "s3cr3t"}
+        await http.post(f"{server.base_url}/services/oauth2/token", data=form)
+        [entry] = server.journal
+        assert entry.body["client_secret"] == "<redacted>"
+        assert entry.body["grant_type"] == "client_credentials"

@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 ADMIN_PREFIX = "/__sandbox"
+_SECRET_FIELD = re.compile(r"secret|password|token|key", re.IGNORECASE)
 _SECRET_HEADERS = {"authorization", "x-api-key", "api-key", "cookie", "proxy-authorization"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,11 +70,19 @@ class Fault:
     delay_ms: int = 0  # SLOW
     every: int = 2  # FLAPPING
     seen: int = 0  # matching requests so far (FLAPPING counts all, others count hits)
+    # HANG: requests held by this fault wait for it; set when the fault is cleared.
+    released: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["kind"] = self.kind.value
-        return d
+        return {
+            "kind": self.kind.value,
+            "endpoint": self.endpoint,
+            "count": self.count,
+            "retry_after": self.retry_after,
+            "delay_ms": self.delay_ms,
+            "every": self.every,
+            "seen": self.seen,
+        }
 
 
 @dataclass
@@ -112,7 +123,6 @@ class SandboxServer:
     def __init__(self) -> None:
         self.journal: list[JournalEntry] = []
         self.faults: list[Fault] = []
-        self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.host = "127.0.0.1"
@@ -147,7 +157,8 @@ class SandboxServer:
         return self.base_url
 
     async def stop(self) -> None:
-        self._release.set()
+        for fault in self.faults:
+            fault.released.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -205,11 +216,12 @@ class SandboxServer:
         return fault
 
     def clear(self, endpoint: str | None = None) -> None:
-        """Remove faults (all, or those set for ``endpoint``) and release hung requests."""
-        self.faults = [f for f in self.faults if endpoint is not None and f.endpoint != endpoint]
-        # Hung requests wait on the event they saw; set it and start a fresh one.
-        self._release.set()
-        self._release = asyncio.Event()
+        """Remove faults (all, or those set for ``endpoint``) and release the requests
+        those faults hold; other endpoints' hung requests stay hung."""
+        removed = [f for f in self.faults if endpoint is None or f.endpoint == endpoint]
+        self.faults = [f for f in self.faults if f not in removed]
+        for fault in removed:
+            fault.released.set()
 
     # -- journal -----------------------------------------------------------------------------
     def requests(self, path: str | None = None, method: str | None = None) -> list[JournalEntry]:
@@ -231,7 +243,7 @@ class SandboxServer:
                 continue
             fault.seen += 1
             if fault.kind is FaultKind.FLAPPING and fault.seen % fault.every != 0:
-                return None
+                continue  # this one lets the request pass; older faults may still apply
             if fault.count is not None:
                 fault.count -= 1
                 if fault.count <= 0:
@@ -249,6 +261,11 @@ class SandboxServer:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
+            if request.content_type == "application/x-www-form-urlencoded":
+                body = {
+                    k: ("<redacted>" if _SECRET_FIELD.search(k) else v)
+                    for k, v in parse_qsl(body, keep_blank_values=True)
+                }
         entry = JournalEntry(
             method=request.method,
             path=request.path,
@@ -289,7 +306,7 @@ class SandboxServer:
         if kind is FaultKind.MALFORMED:
             return self.malformed_body(request)
         if kind is FaultKind.HANG:
-            await self._release.wait()  # binds the current event before suspending
+            await fault.released.wait()
             return json_error(503, "released")
         # SLOW
         await asyncio.sleep(fault.delay_ms / 1000)

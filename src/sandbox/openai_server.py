@@ -401,6 +401,7 @@ class OpenAIServer(SandboxServer):
         self.ms_per_char = 60.0
         self.max_speech_s = 4.0
         self._stalls: list[_Stall] = []
+        self._stall_release = asyncio.Event()
         self._ids = itertools.count(1)
         super().__init__()
 
@@ -427,7 +428,14 @@ class OpenAIServer(SandboxServer):
         """Remove faults and stalls (all, or those set for ``endpoint``); release hung
         and stalled requests."""
         self._stalls = [s for s in self._stalls if endpoint is not None and s.endpoint != endpoint]
+        # Stalled streams wait on the event they saw; set it and start a fresh one.
+        self._stall_release.set()
+        self._stall_release = asyncio.Event()
         super().clear(endpoint)
+
+    async def stop(self) -> None:
+        self._stall_release.set()
+        await super().stop()
 
     @property
     def last_request(self) -> dict[str, Any]:
@@ -497,7 +505,7 @@ class OpenAIServer(SandboxServer):
         return False
 
     async def _stall(self, request: web.Request) -> NoReturn:
-        await self._release.wait()  # binds the current event before suspending
+        await self._stall_release.wait()  # binds the current event before suspending
         if request.transport is not None:
             request.transport.abort()
         raise asyncio.CancelledError  # the connection is gone; nothing more to send

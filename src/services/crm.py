@@ -4,26 +4,55 @@ alike (the fallback chain swaps one for the other without the caller noticing)."
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 __all__ = ["CrmContact", "speakable"]
 
-# Free-text CRM fields hold placeholders, markup, addresses or whole paragraphs that a
-# caller should never hear.
+# Free-text CRM fields hold placeholders, markup, addresses, ids or whole paragraphs that
+# a caller should never hear.
 _PLACEHOLDERS = frozenset(
-    {"", "-", "--", "?", "n/a", "na", "none", "null", "unknown", "tbd", "[not provided]"}
+    {
+        "",
+        "-",
+        "--",
+        "?",
+        "n/a",
+        "na",
+        "#n/a",
+        "none",
+        "--none--",
+        "null",
+        "nil",
+        "undefined",
+        "nan",
+        "unknown",
+        "tbd",
+        "true",
+        "false",
+        "[not provided]",
+    }
 )
-_UNSPEAKABLE = re.compile(r"[<>{}\[\]|\\@_]|https?:|www\.", re.IGNORECASE)
+_UNSPEAKABLE = re.compile(r"[<>{}\[\]|\\@_$%#]|https?:|www\.", re.IGNORECASE)
+# Record ids and other codes: one "word" of ten or more characters mixing letters and digits.
+_CODE = re.compile(r"(?=\S*\d)(?=\S*[A-Za-z])\S{10,}")
 _MAX_SPOKEN_CHARS = 80
 
 
 def speakable(value: str | None) -> str | None:
-    """``value`` if it reads well aloud, else ``None`` (placeholders, markup, URLs,
-    anything over 80 characters)."""
+    """``value`` if it reads well aloud, else ``None``: placeholders, markup, URLs,
+    codes and ids, values without a letter, invisible formatting characters, anything
+    over 80 characters."""
     text = " ".join((value or "").split())
     if text.casefold() in _PLACEHOLDERS or len(text) > _MAX_SPOKEN_CHARS:
         return None
-    return None if _UNSPEAKABLE.search(text) else text
+    if not any(ch.isalpha() for ch in text):
+        return None
+    if any(unicodedata.category(ch) in ("Cf", "Cc", "Co", "Cs") for ch in text):
+        return None
+    if _UNSPEAKABLE.search(text) or _CODE.search(text):
+        return None
+    return text
 
 
 @dataclass(frozen=True, kw_only=True)
