@@ -40,6 +40,7 @@ from src.agent import (
     TrialistServices,
     build_session,
     build_tts,
+    connect_options,
     identity_from_job,
     on_session_error,
 )
@@ -462,7 +463,8 @@ async def test_apology_without_tts_audio_is_still_said(sandbox: Sandbox) -> None
     settings = fast_settings(sandbox.env())
     await sandbox.openai.go_down()
     apology = SpokenApology()
-    assert not await apology.prerender(build_tts(settings))
+    tts_options = connect_options(settings).tts_conn_options  # voice-tuned, no long waits
+    assert not await apology.prerender(build_tts(settings), tts_options)
     assert not await apology.prerender(None)
     session = build_session(
         settings, userdata=TrialistData(), tts_model=None, stt_model=None, apology=apology
