@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -73,6 +72,7 @@ from src.services.http import HttpOptions, write_outcome_is_ambiguous
 from src.services.hubspot import HubSpotClient
 from src.services.salesforce import SalesforceClient
 from src.settings import Settings, SettingsError, load_settings
+from src.validation import is_valid_email
 
 __all__ = [
     "SERVICE_NAMES",
@@ -90,7 +90,6 @@ logger = get_logger("pandadoc.agent")
 
 T = TypeVar("T")
 SERVICE_NAMES = ("amplitude", "salesforce", "chilipiper", "hubspot")
-_EMAIL = re.compile(r"^[A-Za-z0-9._%+\-']{1,64}@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}$")
 _MAX_SUMMARY_CHARS = 2000
 _MIN_ATTEMPT_S = 0.5  # no request starts with less time than this left in the tool budget
 
@@ -778,7 +777,7 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
     def _resolve_email(data: TrialistData, email: str) -> str:
         candidate = str(email or "").strip().lower()
         if candidate:
-            if len(candidate) > 254 or not _EMAIL.match(candidate):
+            if not is_valid_email(candidate):
                 raise ToolError(BAD_EMAIL)
             return candidate
         if data.email:
@@ -1081,7 +1080,7 @@ def identity_from_job(metadata: str, attributes: dict[str, str]) -> tuple[str | 
             name = name or (meta.get("name") if isinstance(meta.get("name"), str) else None)
     if email is not None:
         email = email.strip().lower()
-        if len(email) > 254 or not _EMAIL.match(email):
+        if not is_valid_email(email):
             logger.warning("Ignoring a malformed trialist email from the job")
             email = None
     if name is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .redaction import register_secret
+from .validation import is_valid_email
 
 __all__ = [
     "DEFAULT_RESILIENCE",
@@ -37,9 +37,6 @@ __all__ = [
 AMPLITUDE_DEFAULT_URL = "https://amplitude.com"
 HUBSPOT_DEFAULT_URL = "https://api.hubapi.com"
 CHILIPIPER_DEFAULT_URL = "https://fire.chilipiper.com/api/fire-edge"
-
-
-_EMAIL = re.compile(r"[^\s@]{1,64}@[^\s@]+\.[^\W\d_]{2,}")
 
 
 class SettingsError(ValueError):
@@ -194,9 +191,7 @@ class AgentSettings:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise SettingsError("TRIALIST_TIMEZONE must be an IANA zone name") from None
-        if self.trialist_email and (
-            len(self.trialist_email) > 254 or not _EMAIL.fullmatch(self.trialist_email)
-        ):
+        if self.trialist_email and not is_valid_email(self.trialist_email):
             raise SettingsError("TRIALIST_EMAIL must be an email address")
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ import pydantic
 
 from ..errors import BadResponse, InvalidRequest, NotFound
 from ..redaction import get_logger, register_secret
+from ..validation import is_valid_email
 from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
 
 __all__ = [
@@ -183,9 +183,6 @@ class _Booking(pydantic.BaseModel):
     joinUrl: str | None = None
 
 
-_EMAIL_SHAPE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -303,7 +300,7 @@ class ChiliPiperClient(ServiceClient):
             ServiceError: any other failure, translated by the HTTP layer.
         """
         email = email.strip()
-        if len(email) > 254 or not _EMAIL_SHAPE.fullmatch(email):
+        if not is_valid_email(email):
             raise InvalidRequest(SERVICE, "guest email is not well-formed")
         name = " ".join(name.split())
         if len(name) > 200 or any(unicodedata.category(ch).startswith("C") for ch in name):

@@ -53,6 +53,7 @@ import pydantic
 
 from ..errors import AuthenticationFailed, BadResponse, InvalidRequest, NotFound, ServiceError
 from ..redaction import get_logger, register_secret
+from ..validation import is_valid_email
 from .crm import CrmContact
 from .http import (
     DEFAULT_HTTP_OPTIONS,
@@ -127,36 +128,6 @@ def soql_quote(value: str, *, like: bool = False) -> str:
             out.append(ch)
     return "'" + "".join(out) + "'"
 
-
-# -- email shape ---------------------------------------------------------------------------
-
-_NON_ASCII = r"[^\x00-\x7f\s]"
-_ATEXT = rf"(?:[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-]|{_NON_ASCII})"
-_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
-_QUOTED = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|{_NON_ASCII}|\\[\x20-\x7e])*"'
-_LABEL_CH = rf"(?:[A-Za-z0-9]|{_NON_ASCII})"
-_LABEL = rf"{_LABEL_CH}(?:(?:{_LABEL_CH}|-)*{_LABEL_CH})?"
-_EMAIL = re.compile(rf"(?P<local>{_DOT_ATOM}|{_QUOTED})@(?P<domain>{_LABEL}(?:\.{_LABEL})+)")
-
-
-def is_valid_email(email: str) -> bool:
-    """Whether ``email`` has the syntax of an address: a dot-atom or quoted local part of
-    at most 64 characters, ``@``, and a dotted domain; at most 254 characters in all;
-    non-ASCII letters allowed (RFC 6531); no control, format or surrogate characters.
-
-    Deliberately permissive about *which* characters (``o'brien@...``, ``a+b@...`` are
-    real addresses); it is a guard against garbage, while :func:`soql_quote` is what
-    makes any value safe in a query.
-    """
-    if not email or len(email) > 254:
-        return False
-    if any(unicodedata.category(ch).startswith("C") for ch in email):
-        return False
-    match = _EMAIL.fullmatch(email)
-    return match is not None and len(match.group("local")) <= 64
-
-
-# -- results -----------------------------------------------------------------------------
 
 # -- response models -----------------------------------------------------------------------
 
