@@ -66,7 +66,13 @@ from src.errors import (
 )
 from src.redaction import get_logger, install_redaction
 from src.services.amplitude import AmplitudeClient, TrialUsage
-from src.services.chilipiper import BookedMeeting, ChiliPiperClient, DemoSlot, SlotUnavailable
+from src.services.chilipiper import (
+    BookedMeeting,
+    ChiliPiperClient,
+    DemoSlot,
+    SlotUnavailable,
+    spoken_time,
+)
 from src.services.crm import CrmContact
 from src.services.http import HttpOptions, write_outcome_is_ambiguous
 from src.services.hubspot import HubSpotClient
@@ -503,8 +509,15 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         if slot is None:
             raise ToolError("That isn't one of the times I offered. Which of those works best?")
         tz = _zone(data.timezone)
-        if data.booked_meeting is not None and data.booked_meeting.slot_id == slot.slot_id:
-            return data.booked_meeting.spoken_summary(tz)
+        if data.booked_meeting is not None:
+            if data.booked_meeting.slot_id == slot.slot_id:
+                return data.booked_meeting.spoken_summary(tz)
+            # One demo per caller: never a second meeting by accident.
+            when = spoken_time(data.booked_meeting.starts_at, tz)
+            raise ToolError(
+                f"You already have a demo booked for {when}. "
+                "If you'd like a different time, our sales team can move it for you."
+            )
         if not data.email:
             raise ToolError(ASK_EMAIL)
         client = self.services.chilipiper

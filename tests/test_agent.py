@@ -662,3 +662,13 @@ async def test_no_request_starts_without_time_for_it(rig: Rig) -> None:
     assert info.value.message == USAGE_FALLBACK
     assert rig.sandbox.amplitude.journal == []
     assert rig.agent.circuit_breakers["amplitude"].failure_count == 0
+
+
+async def test_one_demo_per_caller(rig: Rig) -> None:
+    await rig.say("Any demo times?")
+    assert not tool_output(await rig.say("Book the first option"), "book_demo").is_error
+    again = tool_output(await rig.say("Book the first option"), "book_demo")
+    assert not again.is_error and again.output.startswith("You're all set")  # same slot: same
+    other = tool_output(await rig.say("Book the second option"), "book_demo")
+    assert other.is_error and "already have a demo booked" in other.output
+    assert len(rig.sandbox.chilipiper.meetings) == 1
