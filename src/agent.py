@@ -262,6 +262,7 @@ NOTE_QUEUED = (
 # error log line to check the CRM by hand).
 NOTE_UNCONFIRMED = "I couldn't confirm that the note was saved, so please don't count on it."
 NOTE_FAILED = "I couldn't save that note, so please don't count on it."
+NOTE_NO_CRM = "I can't reach our records right now, so I couldn't save that note."
 NOTE_NO_RECORD = "There's no account on file to attach that note to yet, so I haven't saved it."
 ASK_EMAIL = "What's the email address on your PandaDoc trial?"
 BAD_EMAIL = "That email address doesn't sound quite right. Could you spell it out for me?"
@@ -584,7 +585,12 @@ class PandaDocTrialistAgent(ErrorRecoveryMixin, Agent):
         text = text[:_MAX_SUMMARY_CHARS]
         level = interest if interest in ("low", "medium", "high") else "medium"
         subject = f"Trialist call summary (interest: {level})"
-        outcome = await self._crm_write(context, subject, text, deadline_at)
+        try:
+            outcome = await self._crm_write(context, subject, text, deadline_at)
+        except ToolError as exc:
+            if exc.message == ASK_EMAIL:
+                raise
+            raise ToolError(NOTE_NO_CRM) from None  # no CRM could even find the record
         if outcome == "saved":
             data.summaries_logged += 1
             return "Thanks, I've saved a note of our call for the team."

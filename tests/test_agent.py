@@ -25,6 +25,7 @@ from src.agent import (
     BOOK_FALLBACK,
     GOODBYE,
     NOTE_FAILED,
+    NOTE_NO_CRM,
     NOTE_QUEUED,
     NOTE_UNCONFIRMED,
     SERVICE_NAMES,
@@ -672,3 +673,11 @@ async def test_one_demo_per_caller(rig: Rig) -> None:
     other = tool_output(await rig.say("Book the second option"), "book_demo")
     assert other.is_error and "already have a demo booked" in other.output
     assert len(rig.sandbox.chilipiper.meetings) == 1
+
+
+async def test_summary_when_no_crm_can_find_the_record(rig: Rig) -> None:
+    for server in (rig.sandbox.salesforce, rig.sandbox.hubspot):
+        server.inject("*", FaultKind.SERVICE_UNAVAILABLE)
+    out = tool_output(await rig.say("Please log a summary: call me"), "log_call_summary")
+    assert out.is_error and out.output == NOTE_NO_CRM
+    assert rig.agent.pending_writes == []
