@@ -49,6 +49,7 @@ from typing import Any
 from src.agent import USAGE_FALLBACK, PandaDocTrialistAgent, TrialistData, TrialistServices
 from src.error_recovery import CircuitBreaker, ErrorRecoveryMixin, retry_with_exponential_backoff
 from src.errors import CircuitOpenError, InvalidRequest, NotFound, ServiceError
+from src.harness import StandInRunContext
 from src.sandbox import FaultKind, Sandbox
 from src.sandbox.data import TRIAL_USERS
 from src.services.amplitude import AmplitudeClient
@@ -86,22 +87,6 @@ async def boom() -> int:
 class SmallState:
     email: str | None = "a@example.com"
     facts: list[str] = field(default_factory=lambda: ["on trial"])
-
-
-class FakeSession:
-    def __init__(self, userdata: Any) -> None:
-        self.userdata = userdata
-
-
-class FakeRunContext:
-    """Stands in for livekit's RunContext (``session`` and ``userdata``), as in the tests."""
-
-    def __init__(self, userdata: Any) -> None:
-        self.session = FakeSession(userdata)
-
-    @property
-    def userdata(self) -> Any:
-        return self.session.userdata
 
 
 class BenchAgent(ErrorRecoveryMixin):
@@ -257,7 +242,7 @@ async def bench_overhead(dropped: dict[str, str]) -> list[dict[str, Any]]:
 
     def ours_tool() -> Factory:
         agent = BenchAgent(CircuitBreaker(3, 30.0, name="svc"))
-        ctx = FakeRunContext(SmallState())
+        ctx = StandInRunContext(SmallState())
 
         def call() -> Awaitable[Any]:
             return agent.handle_tool_with_error_recovery(
@@ -360,7 +345,7 @@ async def policy_ours(settings: Settings) -> tuple[str, int]:
         return await original(email)
 
     client.get_trial_usage = counted  # type: ignore[method-assign]
-    ctx = FakeRunContext(TrialistData(email=EMAIL))
+    ctx = StandInRunContext(TrialistData(email=EMAIL))
     try:
         await agent.handle_tool_with_error_recovery(
             ctx, "get_trial_usage", lambda: agent._trial_usage(ctx, "")

@@ -43,6 +43,8 @@ from src.settings import Settings, settings_from_env
 __all__ = [
     "Conversation",
     "HarnessClock",
+    "StandInRunContext",
+    "StandInSession",
     "ToolResult",
     "Transition",
     "TurnResult",
@@ -341,3 +343,26 @@ class Conversation:
         result.data_after = self.snapshot()
         self.turns.append(result)
         return result
+
+
+class StandInSession:
+    """Holds ``userdata`` like an ``AgentSession`` does."""
+
+    def __init__(self, userdata: Any) -> None:
+        self.userdata = userdata
+
+
+class StandInRunContext:
+    """The two things :meth:`ErrorRecoveryMixin.handle_tool_with_error_recovery` reads
+    from LiveKit's ``RunContext`` (``session`` and ``userdata``), for unit tests and
+    benchmarks of the wrapper without a session. Like LiveKit's, ``userdata`` raises
+    ``ValueError`` when none is set."""
+
+    def __init__(self, userdata: Any) -> None:
+        self.session = StandInSession(userdata)
+
+    @property
+    def userdata(self) -> Any:
+        if self.session.userdata is None:
+            raise ValueError("AgentSession userdata is not set")
+        return self.session.userdata

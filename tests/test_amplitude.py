@@ -27,7 +27,7 @@ from src.sandbox.base import FaultKind, SandboxServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS, TrialUser
 from src.services.amplitude import AmplitudeClient, TrialUsage
 from src.services.http import HttpOptions
-from tests.fault_helpers import flapping_outcomes
+from tests.fault_helpers import down_then_up, flapping_outcomes
 
 NOW = datetime(2025, 3, 12, 15, 0, tzinfo=UTC)
 OPTIONS = HttpOptions(timeout=0.5, connect_timeout=0.3)
@@ -277,13 +277,8 @@ async def test_flapping_alternates(client: AmplitudeClient, server: AmplitudeSer
 
 
 async def test_server_down_then_up(client: AmplitudeClient, server: AmplitudeServer) -> None:
-    await client.get_trial_usage(JANE.email)  # leaves a kept-alive connection in the pool
-    await server.go_down()
-    with pytest.raises(ConnectionFailed) as info:
-        await client.get_trial_usage(JANE.email)
-    assert info.value.retryable
-    await server.come_up()
-    assert (await client.get_trial_usage(JANE.email)).templates_created == JANE.templates_created
+    usage = await down_then_up(server, lambda: client.get_trial_usage(JANE.email))
+    assert usage.templates_created == JANE.templates_created
 
 
 # -- what went over the wire, what was logged ---------------------------------------------

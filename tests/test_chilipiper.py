@@ -37,6 +37,7 @@ from src.services.chilipiper import (
     spoken_time,
 )
 from src.services.http import HttpOptions
+from tests.fault_helpers import down_then_up
 
 API_KEY = SANDBOX_CREDENTIALS["CHILIPIPER_API_KEY"]
 DISTRIBUTION = SANDBOX_CREDENTIALS["CHILIPIPER_DISTRIBUTION_ID"]
@@ -442,14 +443,7 @@ async def test_flapping_service(client: ChiliPiperClient, server: ChiliPiperServ
 
 
 async def test_service_down_then_back(client: ChiliPiperClient, server: ChiliPiperServer) -> None:
-    await client.get_demo_slots(MONDAY)
-    await server.go_down()
-
-    with pytest.raises(ConnectionFailed):
-        await client.get_demo_slots(MONDAY)
-
-    await server.come_up()
-    assert len(await client.get_demo_slots(MONDAY)) == 3
+    assert len(await down_then_up(server, lambda: client.get_demo_slots(MONDAY))) == 3
 
 
 # -- logs, speech and helpers -----------------------------------------------------------------

@@ -37,6 +37,7 @@ from src.errors import (
     ServiceTimeout,
     ServiceUnavailable,
 )
+from src.harness import StandInRunContext
 from src.sandbox.base import FaultKind, SandboxServer
 from src.services.http import HttpOptions, ServiceHttp
 
@@ -102,24 +103,6 @@ class TrialState:
     email: str = "jane.doe@acme.example.com"
     facts: list[str] = field(default_factory=list)
     offered: dict[int, str] = field(default_factory=dict)
-
-
-class FakeSession:
-    def __init__(self, userdata: Any) -> None:
-        self.userdata = userdata
-
-
-class FakeRunContext:
-    """Stands in for livekit's RunContext, which exposes ``session`` and ``userdata``."""
-
-    def __init__(self, userdata: Any) -> None:
-        self.session = FakeSession(userdata)
-
-    @property
-    def userdata(self) -> Any:
-        if self.session.userdata is None:
-            raise ValueError("AgentSession userdata is not set")
-        return self.session.userdata
 
 
 class RecoveringAgent(ErrorRecoveryMixin):
@@ -566,7 +549,7 @@ def test_error_type_for_exception(exc: BaseException, expected: str) -> None:
 
 
 async def test_handle_tool_success_returns_result_unchanged(agent: RecoveringAgent) -> None:
-    ctx = FakeRunContext(TrialState())
+    ctx = StandInRunContext(TrialState())
     result = {"documents": 3}
 
     async def tool() -> dict[str, int]:
@@ -581,7 +564,7 @@ async def test_handle_tool_restores_state_on_failure(
     agent: RecoveringAgent, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = TrialState(facts=["on trial"], offered={1: "slot-a"})
-    ctx = FakeRunContext(state)
+    ctx = StandInRunContext(state)
 
     async def tool() -> None:
         state.facts.append("half-written")
@@ -603,7 +586,7 @@ async def test_handle_tool_restores_state_on_failure(
 
 
 async def test_handle_tool_explicit_error_type_wins(agent: RecoveringAgent) -> None:
-    ctx = FakeRunContext({"step": 1})
+    ctx = StandInRunContext({"step": 1})
 
     async def tool() -> None:
         ctx.userdata["step"] = 2
@@ -629,13 +612,15 @@ async def test_handle_tool_derives_phrase_from_exception(
     agent: RecoveringAgent, exc: BaseException, phrase_type: str
 ) -> None:
     with pytest.raises(ToolError) as info:
-        await agent.handle_tool_with_error_recovery(FakeRunContext(TrialState()), "t", Flaky(exc))
+        await agent.handle_tool_with_error_recovery(
+            StandInRunContext(TrialState()), "t", Flaky(exc)
+        )
     assert info.value.message in ERROR_RESPONSES[phrase_type]
 
 
 async def test_handle_tool_keeps_tool_error_and_stop_response(agent: RecoveringAgent) -> None:
     state = TrialState()
-    ctx = FakeRunContext(state)
+    ctx = StandInRunContext(state)
 
     async def declines() -> None:
         state.facts.append("x")
@@ -650,7 +635,7 @@ async def test_handle_tool_keeps_tool_error_and_stop_response(agent: RecoveringA
 
 async def test_handle_tool_never_swallows_cancellation(agent: RecoveringAgent) -> None:
     state = TrialState()
-    ctx = FakeRunContext(state)
+    ctx = StandInRunContext(state)
 
     async def hang() -> None:
         state.facts.append("partial")
@@ -665,7 +650,7 @@ async def test_handle_tool_never_swallows_cancellation(agent: RecoveringAgent) -
 
 
 async def test_handle_tool_without_userdata(agent: RecoveringAgent) -> None:
-    ctx = FakeRunContext(None)
+    ctx = StandInRunContext(None)
     assert await agent.handle_tool_with_error_recovery(ctx, "t", Flaky(value=5)) == 5
     with pytest.raises(ToolError):
         await agent.handle_tool_with_error_recovery(ctx, "t", Flaky(unavailable()))
@@ -795,7 +780,7 @@ async def test_end_to_end_outage_recovery(agent: RecoveringAgent, clock: FakeClo
             "amplitude", server.base_url, options=HttpOptions(timeout=1.0, connect_timeout=0.5)
         )
         state = TrialState()
-        ctx = FakeRunContext(state)
+        ctx = StandInRunContext(state)
 
         async def tool() -> str:
             async def fetch() -> Any:
@@ -869,13 +854,13 @@ async def test_uncopyable_userdata_still_runs_the_tool(
         def __deepcopy__(self, memo: dict[int, Any]) -> Any:
             raise TypeError("holds a socket")
 
-    ctx = FakeRunContext(Uncopyable())
+    ctx = StandInRunContext(Uncopyable())
     assert await agent.handle_tool_with_error_recovery(ctx, "t", Flaky(value=1)) == 1
     assert any("could not snapshot" in r.getMessage() for r in caplog.records)
 
 
 async def test_restore_replaces_userdata_without_attributes(agent: RecoveringAgent) -> None:
-    ctx = FakeRunContext(["a"])
+    ctx = StandInRunContext(["a"])
 
     async def tool() -> None:
         ctx.session.userdata = ("replaced",)
@@ -892,7 +877,7 @@ async def test_base_exceptions_pass_through_untouched(agent: RecoveringAgent) ->
 
     with pytest.raises(Shutdown):
         await agent.handle_tool_with_error_recovery(
-            FakeRunContext(TrialState()), "t", Flaky(Shutdown())
+            StandInRunContext(TrialState()), "t", Flaky(Shutdown())
         )
     with pytest.raises(Shutdown):
         await agent.call_with_retry_and_circuit_breaker("amplitude", Flaky(Shutdown()), FALLBACK)
@@ -972,7 +957,7 @@ async def test_restore_keeps_identity_of_slotted_dataclasses(agent: RecoveringAg
         facts: list[str] = field(default_factory=list)
 
     state = Slotted(["kept"])
-    ctx = FakeRunContext(state)
+    ctx = StandInRunContext(state)
 
     async def tool() -> None:
         state.facts.append("half-written")
@@ -1016,7 +1001,7 @@ async def test_no_retry_starts_without_time_for_an_attempt(
 
 async def test_parallel_tools_never_erase_a_siblings_success(agent: RecoveringAgent) -> None:
     state = TrialState()
-    ctx = FakeRunContext(state)
+    ctx = StandInRunContext(state)
     started = asyncio.Event()
 
     async def failing() -> None:

@@ -27,7 +27,7 @@ from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS, TrialUser
 from src.sandbox.hubspot import HubSpotServer, contact_id_for
 from src.services.http import HttpOptions
 from src.services.hubspot import HubSpotClient, write_outcome_is_ambiguous
-from tests.fault_helpers import flapping_outcomes
+from tests.fault_helpers import down_then_up, flapping_outcomes
 
 NOW = datetime(2025, 3, 12, 15, 0, 7, 250_000, tzinfo=UTC)
 OPTIONS = HttpOptions(timeout=0.5, connect_timeout=0.3)
@@ -182,13 +182,7 @@ async def test_flapping_alternates(client: HubSpotClient, server: HubSpotServer)
 
 
 async def test_server_down_then_up(client: HubSpotClient, server: HubSpotServer) -> None:
-    await client.find_contact(JANE.email)
-    await server.go_down()
-    with pytest.raises(ConnectionFailed) as info:
-        await client.find_contact(JANE.email)
-    assert info.value.retryable
-    await server.come_up()
-    assert (await client.find_contact(JANE.email)).id == JANE_ID
+    assert (await down_then_up(server, lambda: client.find_contact(JANE.email))).id == JANE_ID
 
 
 # -- create_note --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 
 from src.error_recovery import CircuitBreaker, ErrorRecoveryMixin
 from src.errors import ServiceUnavailable
+from src.harness import StandInRunContext
 
 
 def sample(name: str, **labels: str) -> float:
@@ -61,10 +62,6 @@ class Agent(ErrorRecoveryMixin):
         self.retry_sleep = no_sleep
 
 
-class Ctx:
-    userdata = None
-
-
 async def test_fallbacks_and_tool_outcomes_are_counted() -> None:
     agent = Agent()
     failed = sample("pandadoc_service_fallbacks_total", service="metrics-svc", reason="failed")
@@ -84,9 +81,12 @@ async def test_fallbacks_and_tool_outcomes_are_counted() -> None:
     good = sample("pandadoc_tool_calls_total", tool="t-metrics", outcome="ok")
     bad = sample("pandadoc_tool_calls_total", tool="t-metrics", outcome="fallback")
     waited = sample("pandadoc_tool_duration_seconds_count", tool="t-metrics")
-    assert await agent.handle_tool_with_error_recovery(Ctx(), "t-metrics", ok) == "fine"
+    assert (
+        await agent.handle_tool_with_error_recovery(StandInRunContext(None), "t-metrics", ok)
+        == "fine"
+    )
     with pytest.raises(ToolError):
-        await agent.handle_tool_with_error_recovery(Ctx(), "t-metrics", fail)
+        await agent.handle_tool_with_error_recovery(StandInRunContext(None), "t-metrics", fail)
     assert sample("pandadoc_tool_calls_total", tool="t-metrics", outcome="ok") == good + 1
     assert sample("pandadoc_tool_calls_total", tool="t-metrics", outcome="fallback") == bad + 1
     assert sample("pandadoc_tool_duration_seconds_count", tool="t-metrics") == waited + 2

@@ -33,7 +33,7 @@ from src.services.salesforce import (
     person_query,
     soql_quote,
 )
-from tests.fault_helpers import flapping_outcomes
+from tests.fault_helpers import down_then_up, flapping_outcomes
 
 CLIENT_ID = SANDBOX_CREDENTIALS["SALESFORCE_CLIENT_ID"]
 CLIENT_SECRET = SANDBOX_CREDENTIALS["SALESFORCE_CLIENT_SECRET"]
@@ -585,15 +585,8 @@ async def test_flapping_service(client: SalesforceClient, server: SalesforceServ
 
 
 async def test_service_down_then_back(client: SalesforceClient, server: SalesforceServer) -> None:
-    await client.find_person(JANE.email)
-    await server.go_down()
-
-    with pytest.raises(ConnectionFailed) as info:
-        await client.find_person(JANE.email)
-    assert info.value.retryable
-
-    await server.come_up()
-    assert (await client.find_person(JANE.email)).first_name == "Jane"
+    person = await down_then_up(server, lambda: client.find_person(JANE.email))
+    assert person.first_name == "Jane"
 
 
 # -- logs and speech -----------------------------------------------------------------------------
