@@ -1113,7 +1113,6 @@ except SettingsError as exc:
     if __name__ == "__main__":  # a clear line for the operator, not a traceback
         raise SystemExit(f"Configuration error: {exc}") from None
     raise
-install_redaction()
 # Metrics (src/metrics.py) are served by LiveKit's worker endpoint when PROMETHEUS_PORT is set.
 server = AgentServer(prometheus_port=SETTINGS.agent.prometheus_port or None)
 
@@ -1128,7 +1127,7 @@ server.setup_fnc = prewarm
 @server.rtc_session(agent_name=SETTINGS.agent.agent_name)
 async def entrypoint(ctx: JobContext) -> None:
     settings = SETTINGS
-    install_redaction()
+    install_redaction()  # the job's log handlers exist now; attach the filter to them
     services = TrialistServices.from_settings(settings)
     data = TrialistData(
         email=settings.agent.trialist_email or None,
@@ -1147,6 +1146,8 @@ async def entrypoint(ctx: JobContext) -> None:
     )
 
     async def _shutdown() -> None:
+        # on_exit flushed already when the session closed; this catches a job that ends
+        # without it (a no-op when nothing is pending).
         await agent.flush_pending_writes()
         await services.aclose()
 
