@@ -580,9 +580,10 @@ class ErrorRecoveryMixin:
         try:
             result = await tool_func()
         except BaseException as exc:
-            metrics.TOOL_DURATION.labels(tool=tool_name).observe(time.perf_counter() - started)
+            duration, _, fallbacks = metrics.tool_metrics(tool_name)
+            duration.observe(time.perf_counter() - started)
             if isinstance(exc, Exception) and not isinstance(exc, StopResponse):
-                metrics.TOOL_CALLS.labels(tool=tool_name, outcome="fallback").inc()
+                fallbacks.inc()
             if found:
                 try:
                     _restore(context, snapshot)
@@ -613,8 +614,9 @@ class ErrorRecoveryMixin:
                 extra={"tool": tool_name, "error_class": type(exc).__name__},
             )
             raise ToolError(self.get_error_response(phrase_type)) from exc
-        metrics.TOOL_DURATION.labels(tool=tool_name).observe(time.perf_counter() - started)
-        metrics.TOOL_CALLS.labels(tool=tool_name, outcome="ok").inc()
+        duration, successes, _ = metrics.tool_metrics(tool_name)
+        duration.observe(time.perf_counter() - started)
+        successes.inc()
         return result
 
     async def call_with_retry_and_circuit_breaker(
@@ -661,7 +663,7 @@ class ErrorRecoveryMixin:
         try:
             probe = breaker.acquire()
         except CircuitOpenError:
-            metrics.SERVICE_FALLBACKS.labels(service=service_name, reason="circuit_open").inc()
+            metrics.fallback_counter(service_name, "circuit_open").inc()
             logger.info(
                 "Circuit for %s is open; using the fallback",
                 service_name,
@@ -694,7 +696,7 @@ class ErrorRecoveryMixin:
             breaker.record_failure(exc, probe=probe)
             if isinstance(exc, reraise) or not isinstance(exc, Exception):
                 raise
-            metrics.SERVICE_FALLBACKS.labels(service=service_name, reason="failed").inc()
+            metrics.fallback_counter(service_name, "failed").inc()
             logger.warning(
                 "%s call failed with %s; using the fallback",
                 service_name,

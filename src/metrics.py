@@ -16,6 +16,8 @@ gauges count the live jobs whose circuit is open).
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
@@ -24,7 +26,9 @@ __all__ = [
     "SERVICE_FALLBACKS",
     "TOOL_CALLS",
     "TOOL_DURATION",
+    "fallback_counter",
     "record_transition",
+    "tool_metrics",
 ]
 
 CIRCUIT_TRANSITIONS = Counter(
@@ -54,6 +58,23 @@ TOOL_DURATION = Histogram(
     ["tool"],
     buckets=(0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0),
 )
+
+
+@functools.cache
+def tool_metrics(tool: str) -> tuple[Histogram, Counter, Counter]:
+    """(duration, ok, fallback) series of one tool, looked up once: ``labels()`` takes a
+    lock and a dict lookup, too much for every call on the hot path."""
+    return (
+        TOOL_DURATION.labels(tool=tool),
+        TOOL_CALLS.labels(tool=tool, outcome="ok"),
+        TOOL_CALLS.labels(tool=tool, outcome="fallback"),
+    )
+
+
+@functools.cache
+def fallback_counter(service: str, reason: str) -> Counter:
+    """The ``pandadoc_service_fallbacks_total`` series for ``service`` and ``reason``."""
+    return SERVICE_FALLBACKS.labels(service=service, reason=reason)
 
 
 def record_transition(service: str, old: object, new: object) -> None:
