@@ -19,7 +19,11 @@ from livekit.agents.tts import TTSError
 from livekit.agents.voice.events import ErrorEvent
 from livekit.agents.voice.run_result import RunResult
 
-from src.agent import (
+from src.agent import PandaDocTrialistAgent
+from src.error_recovery import ERROR_RESPONSES, CircuitState, VoiceRetryPolicy
+from src.identity import identity_from_job
+from src.outbox import PendingWrite
+from src.phrases import (
     ACCOUNT_FALLBACK,
     BAD_TOOL_ARGUMENTS,
     BOOK_FALLBACK,
@@ -28,28 +32,19 @@ from src.agent import (
     NOTE_NO_CRM,
     NOTE_QUEUED,
     NOTE_UNCONFIRMED,
-    SERVICE_NAMES,
     SLOT_TAKEN,
     SLOTS_FALLBACK,
     UNKNOWN_TOOL,
     USAGE_FALLBACK,
     USAGE_NOT_FOUND,
-    PandaDocTrialistAgent,
-    PendingWrite,
-    SpokenApology,
-    TrialistData,
-    TrialistServices,
-    build_session,
-    build_tts,
-    connect_options,
-    identity_from_job,
-    on_session_error,
 )
-from src.error_recovery import ERROR_RESPONSES, CircuitState, VoiceRetryPolicy
 from src.sandbox import Sandbox
 from src.sandbox.base import FaultKind
 from src.sandbox.openai_server import ToolCall, Turn
+from src.services.wiring import SERVICE_NAMES, TrialistServices
+from src.session import SpokenApology, build_session, build_tts, connect_options, on_session_error
 from src.settings import Settings, settings_from_env
+from src.state import TrialistData
 
 JANE = "jane.doe@acme.example.com"
 MARIA = "maria.garcia@initech.example.com"  # only in HubSpot
@@ -636,7 +631,7 @@ async def test_a_cancelled_flush_neither_loses_nor_doubles(rig: Rig) -> None:
 async def test_a_write_without_time_for_an_attempt_is_queued_unsent(rig: Rig) -> None:
     [write] = await outbox(rig, 1)
     rig.agent.pending_writes.clear()
-    outcome = await rig.agent._send_write(write, deadline_at=rig.agent.retry_clock() + 0.1)
+    outcome = await rig.agent.outbox.send(write, deadline_at=rig.agent.retry_clock() + 0.1)
     assert outcome == "queued"
     assert rig.sandbox.salesforce.requests(TASKS) == []
 
@@ -654,7 +649,7 @@ async def test_no_request_starts_without_time_for_it(rig: Rig) -> None:
     client = rig.services.amplitude
     assert client is not None
     with pytest.raises(ToolError) as info:
-        await rig.agent._protected(
+        await rig.agent.protected(
             "amplitude",
             lambda: client.get_trial_usage(JANE),
             USAGE_FALLBACK,

@@ -51,6 +51,7 @@ import aiohttp
 import pydantic
 
 from ..errors import BadResponse, InvalidRequest, NotFound
+from ..phrases import usage_sentence
 from ..redaction import get_logger, register_secret
 from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
 
@@ -81,27 +82,6 @@ logger = get_logger("pandadoc.services.amplitude")
 
 
 # -- the result ---------------------------------------------------------------------------
-
-_SMALL = (
-    *("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
-    *("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"),
-    *("seventeen", "eighteen", "nineteen"),
-)
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-
-
-def _say(n: int) -> str:
-    """A count as a speaker would say it: words below 100, digits above (TTS reads those)."""
-    if 0 <= n < 20:
-        return _SMALL[n]
-    if 20 <= n < 100:
-        tens, ones = divmod(n, 10)
-        return _TENS[tens] + (f"-{_SMALL[ones]}" if ones else "")
-    return str(n)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{_say(n)} {word}{'' if n == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -143,39 +123,14 @@ class TrialUsage:
             raise ValueError("last_active_days_ago must be >= 0")
 
     def spoken_summary(self) -> str:
-        """One short sentence for the caller, e.g. "You've created fourteen documents and
-        sent nine, six of them already completed, and you have seven days left in your
-        trial." Plain words only: no event names, ids or field names."""
-        created, sent, done = (
+        """One short sentence for the caller (:func:`src.phrases.usage_sentence`)."""
+        return usage_sentence(
             self.documents_created,
             self.documents_sent,
             self.documents_completed,
+            days_left=self.trial_days_left,
+            last_active_days_ago=self.last_active_days_ago,
         )
-        if created == 0:
-            usage = "You haven't created any documents yet"
-        elif sent == 0:
-            it = "it" if created == 1 else "any"
-            usage = f"You've created {_plural(created, 'document')} but haven't sent {it} yet"
-        else:
-            usage = f"You've created {_plural(created, 'document')} and sent {_say(sent)}"
-            if done and done >= sent:
-                usage += ", all of them completed" if sent > 1 else ", and it's been completed"
-            elif done:
-                usage += f", {_say(done)} of them already completed"
-        return f"{usage}{self._tail()}."
-
-    def _tail(self) -> str:
-        left = self.trial_days_left
-        if left is not None:
-            if left < 0:
-                return ", and your trial has ended"
-            if left == 0:
-                return ", and today is the last day of your trial"
-            return f", and you have {_plural(left, 'day')} left in your trial"
-        ago = self.last_active_days_ago
-        if ago is None or ago < 2:
-            return ""
-        return f", and you were last in {_plural(ago, 'day')} ago"
 
 
 # -- wire models: only the fields we use, validated -------------------------------------

@@ -49,6 +49,7 @@ import aiohttp
 import pydantic
 
 from ..errors import BadResponse, InvalidRequest, NotFound
+from ..phrases import booked
 from ..redaction import get_logger, register_secret
 from ..validation import is_valid_email
 from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
@@ -147,9 +148,7 @@ class BookedMeeting:
         timezone ``tz`` it names the time (``"You're all set for a demo on Tuesday at
         3 PM."``); without one (default ``None``) it leaves the time out rather than
         speak it in a zone the caller may not be in."""
-        if tz is None:
-            return "You're all set for the demo at the time you picked."
-        return f"You're all set for a demo on {spoken_time(self.starts_at, tz)}."
+        return booked(None if tz is None else spoken_time(self.starts_at, tz))
 
 
 def booking_key(distribution_id: str, meeting_type_id: str, email: str, starts_at: datetime) -> str:

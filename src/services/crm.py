@@ -7,6 +7,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from ..phrases import crm_sentence
+
 __all__ = ["CrmContact", "speakable"]
 
 # Free-text CRM fields hold placeholders, markup, addresses, ids or whole paragraphs that
@@ -97,15 +99,4 @@ class CrmContact:
         Operations." Never ids, record types, stages, owners or CRM jargon."""
         first, last = speakable(self.first_name), speakable(self.last_name)
         name = " ".join(p for p in (first, last) if p)
-        company, title = speakable(self.company), speakable(self.title)
-        if name and company and title:
-            return f"{name} works at {company} as {title}."
-        if name and company:
-            return f"{name} works at {company}."
-        if name and title:
-            return f"{name} works as {title}."
-        if name:
-            return f"I found {name} in our records."
-        if company:
-            return f"I found a record for someone at {company}."
-        return "I found a matching record."
+        return crm_sentence(name, speakable(self.company) or "", speakable(self.title) or "")

@@ -1,0 +1,223 @@
+"""The circuit breaker: CLOSED -> OPEN after ``failure_threshold`` consecutive counted
+failures; OPEN fails fast with :class:`~src.errors.CircuitOpenError`; after
+``recovery_timeout`` seconds exactly one caller goes through as the HALF_OPEN probe while
+everyone else still fails fast; the probe's success closes the circuit, its failure
+re-opens it with a fresh timeout."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from .. import metrics
+from ..errors import CircuitOpenError
+from ..redaction import get_logger
+from .policies import counts_as_failure
+
+__all__ = ["CircuitBreaker", "CircuitState", "Clock", "TransitionListener"]
+
+logger = get_logger("pandadoc.error_recovery")
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+TransitionListener = Callable[[str, "CircuitState", "CircuitState"], None]
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Async circuit breaker with a single half-open probe.
+
+    Args:
+        failure_threshold: consecutive counted failures that open the circuit. Default 3.
+        recovery_timeout: seconds the circuit stays open before one probe may pass.
+            Default 30.0.
+        name: service name, attached to log records and passed to listeners.
+        clock: monotonic seconds; inject a fake in tests. Default ``time.monotonic``.
+        is_failure: predicate deciding which exceptions count. Default
+            :func:`counts_as_failure`.
+        listeners: callables ``(name, old_state, new_state)`` run on every transition.
+
+    No lock is held across the awaited call: state changes happen between awaits, which
+    asyncio makes atomic, so any number of concurrent tasks may share one breaker.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int = 3,
+        recovery_timeout: float = 30.0,
+        *,
+        name: str = "",
+        clock: Clock = time.monotonic,
+        is_failure: Callable[[BaseException], bool] = counts_as_failure,
+        listeners: Iterable[TransitionListener] = (),
+    ) -> None:
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be >= 1")
+        if recovery_timeout < 0:
+            raise ValueError("recovery_timeout must be >= 0 seconds")
+        self.failure_threshold = failure_threshold
+        self.recovery_timeout = recovery_timeout
+        self.name = name
+        self._clock = clock
+        self._is_failure = is_failure
+        self._listeners: list[TransitionListener] = [metrics.record_transition, *listeners]
+        self._state = CircuitState.CLOSED
+        self._failure_count = 0
+        self._opened_at: float | None = None
+        self._probe_token = 0  # token of the probe in flight, 0 when none
+        self._tokens_issued = 0
+
+    # -- read-only view ----------------------------------------------------------------
+    @property
+    def state(self) -> CircuitState:
+        """Current state. OPEN stays OPEN until a call arrives after the timeout."""
+        return self._state
+
+    @property
+    def failure_count(self) -> int:
+        """Consecutive counted failures since the last success or state change."""
+        return self._failure_count
+
+    @property
+    def opened_at(self) -> float | None:
+        """Clock reading when the circuit last opened, ``None`` while closed."""
+        return self._opened_at
+
+    def retry_in(self) -> float:
+        """Seconds until an open circuit lets a probe through (0 when not open)."""
+        if self._state is not CircuitState.OPEN or self._opened_at is None:
+            return 0.0
+        return max(0.0, self._opened_at + self.recovery_timeout - self._clock())
+
+    def add_listener(self, listener: TransitionListener) -> None:
+        self._listeners.append(listener)
+
+    # -- the protected call -----------------------------------------------------------
+    async def call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Await ``func(*args, **kwargs)`` under the breaker.
+
+        Raises :class:`~src.errors.CircuitOpenError` without calling ``func`` while open
+        (or while another caller's half-open probe is in flight); otherwise returns or
+        raises whatever ``func`` does, after recording the outcome.
+        """
+        probe = self.acquire()
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            self.record_failure(exc, probe=probe)
+            raise
+        self.record_success(probe=probe)
+        return result
+
+    def acquire(self) -> int:
+        """Ask permission for one call. Returns a probe token (a positive int, truthy)
+        when this call is the half-open probe, else ``0``; raises
+        :class:`CircuitOpenError` when the call must not go through.
+
+        Every successful ``acquire`` must be followed by exactly one ``record_success``
+        or ``record_failure`` passing the returned value as ``probe`` (``call`` does this
+        for you). The token lets a probe that outlived a :meth:`reset` be ignored instead
+        of deciding for the next probe.
+        """
+        if self._state is CircuitState.CLOSED:
+            return 0
+        if self._state is CircuitState.OPEN:
+            if self.retry_in() > 0:
+                raise CircuitOpenError(self.name, self.retry_in())
+            self._transition(CircuitState.HALF_OPEN)
+            logger.info(
+                "Circuit breaker: Transitioning to half-open state",
+                extra={"breaker": self.name},
+            )
+        if self._probe_token:
+            raise CircuitOpenError(self.name, 0.0)
+        self._tokens_issued += 1
+        self._probe_token = self._tokens_issued
+        return self._probe_token
+
+    def _end_probe(self, probe: int) -> bool:
+        """Free the probe slot; ``False`` for a stale token (the slot is not its own)."""
+        if probe != self._probe_token:
+            return False
+        self._probe_token = 0
+        return True
+
+    def record_success(self, *, probe: int = 0) -> None:
+        """Record a successful call (or an answer that is not a health failure)."""
+        if probe:
+            if self._end_probe(probe) and self._state is CircuitState.HALF_OPEN:
+                self._close()
+            return
+        if self._state is CircuitState.CLOSED:
+            self._failure_count = 0
+
+    def record_failure(self, exc: BaseException, *, probe: int = 0) -> None:
+        """Record a failed call; exceptions the predicate does not count are neutral,
+        except that a probe which merely got an uncounted answer (e.g. not found) proves
+        the service is up, and a probe ended by cancellation or another ``BaseException``
+        only frees the slot for the next caller."""
+        if probe:
+            if not self._end_probe(probe) or self._state is not CircuitState.HALF_OPEN:
+                return
+            if self._is_failure(exc):
+                self._failure_count += 1
+                self._open(reason="probe failed")
+            elif isinstance(exc, Exception):
+                self._close()
+            return
+        if self._state is not CircuitState.CLOSED or not self._is_failure(exc):
+            return
+        self._failure_count += 1
+        if self._failure_count >= self.failure_threshold:
+            self._open(reason="threshold")
+
+    def reset(self) -> None:
+        """Force the circuit closed (operator action); counts and probe are cleared."""
+        self._probe_token = 0
+        if self._state is not CircuitState.CLOSED:
+            self._close()
+        self._failure_count = 0
+
+    # -- internals ---------------------------------------------------------------------
+    def _open(self, *, reason: str) -> None:
+        count = self._failure_count
+        self._opened_at = self._clock()
+        self._transition(CircuitState.OPEN)
+        logger.warning(
+            "Circuit breaker: Opening circuit after %d failures",
+            count,
+            extra={"breaker": self.name, "reason": reason},
+        )
+
+    def _close(self) -> None:
+        self._failure_count = 0
+        self._opened_at = None
+        self._transition(CircuitState.CLOSED)
+        logger.info(
+            "Circuit breaker: Service recovered, closing circuit",
+            extra={"breaker": self.name},
+        )
+
+    def _transition(self, new: CircuitState) -> None:
+        old, self._state = self._state, new
+        if old is new:
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(self.name, old, new)
+            except Exception:
+                # A broken metrics hook must never break the call it observes.
+                logger.exception("circuit breaker listener failed", extra={"breaker": self.name})
+
+    def __repr__(self) -> str:
+        return (
+            f"CircuitBreaker(name={self.name!r}, state={self._state.value}, "
+            f"failures={self._failure_count}/{self.failure_threshold})"
+        )

@@ -1,0 +1,255 @@
+"""The spoken side for an agent: natural phrases per error type, a tool wrapper that keeps
+session state intact when a tool fails, and the combined retry + breaker + fallback call."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from livekit.agents.llm import StopResponse, ToolError
+
+from .. import metrics
+from ..errors import CircuitOpenError
+from ..phrases import ERROR_RESPONSES
+from ..redaction import get_logger
+from .breaker import CircuitBreaker, CircuitState, Clock
+from .policies import error_type_for, is_retryable
+from .retry import DEFAULT_VOICE_RETRY, Sleep, VoiceRetryPolicy, retry_with_exponential_backoff
+
+__all__ = ["ErrorRecoveryMixin"]
+
+logger = get_logger("pandadoc.error_recovery")
+
+T = TypeVar("T")
+
+
+def _snapshot(context: Any) -> tuple[bool, Any]:
+    """(found, deep copy) of the session userdata behind a RunContext-like object."""
+    try:
+        data = context.userdata
+    except (AttributeError, ValueError):  # no session userdata set
+        return False, None
+    if data is None:
+        return False, None
+    try:
+        return True, copy.deepcopy(data)
+    except Exception as exc:
+        logger.warning("could not snapshot session state: %s", type(exc).__name__)
+        return False, None
+
+
+def _restore(context: Any, snapshot: Any) -> None:
+    """Put ``snapshot`` back into the live userdata object, keeping its identity so code
+    holding a reference (the agent, other tools) sees the restored state."""
+    live = context.userdata
+    if isinstance(live, dict) and isinstance(snapshot, dict):
+        live.clear()
+        live.update(snapshot)
+        return
+    if type(live) is type(snapshot) and dataclasses.is_dataclass(live):
+        for f in dataclasses.fields(live):  # works with slots=True too
+            setattr(live, f.name, getattr(snapshot, f.name))
+        return
+    if hasattr(live, "__dict__") and type(live) is type(snapshot):
+        live.__dict__.clear()
+        live.__dict__.update(snapshot.__dict__)
+        return
+    session = getattr(context, "session", None)
+    if session is not None:
+        session.userdata = snapshot
+
+
+class ErrorRecoveryMixin:
+    """Spoken error handling for a LiveKit ``Agent`` (use as ``class A(ErrorRecoveryMixin,
+    Agent)``). The agent defines ``self.circuit_breakers: dict[str, CircuitBreaker]``.
+
+    Attributes a subclass or instance may set:
+        error_rng: random source for phrase variants (default: the ``random`` module).
+        retry_policy: :class:`VoiceRetryPolicy` for
+            :meth:`call_with_retry_and_circuit_breaker`.
+        retry_sleep / retry_clock: injected into the retry helper (tests).
+    """
+
+    circuit_breakers: dict[str, CircuitBreaker]
+    error_rng: random.Random | None = None
+    retry_policy: VoiceRetryPolicy = DEFAULT_VOICE_RETRY
+    retry_sleep: Sleep = staticmethod(asyncio.sleep)
+    retry_clock: Clock = staticmethod(time.monotonic)
+    _recovery_lock: asyncio.Lock | None = None
+
+    def get_error_response(self, error_type: str) -> str:
+        """A natural spoken sentence for ``error_type`` (one of :data:`ERROR_RESPONSES`);
+        an unknown type gets a ``"generic"`` variant. Variants are picked at random."""
+        variants = ERROR_RESPONSES.get(error_type, ERROR_RESPONSES["generic"])
+        return (self.error_rng or random).choice(variants)
+
+    async def handle_tool_with_error_recovery(
+        self,
+        context: Any,
+        tool_name: str,
+        tool_func: Callable[[], Awaitable[T]],
+        error_type: str | None = None,
+    ) -> T:
+        """Run ``tool_func()`` so that a failure never breaks the conversation.
+
+        Snapshots the session userdata (deep copy) first; on any failure restores it,
+        logs a warning naming the tool and error class, and raises livekit's
+        ``ToolError`` whose message is a natural phrase (from ``error_type`` when given,
+        else derived from the exception by :func:`error_type_for`). A ``ToolError``
+        raised by the tool itself is already caller-safe and is kept; ``StopResponse``
+        and cancellation pass through after the restore. Success returns the result.
+
+        Wrapped tools of one agent run one at a time: LiveKit runs the tool calls of one
+        model reply concurrently, and a failed tool's rollback must never erase what a
+        sibling tool saved meanwhile. (So a wrapped tool must not call another one.)
+        """
+        lock: asyncio.Lock | None = getattr(self, "_recovery_lock", None)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._recovery_lock = lock
+        async with lock:
+            return await self._run_recovering(context, tool_name, tool_func, error_type)
+
+    async def _run_recovering(
+        self,
+        context: Any,
+        tool_name: str,
+        tool_func: Callable[[], Awaitable[T]],
+        error_type: str | None,
+    ) -> T:
+        found, snapshot = _snapshot(context)
+        started = time.perf_counter()
+        try:
+            result = await tool_func()
+        except BaseException as exc:
+            duration, _, fallbacks = metrics.tool_metrics(tool_name)
+            duration.observe(time.perf_counter() - started)
+            if isinstance(exc, Exception) and not isinstance(exc, StopResponse):
+                fallbacks.inc()
+            if found:
+                try:
+                    _restore(context, snapshot)
+                except Exception as restore_exc:  # pragma: no cover - defensive
+                    logger.error(
+                        "could not restore session state after %s: %s",
+                        tool_name,
+                        type(restore_exc).__name__,
+                    )
+            if isinstance(exc, asyncio.CancelledError | StopResponse):
+                raise
+            if isinstance(exc, ToolError):
+                logger.warning(
+                    "Tool %s declined: %s",
+                    tool_name,
+                    type(exc).__name__,
+                    extra={"tool": tool_name},
+                )
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            phrase_type = error_type or error_type_for(exc)
+            logger.warning(
+                "Tool %s failed with %s; state restored, caller hears a %s phrase",
+                tool_name,
+                type(exc).__name__,
+                phrase_type,
+                extra={"tool": tool_name, "error_class": type(exc).__name__},
+            )
+            raise ToolError(self.get_error_response(phrase_type)) from exc
+        duration, successes, _ = metrics.tool_metrics(tool_name)
+        duration.observe(time.perf_counter() - started)
+        successes.inc()
+        return result
+
+    async def call_with_retry_and_circuit_breaker(
+        self,
+        service_name: str,
+        func: Callable[[], Awaitable[T]],
+        fallback_response: str,
+        max_retries: int = 2,
+        *,
+        deadline: float | None = None,
+        attempt_timeout: float | None = None,
+        min_attempt: float = 0.0,
+        reraise: tuple[type[BaseException], ...] = (),
+    ) -> T | str:
+        """Call a service through its breaker with voice-tuned retries.
+
+        Returns ``func()``'s result, or ``fallback_response`` when the circuit is open or
+        every attempt failed. One call is one outcome for the breaker, so
+        ``failure_threshold`` counts failed *calls*, not attempts; a half-open probe is
+        a single attempt (no retries pile onto a service that is just recovering).
+
+        Args:
+            service_name: key of ``self.circuit_breakers``.
+            func: zero-argument callable returning a new awaitable per attempt.
+            fallback_response: the spoken sentence to return instead of failing.
+            max_retries: retries after the first attempt. Default 2.
+            deadline: overall seconds for all attempts and waits. Default None.
+            attempt_timeout: seconds per attempt. Default None.
+            min_attempt: no retry starts with less than this left of ``deadline``.
+            reraise: exception types to raise instead of falling back (e.g. ``NotFound``
+                when "no record" needs its own answer).
+
+        Raises:
+            KeyError: ``service_name`` is not one of ``self.circuit_breakers`` (the
+                message lists the known names).
+        """
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")  # before the breaker sees a call
+        breakers = getattr(self, "circuit_breakers", {})
+        breaker = breakers.get(service_name)
+        if breaker is None:
+            known = ", ".join(sorted(breakers)) or "none"
+            raise KeyError(f"unknown service {service_name!r}; known services: {known}")
+        try:
+            probe = breaker.acquire()
+        except CircuitOpenError:
+            metrics.fallback_counter(service_name, "circuit_open").inc()
+            logger.info(
+                "Circuit for %s is open; using the fallback",
+                service_name,
+                extra={"service": service_name},
+            )
+            return fallback_response
+        policy = self.retry_policy
+
+        def _retryable(exc: BaseException) -> bool:
+            # Stop retrying if other callers opened the circuit meanwhile.
+            return is_retryable(exc) and breaker.state is CircuitState.CLOSED
+
+        try:
+            result = await retry_with_exponential_backoff(
+                func,
+                max_retries=0 if probe else max_retries,
+                base_delay=policy.base_delay,
+                max_delay=policy.max_delay,
+                jitter=policy.jitter,
+                retryable=_retryable,
+                deadline=deadline,
+                attempt_timeout=attempt_timeout,
+                min_attempt=min_attempt,
+                sleep=self.retry_sleep,
+                clock=self.retry_clock,
+                rng=self.error_rng,
+                name=service_name,
+            )
+        except BaseException as exc:
+            breaker.record_failure(exc, probe=probe)
+            if isinstance(exc, reraise) or not isinstance(exc, Exception):
+                raise
+            metrics.fallback_counter(service_name, "failed").inc()
+            logger.warning(
+                "%s call failed with %s; using the fallback",
+                service_name,
+                type(exc).__name__,
+                extra={"service": service_name, "error_class": type(exc).__name__},
+            )
+            return fallback_response
+        breaker.record_success(probe=probe)
+        return result

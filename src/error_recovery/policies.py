@@ -1,0 +1,81 @@
+"""Policies as plain functions: what counts against a breaker, what is worth a retry, how
+long to back off, and which phrase category the caller hears for an exception."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from ..errors import (
+    CircuitOpenError,
+    ConnectionFailed,
+    NotFound,
+    RateLimited,
+    ServiceError,
+    ServiceTimeout,
+    ServiceUnavailable,
+)
+
+__all__ = ["backoff_delay", "counts_as_failure", "error_type_for", "is_retryable"]
+
+
+def counts_as_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is evidence that the service is unhealthy (breaker default).
+
+    Taxonomy errors decide for themselves (``NotFound`` and ``InvalidRequest`` do not
+    count); cancellation and a refusal by another breaker never count; any other
+    ``Exception`` (timeouts, connection errors, unexpected bugs) counts.
+    """
+    if isinstance(exc, asyncio.CancelledError | CircuitOpenError):
+        return False
+    if isinstance(exc, ServiceError):
+        return exc.counts_for_breaker
+    return isinstance(exc, Exception)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether repeating the call may succeed (retry default).
+
+    Taxonomy errors and livekit ``APIError`` carry a ``retryable`` flag; plain timeouts
+    and connection errors are retryable; everything else (bugs, auth, bad input,
+    cancellation, an open circuit) is not.
+    """
+    if isinstance(exc, asyncio.CancelledError | CircuitOpenError):
+        return False
+    flag = getattr(exc, "retryable", None)
+    if isinstance(flag, bool):
+        return flag
+    return isinstance(exc, TimeoutError | ConnectionError)
+
+
+def backoff_delay(
+    retry_index: int,
+    base_delay: float,
+    max_delay: float,
+    *,
+    jitter: bool = True,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before retry number ``retry_index`` (0 for the first retry).
+
+    ``min(max_delay, base_delay * 2**retry_index)``; with ``jitter`` a uniform draw from
+    ``[0, that]`` ("full jitter"), which spreads retries of many agents apart.
+    """
+    cap = min(max_delay, base_delay * 2.0**retry_index)
+    if not jitter:
+        return cap
+    draw: float = (rng or random).uniform(0.0, cap)
+    return draw
+
+
+def error_type_for(exc: BaseException) -> str:
+    """The phrase category for an exception: the caller hears a sentence of this type."""
+    if isinstance(exc, ServiceTimeout | TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionFailed | ConnectionError):
+        return "connection_issue"
+    if isinstance(exc, CircuitOpenError | ServiceUnavailable | RateLimited):
+        return "service_unavailable"
+    if isinstance(exc, NotFound):
+        return "data_not_found"
+    return "tool_failure"

@@ -1,0 +1,233 @@
+"""Every sentence a caller can hear, in one place.
+
+Tool outputs here are what the model is handed and passes on in its own words; the
+session-level sentences (apology, goodbye, greeting) are spoken as they are. None of them
+is ever technical: no service names, status codes, ids or error text. Sentences that carry
+values (a time, a count, a name) are small functions that return plain words.
+
+:data:`ERROR_RESPONSES` (the spec's six phrase types, each with natural variants) stays
+importable from :mod:`src.error_recovery`, as the spec requires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# --------------------------------------------------------------------------------------
+# The spec's phrase types (ErrorRecoveryMixin.get_error_response picks a variant)
+# --------------------------------------------------------------------------------------
+
+ERROR_RESPONSES: Mapping[str, tuple[str, ...]] = {
+    "tool_failure": (
+        "Let me try finding that information another way.",
+        "Hmm, that didn't come through. Let me try another way.",
+        "I couldn't pull that up just now. Let's try a different route.",
+    ),
+    "connection_issue": (
+        "I'm experiencing a brief connection issue. Bear with me for just a second.",
+        "I'm having a little trouble reaching that right now. One moment.",
+        "My connection to that hiccuped for a second. Bear with me.",
+    ),
+    "timeout": (
+        "That's taking longer than expected. Let me try a quicker approach.",
+        "That's running a bit slow today. Let me try something faster.",
+        "That's taking a while to come back. Let's not keep you waiting.",
+    ),
+    "service_unavailable": (
+        "That service appears to be temporarily unavailable. Let's continue without it for now.",
+        "I can't reach that right now, but we can keep going without it.",
+        "That part isn't available at the moment. Let's carry on with everything else.",
+    ),
+    "data_not_found": (
+        "I couldn't find that information. Can you clarify what you're looking for?",
+        "I didn't find anything for that. Could you tell me a bit more?",
+        "Nothing came up for that. Could you double-check the details for me?",
+    ),
+    "generic": (
+        "I encountered an issue, but I'm still here to help. What else can I do for you?",
+        "Something went sideways on my end, but I'm still here. What else can I help with?",
+        "I hit a small snag, but we can keep going. What would you like to do next?",
+    ),
+}
+
+# --------------------------------------------------------------------------------------
+# Tool fallbacks (tool outputs the model passes on)
+# --------------------------------------------------------------------------------------
+
+USAGE_FALLBACK = (
+    "I can't pull up your trial activity right now, but I'm happy to help with anything else."
+)
+USAGE_NOT_FOUND = (
+    "I couldn't find a trial under that email. Could you double-check the address for me?"
+)
+ACCOUNT_FALLBACK = (
+    "I can't reach your account details right now, but we can keep going without them."
+)
+ACCOUNT_NOT_FOUND = "I couldn't find an account under that email yet, and that's okay."
+SLOTS_FALLBACK = (
+    "I can't see the demo calendar right now. I can try again in a moment, or we can keep chatting."
+)
+NO_SLOTS = "There are no open demo times in the next few days. Want me to check further out?"
+SLOT_TAKEN = "Someone just took that time. Shall I check what else is open?"
+BOOK_FALLBACK = (
+    "I couldn't lock in that time just now, so it isn't booked yet. Shall I try again in a moment?"
+)
+NO_SLOTS_OFFERED = "I haven't offered any demo times yet. Let me check what's open."
+NOT_AN_OPTION = "That isn't one of the times I offered. Which of those works best?"
+NOTE_QUEUED = (
+    "I couldn't save that note just now. I'll hold on to it and try again before we finish."
+)
+# Honest: the outcome is unknown, and re-sending could duplicate it (operators get an
+# error log line to check the CRM by hand).
+NOTE_UNCONFIRMED = "I couldn't confirm that the note was saved, so please don't count on it."
+NOTE_FAILED = "I couldn't save that note, so please don't count on it."
+NOTE_NO_CRM = "I can't reach our records right now, so I couldn't save that note."
+NOTE_NO_RECORD = "There's no account on file to attach that note to yet, so I haven't saved it."
+NOTE_SAVED = "Thanks, I've saved a note of our call for the team."
+NOTE_EMPTY = "What would you like me to note down from our call?"
+ASK_EMAIL = "What's the email address on your PandaDoc trial?"
+BAD_EMAIL = "That email address doesn't sound quite right. Could you spell it out for me?"
+
+# Filler speech while a tool works (RunContext.with_filler).
+FILLER = "One moment while I pull that up."
+FILLER_WRITE = "One moment while I take care of that."
+
+# LiveKit itself answers a malformed tool call with parser text (pydantic messages, type
+# names, URLs). The model must never see or repeat that: it gets these sentences instead.
+BAD_TOOL_ARGUMENTS = (
+    "That request was missing a detail in a form I can use. "
+    "Ask the caller to say it again in plain words."
+)
+UNKNOWN_TOOL = "There is no such action. Carry on with the actions you have."
+
+
+def demo_options(offers: Mapping[int, str]) -> str:
+    """The demo times on offer, by option number (``{1: "Tuesday at 3 PM", ...}``)."""
+    listed = "; ".join(f"option {i} is {when}" for i, when in offers.items())
+    return f"Open demo times: {listed}. Ask which one works best."
+
+
+def already_booked(when: str) -> str:
+    """A second booking is refused: one demo per caller."""
+    return (
+        f"You already have a demo booked for {when}. "
+        "If you'd like a different time, our sales team can move it for you."
+    )
+
+
+def booked(when: str | None) -> str:
+    """The booking is confirmed; ``when`` is ``None`` when the caller's zone is unknown
+    (better no time than a time in the wrong zone)."""
+    if when is None:
+        return "You're all set for the demo at the time you picked."
+    return f"You're all set for a demo on {when}."
+
+
+def demo_handed_to_sales(when: str, *, queued: bool) -> str:
+    """Booking failed; the chosen time went (or will go, when ``queued``) to sales."""
+    if queued:
+        return (
+            f"I couldn't confirm the booking directly. I've noted {when} for our "
+            "sales team and will pass it on before we finish."
+        )
+    return (
+        f"I couldn't confirm the booking directly, so I've passed {when} to our "
+        "sales team, and they'll confirm it with you by email."
+    )
+
+
+# --------------------------------------------------------------------------------------
+# What the vendors told us, in plain words
+# --------------------------------------------------------------------------------------
+
+_SMALL = (
+    *("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+    *("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"),
+    *("seventeen", "eighteen", "nineteen"),
+)
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+
+def say_count(n: int) -> str:
+    """A count as a speaker would say it: words below 100, digits above (TTS reads those)."""
+    if 0 <= n < 20:
+        return _SMALL[n]
+    if 20 <= n < 100:
+        tens, ones = divmod(n, 10)
+        return _TENS[tens] + (f"-{_SMALL[ones]}" if ones else "")
+    return str(n)
+
+
+def count_of(n: int, word: str) -> str:
+    """``"one document"``, ``"fourteen documents"``."""
+    return f"{say_count(n)} {word}{'' if n == 1 else 's'}"
+
+
+def usage_sentence(
+    created: int,
+    sent: int,
+    completed: int,
+    *,
+    days_left: int | None,
+    last_active_days_ago: int | None,
+) -> str:
+    """One short sentence about a trial, e.g. "You've created fourteen documents and sent
+    nine, six of them already completed, and you have seven days left in your trial."
+    Plain words only: no event names, ids or field names."""
+    if created == 0:
+        usage = "You haven't created any documents yet"
+    elif sent == 0:
+        it = "it" if created == 1 else "any"
+        usage = f"You've created {count_of(created, 'document')} but haven't sent {it} yet"
+    else:
+        usage = f"You've created {count_of(created, 'document')} and sent {say_count(sent)}"
+        if completed and completed >= sent:
+            usage += ", all of them completed" if sent > 1 else ", and it's been completed"
+        elif completed:
+            usage += f", {say_count(completed)} of them already completed"
+    return f"{usage}{_trial_tail(days_left, last_active_days_ago)}."
+
+
+def _trial_tail(days_left: int | None, last_active_days_ago: int | None) -> str:
+    if days_left is not None:
+        if days_left < 0:
+            return ", and your trial has ended"
+        if days_left == 0:
+            return ", and today is the last day of your trial"
+        return f", and you have {count_of(days_left, 'day')} left in your trial"
+    if last_active_days_ago is None or last_active_days_ago < 2:
+        return ""
+    return f", and you were last in {count_of(last_active_days_ago, 'day')} ago"
+
+
+def crm_sentence(name: str, company: str, title: str) -> str:
+    """Who the CRM says the caller is, e.g. "Jane Doe works at Acme Corp as Head of Sales
+    Operations." Each part is already speakable text or empty."""
+    if name and company and title:
+        return f"{name} works at {company} as {title}."
+    if name and company:
+        return f"{name} works at {company}."
+    if name and title:
+        return f"{name} works as {title}."
+    if name:
+        return f"I found {name} in our records."
+    if company:
+        return f"I found a record for someone at {company}."
+    return "I found a matching record."
+
+
+# --------------------------------------------------------------------------------------
+# Session-level sentences (spoken as they are)
+# --------------------------------------------------------------------------------------
+
+APOLOGY = "I apologize for the interruption."
+GOODBYE = (
+    "I'm sorry, I'm having trouble on my end, so let's pick this up another time. "
+    "Thank you for your patience, and goodbye."
+)
+
+
+def greeting(name: str | None) -> str:
+    """The agent's first words: the caller's first name when known."""
+    hello = f"Hi {name.split()[0]}! " if name and name.split() else "Hi there! "
+    return hello + "I'm Ava from PandaDoc. How is your trial going so far?"

@@ -1,0 +1,81 @@
+"""The four vendor clients of one conversation, built from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+from ..redaction import get_logger
+from ..settings import Settings
+from .amplitude import AmplitudeClient
+from .chilipiper import ChiliPiperClient
+from .http import HttpOptions
+from .hubspot import HubSpotClient
+from .salesforce import SalesforceClient
+
+__all__ = ["SERVICE_NAMES", "TrialistServices"]
+
+logger = get_logger("pandadoc.agent")
+
+SERVICE_NAMES = ("amplitude", "salesforce", "chilipiper", "hubspot")
+
+
+@dataclass
+class TrialistServices:
+    """The four vendor clients; a service without configuration is ``None`` and its
+    tools answer with a spoken fallback instead of failing."""
+
+    amplitude: AmplitudeClient | None = None
+    salesforce: SalesforceClient | None = None
+    hubspot: HubSpotClient | None = None
+    chilipiper: ChiliPiperClient | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, session: aiohttp.ClientSession | None = None
+    ) -> TrialistServices:
+        r = settings.resilience
+        options = HttpOptions(
+            timeout=r.service_timeout, connect_timeout=min(1.0, r.service_timeout)
+        )
+        a, s, h, c = (
+            settings.amplitude,
+            settings.salesforce,
+            settings.hubspot,
+            settings.chilipiper,
+        )
+        services = cls(
+            amplitude=AmplitudeClient(
+                a.api_key, a.secret_key, a.base_url, options=options, session=session
+            )
+            if a.configured
+            else None,
+            salesforce=SalesforceClient(
+                s.instance_url, s.client_id, s.client_secret, options=options, session=session
+            )
+            if s.configured
+            else None,
+            hubspot=HubSpotClient(h.access_token, h.base_url, options=options, session=session)
+            if h.configured
+            else None,
+            chilipiper=ChiliPiperClient(
+                c.api_key,
+                c.distribution_id,
+                c.meeting_type_id,
+                c.base_url,
+                options=options,
+                session=session,
+            )
+            if c.configured
+            else None,
+        )
+        missing = [name for name in SERVICE_NAMES if getattr(services, name) is None]
+        if missing:
+            logger.warning("Not configured, tools will use spoken fallbacks: %s", missing)
+        return services
+
+    async def aclose(self) -> None:
+        for client in (self.amplitude, self.salesforce, self.hubspot, self.chilipiper):
+            if client is not None:
+                await client.aclose()

@@ -1,0 +1,41 @@
+"""What one conversation knows (LiveKit's ``session.userdata``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from src.services.amplitude import TrialUsage
+from src.services.chilipiper import BookedMeeting, DemoSlot
+
+__all__ = ["TrialistData"]
+
+
+@dataclass
+class TrialistData:
+    """What this conversation knows. The error-recovery wrapper snapshots it before each
+    tool and restores it when a tool fails, so a failure never leaves half-written state.
+
+    Attributes:
+        email: the trialist's work email (participant attributes, job metadata, console
+            setting, or said by the caller and validated).
+        name: their name when known.
+        timezone: IANA zone for speaking demo times.
+        usage: product usage found in Amplitude.
+        crm_source / crm_record_id / crm_summary: the CRM record found, if any.
+        offered_slots: demo options offered in this conversation, by option number.
+        booked_meeting: the demo booked in this conversation.
+        demo_requested: the slot id handed to sales through the CRM when booking failed.
+        summaries_logged: call summaries saved to the CRM.
+    """
+
+    email: str | None = None
+    name: str | None = None
+    timezone: str = "America/New_York"
+    usage: TrialUsage | None = None
+    crm_source: str | None = None
+    crm_record_id: str | None = None
+    crm_summary: str | None = None
+    offered_slots: dict[int, DemoSlot] = field(default_factory=dict)
+    booked_meeting: BookedMeeting | None = None
+    demo_requested: str | None = None
+    summaries_logged: int = 0

@@ -1,0 +1,141 @@
+"""The CRM: Salesforce first, HubSpot when Salesforce fails or has no record, and the
+writes (call summaries, demo hand-offs) that go to the record found."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from livekit.agents.llm import ToolError
+
+from src.errors import InvalidRequest, NotFound
+from src.outbox import PendingWrite, WriteOutcome
+from src.phrases import (
+    ACCOUNT_FALLBACK,
+    ACCOUNT_NOT_FOUND,
+    ASK_EMAIL,
+    NOTE_EMPTY,
+    NOTE_FAILED,
+    NOTE_NO_CRM,
+    NOTE_NO_RECORD,
+    NOTE_QUEUED,
+    NOTE_SAVED,
+    NOTE_UNCONFIRMED,
+)
+from src.redaction import get_logger
+from src.services.crm import CrmContact
+from src.state import TrialistData
+from src.tools.runtime import ToolRuntime
+
+__all__ = ["crm_write", "find_crm_record", "log_summary", "lookup_account"]
+
+logger = get_logger("pandadoc.agent")
+
+MAX_SUMMARY_CHARS = 2000
+
+
+async def lookup_account(rt: ToolRuntime, data: TrialistData, email: str) -> str:
+    """Who the caller is in the CRM, as one spoken sentence; saves the record in ``data``."""
+    address = rt.resolve_email(data, email)
+    found = await find_crm_record(rt, address)
+    data.email = address
+    if found is None:
+        raise ToolError(ACCOUNT_NOT_FOUND)
+    data.crm_source, data.crm_record_id = found.source, found.id
+    data.crm_summary = found.spoken_summary()
+    data.name = data.name or found.full_name
+    rt.outbox.flush_soon()  # the CRM answers again: send what waited, in the background
+    return data.crm_summary
+
+
+async def find_crm_record(
+    rt: ToolRuntime, email: str, deadline_at: float | None = None
+) -> CrmContact | None:
+    """Salesforce first, HubSpot when Salesforce fails or has no record, all inside one
+    tool deadline (``deadline_at`` on the retry clock; default: a fresh one). ``None``
+    when neither CRM has the person; ``ToolError`` with a spoken fallback when no CRM
+    could answer."""
+    if deadline_at is None:
+        deadline_at = rt.deadline()
+    answered_not_found = False
+    sf, hs = rt.services.salesforce, rt.services.hubspot
+    if sf is not None:
+        # A slow Salesforce must leave HubSpot a fair share of the budget.
+        reserve = rt.reserve() if hs is not None else 0.0
+        try:
+            person = await rt.protected(
+                "salesforce",
+                lambda: sf.find_person(email),
+                ACCOUNT_FALLBACK,
+                reraise=(NotFound, InvalidRequest),
+                deadline_at=deadline_at - reserve,
+            )
+        except (NotFound, InvalidRequest):
+            answered_not_found = True
+        except ToolError:
+            logger.info("Salesforce unavailable, falling back to HubSpot")
+        else:
+            return person
+    if hs is not None and rt.retry_clock() < deadline_at:
+        try:
+            contact = await rt.protected(
+                "hubspot",
+                lambda: hs.find_contact(email),
+                ACCOUNT_FALLBACK,
+                reraise=(NotFound, InvalidRequest),
+                deadline_at=deadline_at,
+            )
+        except (NotFound, InvalidRequest):
+            return None
+        return contact
+    if answered_not_found:
+        return None
+    raise ToolError(ACCOUNT_FALLBACK)
+
+
+async def log_summary(rt: ToolRuntime, data: TrialistData, summary: str, interest: str) -> str:
+    """Save a call summary to the caller's CRM record; every outcome is an honest
+    sentence (saved, will be saved, not saved, or not known)."""
+    deadline_at = rt.deadline()
+    text = " ".join(str(summary).split())
+    if not text:
+        raise ToolError(NOTE_EMPTY)
+    text = text[:MAX_SUMMARY_CHARS]
+    level = interest if interest in ("low", "medium", "high") else "medium"
+    subject = f"Trialist call summary (interest: {level})"
+    try:
+        outcome = await crm_write(rt, data, subject, text, deadline_at)
+    except ToolError as exc:
+        if exc.message == ASK_EMAIL:
+            raise
+        raise ToolError(NOTE_NO_CRM) from None  # no CRM could even find the record
+    if outcome == "saved":
+        data.summaries_logged += 1
+        return NOTE_SAVED
+    if outcome == "no_record":
+        raise ToolError(NOTE_NO_RECORD)
+    if outcome == "queued":
+        raise ToolError(NOTE_QUEUED)
+    if outcome == "rejected":
+        raise ToolError(NOTE_FAILED)
+    raise ToolError(NOTE_UNCONFIRMED)
+
+
+async def crm_write(
+    rt: ToolRuntime, data: TrialistData, subject: str, body: str, deadline_at: float
+) -> WriteOutcome | Literal["no_record"]:
+    """Write to the caller's CRM record (looked up first if needed). A write that
+    certainly did not apply is queued in the outbox, outside the session state, so a
+    tool's rollback cannot drop it."""
+    if data.crm_record_id is None or data.crm_source is None:
+        if not data.email:
+            raise ToolError(ASK_EMAIL)
+        found = await find_crm_record(rt, data.email, deadline_at)
+        if found is None:
+            return "no_record"
+        data.crm_source, data.crm_record_id = found.source, found.id
+        data.crm_summary = found.spoken_summary()
+    write = PendingWrite(data.crm_source, data.crm_record_id, subject, body)
+    outcome = await rt.outbox.send(write, deadline_at)
+    if outcome == "queued":
+        rt.outbox.pending.append(write)
+    return outcome

@@ -1,0 +1,129 @@
+"""What every tool body runs on: the protected service call inside one tool deadline,
+the filler sentence, and the caller's email.
+
+:class:`ToolRuntime` is the base of :class:`~src.agent.PandaDocTrialistAgent`; the tool
+modules take it as their first argument, so a tool body reads as plain steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from livekit.agents.llm import ToolError
+
+from src.error_recovery import ErrorRecoveryMixin
+from src.outbox import Outbox
+from src.phrases import ASK_EMAIL, BAD_EMAIL, FILLER
+from src.redaction import get_logger
+from src.services.wiring import TrialistServices
+from src.settings import Settings
+from src.state import TrialistData
+from src.validation import is_valid_email
+
+__all__ = ["MIN_ATTEMPT_S", "ToolRuntime", "zone"]
+
+logger = get_logger("pandadoc.agent")
+
+T = TypeVar("T")
+MIN_ATTEMPT_S = 0.5  # no request starts with less time than this left in the tool budget
+
+
+class ToolRuntime(ErrorRecoveryMixin):
+    """Breakers, retries and deadlines for tool bodies. The subclass sets
+    ``services``, ``settings``, ``outbox`` and ``now`` in its ``__init__``."""
+
+    services: TrialistServices
+    settings: Settings
+    outbox: Outbox
+    now: Callable[[], datetime]
+
+    async def run_tool(
+        self,
+        context: Any,
+        tool_name: str,
+        body: Callable[[], Awaitable[str]],
+        *,
+        filler: str = FILLER,
+    ) -> str:
+        """Every tool: error recovery (state snapshot, natural phrase) and one filler
+        sentence if the caller would otherwise wait in silence."""
+        async with self.filler(context, filler):
+            return await self.handle_tool_with_error_recovery(context, tool_name, body)
+
+    async def protected(
+        self,
+        service: str,
+        func: Callable[[], Awaitable[T]],
+        fallback: str,
+        *,
+        reraise: tuple[type[BaseException], ...] = (),
+        deadline_at: float | None = None,
+    ) -> T:
+        """A service call through breaker + retries inside the tool deadline; a fallback
+        becomes a ``ToolError`` carrying the spoken sentence."""
+        if deadline_at is None:
+            deadline_at = self.deadline()
+        remaining = deadline_at - self.retry_clock()
+        min_attempt = min(MIN_ATTEMPT_S, self.settings.resilience.service_timeout)
+        if remaining < min_attempt:
+            # Too late for a useful attempt: answer now, and don't blame the service.
+            logger.info("No time left in the tool budget for %s", service)
+            raise ToolError(fallback)
+        result = await self.call_with_retry_and_circuit_breaker(
+            service,
+            func,
+            fallback,
+            max_retries=self.retry_policy.max_retries,
+            deadline=remaining,
+            min_attempt=min_attempt,
+            reraise=reraise,
+        )
+        if isinstance(result, str) and result == fallback:
+            raise ToolError(fallback)
+        return result  # type: ignore[return-value]
+
+    def reserve(self) -> float:
+        """Seconds of a tool's budget kept back for a fallback step (one attempt's worth,
+        at most a third of the deadline)."""
+        r = self.settings.resilience
+        return min(r.service_timeout, r.tool_deadline / 3)
+
+    def deadline(self) -> float:
+        """When a tool started now must have answered, on the retry clock."""
+        return self.retry_clock() + self.settings.resilience.tool_deadline
+
+    @asynccontextmanager
+    async def filler(self, context: Any, sentence: str = FILLER) -> AsyncIterator[None]:
+        """Speak ``sentence`` once if the work inside leaves the caller waiting for
+        ``FILLER_DELAY`` seconds."""
+        with_filler = getattr(context, "with_filler", None)
+        if with_filler is None:
+            yield
+            return
+        async with with_filler(sentence, delay=self.settings.resilience.filler_delay):
+            yield
+
+    @staticmethod
+    def resolve_email(data: TrialistData, email: str) -> str:
+        """The email a lookup is for: the one the caller just said (validated), else the
+        one on file; a ``ToolError`` asking for it when there is none."""
+        candidate = str(email or "").strip().lower()
+        if candidate:
+            if not is_valid_email(candidate):
+                raise ToolError(BAD_EMAIL)
+            return candidate
+        if data.email:
+            return data.email
+        raise ToolError(ASK_EMAIL)
+
+
+def zone(name: str) -> ZoneInfo:
+    """The caller's time zone, UTC when the name is not a known IANA zone."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")

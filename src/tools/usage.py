@@ -1,0 +1,32 @@
+"""Product usage from Amplitude."""
+
+from __future__ import annotations
+
+from livekit.agents.llm import ToolError
+
+from src.errors import InvalidRequest, NotFound
+from src.phrases import USAGE_FALLBACK, USAGE_NOT_FOUND
+from src.state import TrialistData
+from src.tools.runtime import ToolRuntime
+
+__all__ = ["trial_usage"]
+
+
+async def trial_usage(rt: ToolRuntime, data: TrialistData, email: str) -> str:
+    """The caller's trial usage as one spoken sentence; saves it in ``data``."""
+    address = rt.resolve_email(data, email)
+    client = rt.services.amplitude
+    if client is None:
+        raise ToolError(USAGE_FALLBACK)
+    try:
+        result = await rt.protected(
+            "amplitude",
+            lambda: client.get_trial_usage(address),
+            USAGE_FALLBACK,
+            reraise=(NotFound, InvalidRequest),
+        )
+    except (NotFound, InvalidRequest):
+        raise ToolError(USAGE_NOT_FOUND) from None
+    data.email = address
+    data.usage = result
+    return result.spoken_summary()
