@@ -15,11 +15,13 @@ import time
 from typing import Any
 
 from bench.common import EMAIL
-from src.agent import USAGE_FALLBACK, PandaDocTrialistAgent, TrialistServices
+from src.agent import PandaDocTrialistAgent
 from src.error_recovery import retry_with_exponential_backoff
 from src.errors import InvalidRequest, NotFound, ServiceError
+from src.phrases import USAGE_FALLBACK
 from src.sandbox import FaultKind, Sandbox
 from src.services.amplitude import AmplitudeClient
+from src.services.wiring import TrialistServices
 from src.settings import Settings, settings_from_env
 
 CONVERSATIONS = 20

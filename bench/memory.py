@@ -12,8 +12,9 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from src.agent import PandaDocTrialistAgent, TrialistServices
+from src.agent import PandaDocTrialistAgent
 from src.error_recovery import CircuitBreaker
+from src.services.wiring import TrialistServices
 from src.settings import Settings
 
 AGENTS = 50  # instances for the memory figure

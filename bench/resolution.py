@@ -20,17 +20,20 @@ from collections.abc import Awaitable
 from typing import Any
 
 from bench.common import EMAIL
-from src.agent import PandaDocTrialistAgent, TrialistData, TrialistServices
+from src.agent import PandaDocTrialistAgent
 from src.drill.harness import StandInRunContext
 from src.errors import ServiceError
 from src.sandbox import FaultKind, Sandbox
 from src.services.amplitude import AmplitudeClient
 from src.services.http import HttpOptions
+from src.services.wiring import TrialistServices
 from src.settings import Settings, settings_from_env
+from src.state import TrialistData
+from src.tools import usage
 
 
 async def policy_ours(settings: Settings) -> tuple[str, int]:
-    """The real tool path: handle_tool -> _trial_usage -> breaker + retries in budget."""
+    """The real tool path: handle_tool -> usage.trial_usage -> breaker + retries in budget."""
     services = TrialistServices.from_settings(settings)
     agent = PandaDocTrialistAgent(services, settings)
     agent.error_rng = random.Random(3)
@@ -48,7 +51,7 @@ async def policy_ours(settings: Settings) -> tuple[str, int]:
     ctx = StandInRunContext(TrialistData(email=EMAIL))
     try:
         await agent.handle_tool_with_error_recovery(
-            ctx, "get_trial_usage", lambda: agent._trial_usage(ctx, "")
+            ctx, "get_trial_usage", lambda: usage.trial_usage(agent, ctx.userdata, "")
         )
         return "answered", attempts
     except Exception as exc:
