@@ -33,8 +33,8 @@ from src.agent import (
     NOTE_UNCONFIRMED,
     on_session_error,
 )
+from src.drill.harness import Conversation, TurnResult, technical_leaks
 from src.error_recovery import CircuitState
-from src.harness import Conversation, TurnResult, technical_leaks
 from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from src.services.chilipiper import IDEMPOTENCY_HEADER

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from livekit.agents.llm import StopResponse, ToolError
 
+from src.drill.harness import StandInRunContext
 from src.error_recovery import (
     ERROR_RESPONSES,
     CircuitBreaker,
@@ -37,7 +38,6 @@ from src.errors import (
     ServiceTimeout,
     ServiceUnavailable,
 )
-from src.harness import StandInRunContext
 from src.sandbox.base import FaultKind, SandboxServer
 from src.services.http import HttpOptions, ServiceHttp
 

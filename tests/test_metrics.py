@@ -6,9 +6,9 @@ import pytest
 from livekit.agents.llm import ToolError
 from prometheus_client import REGISTRY
 
+from src.drill.harness import StandInRunContext
 from src.error_recovery import CircuitBreaker, ErrorRecoveryMixin
 from src.errors import ServiceUnavailable
-from src.harness import StandInRunContext
 
 
 def sample(name: str, **labels: str) -> float:

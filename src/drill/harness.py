@@ -35,10 +35,13 @@ from livekit.agents.voice.run_result import (
     FunctionCallOutputEvent,
 )
 
-from src.agent import PandaDocTrialistAgent, TrialistData, TrialistServices, build_session
+from src.agent import PandaDocTrialistAgent
 from src.error_recovery import CircuitState
 from src.sandbox import Sandbox
+from src.services.wiring import TrialistServices
+from src.session import build_session
 from src.settings import Settings, settings_from_env
+from src.state import TrialistData
 
 __all__ = [
     "Conversation",

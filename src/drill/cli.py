@@ -1,0 +1,113 @@
+"""Resilience drill: scripted conversations with faults injected, against the sandbox, with
+the real production tuning (``ResilienceSettings`` defaults: 2.5 s per HTTP attempt, 6 s
+per tool, 2 retries from 0.5 s with jitter, circuit 3 failures / 30 s).
+
+    uv run python -m src.drill                 # every scenario, a table, exit 1 on a miss
+    uv run python -m src.drill --list
+    uv run python -m src.drill --scenario amplitude-hang --json drill.json
+
+No keys, no network: the vendors and the model are the local sandbox stand-ins. Retry
+backoff really waits; the only shortcut is the ``circuit-recovery`` scenario, which jumps
+the agent's clock over the 30 s recovery timeout (said in its row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from src.drill.scenarios import DEFAULTS, SCENARIOS, ScenarioReport, run_all
+
+__all__ = ["main", "render"]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render(reports: Sequence[ScenarioReport]) -> str:
+    header = (
+        "scenario",
+        "caller heard",
+        "1st words s",
+        "tool s",
+        "turn s",
+        "requests",
+        "breaker",
+        "verdict",
+    )
+    rows = [
+        (
+            r.name,
+            _cut(r.heard, 58),
+            _fmt(r.first_words_s),
+            _fmt(r.tool_s),
+            _fmt(r.turn_s),
+            f"{r.failing or '-'} {'/'.join(map(str, r.requests))}",
+            _cut(", ".join(t.split(":", 1)[1] for t in r.transitions) or "-", 40),
+            f"{r.verdict} (<= {r.budget_s:g}s)",
+        )
+        for r in reports
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    for r in reports:
+        if r.note:
+            lines.append(f"note {r.name}: {r.note}")
+        for problem in r.problems:
+            lines.append(f"MISS {r.name}: {problem}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.drill", description=__doc__.split("\n")[0])
+    parser.add_argument("--list", action="store_true", help="list scenarios and exit")
+    parser.add_argument("--scenario", action="append", help="run only this scenario (repeatable)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show agent logs")
+    args = parser.parse_args(argv)
+    by_name = {s.name: s for s in SCENARIOS}
+    if args.list:
+        for s in SCENARIOS:
+            print(f"{s.name:22} {s.what}")
+        return 0
+    chosen = list(SCENARIOS)
+    if args.scenario:
+        unknown = [n for n in args.scenario if n not in by_name]
+        if unknown:
+            parser.error(f"unknown scenario(s): {', '.join(unknown)}; see --list")
+        chosen = [by_name[n] for n in args.scenario]
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL)
+    started = time.perf_counter()
+    reports = asyncio.run(run_all(chosen))
+    elapsed = time.perf_counter() - started
+    print(render(reports))
+    r = DEFAULTS
+    print(
+        f"\n{len(reports)} scenario(s) in {elapsed:.1f}s; tuning: service_timeout "
+        f"{r.service_timeout:g}s, tool_deadline {r.tool_deadline:g}s, max_retries "
+        f"{r.max_retries}, base/max delay {r.base_delay:g}/{r.max_delay:g}s, circuit "
+        f"{r.failure_threshold} failures/{r.recovery_timeout:g}s, llm_timeout "
+        f"{r.llm_timeout:g}s x{r.llm_max_retry + 1}"
+    )
+    if args.json:
+        payload: dict[str, Any] = {
+            "elapsed_s": elapsed,
+            "settings": asdict(DEFAULTS),
+            "scenarios": [asdict(rep) for rep in reports],
+        }
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2)
+    return 1 if any(rep.verdict != "ok" for rep in reports) else 0

@@ -1,0 +1,228 @@
+"""The script of the stand-in model: :class:`Turn` and :class:`ToolCall` (what it answers),
+:class:`ToolOutput` (the tool results it was given), and :func:`default_turn`, its answer
+when the script is empty (the keyword table :data:`KEYWORD_TOOLS`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "KEYWORD_TOOLS",
+    "STAND_IN_NOTICE",
+    "ToolCall",
+    "ToolOutput",
+    "Turn",
+    "content_text",
+    "default_turn",
+]
+
+STAND_IN_NOTICE = "This is the sandbox stand-in model, not a real one."
+
+KEYWORD_TOOLS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # (tool name, words in the last user message that call it); the first row whose words
+    # match *and* whose tool the request offers wins, so the specific rows come first.
+    ("log_call_summary", ("summary", "note", "log")),
+    ("book_demo", ("book", "schedule", "option", "first", "second", "third")),
+    ("check_demo_availability", ("demo", "available", "availability", "times", "slots")),
+    ("lookup_account", ("account", "record", "crm", "who")),
+    ("get_trial_usage", ("usage", "documents", "trial")),
+)
+"""The default script's keyword table, matched on whole words, case-insensitively.
+
+Arguments it sends (only those the tool's JSON schema declares): ``email`` (the first
+address in the message) for ``get_trial_usage``/``lookup_account``; ``option`` (the first
+number, or first/second/third, default 1) for ``book_demo``; ``summary`` (the user
+message) and ``interest`` (``"medium"``) for ``log_call_summary``.
+"""
+
+_ASK_ABOUT = {
+    "get_trial_usage": "your trial usage",
+    "lookup_account": "your account record",
+    "check_demo_availability": "demo availability",
+    "book_demo": "booking a demo option",
+    "log_call_summary": "logging a call summary",
+}
+_ORDINALS = {"first": 1, "second": 2, "third": 3}
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_NUMBER = re.compile(r"\b(\d+)")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_TOOL_REPLY_MAX_CHARS = 280
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the stand-in model makes.
+
+    ``arguments`` is sent JSON-encoded; pass a ``str`` to send it verbatim (e.g. broken
+    JSON to test the agent). ``id`` defaults to a generated ``call_sandbox_<n>``.
+    """
+
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+    id: str | None = None
+
+    @property
+    def arguments_json(self) -> str:
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(dict(self.arguments), separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One scripted model answer: ``text`` first (if any), then ``tool_calls`` (if any).
+
+    ``finish_reason`` is ``"tool_calls"`` when there are tool calls, else ``"stop"``. A
+    scripted turn is sent as written, even when the request did not offer the tool.
+    """
+
+    text: str = ""
+    tool_calls: Sequence[ToolCall] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.tool_calls else "stop"
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """A tool result the model received: ``name`` comes from the matching assistant call
+    (``""`` if none), ``content`` is the text the agent sent as the tool's output."""
+
+    name: str
+    call_id: str
+    content: str
+
+
+# -- the default keyword script ------------------------------------------------------------
+
+
+def default_turn(body: Mapping[str, Any]) -> Turn:
+    """What the stand-in model says when the script is empty, from the request ``body``.
+
+    After tool results: a short spoken sentence built from them. After a user message:
+    a tool call picked with :data:`KEYWORD_TOOLS` (only tools the request offers), or a
+    text reply saying this is the stand-in and what one can ask. Otherwise a greeting.
+    """
+    messages = [m for m in body.get("messages") or () if isinstance(m, Mapping)]
+    offered = _offered_tools(body)
+    # Filler speech said while a tool ran lands after its result: look past plain
+    # assistant text (no tool calls) to find what the model is answering.
+    while (
+        len(messages) > 1
+        and messages[-1].get("role") == "assistant"
+        and not messages[-1].get("tool_calls")
+    ):
+        messages.pop()
+    if messages and messages[-1].get("role") == "tool":
+        outputs: list[str] = []
+        for message in reversed(messages):
+            if message.get("role") != "tool":
+                break
+            outputs.insert(0, content_text(message.get("content")))
+        return Turn(text=_spoken_tool_reply(outputs))
+    if messages and messages[-1].get("role") == "user":
+        said = content_text(messages[-1].get("content"))
+        words = set(re.findall(r"[a-z]+", said.lower()))
+        for name, keywords in KEYWORD_TOOLS:
+            if name in offered and words.intersection(keywords):
+                arguments = _keyword_arguments(name, said, offered[name])
+                return Turn(tool_calls=[ToolCall(name, arguments)])
+        return Turn(text=_help_text(offered))
+    return Turn(text=f"Hi! {STAND_IN_NOTICE} How can I help with your PandaDoc trial?")
+
+
+def _offered_tools(body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Function name -> its JSON-schema ``parameters`` for each tool in the request."""
+    offered: dict[str, Mapping[str, Any]] = {}
+    for tool in body.get("tools") or ():
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+            parameters = function.get("parameters")
+            offered[function["name"]] = parameters if isinstance(parameters, Mapping) else {}
+    return offered
+
+
+def _keyword_arguments(name: str, said: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    candidates: dict[str, Any] = {}
+    if name in ("get_trial_usage", "lookup_account"):
+        if email := _EMAIL.search(said):
+            candidates["email"] = email.group(0)
+    elif name == "book_demo":
+        candidates["option"] = _option_number(said)
+    elif name == "log_call_summary":
+        candidates["summary"] = said
+        candidates["interest"] = "medium"
+    properties = schema.get("properties")
+    declared = properties if isinstance(properties, Mapping) else {}
+    return {key: value for key, value in candidates.items() if key in declared}
+
+
+def _option_number(said: str) -> int:
+    if number := _NUMBER.search(said):
+        return int(number.group(1))
+    for word in re.findall(r"[a-z]+", said.lower()):
+        if word in _ORDINALS:
+            return _ORDINALS[word]
+    return 1
+
+
+def _help_text(offered: Mapping[str, Any]) -> str:
+    topics = [_ASK_ABOUT[name] for name, _ in KEYWORD_TOOLS if name in offered]
+    if not topics:
+        return f"{STAND_IN_NOTICE} I can chat, but no tools are available right now."
+    listed = topics[0] if len(topics) == 1 else ", ".join(topics[:-1]) + f", or {topics[-1]}"
+    return f"{STAND_IN_NOTICE} You can ask me about {listed}."
+
+
+def _spoken_tool_reply(outputs: Sequence[str]) -> str:
+    """Tool outputs as one or two plain sentences: no braces, quotes or JSON syntax."""
+    text = " ".join(_plain(output) for output in outputs if output.strip())
+    text = re.sub(r"\s+", " ", text).strip()
+    if not text:
+        return "Done."
+    sentences = _SENTENCE_END.split(text)
+    reply = " ".join(sentences[:2])
+    if len(reply) > _TOOL_REPLY_MAX_CHARS:
+        reply = reply[:_TOOL_REPLY_MAX_CHARS].rsplit(" ", 1)[0] + "."
+    return reply
+
+
+def _plain(output: str) -> str:
+    try:
+        value = json.loads(output)
+    except ValueError:
+        return re.sub(r"[{}\[\]\"`]", "", output)
+    if isinstance(value, Mapping):
+        for key in ("message", "summary", "text", "result"):
+            if isinstance(value.get(key), str):
+                return str(value[key])
+        facts = [
+            f"{str(k).replace('_', ' ')} {v}"
+            for k, v in value.items()
+            if isinstance(v, str | int | float | bool)
+        ]
+        return (", ".join(facts[:6]) + ".") if facts else ""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value if isinstance(v, str | int | float)) + "."
+    return str(value)
+
+
+def content_text(content: Any) -> str:
+    """Message ``content`` as text: a plain string or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, Mapping) and part.get("type") == "text"
+        )
+    return ""
