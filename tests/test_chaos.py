@@ -27,17 +27,13 @@ from livekit.agents.stt import STTError
 from livekit.agents.voice.events import ErrorEvent
 from livekit.plugins import openai
 
-from src.agent import (
-    ACCOUNT_FALLBACK,
-    NOTE_QUEUED,
-    NOTE_UNCONFIRMED,
-    on_session_error,
-)
 from src.drill.harness import Conversation, TurnResult, technical_leaks
 from src.error_recovery import CircuitState
+from src.phrases import ACCOUNT_FALLBACK, NOTE_QUEUED, NOTE_UNCONFIRMED
 from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from src.services.chilipiper import IDEMPOTENCY_HEADER
+from src.session import on_session_error
 
 JANE = TRIAL_USERS[0].email  # in Salesforce and HubSpot
 MARIA = next(u.email for u in TRIAL_USERS if not u.in_salesforce and u.in_hubspot)

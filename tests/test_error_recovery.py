@@ -889,7 +889,8 @@ async def test_base_exceptions_pass_through_untouched(agent: RecoveringAgent) ->
 
 
 async def test_agent_integration_uses_the_recovery_layer(clock: FakeClock) -> None:
-    from src.agent import PandaDocTrialistAgent, TrialistServices
+    from src.agent import PandaDocTrialistAgent
+    from src.services.wiring import TrialistServices
 
     agent = PandaDocTrialistAgent(TrialistServices(), clock=clock, sleep=RecordingSleep(clock))
     assert isinstance(agent, ErrorRecoveryMixin)
