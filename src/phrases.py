@@ -231,3 +231,20 @@ def greeting(name: str | None) -> str:
     """The agent's first words: the caller's first name when known."""
     hello = f"Hi {name.split()[0]}! " if name and name.split() else "Hi there! "
     return hello + "I'm Ava from PandaDoc. How is your trial going so far?"
+
+
+# --------------------------------------------------------------------------------------
+# Caller identity and privacy (src/tools/policy.py): refusals are spoken as they are
+# --------------------------------------------------------------------------------------
+
+#: A verified caller asked about a different email: nothing is fetched.
+ONLY_THIS_CALL = (
+    "I can only look up the account on this call, so I can't check anyone else's details. "
+    "Happy to keep going with yours, though."
+)
+#: The caller's identity is only claimed: no usage figures or CRM details are read back.
+PRIVACY_CLAIMED = (
+    "For your privacy, I can only go over trial and account details when you reach us "
+    "through your PandaDoc account. I can still book you a demo with our team, or help "
+    "with any questions about PandaDoc."
+)
