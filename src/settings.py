@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .redaction import register_secret
-from .validation import is_valid_email
+from .validation import is_valid_email, is_valid_salesforce_id
 
 __all__ = [
     "DEFAULT_RESILIENCE",
@@ -131,9 +131,20 @@ class ServiceSettings:
 
 @dataclass(frozen=True)
 class SalesforceSettings:
+    """Salesforce org and connected app. ``task_owner_id``: who owns a Task when its
+    record has no user owner (``SALESFORCE_TASK_OWNER_ID``, a 15/18-character id)."""
+
     instance_url: str = ""
     client_id: str = ""
     client_secret: str = ""
+    task_owner_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task_owner_id and not is_valid_salesforce_id(self.task_owner_id):
+            raise SettingsError(
+                "SALESFORCE_TASK_OWNER_ID must be a 15- or 18-character Salesforce id "
+                "(an 18-character id must end with its checksum)"
+            )
 
     @property
     def configured(self) -> bool:
@@ -323,6 +334,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             instance_url=_url(env, "SALESFORCE_INSTANCE_URL"),
             client_id=_secret(env, "SALESFORCE_CLIENT_ID"),
             client_secret=_secret(env, "SALESFORCE_CLIENT_SECRET"),
+            task_owner_id=_str(env, "SALESFORCE_TASK_OWNER_ID"),
         ),
         hubspot=HubSpotSettings(
             access_token=_secret(env, "HUBSPOT_ACCESS_TOKEN"),

@@ -69,6 +69,8 @@ class CrmContact:
         object_type: Salesforce ``"Lead"`` or ``"Contact"``; ``None`` for HubSpot.
         status: Salesforce Lead status, when any.
         owner: the record owner (Salesforce: the rep's name; HubSpot: owner id).
+        owner_id: Salesforce only: the owning *user's* id (``005...``), which a Task for
+            this record is assigned to; ``None`` when a queue owns the record.
         lifecycle_stage: HubSpot's lifecycle stage, when any.
 
     Only name, company and title are ever spoken (:meth:`spoken_summary`).
@@ -83,6 +85,7 @@ class CrmContact:
     object_type: str | None = None
     status: str | None = None
     owner: str | None = None
+    owner_id: str | None = None
     lifecycle_stage: str | None = None
 
     def __post_init__(self) -> None:

@@ -52,7 +52,12 @@ class TrialistServices:
             if a.configured
             else None,
             salesforce=SalesforceClient(
-                s.instance_url, s.client_id, s.client_secret, options=options, session=session
+                s.instance_url,
+                s.client_id,
+                s.client_secret,
+                options=options,
+                session=session,
+                task_owner_id=s.task_owner_id,
             )
             if s.configured
             else None,
