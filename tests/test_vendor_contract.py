@@ -5,16 +5,21 @@ and each stand-in refusing what its vendor refuses, with the vendor's error shap
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 
 from src.errors import InvalidRequest
+from src.sandbox.amplitude import OMIT, AmplitudeServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from src.sandbox.salesforce import SANDBOX_LEAD_QUEUE_ID, SANDBOX_TASK_OWNER_ID, SalesforceServer
+from src.services.amplitude import AmplitudeClient
+from src.services.amplitude_dates import value_shape
 from src.services.http import HttpOptions
 from src.services.salesforce import SalesforceClient
 from src.settings import SettingsError, settings_from_env
@@ -158,3 +163,136 @@ async def raw(method: str, url: str, headers: dict[str, str], **kwargs: Any) -> 
         http.request(method, url, headers=headers, **kwargs) as resp,
     ):
         return resp.status, await resp.json(content_type=None)
+
+
+# -- 2. Amplitude trial_end_date, read leniently ----------------------------------------------
+
+NOW = datetime(2025, 3, 12, 15, 0, tzinfo=UTC)  # Jane's trial ends 2025-03-19: 7 days left
+AMP_KEY = SANDBOX_CREDENTIALS["AMPLITUDE_API_KEY"]
+AMP_SECRET = SANDBOX_CREDENTIALS["AMPLITUDE_SECRET_KEY"]
+
+
+@pytest.fixture
+async def amplitude() -> AsyncIterator[AmplitudeServer]:
+    srv = AmplitudeServer(now=lambda: NOW)
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+def amp_client(server: AmplitudeServer) -> AmplitudeClient:
+    return AmplitudeClient(AMP_KEY, AMP_SECRET, server.base_url, options=FAST, clock=lambda: NOW)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2025-03-19",
+        "2025-03-19T15:30:00Z",
+        "2025-03-19T10:00:00.123+00:00",
+        "2025-03-19 08:00:00",
+        "20250319",
+        "03/19/2025",
+        "3/19/2025",
+        "03-19-2025",
+        "3/19/25",
+        "Mar 19, 2025",
+        "March 19, 2025",
+        1742385600000,  # epoch ms, 2025-03-19T12:00Z
+        "1742385600000",
+        1742385600,  # epoch seconds
+    ],
+)
+async def test_usage_is_spoken_with_each_odd_trial_end_form(
+    amplitude: AmplitudeServer, value: object
+) -> None:
+    amplitude.trial_end_values[JANE.email] = value
+    async with amp_client(amplitude) as client:
+        usage = await client.get_trial_usage(JANE.email)
+    assert usage.trial_days_left == 7
+    assert usage.spoken_summary() == (
+        "You've created fourteen documents and sent nine, six of them already completed, "
+        "and you have seven days left in your trial."
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "   ",
+        None,
+        OMIT,
+        "next Tuesday",
+        "19/03/2025",
+        "2025-02-30",
+        "1900-01-01",
+        12,
+        True,
+        {"date": "2025-03-19"},
+        ["2025-03-19"],
+        "x" * 500,
+    ],
+)
+async def test_unreadable_trial_end_drops_only_that_fact(
+    amplitude: AmplitudeServer, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    amplitude.trial_end_values[JANE.email] = value
+    async with amp_client(amplitude) as client:
+        usage = await client.get_trial_usage(JANE.email)
+    assert usage.trial_days_left is None
+    assert (usage.documents_created, usage.documents_sent) == (14, 9)
+    assert usage.spoken_summary() == (
+        "You've created fourteen documents and sent nine, six of them already completed."
+    )
+    empty = value is None or value is OMIT or (isinstance(value, str) and not value.strip())
+    lines = [r.getMessage() for r in caplog.records if "trial_end_date" in r.getMessage()]
+    assert len(lines) == (0 if empty else 1)  # operators hear about unreadable, not absent
+    if lines and isinstance(value, str):
+        assert value not in lines[0]  # its shape, never its content
+
+
+def test_value_shape_outlines_without_content() -> None:
+    assert value_shape("03/19/2025") == "str:99/99/9999"
+    assert value_shape("next Tuesday") == "str:aaaa aaaaaaa"
+    assert value_shape({"a": 1}) == "dict"
+
+
+# -- 5. strict sandboxes: Amplitude ---------------------------------------------------------------
+
+
+def amp_auth() -> dict[str, str]:
+    token = base64.b64encode(f"{AMP_KEY}:{AMP_SECRET}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+async def test_amplitude_sandbox_refuses_a_user_id_keyed_activity_request(
+    amplitude: AmplitudeServer,
+) -> None:
+    url = f"{amplitude.base_url}/api/2/useractivity"
+    status, body = await raw("GET", url, amp_auth(), params={"user": JANE.email})
+    assert (status, body) == (400, {"message": "Invalid user: expected an Amplitude ID"})
+    status, _ = await raw("GET", url, amp_auth(), params={"user": str(JANE.amplitude_id)})
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "expected"),
+    [
+        ("POST", "/api/2/usersearch", "basic", 405),
+        ("GET", "/api/2/users", "basic", 404),
+        ("GET", "/api/2/usersearch", "bearer", 401),  # Basic auth only
+        ("GET", "/api/2/usersearch", "none", 401),
+    ],
+)
+async def test_amplitude_sandbox_refuses_what_amplitude_refuses(
+    amplitude: AmplitudeServer, method: str, path: str, headers: str, expected: int
+) -> None:
+    auth = {
+        "basic": amp_auth(),
+        "bearer": {"Authorization": f"Bearer {AMP_SECRET}"},
+        "none": {},
+    }[headers]
+    status, body = await raw(method, f"{amplitude.base_url}{path}", auth, params={"user": "x"})
+    assert status == expected and isinstance(body, dict) and body["message"]

@@ -28,12 +28,15 @@ Assumptions about PandaDoc's tracking plan (module constants below): the Amplitu
 ``user_id`` is the user's email address; the event types are ``Document Created``,
 ``Document Sent``, ``Document Completed``, ``Template Created`` and ``Integration
 Connected`` (with an ``integration`` event property naming the integration); the user
-property ``trial_end_date`` (ISO date) holds the end of the trial. Counts cover the most
-recent 1000 events (one page), far more than a trial produces.
+property ``trial_end_date`` holds the end of the trial; it is free-form, so it is read
+leniently (:func:`~src.services.amplitude_dates.parse_trial_end`: ISO dates and
+date-times, US forms, epoch milliseconds) and, when unreadable, only that fact is
+dropped. Counts cover the most recent 1000 events (one page), far more than a trial
+produces.
 
 Note: the reference describes ``useractivity``'s ``user`` parameter as the user id; the
 live API takes the Amplitude id returned by ``usersearch``, which is what we send (the
-sandbox accepts both).
+sandbox, like the live API, refuses a user id there).
 
 Idempotency: both calls are reads with no side effects, so :meth:`get_trial_usage` is
 idempotent and safe to retry whenever the raised error says ``retryable``.
@@ -53,6 +56,7 @@ import pydantic
 from ..errors import BadResponse, InvalidRequest, NotFound
 from ..phrases import usage_sentence
 from ..redaction import get_logger, register_secret
+from .amplitude_dates import parse_trial_end
 from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
 
 __all__ = [
@@ -152,7 +156,8 @@ class _Event(pydantic.BaseModel):
 
 
 class _UserProperties(pydantic.BaseModel):
-    trial_end_date: date | None = None  # TRIAL_END_PROPERTY
+    # TRIAL_END_PROPERTY: free-form, read leniently by parse_trial_end (any JSON value).
+    trial_end_date: Any = None
 
 
 class _UserData(pydantic.BaseModel):
@@ -288,9 +293,8 @@ class AmplitudeClient(ServiceClient):
                 on_404=BadResponse,  # the user was just found: a 404 is not "no user"
             ),
         )
-        usage = _summarize(
-            activity.events, activity.user_data.properties.trial_end_date, self._clock()
-        )
+        trial_end = parse_trial_end(activity.user_data.properties.trial_end_date)
+        usage = _summarize(activity.events, trial_end, self._clock())
         logger.debug(
             "amplitude usage for amplitude_id=%s: %d events",
             match.amplitude_id,
