@@ -17,6 +17,7 @@ import pytest
 from src.errors import InvalidRequest
 from src.sandbox.amplitude import OMIT, AmplitudeServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
+from src.sandbox.hubspot import HubSpotServer, contact_id_for
 from src.sandbox.salesforce import SANDBOX_LEAD_QUEUE_ID, SANDBOX_TASK_OWNER_ID, SalesforceServer
 from src.services.amplitude import AmplitudeClient
 from src.services.amplitude_dates import value_shape
@@ -296,3 +297,45 @@ async def test_amplitude_sandbox_refuses_what_amplitude_refuses(
     }[headers]
     status, body = await raw(method, f"{amplitude.base_url}{path}", auth, params={"user": "x"})
     assert status == expected and isinstance(body, dict) and body["message"]
+
+
+# -- 5. strict sandboxes: HubSpot -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def hubspot() -> AsyncIterator[HubSpotServer]:
+    srv = HubSpotServer()
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+def note(contact_id: str, timestamp: str) -> dict[str, Any]:
+    kind = {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 202}
+    return {
+        "properties": {"hs_note_body": "Call summary", "hs_timestamp": timestamp},
+        "associations": [{"to": {"id": contact_id}, "types": [kind]}],
+    }
+
+
+async def test_hubspot_sandbox_refuses_what_hubspot_refuses(hubspot: HubSpotServer) -> None:
+    auth = {"Authorization": f"Bearer {SANDBOX_CREDENTIALS['HUBSPOT_ACCESS_TOKEN']}"}
+    jane = contact_id_for(JANE)
+    notes = f"{hubspot.base_url}/crm/v3/objects/notes"
+    cases = [
+        ("POST", notes, note(jane, "2025-03-12T15:00:00.000Z"), 201),
+        ("POST", notes, note(jane, "1741791600000"), 201),
+        ("POST", notes, note(jane, "March 12"), 400),
+        ("POST", notes, note(jane, "2025-03-12"), 400),  # a date-time, not a date
+        ("POST", notes, note(JANE.email, "2025-03-12T15:00:00Z"), 400),  # ids are numeric
+        ("GET", f"{hubspot.base_url}/crm/v3/objects/contacts/search", None, 405),
+        ("POST", f"{hubspot.base_url}/crm/v3/objects/contact/search", {}, 404),
+    ]
+    for method, url, body, expected in cases:
+        status, answer = await raw(method, url, auth, json=body)
+        assert status == expected, (method, url, body)
+        if expected >= 400:
+            assert answer["status"] == "error" and answer["category"] and answer["correlationId"]
+    assert len(hubspot.notes) == 2
+    status, answer = await raw("POST", notes, {"Authorization": "Basic abc"}, json=note(jane, "1"))
+    assert (status, answer["category"]) == (401, "INVALID_AUTHENTICATION")

@@ -21,7 +21,7 @@ from .chilipiper import ChiliPiperServer
 from .data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from .hubspot import HubSpotServer
 from .openai_server import OpenAIServer, ToolCall, ToolOutput, Turn
-from .salesforce import SANDBOX_TASK_OWNER_ID, SalesforceServer
+from .salesforce import SalesforceServer
 
 __all__ = [
     "DEFAULT_PORT_BASE",
@@ -153,7 +153,6 @@ class Sandbox:
             "SALESFORCE_INSTANCE_URL": self.salesforce.base_url,
             "SALESFORCE_CLIENT_ID": creds["SALESFORCE_CLIENT_ID"],
             "SALESFORCE_CLIENT_SECRET": creds["SALESFORCE_CLIENT_SECRET"],
-            "SALESFORCE_TASK_OWNER_ID": SANDBOX_TASK_OWNER_ID,
             "HUBSPOT_BASE_URL": self.hubspot.base_url,
             "HUBSPOT_ACCESS_TOKEN": creds["HUBSPOT_ACCESS_TOKEN"],
             "CHILIPIPER_BASE_URL": self.chilipiper.base_url,
