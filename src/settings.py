@@ -118,11 +118,32 @@ DEFAULT_RESILIENCE = ResilienceSettings()
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """Amplitude credentials and address."""
+    """Amplitude credentials and address, and our client-side share of its quota.
+
+    Attributes:
+        hourly_query_budget: User Search + User Activity queries per sliding hour
+            (``AMPLITUDE_HOURLY_QUERY_BUDGET``, 360: Amplitude's documented per-project
+            limit; a usage lookup costs 2). 0 turns the budget off.
+        max_concurrent: requests in flight at once (``AMPLITUDE_MAX_CONCURRENT``, 10, the
+            documented limit). 0 turns the cap off.
+        usage_cache_ttl: seconds a person's usage is reused without a request
+            (``AMPLITUDE_USAGE_CACHE_TTL``, 600). 0 turns the cache off.
+    """
 
     api_key: str = ""
     secret_key: str = ""
     base_url: str = AMPLITUDE_DEFAULT_URL
+    hourly_query_budget: int = 360
+    max_concurrent: int = 10
+    usage_cache_ttl: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.hourly_query_budget < 0:
+            raise SettingsError("AMPLITUDE_HOURLY_QUERY_BUDGET must be >= 0 (0 turns it off)")
+        if self.max_concurrent < 0:
+            raise SettingsError("AMPLITUDE_MAX_CONCURRENT must be >= 0 (0 turns it off)")
+        if self.usage_cache_ttl < 0:
+            raise SettingsError("AMPLITUDE_USAGE_CACHE_TTL must be >= 0 seconds (0 turns it off)")
 
     @property
     def configured(self) -> bool:
@@ -329,6 +350,9 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             api_key=_secret(env, "AMPLITUDE_API_KEY"),
             secret_key=_secret(env, "AMPLITUDE_SECRET_KEY"),
             base_url=_url(env, "AMPLITUDE_BASE_URL", AMPLITUDE_DEFAULT_URL),
+            hourly_query_budget=_int(env, "AMPLITUDE_HOURLY_QUERY_BUDGET", 360),
+            max_concurrent=_int(env, "AMPLITUDE_MAX_CONCURRENT", 10),
+            usage_cache_ttl=_float(env, "AMPLITUDE_USAGE_CACHE_TTL", 600.0),
         ),
         salesforce=SalesforceSettings(
             instance_url=_url(env, "SALESFORCE_INSTANCE_URL"),

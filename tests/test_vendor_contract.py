@@ -5,7 +5,9 @@ and each stand-in refusing what its vendor refuses, with the vendor's error shap
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -14,22 +16,39 @@ from typing import Any
 import aiohttp
 import pytest
 
+from src.agent import PandaDocTrialistAgent
+from src.error_recovery import CircuitState
 from src.errors import InvalidRequest
+from src.phrases import USAGE_FALLBACK
+from src.sandbox import Sandbox
 from src.sandbox.amplitude import OMIT, AmplitudeServer
-from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
+from src.sandbox.base import FaultKind
+from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS, TrialUser
 from src.sandbox.hubspot import HubSpotServer, contact_id_for
 from src.sandbox.salesforce import SANDBOX_LEAD_QUEUE_ID, SANDBOX_TASK_OWNER_ID, SalesforceServer
-from src.services.amplitude import AmplitudeClient
+from src.services.amplitude import QUERIES_PER_LOOKUP, AmplitudeClient, TrialUsage
 from src.services.amplitude_dates import value_shape
 from src.services.http import HttpOptions
+from src.services.quota import (
+    MemoryQuotaStore,
+    MemoryUsageCache,
+    QuotaExhausted,
+    VendorLimiter,
+    cache_key,
+)
 from src.services.salesforce import SalesforceClient
+from src.services.wiring import TrialistServices
+from src.session import build_session
 from src.settings import SettingsError, settings_from_env
+from src.state import TrialistData
 from src.validation import is_valid_salesforce_id, salesforce_id_checksum
+from tests.test_agent import NoSleep, fast_settings, tool_output
 
 FAST = HttpOptions(timeout=0.5, connect_timeout=0.3)
 SF_ID = SANDBOX_CREDENTIALS["SALESFORCE_CLIENT_ID"]
 SF_SECRET = SANDBOX_CREDENTIALS["SALESFORCE_CLIENT_SECRET"]
 JANE = next(u for u in TRIAL_USERS if u.email.startswith("jane."))
+SAM = next(u for u in TRIAL_USERS if u.email.startswith("sam."))
 
 
 @pytest.fixture
@@ -339,3 +358,224 @@ async def test_hubspot_sandbox_refuses_what_hubspot_refuses(hubspot: HubSpotServ
     assert len(hubspot.notes) == 2
     status, answer = await raw("POST", notes, {"Authorization": "Basic abc"}, json=note(jane, "1"))
     assert (status, answer["category"]) == (401, "INVALID_AUTHENTICATION")
+
+
+# -- 3. Amplitude quota and usage cache ------------------------------------------------------------
+
+
+class Ticker:
+    """A monotonic clock that moves only when told to; its ``sleep`` advances it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)  # let in-flight requests run, without waiting
+
+
+def bulk_users(count: int) -> tuple[TrialUser, ...]:
+    return tuple(
+        dataclasses.replace(JANE, email=f"trialist{i}@bulk.example.com", amplitude_id=200_000 + i)
+        for i in range(count)
+    )
+
+
+def limited_client(
+    server: AmplitudeServer,
+    ticker: Ticker,
+    *,
+    store: MemoryQuotaStore | None = None,
+    cache_ttl: float = 600.0,
+    budget: int = 360,
+    concurrent: int = 10,
+) -> AmplitudeClient:
+    limiter = VendorLimiter(
+        "amplitude",
+        store or MemoryQuotaStore(ticker),
+        hourly_budget=budget,
+        max_concurrent=concurrent,
+        sleep=ticker.sleep,
+        clock=ticker,
+    )
+    return AmplitudeClient(
+        AMP_KEY,
+        AMP_SECRET,
+        server.base_url,
+        options=FAST,
+        clock=lambda: NOW,
+        limiter=limiter,
+        cache=MemoryUsageCache(ticker),
+        cache_ttl=cache_ttl,
+    )
+
+
+def test_quota_settings_have_the_documented_defaults() -> None:
+    amplitude = settings_from_env({}).amplitude
+    assert (amplitude.hourly_query_budget, amplitude.max_concurrent) == (360, 10)
+    assert amplitude.usage_cache_ttl == 600.0
+    assert QUERIES_PER_LOOKUP == 2
+    custom = settings_from_env(
+        {
+            "AMPLITUDE_HOURLY_QUERY_BUDGET": "120",
+            "AMPLITUDE_MAX_CONCURRENT": "4",
+            "AMPLITUDE_USAGE_CACHE_TTL": "0",
+        }
+    ).amplitude
+    assert (custom.hourly_query_budget, custom.max_concurrent, custom.usage_cache_ttl) == (
+        120,
+        4,
+        0.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AMPLITUDE_HOURLY_QUERY_BUDGET", "-1"),
+        ("AMPLITUDE_HOURLY_QUERY_BUDGET", "lots"),
+        ("AMPLITUDE_MAX_CONCURRENT", "-3"),
+        ("AMPLITUDE_USAGE_CACHE_TTL", "-5"),
+    ],
+)
+def test_bad_quota_settings_stop_start(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        settings_from_env({name: value})
+
+
+async def test_the_361st_lookup_in_an_hour_is_cached_or_refused_without_a_request() -> None:
+    users = bulk_users(181)
+    server = AmplitudeServer(now=lambda: NOW, users=users)
+    await server.start()
+    ticker = Ticker()
+    try:
+        async with limited_client(server, ticker) as client:
+            for user in users[:180]:  # 180 lookups x 2 queries: the hourly budget, spent
+                assert (await client.get_trial_usage(user.email)).documents_created == 14
+                ticker.now += 5.0  # spread over fifteen minutes
+            sent = len(server.requests())
+            assert sent == 360
+
+            # Lookups 181 to 361: a cached person is answered, a new one refused; no request.
+            for i in range(181):
+                if i % 2:
+                    with pytest.raises(QuotaExhausted) as info:
+                        await client.get_trial_usage(users[180].email)
+                    assert not info.value.retryable and not info.value.counts_for_breaker
+                else:
+                    # looked up in the last ten minutes (the cache's lifetime)
+                    usage = await client.get_trial_usage(users[179 - i // 2].email)
+                    assert usage.trial_days_left == 7
+            assert len(server.requests()) == sent
+
+            ticker.now += 3600.0  # the window slides: the budget is back, the cache expired
+            await client.get_trial_usage(users[180].email)
+            await client.get_trial_usage(users[0].email)
+            assert len(server.requests()) == sent + 4
+    finally:
+        await server.stop()
+
+
+async def test_no_more_requests_in_flight_than_the_concurrency_cap(
+    amplitude: AmplitudeServer,
+) -> None:
+    amplitude.inject("/api/2/usersearch", FaultKind.SLOW, delay_ms=300)
+    ticker = Ticker()
+    async with limited_client(amplitude, ticker, concurrent=2, cache_ttl=0) as client:
+        outcomes = await asyncio.gather(
+            *(client.get_trial_usage(JANE.email) for _ in range(3)), return_exceptions=True
+        )
+    refused = [o for o in outcomes if isinstance(o, QuotaExhausted)]
+    assert len(refused) == 1 and sum(isinstance(o, TrialUsage) for o in outcomes) == 2
+    assert len(amplitude.requests("/api/2/usersearch")) == 2
+    assert sum(ticker.slept) >= 1.0  # waited (on the fake clock) for a slot, then gave up
+
+
+async def test_a_slot_freed_in_time_is_taken() -> None:
+    ticker = Ticker()
+    limiter = VendorLimiter(
+        "x",
+        MemoryQuotaStore(ticker),
+        hourly_budget=0,
+        max_concurrent=1,
+        sleep=ticker.sleep,
+        clock=ticker,
+    )
+    entered = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def holder() -> None:
+        async with limiter.slot():
+            entered.set()
+            await leave.wait()
+
+    task = asyncio.create_task(holder())
+    await entered.wait()
+    waiter_done = False
+
+    async def waiter() -> None:
+        nonlocal waiter_done
+        async with limiter.slot():
+            waiter_done = True
+
+    second = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    leave.set()
+    await asyncio.gather(task, second)
+    assert waiter_done and ticker.now - 1000.0 < 1.0
+
+
+async def test_a_lease_never_released_expires() -> None:
+    ticker = Ticker()
+    store = MemoryQuotaStore(ticker)
+    assert await store.acquire("k", 1, lease_s=10.0) is not None
+    assert await store.acquire("k", 1, lease_s=10.0) is None
+    ticker.now += 10.0
+    assert await store.acquire("k", 1, lease_s=10.0) is not None
+
+
+def test_cache_keys_hold_no_email() -> None:
+    key = cache_key("amplitude", " Jane.Doe@Acme.example.com ")
+    assert key == cache_key("amplitude", "jane.doe@acme.example.com")
+    assert "jane" not in key.lower() and "@" not in key
+
+
+async def test_spent_budget_is_spoken_as_the_fallback_and_the_cache_still_answers() -> None:
+    """Through the agent's tool: no request, a natural sentence, the circuit untouched."""
+    ticker = Ticker()
+    store = MemoryQuotaStore(ticker)
+    async with Sandbox() as sandbox:
+        settings = fast_settings(sandbox.env())
+        services = TrialistServices.from_settings(settings, quota_store=store)
+        agent = PandaDocTrialistAgent(services, settings, sleep=NoSleep())
+        data = TrialistData(email=JANE.email)
+        session = build_session(settings, userdata=data, tts_model=None, stt_model=None)
+        try:
+            async with session:
+                await session.start(agent)
+                result = await session.run(user_input="How is my trial usage going?")
+                assert "fourteen documents" in tool_output(result, "get_trial_usage").output
+
+                key = "amplitude:quota:hour"
+                assert store.used(key) == QUERIES_PER_LOOKUP
+                assert await store.charge(key, 358, 360, 3600.0)  # the rest of the hour's
+                assert store.used(key) == 360
+                sent = len(sandbox.amplitude.requests())
+                result = await session.run(user_input="How is my trial usage going?")
+                out = tool_output(result, "get_trial_usage")  # cached: answered anyway
+                assert not out.is_error and "fourteen documents" in out.output
+
+                data.usage = None
+                data.email = SAM.email
+                result = await session.run(user_input="How is my trial usage going?")
+                out = tool_output(result, "get_trial_usage")
+                assert out.is_error and out.output == USAGE_FALLBACK
+                assert len(sandbox.amplitude.requests()) == sent
+                assert agent.circuit_breakers["amplitude"].state is CircuitState.CLOSED
+        finally:
+            await services.aclose()
