@@ -177,6 +177,30 @@ async def test_salesforce_sandbox_answers_post_query_like_salesforce(
     assert missing_status == 404 and missing_body[0]["errorCode"] == "NOT_FOUND"
 
 
+@pytest.mark.parametrize(
+    ("task", "code", "field"),
+    [
+        ({"WhoId": "00Q-not-an-id"}, "MALFORMED_ID", "WhoId"),
+        ({"OwnerId": "rep@example.com"}, "MALFORMED_ID", "OwnerId"),
+        ({"OwnerId": SANDBOX_LEAD_QUEUE_ID}, "INVALID_CROSS_REFERENCE_KEY", "OwnerId"),
+        ({"Subject": ""}, "REQUIRED_FIELD_MISSING", "Subject"),
+    ],
+)
+async def test_salesforce_sandbox_refuses_malformed_tasks_like_salesforce(
+    salesforce: SalesforceServer, task: dict[str, str], code: str, field: str
+) -> None:
+    who_id = next(r["Id"] for r in salesforce.records if r["Email"] == JANE.email)
+    url = f"{salesforce.base_url}/services/data/v63.0/sobjects/Task"
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {await sf_token(http, salesforce)}"}
+        body = {"WhoId": who_id, "Subject": "Call summary", **task}
+        async with http.post(url, json=body, headers=headers) as resp:
+            status, answer = resp.status, await resp.json()
+    assert status == 400
+    assert answer == [{"message": answer[0]["message"], "errorCode": code, "fields": [field]}]
+    assert salesforce.tasks == []
+
+
 async def raw(method: str, url: str, headers: dict[str, str], **kwargs: Any) -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession() as http,

@@ -27,7 +27,8 @@ Endpoints (vendor shapes):
   another person's row.
 * ``POST /services/data/vXX.X/sobjects/Task``: stores the Task on :attr:`tasks`. The
   ``WhoId`` must be a seeded Lead/Contact and an ``OwnerId``, when sent, a seeded user
-  (``005...``; a queue cannot own a Task here): else 400 ``INVALID_CROSS_REFERENCE_KEY``.
+  (``005...``; a queue cannot own a Task here): else 400 ``INVALID_CROSS_REFERENCE_KEY``,
+  or 400 ``MALFORMED_ID`` when the value is not even shaped like a 15/18-character id.
   Records are owned by users, or by :data:`SANDBOX_LEAD_QUEUE_ID` when added so.
 
 Data errors use Salesforce's list shape ``[{"message", "errorCode", "fields"?}]``; a
@@ -100,6 +101,7 @@ _FIELDS: dict[str, frozenset[str]] = {
         }
     ),
 }
+_ID_SHAPE = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 _KEY_PREFIX = {"Lead": "00Q", "Contact": "003", "Task": "00T"}
 
 # -- SOQL --------------------------------------------------------------------------------
@@ -432,6 +434,15 @@ class SalesforceServer(SandboxServer):
             )
         if len(subject) > 255:
             return _errors(400, "STRING_TOO_LONG", "Subject: data value too large", ["Subject"])
+        for name, label in (("WhoId", "Name ID"), ("OwnerId", "Assigned To ID")):
+            value = body.get(name)
+            if value is not None and not (
+                isinstance(value, str)
+                and re.fullmatch(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?", value)
+            ):
+                return _errors(
+                    400, "MALFORMED_ID", f"{label}: id value of incorrect type: {value}", [name]
+                )
         who_id = body.get("WhoId")
         if not any(r["Id"] == who_id for r in self.records):
             return _errors(
