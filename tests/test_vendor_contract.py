@@ -603,3 +603,45 @@ async def test_spent_budget_is_spoken_as_the_fallback_and_the_cache_still_answer
                 assert agent.circuit_breakers["amplitude"].state is CircuitState.CLOSED
         finally:
             await services.aclose()
+
+
+class BrokenStore:
+    """A shared store that is down: every call raises."""
+
+    async def charge(self, key: str, cost: int, limit: int, window_s: float) -> bool:
+        raise ConnectionError("store down")
+
+    async def acquire(self, key: str, limit: int, lease_s: float) -> str | None:
+        raise ConnectionError("store down")
+
+    async def release(self, key: str, lease: str) -> None:
+        raise ConnectionError("store down")
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        raise ConnectionError("store down")
+
+    async def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        raise ConnectionError("store down")
+
+
+async def test_a_store_that_is_down_neither_blocks_nor_breaks_a_lookup(
+    amplitude: AmplitudeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    broken = BrokenStore()
+    limiter = VendorLimiter("amplitude", broken, hourly_budget=360, max_concurrent=10)
+    async with AmplitudeClient(
+        AMP_KEY,
+        AMP_SECRET,
+        amplitude.base_url,
+        options=FAST,
+        clock=lambda: NOW,
+        limiter=limiter,
+        cache=broken,
+        cache_ttl=600.0,
+    ) as client:
+        usage = await client.get_trial_usage(JANE.email)
+    assert usage.documents_created == 14
+    assert len(amplitude.requests()) == 2
+    assert "quota store unavailable (ConnectionError)" in caplog.text
+    assert "usage cache unavailable (ConnectionError)" in caplog.text

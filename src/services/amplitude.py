@@ -294,7 +294,11 @@ class AmplitudeClient(ServiceClient):
         (or the cache is off, or its entry is unreadable). Sends nothing."""
         if self._cache is None or not email.strip():
             return None
-        facts = await self._cache.get(cache_key(SERVICE, email))
+        try:
+            facts = await self._cache.get(cache_key(SERVICE, email))
+        except Exception as exc:  # a shared store that is down is only a cache miss
+            logger.warning("amplitude: usage cache unavailable (%s)", type(exc).__name__)
+            return None
         if facts is None:
             return None
         try:
@@ -353,7 +357,10 @@ class AmplitudeClient(ServiceClient):
         facts = _facts(activity.events, trial_end)
         usage = _as_of(facts, self._clock())
         if self._cache is not None:
-            await self._cache.put(cache_key(SERVICE, user_id), facts, self._cache_ttl)
+            try:
+                await self._cache.put(cache_key(SERVICE, user_id), facts, self._cache_ttl)
+            except Exception as exc:
+                logger.warning("amplitude: usage not cached (%s)", type(exc).__name__)
         logger.debug(
             "amplitude usage for amplitude_id=%s: %d events",
             match.amplitude_id,

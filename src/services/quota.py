@@ -7,6 +7,8 @@ request leaves: a lookup is charged its whole cost up front against a sliding on
 budget, and each request holds one of the concurrency slots while it is in flight. When
 the budget is spent (or no slot frees up within ``slot_wait`` seconds) it raises
 :class:`QuotaExhausted` and nothing is sent; the tool answers with its spoken fallback.
+A store that fails is logged and the request goes ahead (fail open: the vendor's own
+429 remains the backstop); a cache that fails is a miss.
 A :class:`UsageCache` answers repeated lookups of the same person without a request.
 
 Both sit on protocols so a fleet store can back them:
@@ -28,11 +30,12 @@ Keys never hold an email: :func:`cache_key` hashes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -215,7 +218,13 @@ class VendorLimiter:
         if self.hourly_budget == 0:
             return
         key = f"{self.service}:quota:hour"
-        if not await self.store.charge(key, cost, self.hourly_budget, HOUR_S):
+        try:
+            allowed = await self.store.charge(key, cost, self.hourly_budget, HOUR_S)
+        except Exception as exc:
+            # Fail open: the vendor's own 429 stays the backstop when the store is down.
+            logger.warning("%s: quota store unavailable (%s)", self.service, type(exc).__name__)
+            return
+        if not allowed:
             logger.warning(
                 "%s: hourly query budget (%d) spent; answering without a request",
                 self.service,
@@ -225,14 +234,22 @@ class VendorLimiter:
             raise QuotaExhausted(self.service, f"{self.service}: hourly query budget spent")
 
     @asynccontextmanager
-    async def slot(self) -> Any:
+    async def slot(self) -> AsyncIterator[None]:
         """Hold one concurrency slot for the duration of a request."""
         if self.max_concurrent == 0:
             yield
             return
         key = f"{self.service}:quota:inflight"
         give_up_at = self._clock() + self._slot_wait
-        while (lease := await self.store.acquire(key, self.max_concurrent, self._lease_s)) is None:
+        while True:
+            try:
+                lease = await self.store.acquire(key, self.max_concurrent, self._lease_s)
+            except Exception as exc:  # fail open, as for the budget
+                logger.warning("%s: quota store unavailable (%s)", self.service, type(exc).__name__)
+                lease = ""
+                break
+            if lease is not None:
+                break
             if self._clock() >= give_up_at:
                 logger.warning(
                     "%s: %d requests already in flight; answering without a request",
@@ -245,4 +262,6 @@ class VendorLimiter:
         try:
             yield
         finally:
-            await self.store.release(key, lease)
+            if lease:  # "": the store failed, there is nothing to give back
+                with contextlib.suppress(Exception):  # an unreleased lease expires anyway
+                    await self.store.release(key, lease)
