@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .redaction import register_secret
-from .validation import is_valid_email
+from .validation import is_valid_email, is_valid_salesforce_id
 
 __all__ = [
     "DEFAULT_RESILIENCE",
@@ -118,11 +118,32 @@ DEFAULT_RESILIENCE = ResilienceSettings()
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """Amplitude credentials and address."""
+    """Amplitude credentials and address, and our client-side share of its quota.
+
+    Attributes:
+        hourly_query_budget: User Search + User Activity queries per sliding hour
+            (``AMPLITUDE_HOURLY_QUERY_BUDGET``, 360: Amplitude's documented per-project
+            limit; a usage lookup costs 2). 0 turns the budget off.
+        max_concurrent: requests in flight at once (``AMPLITUDE_MAX_CONCURRENT``, 10, the
+            documented limit). 0 turns the cap off.
+        usage_cache_ttl: seconds a person's usage is reused without a request
+            (``AMPLITUDE_USAGE_CACHE_TTL``, 600). 0 turns the cache off.
+    """
 
     api_key: str = ""
     secret_key: str = ""
     base_url: str = AMPLITUDE_DEFAULT_URL
+    hourly_query_budget: int = 360
+    max_concurrent: int = 10
+    usage_cache_ttl: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.hourly_query_budget < 0:
+            raise SettingsError("AMPLITUDE_HOURLY_QUERY_BUDGET must be >= 0 (0 turns it off)")
+        if self.max_concurrent < 0:
+            raise SettingsError("AMPLITUDE_MAX_CONCURRENT must be >= 0 (0 turns it off)")
+        if self.usage_cache_ttl < 0:
+            raise SettingsError("AMPLITUDE_USAGE_CACHE_TTL must be >= 0 seconds (0 turns it off)")
 
     @property
     def configured(self) -> bool:
@@ -131,9 +152,20 @@ class ServiceSettings:
 
 @dataclass(frozen=True)
 class SalesforceSettings:
+    """Salesforce org and connected app. ``task_owner_id``: who owns a Task when its
+    record has no user owner (``SALESFORCE_TASK_OWNER_ID``, a 15/18-character id)."""
+
     instance_url: str = ""
     client_id: str = ""
     client_secret: str = ""
+    task_owner_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task_owner_id and not is_valid_salesforce_id(self.task_owner_id):
+            raise SettingsError(
+                "SALESFORCE_TASK_OWNER_ID must be a 15- or 18-character Salesforce id "
+                "(an 18-character id must end with its checksum)"
+            )
 
     @property
     def configured(self) -> bool:
@@ -318,11 +350,15 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             api_key=_secret(env, "AMPLITUDE_API_KEY"),
             secret_key=_secret(env, "AMPLITUDE_SECRET_KEY"),
             base_url=_url(env, "AMPLITUDE_BASE_URL", AMPLITUDE_DEFAULT_URL),
+            hourly_query_budget=_int(env, "AMPLITUDE_HOURLY_QUERY_BUDGET", 360),
+            max_concurrent=_int(env, "AMPLITUDE_MAX_CONCURRENT", 10),
+            usage_cache_ttl=_float(env, "AMPLITUDE_USAGE_CACHE_TTL", 600.0),
         ),
         salesforce=SalesforceSettings(
             instance_url=_url(env, "SALESFORCE_INSTANCE_URL"),
             client_id=_secret(env, "SALESFORCE_CLIENT_ID"),
             client_secret=_secret(env, "SALESFORCE_CLIENT_SECRET"),
+            task_owner_id=_str(env, "SALESFORCE_TASK_OWNER_ID"),
         ),
         hubspot=HubSpotSettings(
             access_token=_secret(env, "HUBSPOT_ACCESS_TOKEN"),

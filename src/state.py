@@ -23,6 +23,7 @@ class TrialistData:
         timezone: IANA zone for speaking demo times.
         usage: product usage found in Amplitude.
         crm_source / crm_record_id / crm_summary: the CRM record found, if any.
+        crm_owner_id: the Salesforce user who owns that record (Tasks are assigned to them).
         offered_slots: demo options offered in this conversation, by option number.
         booked_meeting: the demo booked in this conversation.
         demo_requested: the slot id handed to sales through the CRM when booking failed.
@@ -39,6 +40,7 @@ class TrialistData:
     usage: TrialUsage | None = None
     crm_source: str | None = None
     crm_record_id: str | None = None
+    crm_owner_id: str | None = None
     crm_summary: str | None = None
     offered_slots: dict[int, DemoSlot] = field(default_factory=dict)
     booked_meeting: BookedMeeting | None = None

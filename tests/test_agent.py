@@ -225,6 +225,9 @@ async def test_log_call_summary_writes_a_salesforce_task(rig: Rig) -> None:
     assert not out.is_error and "saved a note" in out.output
     assert rig.data.summaries_logged == 1
     assert len(rig.sandbox.salesforce.tasks) == 1
+    # Assigned to the rep who owns Jane's record, not to the integration user.
+    record = next(r for r in rig.sandbox.salesforce.records if r["Email"] == JANE)
+    assert rig.sandbox.salesforce.tasks[0]["OwnerId"] == record["OwnerId"]
 
 
 # ---------------------------------------------------------------------------------------

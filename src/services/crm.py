@@ -69,6 +69,8 @@ class CrmContact:
         object_type: Salesforce ``"Lead"`` or ``"Contact"``; ``None`` for HubSpot.
         status: Salesforce Lead status, when any.
         owner: the record owner (Salesforce: the rep's name; HubSpot: owner id).
+        owner_id: Salesforce only: the owning *user's* id (``005...``), which a Task for
+            this record is assigned to; ``None`` when a queue owns the record.
         lifecycle_stage: HubSpot's lifecycle stage, when any.
         phone: the phone on the record, only compared with a SIP caller number
             (:mod:`src.identity`); never spoken and never given to the model.
@@ -86,6 +88,7 @@ class CrmContact:
     object_type: str | None = None
     status: str | None = None
     owner: str | None = None
+    owner_id: str | None = None
     lifecycle_stage: str | None = None
     phone: str | None = None
 

@@ -47,6 +47,7 @@ async def lookup_account(rt: ToolRuntime, data: TrialistData, email: str) -> str
     if found is None:
         raise ToolError(ACCOUNT_NOT_FOUND)
     data.crm_source, data.crm_record_id = found.source, found.id
+    data.crm_owner_id = found.owner_id
     data.crm_summary = found.spoken_summary()
     data.name = data.name or found.full_name
     rt.outbox.flush_soon()  # the CRM answers again: send what waited, in the background
@@ -139,8 +140,11 @@ async def crm_write(
         if found is None:
             return "no_record"
         data.crm_source, data.crm_record_id = found.source, found.id
+        data.crm_owner_id = found.owner_id
         data.crm_summary = found.spoken_summary()
-    write = PendingWrite(data.crm_source, data.crm_record_id, subject, body)
+    write = PendingWrite(
+        data.crm_source, data.crm_record_id, subject, body, owner_id=data.crm_owner_id
+    )
     outcome = await rt.outbox.send(write, deadline_at)
     if outcome == "queued":
         rt.outbox.pending.append(write)

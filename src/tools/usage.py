@@ -23,15 +23,18 @@ async def trial_usage(rt: ToolRuntime, data: TrialistData, email: str) -> str:
     client = rt.services.amplitude
     if client is None:
         raise ToolError(USAGE_FALLBACK)
-    try:
-        result = await rt.protected(
-            "amplitude",
-            lambda: client.get_trial_usage(address),
-            USAGE_FALLBACK,
-            reraise=(NotFound, InvalidRequest),
-        )
-    except (NotFound, InvalidRequest):
-        raise ToolError(USAGE_NOT_FOUND) from None
+    # A cached answer needs no request, so it is given even while the circuit is open.
+    result = await client.cached_usage(address)
+    if result is None:
+        try:
+            result = await rt.protected(
+                "amplitude",
+                lambda: client.get_trial_usage(address),
+                USAGE_FALLBACK,
+                reraise=(NotFound, InvalidRequest),
+            )
+        except (NotFound, InvalidRequest):
+            raise ToolError(USAGE_NOT_FOUND) from None
     data.email = address
     data.usage = result
     return result.spoken_summary()
