@@ -231,3 +231,32 @@ def greeting(name: str | None) -> str:
     """The agent's first words: the caller's first name when known."""
     hello = f"Hi {name.split()[0]}! " if name and name.split() else "Hi there! "
     return hello + "I'm Ava from PandaDoc. How is your trial going so far?"
+
+
+# --------------------------------------------------------------------------------------
+# Demo booking through ChiliPiper's two-step API (issue #13)
+# --------------------------------------------------------------------------------------
+
+
+def slot_taken(offers: Mapping[int, str]) -> str:
+    """The chosen time went to someone else; ``offers`` are the fresh options (may be
+    empty)."""
+    if not offers:
+        return (
+            "Someone just took that time, and there are no other open demo times in the "
+            "next few days. Want me to pass your interest to our sales team?"
+        )
+    return "Someone just took that time. " + demo_options(offers)
+
+
+def demo_link_from_sales(when: str, *, queued: bool) -> str:
+    """Booking by voice was not possible; sales will send a link to pick the time."""
+    if queued:
+        return (
+            f"I couldn't book that directly. I've noted {when} for our sales team, and "
+            "they'll email you a link to confirm it or pick another time."
+        )
+    return (
+        f"I couldn't book that directly, so I've passed {when} to our sales team, and "
+        "they'll email you a link to confirm it or pick another time."
+    )

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .redaction import register_secret
+from .services.chilipiper import SchedulingLink
 from .validation import is_valid_email
 
 __all__ = [
@@ -152,14 +153,25 @@ class HubSpotSettings:
 
 @dataclass(frozen=True)
 class ChiliPiperSettings:
+    """ChiliPiper demo booking through a scheduling link (``init-simple`` then
+    ``schedule-simple``).
+
+    Attributes:
+        api_key: ``CHILIPIPER_API_KEY``; its token needs the scheduling-link read and
+            schedule permissions, plus ``meeting.read`` (reconciling an unknown outcome).
+        scheduling_link: ``CHILIPIPER_SCHEDULING_LINK``, the link's slug or its id (UUID).
+        booking_url: ``CHILIPIPER_BOOKING_URL``, the link's public booking page, handed to
+            sales when booking by voice is not possible (optional).
+    """
+
     api_key: str = ""
     base_url: str = CHILIPIPER_DEFAULT_URL
-    distribution_id: str = ""
-    meeting_type_id: str = ""
+    scheduling_link: str = ""
+    booking_url: str = ""
 
     @property
     def configured(self) -> bool:
-        return bool(self.api_key and self.distribution_id and self.meeting_type_id)
+        return bool(self.api_key and self.scheduling_link)
 
 
 @dataclass(frozen=True)
@@ -270,6 +282,22 @@ def _secret(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _scheduling_link(env: Mapping[str, str]) -> str:
+    """``CHILIPIPER_SCHEDULING_LINK``: a slug, or an id that must be a well-formed UUID; a
+    bad one stops the worker at start (the message names the variable, not the value)."""
+    name = "CHILIPIPER_SCHEDULING_LINK"
+    value = _str(env, name)
+    if not value:
+        if _str(env, "CHILIPIPER_API_KEY"):
+            raise SettingsError(f"{name} is required when CHILIPIPER_API_KEY is set")
+        return ""
+    try:
+        link = SchedulingLink.parse(value)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    return link.id or link.slug or ""
+
+
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Build :class:`Settings` from a mapping (``os.environ`` or a test dict)."""
     d = DEFAULT_RESILIENCE
@@ -331,8 +359,8 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         chilipiper=ChiliPiperSettings(
             api_key=_secret(env, "CHILIPIPER_API_KEY"),
             base_url=_url(env, "CHILIPIPER_BASE_URL", CHILIPIPER_DEFAULT_URL),
-            distribution_id=_str(env, "CHILIPIPER_DISTRIBUTION_ID"),
-            meeting_type_id=_str(env, "CHILIPIPER_MEETING_TYPE_ID"),
+            scheduling_link=_scheduling_link(env),
+            booking_url=_url(env, "CHILIPIPER_BOOKING_URL", schemes=("https", "http")),
         ),
     )
 

@@ -43,6 +43,7 @@ async def lookup_account(rt: ToolRuntime, data: TrialistData, email: str) -> str
     data.crm_source, data.crm_record_id = found.source, found.id
     data.crm_summary = found.spoken_summary()
     data.name = data.name or found.full_name
+    data.company = data.company or found.company
     rt.outbox.flush_soon()  # the CRM answers again: send what waited, in the background
     return data.crm_summary
 
