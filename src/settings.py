@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .redaction import register_secret
-from .services.chilipiper import SchedulingLink
+from .services.chilipiper_model import SchedulingLink
 from .validation import is_valid_email
 
 __all__ = [

@@ -21,8 +21,9 @@ Errors use the vendor's envelope ``{errorCode, errorMessage, arguments}``; a mal
 is 400 ``Invalid value for: body`` as plain text. Auth: ``Authorization: Bearer <key>``.
 
 Scenario controls: :meth:`~ChiliPiperServer.take` (someone else books a time),
-:meth:`~ChiliPiperServer.expire_routes`, :meth:`~ChiliPiperServer.lose_next_schedule`
-(the next schedule's answer is lost, after or before it applied).
+:meth:`~ChiliPiperServer.steal_next_schedule`, :meth:`~ChiliPiperServer.expire_routes`,
+:meth:`~ChiliPiperServer.lose_next_schedule` (the answer is lost, after or before it
+applied).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class ChiliPiperServer(SandboxServer):
         self.routes: dict[str, _Route] = {}
         self._lose_next: bool | None = None  # applied-before-losing flag for the next schedule
         self._lost = asyncio.Event()
+        self._steal_next = False
         super().__init__()
 
     def add_routes(self, app: web.Application) -> None:
@@ -183,6 +185,11 @@ class ChiliPiperServer(SandboxServer):
         self.meetings.append(meeting)
         return meeting
 
+    def steal_next_schedule(self) -> None:
+        """Someone else books the time the next ``schedule-simple`` asks for, just before it
+        arrives."""
+        self._steal_next = True
+
     def expire_routes(self) -> None:
         """Every route handed out so far expires."""
         for route in self.routes.values():
@@ -197,6 +204,7 @@ class ChiliPiperServer(SandboxServer):
         super().clear(endpoint)
         if endpoint is None:
             self._lose_next = None
+            self._steal_next = False
             self._lost.set()
             self._lost = asyncio.Event()
 
@@ -318,6 +326,9 @@ class ChiliPiperServer(SandboxServer):
         if route is None:
             return self._error(404, "RouteNotFound", "Routing not found")
         lose, self._lose_next = self._lose_next, None
+        if self._steal_next and start not in self.active_starts():
+            self._steal_next = False
+            self.take(start)
         if route.used or self.clock() - route.created > self.route_ttl:
             answer: dict[str, Any] = {"type": "Failure", "reason": "RouteExpired"}
         elif start not in route.start_times or start in self.active_starts():

@@ -39,18 +39,27 @@ marked **UNCONFIRMED WIRE FORMAT** below; change them there and nowhere else.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 
 from ..errors import BadResponse, InvalidRequest, NotFound, ServiceError
-from ..phrases import booked
 from ..redaction import get_logger, register_secret
 from ..validation import is_valid_email
+from .chilipiper_model import (
+    MAX_WINDOW,
+    BookedMeeting,
+    BookingSession,
+    DemoSlot,
+    FormField,
+    Guest,
+    SchedulingLink,
+    business_window,
+    spoken_time,
+    utc_iso,
+)
 from .http import (
     DEFAULT_HTTP_OPTIONS,
     HttpOptions,
@@ -82,8 +91,6 @@ DEFAULT_BASE_URL = "https://fire.chilipiper.com/api/fire-edge"
 INIT_PATH = "/v1/org/schedulingLinks/init-simple"
 SCHEDULE_PATH = "/v1/org/schedulingLinks/routing/{route_id}/schedule-simple"
 MEETINGS_PATH = "/v2/org/meetings/meetings"  # meetingListPut, scope meeting.read
-MAX_WINDOW = timedelta(days=7)
-SLUG_PATTERN = re.compile(r"[-0-9a-z_]+")  # the OpenAPI ``slug`` pattern
 
 logger = get_logger("pandadoc.services.chilipiper")
 
@@ -101,131 +108,6 @@ class FormIncomplete(InvalidRequest):
     """The booking form requires a field we cannot fill; nothing was sent."""
 
 
-# -- values --------------------------------------------------------------------------------
-
-
-def spoken_time(when: datetime, tz: tzinfo) -> str:
-    """``when`` in ``tz`` the way people say it: ``"Tuesday at 3 PM"``,
-    ``"Friday at 9:30 AM"``, ``"Monday at 12 PM"``."""
-    local = when.astimezone(tz)
-    hour = local.hour % 12 or 12
-    minutes = f":{local.minute:02d}" if local.minute else ""
-    return f"{local:%A} at {hour}{minutes} {'AM' if local.hour < 12 else 'PM'}"
-
-
-def _utc_iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def business_window(now: datetime, business_days: int = 3) -> tuple[datetime, timedelta]:
-    """From ``now`` to the end (UTC midnight) of the ``business_days``-th weekday after
-    today: "the next few business days", never longer than the API's 7 days."""
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    day, counted = now.astimezone(UTC).date(), 0
-    while counted < business_days:
-        day += timedelta(days=1)
-        counted += day.weekday() < 5
-    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
-    return now, min(end - now, MAX_WINDOW)
-
-
-@dataclass(frozen=True)
-class SchedulingLink:
-    """``CHILIPIPER_SCHEDULING_LINK``: a link slug, or a link id (a UUID)."""
-
-    slug: str | None = None
-    id: str | None = None
-
-    @classmethod
-    def parse(cls, value: str) -> SchedulingLink:
-        """A UUID is an id, anything else must be a slug; ``ValueError`` otherwise (the
-        message never repeats the value)."""
-        value = value.strip()
-        # Shaped like a UUID (hex groups split by four hyphens): meant as an id.
-        if (re.fullmatch(r"[0-9a-fA-F-]+", value) and value.count("-") >= 4) or re.fullmatch(
-            r"[0-9a-fA-F]{8}(-\w+){4}", value
-        ):
-            try:
-                return cls(id=str(uuid.UUID(value)))
-            except ValueError:
-                raise ValueError("a scheduling link id must be a UUID") from None
-        if SLUG_PATTERN.fullmatch(value):
-            return cls(slug=value)
-        raise ValueError("a scheduling link is a slug (a-z, 0-9, - and _) or a UUID")
-
-
-@dataclass(frozen=True)
-class DemoSlot:
-    """An open demo time; ``slot_id`` derives from the start time alone
-    (``slot-20250107T1500Z``), so the same time offered twice has the same id."""
-
-    slot_id: str
-    starts_at: datetime
-
-    def __post_init__(self) -> None:
-        if self.starts_at.tzinfo is None or self.starts_at.utcoffset() is None:
-            raise ValueError("DemoSlot.starts_at must be timezone-aware")
-
-    @classmethod
-    def at(cls, starts_at: datetime) -> DemoSlot:
-        if starts_at.tzinfo is None:
-            raise ValueError("DemoSlot.starts_at must be timezone-aware")
-        return cls(f"slot-{starts_at.astimezone(UTC):%Y%m%dT%H%MZ}", starts_at)
-
-    def spoken(self, tz: tzinfo) -> str:
-        return spoken_time(self.starts_at, tz)
-
-
-@dataclass(frozen=True)
-class FormField:
-    """A booking-form field: ``requirement`` is Required, Optional or Hidden (then
-    ``value`` is what must be passed)."""
-
-    reference: str
-    requirement: str
-    value: str | None = None
-
-
-@dataclass(frozen=True)
-class BookingSession:
-    """What ``init-simple`` answered: a single-use route and its open start times."""
-
-    route_id: str
-    start_times: tuple[datetime, ...]
-    form_fields: tuple[FormField, ...] = ()
-
-    def slots(self, limit: int = 3) -> list[DemoSlot]:
-        return [DemoSlot.at(s) for s in sorted(self.start_times)[:limit]]
-
-    def offers(self, starts_at: datetime) -> bool:
-        return starts_at in self.start_times
-
-
-@dataclass(frozen=True)
-class Guest:
-    """Who the demo is for. ``timezone`` is an IANA name."""
-
-    email: str
-    timezone: str
-    name: str = ""
-    company: str = ""
-
-
-@dataclass(frozen=True)
-class BookedMeeting:
-    """A demo that exists in ChiliPiper."""
-
-    meeting_id: str
-    starts_at: datetime
-    slot_id: str
-
-    def spoken_summary(self, tz: tzinfo | None = None) -> str:
-        """One sentence confirming the booking, never ids; without the caller's zone it
-        leaves the time out rather than speak it in a zone the caller may not be in."""
-        return booked(None if tz is None else spoken_time(self.starts_at, tz))
-
-
 # == UNCONFIRMED WIRE FORMAT ===================================================================
 # ChiliPiper publishes init-simple / schedule-simple only informally, and the meeting list's
 # item shape only in prose ("payload structure might change"). Every field name below comes
@@ -239,7 +121,7 @@ def _init_body(link: SchedulingLink, guest: Guest, start: datetime, span: timede
         "link": ref,
         "guestEmail": guest.email,
         "guestTimezone": guest.timezone,
-        "interval": {"startsAt": _utc_iso(start), "duration": f"PT{int(span.total_seconds())}S"},
+        "interval": {"startsAt": utc_iso(start), "duration": f"PT{int(span.total_seconds())}S"},
         "outputs": ["StartTimes"],
     }
 
@@ -271,7 +153,7 @@ def _parse_session(data: Any) -> BookingSession:
 
 def _schedule_body(guest: Guest, starts_at: datetime, form: Mapping[str, str]) -> Any:
     return {
-        "startTime": _utc_iso(starts_at),
+        "startTime": utc_iso(starts_at),
         "guestEmail": guest.email,
         "guestTimezone": guest.timezone,
         "formData": dict(form),
@@ -290,8 +172,8 @@ def _parse_outcome(data: Any) -> tuple[str | None, str | None]:
 
 def _meetings_query(email: str, starts_at: datetime) -> Any:
     return {
-        "start": _utc_iso(starts_at),
-        "end": _utc_iso(starts_at + timedelta(minutes=1)),
+        "start": utc_iso(starts_at),
+        "end": utc_iso(starts_at + timedelta(minutes=1)),
         "guestEmail": email,
         "status": ["Active"],
         "pageSize": 50,
