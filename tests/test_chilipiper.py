@@ -4,6 +4,7 @@ outcome, form fields, the sandbox's strict contract and the fault matrix."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -202,6 +203,27 @@ async def test_a_used_route_is_never_reused(
     routes = [e.path.split("/")[-2] for e in schedules(server)]
     assert len(routes) == 2 and routes[0] != routes[1]
     assert len(server.meetings) == 2
+
+
+async def test_concurrent_and_repeated_bookings_make_one_meeting(
+    client: ChiliPiperClient, server: ChiliPiperServer
+) -> None:
+    session = await opened(client)
+    slot = session.slots()[0]
+    first, second = await asyncio.gather(
+        client.book(session, slot, JANE), client.book(session, slot, JANE)
+    )
+    again = await client.book(session, slot, JANE)
+    assert first == second == again
+    assert len(server.meetings) == 1 and len(schedules(server)) == 1
+
+
+async def test_vendor_route_id_is_validated_before_it_enters_a_path(
+    client: ChiliPiperClient, server: ChiliPiperServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("src.sandbox.chilipiper.uuid.uuid4", lambda: "../../v1/org/other")
+    with pytest.raises(BadResponse):
+        await opened(client)
 
 
 @pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])

@@ -38,6 +38,7 @@ marked **UNCONFIRMED WIRE FORMAT** below; change them there and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -92,6 +93,9 @@ INIT_PATH = "/v1/org/schedulingLinks/init-simple"
 SCHEDULE_PATH = "/v1/org/schedulingLinks/routing/{route_id}/schedule-simple"
 MEETINGS_PATH = "/v2/org/meetings/meetings"  # meetingListPut, scope meeting.read
 
+_ROUTE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_REASON = re.compile(r"[A-Za-z_]{1,64}")
+
 logger = get_logger("pandadoc.services.chilipiper")
 
 
@@ -132,7 +136,9 @@ def _parse_session(data: Any) -> BookingSession:
     if not isinstance(data, dict) or not isinstance(data.get("routeId"), str):
         raise BadResponse(SERVICE, "init-simple answer has no routeId")
     route_id, raw_times = data["routeId"], data.get("startTimes")
-    if not route_id or not isinstance(raw_times, list):
+    if not _ROUTE_ID.fullmatch(route_id):  # it becomes part of a URL path
+        raise BadResponse(SERVICE, "init-simple answer has a malformed routeId")
+    if not isinstance(raw_times, list):
         raise BadResponse(SERVICE, "init-simple answer has no startTimes list")
     times = tuple(_instant(t, "startTimes") for t in raw_times)
     fields: list[FormField] = []
@@ -280,6 +286,8 @@ class ChiliPiperClient(ServiceClient):
         self._now = now
         self._spent: set[str] = set()  # routes a schedule was sent on (single-use)
         self._in_doubt: set[tuple[str, datetime]] = set()  # (email, start): outcome unknown
+        self._booked: dict[tuple[str, datetime], BookedMeeting] = {}  # confirmed here
+        self._lock = asyncio.Lock()
 
     async def open_session(
         self, guest: Guest, start: datetime, span: timedelta | None = None
@@ -333,6 +341,21 @@ class ChiliPiperClient(ServiceClient):
             ServiceError: anything else; an ambiguous one is reconciled by the next call.
         """
         key = (guest.email.casefold(), slot.starts_at.astimezone(UTC))
+        async with self._lock:  # two bookings at once would race for one route
+            known = self._booked.get(key)
+            if known is None:
+                known = await self._book(session, slot, guest, key, now)
+                self._booked[key] = known
+            return known
+
+    async def _book(
+        self,
+        session: BookingSession,
+        slot: DemoSlot,
+        guest: Guest,
+        key: tuple[str, datetime],
+        now: datetime | None,
+    ) -> BookedMeeting:
         if key in self._in_doubt:
             found = await self.find_meeting(guest.email, slot.starts_at)
             if found is not None:
@@ -382,5 +405,6 @@ class ChiliPiperClient(ServiceClient):
             raise
         self._in_doubt.discard(key)
         if meeting_id is None:
-            logger.info("chilipiper: schedule answered Failure (%s)", reason)
+            shown = reason if reason and _REASON.fullmatch(reason) else "unrecognised reason"
+            logger.info("chilipiper: schedule answered Failure (%s)", shown)
         return meeting_id
