@@ -160,6 +160,9 @@ class ChiliPiperSettings:
         api_key: ``CHILIPIPER_API_KEY``; its token needs the scheduling-link read and
             schedule permissions, plus ``meeting.read`` (reconciling an unknown outcome).
         scheduling_link: ``CHILIPIPER_SCHEDULING_LINK``, the link's slug or its id (UUID).
+        concierge_router: ``CHILIPIPER_CONCIERGE_ROUTER``, a Concierge router's slug, used
+            instead of a scheduling link (its token needs the Concierge route and schedule
+            permissions, plus ``meeting.read``).
         booking_url: ``CHILIPIPER_BOOKING_URL``, the link's public booking page, handed to
             sales when booking by voice is not possible (optional).
     """
@@ -168,10 +171,11 @@ class ChiliPiperSettings:
     base_url: str = CHILIPIPER_DEFAULT_URL
     scheduling_link: str = ""
     booking_url: str = ""
+    concierge_router: str = ""
 
     @property
     def configured(self) -> bool:
-        return bool(self.api_key and self.scheduling_link)
+        return bool(self.api_key and (self.scheduling_link or self.concierge_router))
 
 
 @dataclass(frozen=True)
@@ -282,20 +286,26 @@ def _secret(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _scheduling_link(env: Mapping[str, str]) -> str:
-    """``CHILIPIPER_SCHEDULING_LINK``: a slug, or an id that must be a well-formed UUID; a
-    bad one stops the worker at start (the message names the variable, not the value)."""
-    name = "CHILIPIPER_SCHEDULING_LINK"
-    value = _str(env, name)
-    if not value:
+def _scheduling_link(env: Mapping[str, str]) -> tuple[str, str]:
+    """``(CHILIPIPER_SCHEDULING_LINK, CHILIPIPER_CONCIERGE_ROUTER)``, exactly one set when
+    ChiliPiper has a key. A link is a slug, or an id that must be a well-formed UUID; a
+    router is a slug. A bad one stops the worker at start (the message names the
+    variable, never the value)."""
+    name, router_name = "CHILIPIPER_SCHEDULING_LINK", "CHILIPIPER_CONCIERGE_ROUTER"
+    value, router = _str(env, name), _str(env, router_name)
+    if value and router:
+        raise SettingsError(f"set {name} or {router_name}, not both")
+    if not value and not router:
         if _str(env, "CHILIPIPER_API_KEY"):
-            raise SettingsError(f"{name} is required when CHILIPIPER_API_KEY is set")
-        return ""
+            raise SettingsError(f"{name} (or {router_name}) is required with CHILIPIPER_API_KEY")
+        return "", ""
     try:
+        if router:
+            return "", SchedulingLink.concierge(router).router or ""
         link = SchedulingLink.parse(value)
     except ValueError as exc:
-        raise SettingsError(f"{name}: {exc}") from None
-    return link.id or link.slug or ""
+        raise SettingsError(f"{router_name if router else name}: {exc}") from None
+    return link.id or link.slug or "", ""
 
 
 def settings_from_env(env: Mapping[str, str]) -> Settings:
@@ -323,6 +333,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     for name in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
         _secret(env, name)
     _url(env, "LIVEKIT_URL", schemes=("ws", "wss", "http", "https"))
+    cp_link, cp_router = _scheduling_link(env)
     return Settings(
         agent=AgentSettings(
             agent_name=_str(env, "AGENT_NAME", "pandadoc-trialist"),
@@ -359,7 +370,8 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         chilipiper=ChiliPiperSettings(
             api_key=_secret(env, "CHILIPIPER_API_KEY"),
             base_url=_url(env, "CHILIPIPER_BASE_URL", CHILIPIPER_DEFAULT_URL),
-            scheduling_link=_scheduling_link(env),
+            scheduling_link=cp_link,
+            concierge_router=cp_router,
             booking_url=_url(env, "CHILIPIPER_BOOKING_URL", schemes=("https", "http")),
         ),
     )

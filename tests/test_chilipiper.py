@@ -25,9 +25,10 @@ from src.errors import (
     ServiceUnavailable,
 )
 from src.sandbox.base import FaultKind
-from src.sandbox.chilipiper import LINK_ID, ChiliPiperServer, parse_duration
+from src.sandbox.chilipiper import CONCIERGE_ROUTER, LINK_ID, ChiliPiperServer, parse_duration
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from src.services.chilipiper import (
+    CONCIERGE_INIT_PATH,
     INIT_PATH,
     MEETINGS_PATH,
     BookingSession,
@@ -40,6 +41,7 @@ from src.services.chilipiper import (
     spoken_time,
 )
 from src.services.http import HttpOptions
+from src.services.wiring import TrialistServices
 from src.settings import SettingsError, settings_from_env
 from tests.fault_helpers import down_then_up
 
@@ -307,6 +309,50 @@ async def test_required_name_and_company_are_filled(
     }
 
 
+# -- Concierge router instead of a scheduling link --------------------------------------------
+
+
+@pytest.fixture
+async def concierge(server: ChiliPiperServer) -> AsyncIterator[ChiliPiperClient]:
+    link = SchedulingLink.concierge(CONCIERGE_ROUTER)
+    async with ChiliPiperClient(
+        API_KEY, link, server.base_url, options=FAST, now=lambda: MONDAY
+    ) as c:
+        yield c
+
+
+async def test_concierge_books_renews_and_reconciles(
+    concierge: ChiliPiperClient, server: ChiliPiperServer
+) -> None:
+    session = await opened(concierge)
+    [sent] = server.requests(CONCIERGE_INIT_PATH.format(router=CONCIERGE_ROUTER))
+    assert sent.body["form"] == {"email": JANE.email, "name": "Jane Doe", "company": "Acme Corp"}
+    assert sent.body["options"]["guestTimezone"] == JANE.timezone
+    assert len(session.start_times) == 12 and session.form_fields == ()
+
+    server.expire_routes()
+    server.lose_next_schedule(applied=False)
+    with pytest.raises(ServiceTimeout):
+        await concierge.book(session, session.slots()[0], JANE)
+    meeting = await concierge.book(session, session.slots()[0], JANE)
+
+    assert [m.meeting_id for m in server.meetings] == [meeting.meeting_id]
+    assert all("/concierge/routing/" in e.path for e in schedules(server))
+    assert len(server.requests(MEETINGS_PATH)) == 1
+
+
+async def test_concierge_unknown_router_and_booking_link(server: ChiliPiperServer) -> None:
+    async with ChiliPiperClient(
+        API_KEY, SchedulingLink.concierge("no-such-router"), server.base_url, options=FAST
+    ) as unknown:
+        with pytest.raises(InvalidRequest):
+            await opened(unknown)
+    path = CONCIERGE_INIT_PATH.format(router=CONCIERGE_ROUTER)
+    no_window = {"form": {"email": "a@example.com"}, "options": {"guestTimezone": "UTC"}}
+    status, _, text = await _raw(server, "POST", path, no_window)
+    assert status == 200 and server.booking_url in text  # without a window: a link
+
+
 # -- the sandbox's contract ----------------------------------------------------------------------
 
 
@@ -445,6 +491,20 @@ def test_malformed_link_stops_startup_naming_the_variable_not_the_value(value: s
     with pytest.raises(SettingsError) as info:
         settings_from_env(env)
     assert "CHILIPIPER_SCHEDULING_LINK" in str(info.value) and value not in str(info.value)
+
+
+async def test_settings_concierge_router() -> None:
+    env = {"CHILIPIPER_API_KEY": "k", "CHILIPIPER_CONCIERGE_ROUTER": CONCIERGE_ROUTER}
+    cp = settings_from_env(env).chilipiper
+    assert cp.configured and cp.concierge_router == CONCIERGE_ROUTER and not cp.scheduling_link
+    services = TrialistServices.from_settings(settings_from_env(env))
+    assert services.chilipiper is not None
+    assert services.chilipiper.link == SchedulingLink(router=CONCIERGE_ROUTER)
+    with pytest.raises(SettingsError, match="not both"):
+        settings_from_env(env | {"CHILIPIPER_SCHEDULING_LINK": SLUG})
+    with pytest.raises(SettingsError) as info:
+        settings_from_env(env | {"CHILIPIPER_CONCIERGE_ROUTER": "Inbound Demo"})
+    assert "CHILIPIPER_CONCIERGE_ROUTER" in str(info.value) and "Inbound" not in str(info.value)
 
 
 def test_settings_need_a_link_with_a_key_and_validate_the_booking_url() -> None:

@@ -13,6 +13,10 @@
   SlotNoLongerAvailable}``. A Required form field missing, or a Hidden one with another
   value, is 400. Otherwise the meeting is stored on :attr:`ChiliPiperServer.meetings`
   and the answer is ``Success{meetingId}``. Every schedule uses the route up.
+* Concierge: ``POST /v1/org/concierge/routers/{router}/rest`` with ``{form: {email, ...},
+  options: {guestTimezone, interval}}`` opens a route the same way (``routingId``; no form
+  fields); without an interval it answers ``{bookingUrl}``. Its routes are booked at
+  ``/v1/org/concierge/routing/{routingId}/schedule-simple`` with the same rules.
 * ``PUT`` :data:`~src.services.chilipiper.MEETINGS_PATH`: meetings starting in
   ``[start, end)`` (at most 7 days), filtered by ``guestEmail`` and ``status``; answers
   ``{data: [...], hasMore, hasMoreItems}``.
@@ -40,7 +44,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from ..services.chilipiper import INIT_PATH, MEETINGS_PATH
+from ..services.chilipiper import (
+    CONCIERGE_INIT_PATH,
+    CONCIERGE_SCHEDULE_PATH,
+    INIT_PATH,
+    MEETINGS_PATH,
+)
 from .base import SandboxServer
 from .data import DEMO_SLOTS_PER_DAY, SANDBOX_CREDENTIALS
 
@@ -48,6 +57,7 @@ __all__ = ["ChiliPiperServer", "SandboxMeeting", "parse_duration"]
 
 REP_USER_IDS = ("64ee0722-c7c6-4b48-bc89-356c99f1d25d", "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f")
 LINK_ID = "3f2b6c1e-8d4a-4e5f-9a0b-1c2d3e4f5a6b"
+CONCIERGE_ROUTER = "inbound-demo"
 MEETING_MINUTES = 30
 _MAX_WINDOW = timedelta(days=7)
 _ISO_DURATION = re.compile(
@@ -154,6 +164,8 @@ class ChiliPiperServer(SandboxServer):
         self.api_key = SANDBOX_CREDENTIALS["CHILIPIPER_API_KEY"]
         self.slug = SANDBOX_CREDENTIALS["CHILIPIPER_SCHEDULING_LINK"]
         self.link_id = LINK_ID
+        self.router = CONCIERGE_ROUTER
+        self.booking_url = SANDBOX_CREDENTIALS["CHILIPIPER_BOOKING_URL"]
         self.meetings: list[SandboxMeeting] = []
         self.form_fields: list[dict[str, Any]] = [
             {"reference": "email", "requirement": "Required", "dataType": "Email"},
@@ -175,6 +187,8 @@ class ChiliPiperServer(SandboxServer):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(INIT_PATH, self._init)
         app.router.add_post(_SCHEDULE_ROUTE, self._schedule)
+        app.router.add_post(CONCIERGE_INIT_PATH, self._concierge)
+        app.router.add_post(CONCIERGE_SCHEDULE_PATH, self._schedule)
         app.router.add_put(MEETINGS_PATH, self._list)
 
     # -- scenario controls -------------------------------------------------------------------
@@ -285,9 +299,7 @@ class ChiliPiperServer(SandboxServer):
             return self._invalid(str(exc))
         if link != {"slug": self.slug} and link != {"id": self.link_id}:
             return self._error(404, "SchedulingLinkNotFound", "Scheduling link not found")
-        route_id = str(uuid.uuid4())
-        starts = self.slots_between(start, start + duration)
-        self.routes[route_id] = _Route(self.clock(), starts)
+        route_id, starts = self._open_route(start, duration)
         return web.json_response(
             {
                 "routeId": route_id,
@@ -295,6 +307,45 @@ class ChiliPiperServer(SandboxServer):
                 "formFields": self.form_fields,
                 "failures": {},
             }
+        )
+
+    def _open_route(self, start: datetime, duration: timedelta) -> tuple[str, list[datetime]]:
+        route_id = str(uuid.uuid4())
+        starts = self.slots_between(start, start + duration)
+        self.routes[route_id] = _Route(self.clock(), starts)
+        return route_id, starts
+
+    async def _concierge(self, request: web.Request) -> web.Response:
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await self._json(request)
+            form, options = body.get("form"), body.get("options")
+            if not isinstance(form, dict) or not isinstance(options, dict):
+                raise _BadBody("form/options")
+            _text(form, "email", r"[^@\s]+@[^@\s]+")
+            _zone(options)
+            interval = options.get("interval")
+            if interval is not None:
+                if not isinstance(interval, dict) or not isinstance(interval.get("duration"), str):
+                    raise _BadBody("options.interval")
+                start = _aware(interval.get("startsAt"), "options.interval.startsAt")
+                try:
+                    duration = parse_duration(interval["duration"])
+                except ValueError:
+                    raise _BadBody("options.interval.duration") from None
+                if not timedelta(0) < duration <= _MAX_WINDOW:
+                    raise _BadBody("options.interval.duration")
+        except _BadBody as exc:
+            return self._invalid(str(exc))
+        if request.match_info["router"] != self.router:
+            return self._error(404, "RouterNotFound", "Router not found")
+        if interval is None:  # no time window: a link the guest can open
+            return web.json_response({"bookingUrl": self.booking_url})
+        route_id, starts = self._open_route(start, duration)
+        return web.json_response(
+            {"routingId": route_id, "startTimes": [_iso(s) for s in starts], "formFields": []}
         )
 
     def _form_problem(self, form: Any) -> str | None:
@@ -317,7 +368,8 @@ class ChiliPiperServer(SandboxServer):
             start = _aware(body.get("startTime"), "startTime")
             email = _text(body, "guestEmail", r"[^@\s]+@[^@\s]+")
             _zone(body)
-            problem = self._form_problem(body.get("formData"))
+            concierge = "/concierge/" in request.path
+            problem = None if concierge else self._form_problem(body.get("formData"))
             if problem:
                 raise _BadBody(problem)
         except _BadBody as exc:

@@ -4,8 +4,10 @@ ChiliPiper's Edge API books server-side in two steps (``reference/apis/chilipipe
 
 1. :meth:`ChiliPiperClient.open_session` posts ``init-simple`` for the configured
    scheduling link (slug or id), the guest's email and time zone and a window of the next
-   business days. The answer is a single-use, short-lived **route id**, the open **start
-   times** and the booking form's fields (Required / Optional / Hidden{value}). Read-only.
+   business days (or, configured with a Concierge router instead, posts the router's
+   ``rest`` endpoint with the guest as its form). The answer is a single-use, short-lived
+   **route id**, the open **start times** and the booking form's fields (Required /
+   Optional / Hidden{value}). Read-only.
 2. :meth:`ChiliPiperClient.book` posts ``schedule-simple`` on that route with the chosen
    start time and the form data; ChiliPiper answers ``Success{meetingId}`` or
    ``Failure{reason}``. This creates the meeting and sends invites at once.
@@ -70,6 +72,8 @@ from .http import (
 )
 
 __all__ = [
+    "CONCIERGE_INIT_PATH",
+    "CONCIERGE_SCHEDULE_PATH",
     "DEFAULT_BASE_URL",
     "INIT_PATH",
     "MEETINGS_PATH",
@@ -91,6 +95,8 @@ SERVICE = "chilipiper"
 DEFAULT_BASE_URL = "https://fire.chilipiper.com/api/fire-edge"
 INIT_PATH = "/v1/org/schedulingLinks/init-simple"
 SCHEDULE_PATH = "/v1/org/schedulingLinks/routing/{route_id}/schedule-simple"
+CONCIERGE_INIT_PATH = "/v1/org/concierge/routers/{router}/rest"
+CONCIERGE_SCHEDULE_PATH = "/v1/org/concierge/routing/{route_id}/schedule-simple"
 MEETINGS_PATH = "/v2/org/meetings/meetings"  # meetingListPut, scope meeting.read
 
 _ROUTE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -119,23 +125,43 @@ class FormIncomplete(InvalidRequest):
 # else in this module depends on the names.
 
 
-def _init_body(link: SchedulingLink, guest: Guest, start: datetime, span: timedelta) -> Any:
+def _init_request(
+    link: SchedulingLink, guest: Guest, start: datetime, span: timedelta
+) -> tuple[str, Any]:
+    """The path and body that open a booking session."""
+    interval = {"startsAt": utc_iso(start), "duration": f"PT{int(span.total_seconds())}S"}
+    if link.router:
+        # Concierge: the router's form is the input; with an interval it answers times
+        # and a routing id (without one, a booking link).
+        form = {"email": guest.email, "name": guest.name, "company": guest.company}
+        body = {
+            "form": {k: v for k, v in form.items() if v},
+            "options": {"guestTimezone": guest.timezone, "interval": interval},
+        }
+        return CONCIERGE_INIT_PATH.format(router=link.router), body
     ref: dict[str, Any] = {"id": link.id} if link.id else {"slug": link.slug}
-    return {
+    return INIT_PATH, {
         "link": ref,
         "guestEmail": guest.email,
         "guestTimezone": guest.timezone,
-        "interval": {"startsAt": utc_iso(start), "duration": f"PT{int(span.total_seconds())}S"},
+        "interval": interval,
         "outputs": ["StartTimes"],
     }
 
 
+def _schedule_path(link: SchedulingLink, route_id: str) -> str:
+    template = CONCIERGE_SCHEDULE_PATH if link.router else SCHEDULE_PATH
+    return template.format(route_id=route_id)
+
+
 def _parse_session(data: Any) -> BookingSession:
     """``{routeId, startTimes[], formFields[{reference, requirement, dataType}], failures}``;
-    ``requirement`` is ``"Required"``/``"Optional"`` or ``{"type": "Hidden", "value": v}``."""
-    if not isinstance(data, dict) or not isinstance(data.get("routeId"), str):
+    ``requirement`` is ``"Required"``/``"Optional"`` or ``{"type": "Hidden", "value": v}``.
+    Concierge names its route ``routingId``."""
+    route_id = data.get("routeId", data.get("routingId")) if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(route_id, str):
         raise BadResponse(SERVICE, "init-simple answer has no routeId")
-    route_id, raw_times = data["routeId"], data.get("startTimes")
+    raw_times = data.get("startTimes", data.get("slots"))
     if not _ROUTE_ID.fullmatch(route_id):  # it becomes part of a URL path
         raise BadResponse(SERVICE, "init-simple answer has a malformed routeId")
     if not isinstance(raw_times, list):
@@ -256,7 +282,8 @@ class ChiliPiperClient(ServiceClient):
 
     Args:
         api_key: ``CHILIPIPER_API_KEY``, sent as ``Authorization: Bearer <key>``.
-        link: the scheduling link to book through (``CHILIPIPER_SCHEDULING_LINK``).
+        link: the scheduling link (``CHILIPIPER_SCHEDULING_LINK``) or Concierge router
+            (``CHILIPIPER_CONCIERGE_ROUTER``) to book through.
         base_url: API root, default ``https://fire.chilipiper.com/api/fire-edge``.
         booking_url: the link's public booking page (``CHILIPIPER_BOOKING_URL``), handed
             to sales when server-side booking is not possible; never spoken.
@@ -276,8 +303,8 @@ class ChiliPiperClient(ServiceClient):
         session: aiohttp.ClientSession | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        if not api_key or not (link.slug or link.id):
-            raise ValueError("chilipiper: api_key and a scheduling link are required")
+        if not api_key or not (link.slug or link.id or link.router):
+            raise ValueError("chilipiper: api_key and a scheduling link or router are required")
         register_secret(api_key)
         self._http = ServiceHttp(SERVICE, base_url, options=options, session=session)
         self._auth = {"Authorization": f"Bearer {api_key}"}
@@ -300,10 +327,11 @@ class ChiliPiperClient(ServiceClient):
             raise ValueError("start must be aware and the window 1 s to 7 days")
         if not is_valid_email(guest.email):
             raise InvalidRequest(SERVICE, "guest email is not well-formed")
+        path, body = _init_request(self.link, guest, start, span)
         data = await self._http.request(
             "POST",
-            INIT_PATH,
-            json_body=_init_body(self.link, guest, start, span),
+            path,
+            json_body=body,
             headers=self._auth,
             on_404=InvalidRequest,  # the link does not exist: configuration, not retryable
         )
@@ -389,7 +417,7 @@ class ChiliPiperClient(ServiceClient):
         """One ``schedule-simple``: the meeting id, or ``None`` when the route failed or
         is gone (renew it). The outcome is "in doubt" from before the request leaves."""
         body = _schedule_body(guest, slot.starts_at, form_data(session, guest))
-        path = SCHEDULE_PATH.format(route_id=session.route_id)
+        path = _schedule_path(self.link, session.route_id)
         self._spent.add(session.route_id)
         self._in_doubt.add(key)
         try:

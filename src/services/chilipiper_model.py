@@ -61,10 +61,21 @@ def business_window(now: datetime, business_days: int = 3) -> tuple[datetime, ti
 
 @dataclass(frozen=True)
 class SchedulingLink:
-    """``CHILIPIPER_SCHEDULING_LINK``: a link slug, or a link id (a UUID)."""
+    """Where bookings are opened: a scheduling link (``CHILIPIPER_SCHEDULING_LINK``, its
+    ``slug`` or its ``id``, a UUID), or a Concierge router (``CHILIPIPER_CONCIERGE_ROUTER``,
+    its slug in ``router``)."""
 
     slug: str | None = None
     id: str | None = None
+    router: str | None = None
+
+    @classmethod
+    def concierge(cls, value: str) -> SchedulingLink:
+        """A Concierge router by slug; ``ValueError`` (without the value) otherwise."""
+        value = value.strip()
+        if not SLUG_PATTERN.fullmatch(value):
+            raise ValueError("a Concierge router is a slug (a-z, 0-9, - and _)")
+        return cls(router=value)
 
     @classmethod
     def parse(cls, value: str) -> SchedulingLink:

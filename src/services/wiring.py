@@ -61,7 +61,9 @@ class TrialistServices:
             else None,
             chilipiper=ChiliPiperClient(
                 c.api_key,
-                SchedulingLink.parse(c.scheduling_link),
+                SchedulingLink.concierge(c.concierge_router)
+                if c.concierge_router
+                else SchedulingLink.parse(c.scheduling_link),
                 c.base_url,
                 booking_url=c.booking_url,
                 options=options,
