@@ -234,6 +234,23 @@ def greeting(name: str | None) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# Caller identity and privacy (src/tools/policy.py): refusals are spoken as they are
+# --------------------------------------------------------------------------------------
+
+#: A verified caller asked about a different email: nothing is fetched.
+ONLY_THIS_CALL = (
+    "I can only look up the account on this call, so I can't check anyone else's details. "
+    "Happy to keep going with yours, though."
+)
+#: The caller's identity is only claimed: no usage figures or CRM details are read back.
+PRIVACY_CLAIMED = (
+    "For your privacy, I can only go over trial and account details when you reach us "
+    "through your PandaDoc account. I can still book you a demo with our team, or help "
+    "with any questions about PandaDoc."
+)
+
+
+# --------------------------------------------------------------------------------------
 # Demo booking through ChiliPiper's two-step API (issue #13)
 # --------------------------------------------------------------------------------------
 

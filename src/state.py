@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from src.identity import CallerIdentity
 from src.services.amplitude import TrialUsage
 from src.services.chilipiper import BookedMeeting, BookingSession, DemoSlot
 
@@ -29,6 +30,10 @@ class TrialistData:
         booked_meeting: the demo booked in this conversation.
         demo_requested: the slot id handed to sales through the CRM when booking failed.
         summaries_logged: call summaries saved to the CRM.
+        identity: who the caller is and how far that is trusted (:mod:`src.identity`);
+            decides what they may hear (:mod:`src.tools.policy`). An ``email`` given to
+            the constructor without an identity is the job's own setting (console, tests)
+            and counts as verified.
     """
 
     email: str | None = None
@@ -44,3 +49,8 @@ class TrialistData:
     booked_meeting: BookedMeeting | None = None
     demo_requested: str | None = None
     summaries_logged: int = 0
+    identity: CallerIdentity = field(default_factory=CallerIdentity)
+
+    def __post_init__(self) -> None:
+        if self.email and self.identity.trust == "none":
+            self.identity = CallerIdentity("verified", self.email, "console")

@@ -21,7 +21,7 @@ from livekit.agents.voice.run_result import RunResult
 
 from src.agent import PandaDocTrialistAgent
 from src.error_recovery import ERROR_RESPONSES, CircuitState, VoiceRetryPolicy
-from src.identity import identity_from_job
+from src.identity import CallerIdentity, identity_from_job
 from src.outbox import PendingWrite
 from src.phrases import (
     ACCOUNT_FALLBACK,
@@ -107,6 +107,12 @@ async def rig(sandbox: Sandbox) -> AsyncIterator[Rig]:
         await session.start(agent)
         yield Rig(sandbox, settings, services, agent, session, data, sleep)
     await services.aclose()
+
+
+def call_as(rig: Rig, email: str) -> None:
+    """This call's verified caller is ``email`` (as if the dispatch had said so)."""
+    rig.data.identity = CallerIdentity("verified", email, "dispatch")
+    rig.data.email = email
 
 
 def tool_output(result: RunResult[Any], name: str) -> Any:
@@ -252,10 +258,12 @@ async def test_bad_email_gets_a_natural_question(rig: Rig, email: str) -> None:
 
 
 async def test_unknown_trial_user(rig: Rig) -> None:
-    result = await rig.say("check usage for nobody@nowhere.example.com")
+    call_as(rig, "nobody@nowhere.example.com")
+    before = copy.deepcopy(rig.data)
+    result = await rig.say("check my usage")
     out = tool_output(result, "get_trial_usage")
     assert out.is_error and out.output == USAGE_NOT_FOUND
-    assert rig.data.email == JANE  # the failed lookup changed nothing
+    assert rig.data == before  # the failed lookup changed nothing
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,9 +373,8 @@ async def test_circuit_opens_after_three_failures_and_fourth_call_sends_nothing(
 async def test_hubspot_answers_when_salesforce_is_down_or_empty(rig: Rig, outage: str) -> None:
     if outage == "down":
         await rig.sandbox.salesforce.go_down()
-        rig.data.email = JANE
     else:
-        rig.data.email = MARIA  # Salesforce has no record of her
+        call_as(rig, MARIA)  # Salesforce has no record of her
     result = await rig.say("What's on my account?")
     out = tool_output(result, "lookup_account")
     assert not out.is_error
@@ -376,7 +383,7 @@ async def test_hubspot_answers_when_salesforce_is_down_or_empty(rig: Rig, outage
 
 
 async def test_account_in_neither_crm(rig: Rig) -> None:
-    rig.data.email = ALEX
+    call_as(rig, ALEX)
     out = tool_output(await rig.say("What's on my account?"), "lookup_account")
     assert out.is_error and "couldn't find an account" in out.output
     assert rig.data.crm_source is None

@@ -348,9 +348,9 @@ async def test_hostile_but_valid_emails_are_quoted_exactly(
     sent = queries(server)
     assert sorted(sent) == sorted(
         [
-            "SELECT Id, FirstName, LastName, Title, Account.Name, Owner.Name FROM Contact "
+            "SELECT Id, FirstName, LastName, Title, Account.Name, Owner.Name, Phone FROM Contact "
             f"WHERE Email = {literal} ORDER BY LastModifiedDate DESC LIMIT 1",
-            "SELECT Id, FirstName, LastName, Company, Title, Status, Owner.Name FROM Lead "
+            "SELECT Id, FirstName, LastName, Company, Title, Status, Owner.Name, Phone FROM Lead "
             f"WHERE Email = {literal} ORDER BY LastModifiedDate DESC LIMIT 1",
         ]
     )

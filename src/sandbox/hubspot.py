@@ -126,6 +126,7 @@ class HubSpotServer(SandboxServer):
                 "lastname": user.last_name,
                 "company": user.company,
                 "jobtitle": user.title,
+                "phone": user.phone or None,
                 "lifecyclestage": _LIFECYCLE[i % len(_LIFECYCLE)],
                 "hubspot_owner_id": _OWNERS[i % len(_OWNERS)],
                 "createdate": _SEEDED_AT,

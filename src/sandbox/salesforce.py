@@ -58,6 +58,7 @@ _FIELDS: dict[str, frozenset[str]] = {
             "Email",
             "Company",
             "Title",
+            "Phone",
             "Status",
             "Owner.Name",
             "LastModifiedDate",
@@ -71,6 +72,7 @@ _FIELDS: dict[str, frozenset[str]] = {
             "Name",
             "Email",
             "Title",
+            "Phone",
             "Account.Name",
             "Owner.Name",
             "LastModifiedDate",
@@ -223,6 +225,7 @@ class SalesforceServer(SandboxServer):
                     object_type=user.salesforce_object,
                     company=user.company,
                     title=user.title,
+                    phone=user.phone,
                 )
         super().__init__()
 
@@ -240,6 +243,7 @@ class SalesforceServer(SandboxServer):
         object_type: str = "Lead",
         company: str = "",
         title: str = "",
+        phone: str = "",
     ) -> str:
         """Add a Lead or Contact (for tests with unusual emails); returns its id."""
         if object_type not in ("Lead", "Contact"):
@@ -254,6 +258,7 @@ class SalesforceServer(SandboxServer):
                 "LastName": last_name,
                 "Company": company,
                 "Title": title,
+                "Phone": phone or None,
                 "Status": _LEAD_STATUS if object_type == "Lead" else None,
                 "OwnerName": _OWNERS[len(self.records) % len(_OWNERS)],
                 "LastModifiedDate": f"2025-01-{1 + len(self.records) % 28:02d}T12:00:00.000+0000",

@@ -155,6 +155,7 @@ class _Record(pydantic.BaseModel):
     LastName: str | None = None
     Company: str | None = None
     Title: str | None = None
+    Phone: str | None = None
     Status: str | None = None
     Owner: _Named | None = None
     Account: _Named | None = None
@@ -174,8 +175,8 @@ class _CreateResult(pydantic.BaseModel):
 
 # Fields per object; a Contact's company is its Account's name.
 _FIELDS: dict[str, tuple[str, ...]] = {
-    "Contact": ("Id", "FirstName", "LastName", "Title", "Account.Name", "Owner.Name"),
-    "Lead": ("Id", "FirstName", "LastName", "Company", "Title", "Status", "Owner.Name"),
+    "Contact": ("Id", "FirstName", "LastName", "Title", "Account.Name", "Owner.Name", "Phone"),
+    "Lead": ("Id", "FirstName", "LastName", "Company", "Title", "Status", "Owner.Name", "Phone"),
 }
 _RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 
@@ -203,6 +204,7 @@ def _to_contact(record: _Record) -> CrmContact:
         title=record.Title or None,
         status=record.Status or None,
         owner=(record.Owner.Name or None) if record.Owner is not None else None,
+        phone=record.Phone or None,
         source=SERVICE,
     )
 
