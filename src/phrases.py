@@ -248,3 +248,32 @@ PRIVACY_CLAIMED = (
     "through your PandaDoc account. I can still book you a demo with our team, or help "
     "with any questions about PandaDoc."
 )
+
+
+# --------------------------------------------------------------------------------------
+# Demo booking through ChiliPiper's two-step API (issue #13)
+# --------------------------------------------------------------------------------------
+
+
+def slot_taken(offers: Mapping[int, str]) -> str:
+    """The chosen time went to someone else; ``offers`` are the fresh options (may be
+    empty)."""
+    if not offers:
+        return (
+            "Someone just took that time, and there are no other open demo times in the "
+            "next few days. Want me to pass your interest to our sales team?"
+        )
+    return "Someone just took that time. " + demo_options(offers)
+
+
+def demo_link_from_sales(when: str, *, queued: bool) -> str:
+    """Booking by voice was not possible; sales will send a link to pick the time."""
+    if queued:
+        return (
+            f"I couldn't book that directly. I've noted {when} for our sales team, and "
+            "they'll email you a link to confirm it or pick another time."
+        )
+    return (
+        f"I couldn't book that directly, so I've passed {when} to our sales team, and "
+        "they'll email you a link to confirm it or pick another time."
+    )

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .redaction import register_secret
+from .services.chilipiper_model import SchedulingLink
 from .validation import is_valid_email, is_valid_salesforce_id
 
 __all__ = [
@@ -184,14 +185,29 @@ class HubSpotSettings:
 
 @dataclass(frozen=True)
 class ChiliPiperSettings:
+    """ChiliPiper demo booking through a scheduling link (``init-simple`` then
+    ``schedule-simple``).
+
+    Attributes:
+        api_key: ``CHILIPIPER_API_KEY``; its token needs the scheduling-link read and
+            schedule permissions, plus ``meeting.read`` (reconciling an unknown outcome).
+        scheduling_link: ``CHILIPIPER_SCHEDULING_LINK``, the link's slug or its id (UUID).
+        concierge_router: ``CHILIPIPER_CONCIERGE_ROUTER``, a Concierge router's slug, used
+            instead of a scheduling link (its token needs the Concierge route and schedule
+            permissions, plus ``meeting.read``).
+        booking_url: ``CHILIPIPER_BOOKING_URL``, the link's public booking page, handed to
+            sales when booking by voice is not possible (optional).
+    """
+
     api_key: str = ""
     base_url: str = CHILIPIPER_DEFAULT_URL
-    distribution_id: str = ""
-    meeting_type_id: str = ""
+    scheduling_link: str = ""
+    booking_url: str = ""
+    concierge_router: str = ""
 
     @property
     def configured(self) -> bool:
-        return bool(self.api_key and self.distribution_id and self.meeting_type_id)
+        return bool(self.api_key and (self.scheduling_link or self.concierge_router))
 
 
 @dataclass(frozen=True)
@@ -302,6 +318,28 @@ def _secret(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _scheduling_link(env: Mapping[str, str]) -> tuple[str, str]:
+    """``(CHILIPIPER_SCHEDULING_LINK, CHILIPIPER_CONCIERGE_ROUTER)``, exactly one set when
+    ChiliPiper has a key. A link is a slug, or an id that must be a well-formed UUID; a
+    router is a slug. A bad one stops the worker at start (the message names the
+    variable, never the value)."""
+    name, router_name = "CHILIPIPER_SCHEDULING_LINK", "CHILIPIPER_CONCIERGE_ROUTER"
+    value, router = _str(env, name), _str(env, router_name)
+    if value and router:
+        raise SettingsError(f"set {name} or {router_name}, not both")
+    if not value and not router:
+        if _str(env, "CHILIPIPER_API_KEY"):
+            raise SettingsError(f"{name} (or {router_name}) is required with CHILIPIPER_API_KEY")
+        return "", ""
+    try:
+        if router:
+            return "", SchedulingLink.concierge(router).router or ""
+        link = SchedulingLink.parse(value)
+    except ValueError as exc:
+        raise SettingsError(f"{router_name if router else name}: {exc}") from None
+    return link.id or link.slug or "", ""
+
+
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Build :class:`Settings` from a mapping (``os.environ`` or a test dict)."""
     d = DEFAULT_RESILIENCE
@@ -327,6 +365,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     for name in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
         _secret(env, name)
     _url(env, "LIVEKIT_URL", schemes=("ws", "wss", "http", "https"))
+    cp_link, cp_router = _scheduling_link(env)
     return Settings(
         agent=AgentSettings(
             agent_name=_str(env, "AGENT_NAME", "pandadoc-trialist"),
@@ -367,8 +406,9 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         chilipiper=ChiliPiperSettings(
             api_key=_secret(env, "CHILIPIPER_API_KEY"),
             base_url=_url(env, "CHILIPIPER_BASE_URL", CHILIPIPER_DEFAULT_URL),
-            distribution_id=_str(env, "CHILIPIPER_DISTRIBUTION_ID"),
-            meeting_type_id=_str(env, "CHILIPIPER_MEETING_TYPE_ID"),
+            scheduling_link=cp_link,
+            concierge_router=cp_router,
+            booking_url=_url(env, "CHILIPIPER_BOOKING_URL", schemes=("https", "http")),
         ),
     )
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from src.identity import CallerIdentity
 from src.services.amplitude import TrialUsage
-from src.services.chilipiper import BookedMeeting, DemoSlot
+from src.services.chilipiper import BookedMeeting, BookingSession, DemoSlot
 
 __all__ = ["TrialistData"]
 
@@ -24,6 +24,9 @@ class TrialistData:
         usage: product usage found in Amplitude.
         crm_source / crm_record_id / crm_summary: the CRM record found, if any.
         crm_owner_id: the Salesforce user who owns that record (Tasks are assigned to them).
+        company: their company when the CRM knows it (fills booking forms).
+        booking_session: the open ChiliPiper booking session (single-use route id and
+            its start times) the offered options came from.
         offered_slots: demo options offered in this conversation, by option number.
         booked_meeting: the demo booked in this conversation.
         demo_requested: the slot id handed to sales through the CRM when booking failed.
@@ -42,6 +45,8 @@ class TrialistData:
     crm_record_id: str | None = None
     crm_owner_id: str | None = None
     crm_summary: str | None = None
+    company: str | None = None
+    booking_session: BookingSession | None = None
     offered_slots: dict[int, DemoSlot] = field(default_factory=dict)
     booked_meeting: BookedMeeting | None = None
     demo_requested: str | None = None

@@ -32,7 +32,6 @@ from src.phrases import (
     NOTE_NO_CRM,
     NOTE_QUEUED,
     NOTE_UNCONFIRMED,
-    SLOT_TAKEN,
     SLOTS_FALLBACK,
     UNKNOWN_TOOL,
     USAGE_FALLBACK,
@@ -40,6 +39,7 @@ from src.phrases import (
 )
 from src.sandbox import Sandbox
 from src.sandbox.base import FaultKind
+from src.sandbox.data import SANDBOX_CREDENTIALS
 from src.sandbox.openai_server import ToolCall, Turn
 from src.services.wiring import SERVICE_NAMES, TrialistServices
 from src.session import SpokenApology, build_session, build_tts, connect_options, on_session_error
@@ -326,14 +326,34 @@ async def test_failed_booking_with_no_crm_is_reported_not_booked(rig: Rig) -> No
     assert rig.agent.pending_writes == []
 
 
-async def test_slot_taken_meanwhile(rig: Rig) -> None:
+async def test_slot_taken_meanwhile_offers_fresh_times(rig: Rig) -> None:
     await rig.say("Any demo times?")
-    client = rig.services.chilipiper
-    assert client is not None
-    await client.book_demo("someone.else@example.com", "", rig.data.offered_slots[1])
+    taken = rig.data.offered_slots[1]
+    first_route = rig.data.booking_session.route_id if rig.data.booking_session else ""
+    rig.sandbox.chilipiper.take(taken.starts_at)
     out = tool_output(await rig.say("Book the first option"), "book_demo")
-    assert out.is_error and out.output == SLOT_TAKEN
+    assert not out.is_error and out.output.startswith("Someone just took that time.")
+    assert "option 1 is" in out.output
     assert rig.data.booked_meeting is None and rig.sandbox.salesforce.tasks == []
+    assert taken.slot_id not in {s.slot_id for s in rig.data.offered_slots.values()}
+    assert rig.data.booking_session is not None
+    assert rig.data.booking_session.route_id != first_route
+    # the fresh options are bookable straight away
+    assert not tool_output(await rig.say("Book the first option"), "book_demo").is_error
+    assert len(rig.sandbox.chilipiper.meetings) == 2  # the other person's and ours
+
+
+async def test_required_form_field_unknown_hands_off_with_the_booking_url(rig: Rig) -> None:
+    rig.sandbox.chilipiper.form_fields.append({"reference": "phone", "requirement": "Required"})
+    await rig.say("Any demo times?")
+    slot = rig.data.offered_slots[1]
+    out = tool_output(await rig.say("Book the first option"), "book_demo")
+    assert not out.is_error and "sales team" in out.output and "email you a link" in out.output
+    assert "http" not in out.output  # the link goes to sales, never into speech
+    assert rig.sandbox.chilipiper.requests("*/schedule-simple") == []
+    assert rig.data.demo_requested == slot.slot_id and rig.data.booked_meeting is None
+    [task] = rig.sandbox.salesforce.tasks
+    assert SANDBOX_CREDENTIALS["CHILIPIPER_BOOKING_URL"] in task["Description"]
 
 
 async def test_circuit_opens_after_three_failures_and_fourth_call_sends_nothing(

@@ -8,11 +8,12 @@ defaults), injects its :class:`Fault` s and measures the turns against a budget;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from src.drill.harness import Conversation, TurnResult, technical_leaks
 from src.sandbox import FaultKind, SandboxServer
+from src.sandbox.chilipiper import ChiliPiperServer
 from src.sandbox.data import TRIAL_USERS
 from src.settings import ResilienceSettings
 
@@ -33,6 +34,14 @@ VOICE_BUDGET = DEFAULTS.tool_deadline + 1.0  # a tool's deadline plus the model 
 LLM_BUDGET = DEFAULTS.llm_timeout * (DEFAULTS.llm_max_retry + 1) + 1.0
 
 
+# ChiliPiper's own conditions, set up on its stand-in (not HTTP faults).
+CHILIPIPER_CONDITIONS: dict[str, Callable[[ChiliPiperServer], None]] = {
+    "slot-taken": lambda s: s.steal_next_schedule(),
+    "route-expired": lambda s: s.expire_routes(),
+    "lost-after-applied": lambda s: s.lose_next_schedule(applied=True),
+}
+
+
 @dataclass(frozen=True)
 class Fault:
     """``kind``: ``down`` (connection refused) or a :class:`FaultKind` value."""
@@ -45,7 +54,11 @@ class Fault:
     every: int = 2
 
     async def apply(self, server: SandboxServer) -> None:
-        if self.kind == "down":
+        if self.kind in CHILIPIPER_CONDITIONS:
+            if not isinstance(server, ChiliPiperServer):
+                raise ValueError(f"{self.service} cannot have {self.kind}")
+            CHILIPIPER_CONDITIONS[self.kind](server)
+        elif self.kind == "down":
             await server.go_down()
         elif self.kind == "stall":
             stall = getattr(server, "stall_after_first_chunk", None)
@@ -131,6 +144,24 @@ SCENARIOS: tuple[Scenario, ...] = (
         (Fault("chilipiper", "401"),),
         ("book the second option",),
         warmup=("any demo times?",),
+    ),
+    *(
+        Scenario(
+            f"chilipiper-book-{kind}",
+            what,
+            (Fault("chilipiper", kind, retry_after=1.0),),
+            ("book the second option",),
+            warmup=("any demo times?",),
+        )
+        for kind, what in (
+            ("503", "booking answers 503; the time goes to sales"),
+            ("hang", "booking never answers; the time goes to sales"),
+            ("429", "booking rate limited with Retry-After 1"),
+            ("malformed", "booking answers a garbled 200; outcome unknown, to sales"),
+            ("slot-taken", "someone takes the time just before us; fresh options"),
+            ("route-expired", "the booking route expired; renewed, booked"),
+            ("lost-after-applied", "booked, but the answer is lost; found by lookup"),
+        )
     ),
     Scenario(
         "crm-write-outage",

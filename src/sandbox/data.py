@@ -151,7 +151,7 @@ SANDBOX_CREDENTIALS: dict[str, str] = {
     "SALESFORCE_CLIENT_SECRET": "sandbox-salesforce-client-secret",
     "HUBSPOT_ACCESS_TOKEN": "sandbox-hubspot-private-app-token",
     "CHILIPIPER_API_KEY": "sandbox-chilipiper-api-key",
-    "CHILIPIPER_DISTRIBUTION_ID": "7f8a1b2c-3d4e-4f5a-8b9c-0d1e2f3a4b5c",
-    "CHILIPIPER_MEETING_TYPE_ID": "pandadoc-demo-30",
+    "CHILIPIPER_SCHEDULING_LINK": "pandadoc-demo",
+    "CHILIPIPER_BOOKING_URL": "https://pandadoc.chilipiper.invalid/book/pandadoc-demo",
     "OPENAI_API_KEY": "sandbox-openai-api-key",
 }

@@ -9,7 +9,7 @@ import aiohttp
 from ..redaction import get_logger
 from ..settings import Settings
 from .amplitude import AmplitudeClient
-from .chilipiper import ChiliPiperClient
+from .chilipiper import ChiliPiperClient, SchedulingLink
 from .http import HttpOptions
 from .hubspot import HubSpotClient
 from .quota import (
@@ -95,9 +95,11 @@ class TrialistServices:
             else None,
             chilipiper=ChiliPiperClient(
                 c.api_key,
-                c.distribution_id,
-                c.meeting_type_id,
+                SchedulingLink.concierge(c.concierge_router)
+                if c.concierge_router
+                else SchedulingLink.parse(c.scheduling_link),
                 c.base_url,
+                booking_url=c.booking_url,
                 options=options,
                 session=session,
             )

@@ -50,6 +50,7 @@ async def lookup_account(rt: ToolRuntime, data: TrialistData, email: str) -> str
     data.crm_owner_id = found.owner_id
     data.crm_summary = found.spoken_summary()
     data.name = data.name or found.full_name
+    data.company = data.company or found.company
     rt.outbox.flush_soon()  # the CRM answers again: send what waited, in the background
     return found.for_model()
 
