@@ -263,6 +263,36 @@ def test_console_text_on_a_fresh_clone(fresh_clone: Path) -> None:
         assert "● Agent Hi there! I'm Ava from PandaDoc" in _chat(screen), _chat(screen)
         assert not _LOG_LINE.search(screen), screen[-3000:]
         assert f"Full log: {fresh_clone / 'console.log'}" in screen, screen[:2000]
+
+        # The model fails (the printed ports take the README's fault command): an
+        # apology in the chat and one log line, no traceback.
+        ports = re.search(r"ports (\d+)-\d+", screen)
+        assert ports, screen[:2000]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "src.sandbox",
+                "fault",
+                "openai",
+                "500",
+                "--port-base",
+                ports[1],
+            ],
+            cwd=fresh_clone,
+            env=_empty_env(fresh_clone),
+            check=True,
+            capture_output=True,
+            timeout=20,
+        )
+        start = len(term.text)
+        term.type("any demo times available?\r")
+        term.wait_for(lambda t: "I apologize" in t[start:], 20, "the spoken apology")
+        term.drain(0.5)
+        failed_turn = term.text[start:]
+        assert "Traceback" not in failed_turn, failed_turn[-4000:]
+        errors = re.findall(r"\d\d:\d\d:\d\d\.\d{3} (?:WARNING|ERROR) .*", failed_turn)
+        assert len(errors) == 1, errors
     finally:
         status = term.close()
     assert status is not None, "console did not exit on SIGINT"
