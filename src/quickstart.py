@@ -7,7 +7,8 @@ LiveKit's CLI takes over (called from ``agent.py``'s ``__main__`` block).
   built-in sandbox (:class:`src.sandbox.Sandbox`) in this process and points the settings
   at it, saying so in one line. Configured services are used as they are. A console that
   cannot work (vendors but no model key; voice without a speech-to-text key; no PortAudio)
-  is refused in one line. The sandbox never starts for ``dev`` or ``start``.
+  is refused in one line, as is a model endpoint on this machine that does not answer (a
+  stopped sandbox left in ``.env.local``). The sandbox never starts for ``dev``/``start``.
 - ``console --text`` without ``--log-level`` (or ``LIVEKIT_LOG_LEVEL``) keeps the chat
   clean: the full log goes to :data:`CONSOLE_LOG`, the screen shows warnings and errors
   as one line each, and :func:`show_agent_turns` prints turns LiveKit's text console would
@@ -22,10 +23,12 @@ import contextlib
 import ctypes.util
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from src.settings import Settings, SettingsError, load_settings
 
@@ -46,6 +49,7 @@ CONSOLE_LOG = ROOT / "console.log"
 
 CONSOLE_COMMAND = "uv run python src/agent.py console --text"
 _WORKER_COMMANDS = ("dev", "start")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # LiveKit's own flags that stand in for the variables (typer reads both).
 _LIVEKIT_VARIABLES = (
     ("LIVEKIT_URL", "--url"),
@@ -197,6 +201,26 @@ def check_command(
             "The console needs OPENAI_API_KEY (the model key), or nothing configured at "
             "all to use the built-in sandbox."
         )
+    if _local_endpoint_down(settings.models.openai_base_url):
+        raise ConfigurationRefused(
+            f"Nothing answers at OPENAI_BASE_URL ({settings.models.openai_base_url}): start "
+            "the sandbox again (uv run python -m src.sandbox --write-env .env.local), or "
+            "remove its lines from .env.local to let the console start one itself."
+        )
+
+
+def _local_endpoint_down(url: str) -> bool:
+    """Whether ``url`` is on this machine and refuses connections (a stopped sandbox left
+    in ``.env.local``). Remote endpoints are not probed: no network wait at start-up."""
+    parts = urlsplit(url)
+    if parts.hostname not in _LOOPBACK:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=1.0):
+            return False
+    except OSError:
+        return True
 
 
 def prepare(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -78,6 +79,19 @@ def test_console_refuses_setups_that_cannot_work() -> None:
     check_command(["console", "--text"], env={}, load=_loader({}))
     keyed = {"OPENAI_API_KEY": "sk-test"}
     check_command(["console", "--text"], env=keyed, load=_loader(keyed))
+
+
+def test_a_stopped_local_model_endpoint_is_refused() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+        check_command(["console", "--text"], env=env, load=_loader(env))  # it answers
+    with pytest.raises(ConfigurationRefused, match="Nothing answers at OPENAI_BASE_URL"):
+        check_command(["console", "--text"], env=env, load=_loader(env))  # closed now
+    remote = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "https://llm.invalid/v1"}
+    check_command(["console", "--text"], env=remote, load=_loader(remote))  # not probed
 
 
 def test_nothing_configured_starts_the_sandbox_and_points_settings_at_it(
