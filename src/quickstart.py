@@ -10,9 +10,9 @@ LiveKit's CLI takes over (called from ``agent.py``'s ``__main__`` block).
   is refused in one line, as is a model endpoint on this machine that does not answer (a
   stopped sandbox left in ``.env.local``). The sandbox never starts for ``dev``/``start``.
 - ``console --text`` without ``--log-level`` (or ``LIVEKIT_LOG_LEVEL``) keeps the chat
-  clean: the full log goes to :data:`CONSOLE_LOG`, the screen shows warnings and errors
-  as one line each, and :func:`show_agent_turns` prints turns LiveKit's text console would
-  not (the greeting, an apology after a failed turn).
+  clean: the full log goes to :data:`CONSOLE_LOG`, the screen shows this project's
+  warnings and other errors as one line each, and :func:`show_agent_turns` prints turns
+  LiveKit's text console would not (the greeting, an apology after a failed turn).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def _start_sandbox() -> InProcessSandbox:
     for port_base in (DEFAULT_PORT_BASE, 0):
         running = InProcessSandbox(port_base)
         try:
-            running.start()
+            running.start()  # its env() is read again by prepare()
         except OSError:
             continue
         return running
