@@ -1,5 +1,9 @@
 """``src/quickstart.py``: start-up refusals, the console's built-in sandbox, one-line logs.
 
+Settings parsed here register their secrets with ``src.redaction`` for the whole session,
+so the test values are long and distinctive (a value like "secret" would be masked inside
+other tests' expected output).
+
 The end-to-end runs (a fresh clone in a pseudo-terminal, ``start`` with nothing set) are
 in ``tests/test_console.py``; these check the rules one by one, in-process.
 """
@@ -22,8 +26,8 @@ from src.settings import Settings, settings_from_env
 
 _LIVEKIT = {
     "LIVEKIT_URL": "wss://example.livekit.cloud",
-    "LIVEKIT_API_KEY": "APIkey",
-    "LIVEKIT_API_SECRET": "secret",
+    "LIVEKIT_API_KEY": "lk-quickstart-test-key",
+    "LIVEKIT_API_SECRET": "lk-quickstart-test-secret",
 }
 
 
@@ -44,13 +48,13 @@ def test_worker_commands_name_every_missing_variable(command: str) -> None:
 
 
 def test_livekit_flags_count_as_set_and_a_complete_setup_passes() -> None:
-    env = {"LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+    env = {k: v for k, v in _LIVEKIT.items() if k != "LIVEKIT_URL"}
     with pytest.raises(ConfigurationRefused) as refused:
         check_command(["start", "--url", "wss://x.livekit.cloud"], env=env, load=_loader(env))
     assert "OPENAI_API_KEY" in str(refused.value)
     assert "LIVEKIT" not in str(refused.value)
 
-    env = {**_LIVEKIT, "OPENAI_API_KEY": "sk-test"}
+    env = {**_LIVEKIT, "OPENAI_API_KEY": "sk-quickstart-test"}
     check_command(["start", "--log-level", "INFO"], env=env, load=_loader(env))
 
 
@@ -70,14 +74,14 @@ def test_a_bad_value_is_one_line_too() -> None:
 
 
 def test_console_refuses_setups_that_cannot_work() -> None:
-    vendors_only = {"HUBSPOT_ACCESS_TOKEN": "pat-test"}
+    vendors_only = {"HUBSPOT_ACCESS_TOKEN": "pat-quickstart-test"}
     with pytest.raises(ConfigurationRefused, match="OPENAI_API_KEY"):
         check_command(["console", "--text"], env=vendors_only, load=_loader(vendors_only))
     with pytest.raises(ConfigurationRefused, match="DEEPGRAM_API_KEY"):
         check_command(["console"], env={}, load=_loader({}))
     # Nothing configured, or a model key: the text console can work.
     check_command(["console", "--text"], env={}, load=_loader({}))
-    keyed = {"OPENAI_API_KEY": "sk-test"}
+    keyed = {"OPENAI_API_KEY": "sk-quickstart-test"}
     check_command(["console", "--text"], env=keyed, load=_loader(keyed))
 
 
@@ -86,11 +90,14 @@ def test_a_stopped_local_model_endpoint_is_refused() -> None:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         port = listening.getsockname()[1]
-        env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+        env = {
+            "OPENAI_API_KEY": "sk-quickstart-test",
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+        }
         check_command(["console", "--text"], env=env, load=_loader(env))  # it answers
     with pytest.raises(ConfigurationRefused, match="Nothing answers at OPENAI_BASE_URL"):
         check_command(["console", "--text"], env=env, load=_loader(env))  # closed now
-    remote = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "https://llm.invalid/v1"}
+    remote = {"OPENAI_API_KEY": "sk-quickstart-test", "OPENAI_BASE_URL": "https://llm.invalid/v1"}
     check_command(["console", "--text"], env=remote, load=_loader(remote))  # not probed
 
 
@@ -125,11 +132,11 @@ def test_nothing_configured_starts_the_sandbox_and_points_settings_at_it(
 
 
 def test_configured_services_are_used_as_they_are() -> None:
-    env = {"OPENAI_API_KEY": "sk-test", "TRIALIST_EMAIL": "sam@example.com"}
+    env = {"OPENAI_API_KEY": "sk-quickstart-test", "TRIALIST_EMAIL": "sam@example.com"}
     settings = settings_from_env(env)
     argv = ["console", "--text", "--log-level", "INFO"]
     assert prepare(argv, settings, env=env, reload=_loader(env)) is settings
-    assert env == {"OPENAI_API_KEY": "sk-test", "TRIALIST_EMAIL": "sam@example.com"}
+    assert env == {"OPENAI_API_KEY": "sk-quickstart-test", "TRIALIST_EMAIL": "sam@example.com"}
     # The sandbox never starts for the worker commands.
     assert prepare(["start"], Settings(), env={}, reload=_loader({})) == Settings()
 
