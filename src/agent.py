@@ -13,6 +13,15 @@ bodies live in :mod:`src.tools`, sentences in :mod:`src.phrases`, session assemb
 
 from __future__ import annotations
 
+import sys
+
+from src import quickstart
+
+if __name__ == "__main__":
+    # A command that cannot work (missing keys, no PortAudio) is refused in one line
+    # before LiveKit and the plugins load, i.e. within a second (src/quickstart.py).
+    quickstart.check_command(sys.argv[1:])
+
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +43,7 @@ from livekit.agents import (
 # Plugins must register on the main thread: import them here, not inside prewarm or jobs.
 from livekit.plugins import silero
 
+from src import quickstart
 from src.error_recovery import CircuitBreaker, VoiceRetryPolicy
 from src.identity import identity_at_start, trusted_attributes
 from src.outbox import Outbox, PendingWrite
@@ -244,6 +254,7 @@ async def entrypoint(ctx: JobContext) -> None:
         apology=apology,
         goodbye=goodbye,
     )
+    quickstart.show_agent_turns(session)  # console --text: the greeting as an agent turn
 
     async def _shutdown() -> None:
         # on_exit flushed already when the session closed; this catches a job that ends
@@ -271,4 +282,6 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 if __name__ == "__main__":
+    # console: the built-in sandbox when nothing is configured, a clean chat.
+    SETTINGS = quickstart.prepare(sys.argv[1:], SETTINGS)
     cli.run_app(server)
