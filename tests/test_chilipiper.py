@@ -384,6 +384,8 @@ def _init_body(**changes: Any) -> dict[str, Any]:
     "changes",
     [
         {"link": "pandadoc-demo"},
+        {"link": {"id": "pandadoc-demo"}},
+        {"link": {"id": "3f2a9c1e-0000-4000-8000-00000000000g"}},
         {"guestEmail": "nobody"},
         {"guestTimezone": "Mars/Base"},
         {"interval": {"startsAt": "2030-01-07T00:00:00Z", "duration": "P8D"}},

@@ -320,3 +320,42 @@ def test_worker_with_nothing_configured_refuses_in_one_line(
     for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "OPENAI_API_KEY"):
         assert name in lines[0]
     assert elapsed < 15
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CHILIPIPER_SCHEDULING_LINK", "3f2a9c1e-0000-4000-8000-00000000000g"),
+        ("CHILIPIPER_SCHEDULING_LINK", "Demo Link!"),
+        ("SALESFORCE_TASK_OWNER_ID", "005-not-an-id"),
+    ],
+)
+def test_start_with_a_malformed_vendor_id_stops_with_one_line(
+    fresh_clone: Path, variable: str, value: str
+) -> None:
+    """A vendor id in the wrong format stops the worker at start, naming the variable and
+    never echoing the value, instead of failing the first real booking or write."""
+    env = _empty_env(fresh_clone) | {
+        "LIVEKIT_URL": "ws://127.0.0.1:9",
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "devsecret-devsecret-devsecret-00",
+        "OPENAI_API_KEY": "sk-test",
+        "CHILIPIPER_API_KEY": "cp-test",
+        "CHILIPIPER_SCHEDULING_LINK": "pandadoc-demo",
+        variable: value,
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "src/agent.py", "start"],
+        cwd=fresh_clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert variable in lines[0] and value not in lines[0]
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 15

@@ -280,6 +280,8 @@ class ChiliPiperServer(SandboxServer):
             link = body.get("link")
             if not isinstance(link, dict) or len(link) != 1:
                 raise _BadBody("link")
+            if "id" in link and not _is_uuid(link["id"]):
+                raise _BadBody("link.id")  # the vendor's schema: a scheduling link id is a UUID
             _text(body, "guestEmail", r"[^@\s]+@[^@\s]+")
             _zone(body)
             interval = body.get("interval")
@@ -425,3 +427,10 @@ class ChiliPiperServer(SandboxServer):
             and (email is None or m.guest_email.casefold() == email.casefold())
         ]
         return web.json_response({"data": found, "hasMore": "No", "hasMoreItems": False})
+
+
+def _is_uuid(value: object) -> bool:
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
