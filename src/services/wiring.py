@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import aiohttp
@@ -35,10 +36,12 @@ class TrialistServices:
     def from_settings(
         cls, settings: Settings, *, session: aiohttp.ClientSession | None = None
     ) -> TrialistServices:
-        r = settings.resilience
-        options = HttpOptions(
-            timeout=r.service_timeout, connect_timeout=min(1.0, r.service_timeout)
-        )
+        r, limits = settings.resilience, settings.response_limits
+        base = HttpOptions(timeout=r.service_timeout, connect_timeout=min(1.0, r.service_timeout))
+
+        def capped(max_body_bytes: int) -> HttpOptions:
+            return dataclasses.replace(base, max_body_bytes=max_body_bytes)
+
         a, s, h, c = (
             settings.amplitude,
             settings.salesforce,
@@ -47,16 +50,26 @@ class TrialistServices:
         )
         services = cls(
             amplitude=AmplitudeClient(
-                a.api_key, a.secret_key, a.base_url, options=options, session=session
+                a.api_key,
+                a.secret_key,
+                a.base_url,
+                options=capped(limits.amplitude),
+                session=session,
             )
             if a.configured
             else None,
             salesforce=SalesforceClient(
-                s.instance_url, s.client_id, s.client_secret, options=options, session=session
+                s.instance_url,
+                s.client_id,
+                s.client_secret,
+                options=capped(limits.salesforce),
+                session=session,
             )
             if s.configured
             else None,
-            hubspot=HubSpotClient(h.access_token, h.base_url, options=options, session=session)
+            hubspot=HubSpotClient(
+                h.access_token, h.base_url, options=capped(limits.hubspot), session=session
+            )
             if h.configured
             else None,
             chilipiper=ChiliPiperClient(
@@ -64,7 +77,7 @@ class TrialistServices:
                 c.distribution_id,
                 c.meeting_type_id,
                 c.base_url,
-                options=options,
+                options=capped(limits.chilipiper),
                 session=session,
             )
             if c.configured
