@@ -35,7 +35,9 @@ _QUOTED_LOCAL = (
 )
 _LABEL_CH = r"(?:[^\W_]|[^\x00-\x7f\s])"
 _LABEL = rf"{_LABEL_CH}(?:(?:{_LABEL_CH}|-)*{_LABEL_CH})?"
-_EMAIL = re.compile(rf"(?:{_QUOTED_LOCAL}|{_LOCAL_CH}+)@{_LABEL}(?:\.{_LABEL})+")
+# A local part starts where a run of local-part characters starts (the lookbehind keeps a
+# long run from being rescanned from every position: linear, not quadratic).
+_EMAIL = re.compile(rf"(?:{_QUOTED_LOCAL}|(?<!{_LOCAL_CH}){_LOCAL_CH}+)@{_LABEL}(?:\.{_LABEL})+")
 # International or North-American style numbers with at least 9 digits; dates and ids with
 # fewer digits, and ISO timestamps (no spaces/parentheses between groups), are left alone.
 # Separators include non-breaking/thin spaces and Unicode dashes.
@@ -57,6 +59,7 @@ _SECRET_PAIR = re.compile(
 )
 # user:password@ in a URL.
 _URL_USERINFO = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
+_HAS_DIGITS = re.compile(r"\d")
 _MIN_SECRET_LEN = 4
 
 _secrets: set[str] = set()
@@ -91,11 +94,18 @@ def redact(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, "<secret>")
-    text = _URL_USERINFO.sub("<secret>@", text)
-    text = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}<secret>", text)
-    text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} <secret>", text)
-    text = _EMAIL.sub(lambda m: mask_email(m.group(0)), text)
-    return _PHONE.sub(_phone_sub, text)
+    # Cheap membership tests first: most log lines hold no "@", "=", ":" or digit.
+    if "@" in text:
+        if "://" in text:
+            text = _URL_USERINFO.sub("<secret>@", text)
+        text = _EMAIL.sub(lambda m: mask_email(m.group(0)), text)
+    if "=" in text or ":" in text:
+        text = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}<secret>", text)
+    if " " in text:
+        text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} <secret>", text)
+    if _HAS_DIGITS.search(text) is not None:
+        text = _PHONE.sub(_phone_sub, text)
+    return text
 
 
 def _redact_arg(arg: Any) -> Any:

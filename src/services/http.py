@@ -44,7 +44,7 @@ from ..errors import (
     ServiceTimeout,
     ServiceUnavailable,
 )
-from ..redaction import get_logger, redact
+from ..redaction import get_logger
 
 __all__ = [
     "DEFAULT_HTTP_OPTIONS",
@@ -372,11 +372,11 @@ class ServiceHttp:
                 raise BadResponse(self.service, f"{self.service} sent a non-JSON body") from exc
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            logger.debug(
+            logger.debug(  # the logger's redacting filter masks the path when it logs
                 "%s %s %s -> %s in %.0f ms",
                 self.service,
                 method,
-                redact(path),
+                path,
                 status,
                 elapsed_ms,
                 extra={"service": self.service, "status": status, "elapsed_ms": elapsed_ms},

@@ -15,9 +15,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from livekit.agents.llm import ToolError
 
-from src.error_recovery import ErrorRecoveryMixin
+from src import metrics
+from src.error_recovery import CircuitState, ErrorRecoveryMixin
 from src.outbox import Outbox
-from src.phrases import ASK_EMAIL, BAD_EMAIL, FILLER
+from src.phrases import (
+    ACCOUNT_FALLBACK,
+    ASK_EMAIL,
+    BAD_EMAIL,
+    FILLER,
+    SLOTS_FALLBACK,
+    USAGE_FALLBACK,
+)
 from src.redaction import get_logger
 from src.services.wiring import TrialistServices
 from src.settings import Settings
@@ -30,6 +38,16 @@ logger = get_logger("pandadoc.agent")
 
 T = TypeVar("T")
 MIN_ATTEMPT_S = 0.5  # no request starts with less time than this left in the tool budget
+
+# Read-only tools whose every source is one of these services, and the sentence they
+# answer with when all of those services' circuits are open. While a service is down such
+# a tool answers at once: no state snapshot, no filler, no log line per call (the
+# breaker logs its state changes; the refusals are counted in metrics).
+FAIL_FAST: dict[str, tuple[tuple[str, ...], str]] = {
+    "get_trial_usage": (("amplitude",), USAGE_FALLBACK),
+    "lookup_account": (("salesforce", "hubspot"), ACCOUNT_FALLBACK),
+    "check_demo_availability": (("chilipiper",), SLOTS_FALLBACK),
+}
 
 
 class ToolRuntime(ErrorRecoveryMixin):
@@ -50,9 +68,38 @@ class ToolRuntime(ErrorRecoveryMixin):
         filler: str = FILLER,
     ) -> str:
         """Every tool: error recovery (state snapshot, natural phrase) and one filler
-        sentence if the caller would otherwise wait in silence."""
+        sentence if the caller would otherwise wait in silence. A read-only tool whose
+        services' circuits are all open answers its fallback first (:data:`FAIL_FAST`)."""
+        fallback = self.refused_by_open_circuits(tool_name)
+        if fallback is not None:
+            _, _, fallbacks = metrics.tool_metrics(tool_name)
+            fallbacks.inc()
+            raise ToolError(fallback)
         async with self.filler(context, filler):
             return await self.handle_tool_with_error_recovery(context, tool_name, body)
+
+    def refused_by_open_circuits(self, tool_name: str) -> str | None:
+        """The fallback sentence when every configured service of a :data:`FAIL_FAST`
+        tool is refused by an open circuit (not yet due for its probe), else ``None``.
+        Asks the breakers only: nothing is called, copied or logged."""
+        entry = FAIL_FAST.get(tool_name)
+        if entry is None:
+            return None
+        names, fallback = entry
+        refused = 0
+        for name in names:
+            if getattr(self.services, name, None) is None:
+                continue  # not configured: the tool body says so itself
+            breaker = self.circuit_breakers.get(name)
+            if breaker is None or breaker.state is not CircuitState.OPEN or not breaker.retry_in():
+                return None
+            refused += 1
+        if not refused:
+            return None
+        for name in names:
+            if getattr(self.services, name, None) is not None:
+                metrics.fallback_counter(name, "circuit_open").inc()
+        return fallback
 
     async def protected(
         self,
