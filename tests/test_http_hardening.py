@@ -22,6 +22,7 @@ from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from src.sandbox.hubspot import HubSpotServer
 from src.services.amplitude import AmplitudeClient
 from src.services.http import HttpOptions, ServiceHttp, write_outcome_is_ambiguous
+from src.services.hubspot import HubSpotClient
 from src.settings import ResponseLimits, SettingsError, settings_from_env
 from tests.test_agent import Rig, rig, sandbox, tool_output  # noqa: F401  (fixtures)
 
@@ -232,3 +233,16 @@ async def test_attempt_timer_shorter_than_the_request_limit_wins(
     finally:
         amplitude.clear()
         await http.aclose()
+
+
+async def test_search_by_post_is_a_read_too() -> None:
+    async with HubSpotServer() as hubspot:
+        client = HubSpotClient(
+            SANDBOX_CREDENTIALS["HUBSPOT_ACCESS_TOKEN"], hubspot.base_url, options=OPTIONS
+        )
+        async with client:
+            hubspot.inject("/crm/v3/objects/contacts/search", FaultKind.RESET_MID_BODY, count=1)
+            with pytest.raises(ConnectionFailed):
+                await client.find_contact(JANE.email)
+            contact = await client.find_contact(JANE.email)
+    assert contact is not None

@@ -271,7 +271,12 @@ class ChiliPiperClient(ServiceClient):
             "interval": {"startsAt": _utc_iso(start), "duration": f"P{days}D"},
         }
         data = await self._http.request(
-            "POST", AVAILABILITY_PATH, json_body=body, headers=self._auth, on_404=BadResponse
+            "POST",
+            AVAILABILITY_PATH,
+            json_body=body,
+            headers=self._auth,
+            on_404=BadResponse,
+            idempotent=True,  # a read despite POST: a reset mid-body may be retried
         )
         parsed = parse_model(SERVICE, _StartTimes, data)
         end = start + timedelta(days=days)
