@@ -12,12 +12,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from src.attempt import ATTEMPT_TIMER
 from src.error_recovery import retry_with_exponential_backoff
-from src.errors import BadResponse, ConnectionFailed, ServiceTimeout
+from src.errors import (
+    BadResponse,
+    ConnectionFailed,
+    ServiceTimeout,
+    ServiceUnavailable,
+)
 from src.sandbox.amplitude import AmplitudeServer
-from src.sandbox.base import FaultKind
+from src.sandbox.base import FaultKind, SandboxServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from src.sandbox.hubspot import HubSpotServer
 from src.services.amplitude import AmplitudeClient
@@ -110,22 +116,41 @@ async def test_huge_body_is_refused_without_buffering_it(
     assert usage.documents_created == JANE.documents_created
 
 
-async def test_error_answer_with_a_huge_body_is_not_read(amplitude: AmplitudeServer) -> None:
-    # An error status with a body over the drain limit: the error, not the body, matters.
-    http = ServiceHttp("amplitude", amplitude.base_url, options=OPTIONS)
-    try:
+class HugeError(SandboxServer):
+    """A 503 whose body is 50 MB, streamed: an error answer must not be read whole."""
+
+    sent = 0
+
+    def add_routes(self, app: web.Application) -> None:
+        async def huge_503(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(status=503)
+            resp.content_length = 50_000_000
+            await resp.prepare(request)
+            chunk = b"x" * 65536
+            try:
+                while self.sent < 50_000_000:
+                    await resp.write(chunk)
+                    self.sent += len(chunk)
+            except (ConnectionError, RuntimeError):
+                pass
+            return resp
+
+        app.router.add_get("/down", huge_503)
+
+
+async def test_error_answer_with_a_huge_body_is_not_read() -> None:
+    async with HugeError() as server:
+        http = ServiceHttp("svc", server.base_url, options=OPTIONS)
         tracemalloc.start()
         try:
-            amplitude.inject("/nowhere", FaultKind.HUGE_BODY, size_bytes=50_000_000)
-            # HUGE_BODY answers 200; the cap refuses it before any parse
-            with pytest.raises(BadResponse):
-                await http.request("GET", "/nowhere")
+            with pytest.raises(ServiceUnavailable):
+                await http.request("GET", "/down")
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        assert peak < CAP + 2 * 1024 * 1024
-    finally:
-        await http.aclose()
+            await http.aclose()
+    assert peak < 2 * 1024 * 1024, f"held {peak} bytes"
+    assert server.sent < 25_000_000
 
 
 def test_response_limits_are_settings() -> None:
