@@ -9,6 +9,7 @@ import base64
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,8 @@ from src.errors import (
     ServiceTimeout,
     ServiceUnavailable,
 )
+from src.sandbox import Sandbox
+from src.sandbox.__main__ import main as sandbox_cli
 from src.sandbox.amplitude import AmplitudeServer
 from src.sandbox.base import FaultKind, SandboxServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
@@ -271,3 +274,14 @@ async def test_search_by_post_is_a_read_too() -> None:
                 await client.find_contact(JANE.email)
             contact = await client.find_contact(JANE.email)
     assert contact is not None
+
+
+async def test_cli_sets_a_huge_body_fault(tmp_path: Path) -> None:
+    async with Sandbox() as sb:
+        env_file = tmp_path / ".env.local"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in sb.env().items()))
+        argv = ["fault", "amplitude", "huge-stream", "--size-bytes", "123456"]
+        code = await asyncio.to_thread(sandbox_cli, [*argv, "--env-file", str(env_file)])
+        assert code == 0
+        (fault,) = sb.amplitude.faults
+    assert (fault.kind, fault.size_bytes) == (FaultKind.HUGE_STREAM, 123_456)
