@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from src.attempt import ATTEMPT_TIMER
+from src.attempt import current_attempt_timer
 from src.error_recovery import retry_with_exponential_backoff
 from src.errors import (
     BadResponse,
@@ -223,7 +223,7 @@ async def test_request_borrows_the_attempt_timer_and_gives_it_back(
     seen: dict[str, Any] = {}
 
     async def attempt() -> None:
-        timer = ATTEMPT_TIMER.get()
+        timer = current_attempt_timer()
         assert timer is not None
         seen["before"] = timer.when()
         await http.request("GET", "/api/2/usersearch", params={"user": JANE.email}, headers=AUTH)
@@ -240,6 +240,44 @@ async def test_request_borrows_the_attempt_timer_and_gives_it_back(
         amplitude.clear()
         await http.aclose()
     assert seen["after_ok"] == seen["before"]  # the attempt's own end was restored
+
+
+async def test_tasks_started_inside_an_attempt_arm_their_own_timers(
+    amplitude: AmplitudeServer,
+) -> None:
+    options = HttpOptions(timeout=0.3, connect_timeout=0.3)
+    http = ServiceHttp("amplitude", amplitude.base_url, options=options)
+    later: list[asyncio.Task[Any]] = []
+
+    async def attempt() -> list[Any]:
+        timer = current_attempt_timer()
+        assert timer is not None
+        end = timer.when()
+
+        async def search(user: str) -> Any:
+            assert current_attempt_timer() is None  # not this task's timer to move
+            return await http.request(
+                "GET", "/api/2/usersearch", params={"user": user}, headers=AUTH
+            )
+
+        results = await asyncio.gather(
+            search(JANE.email), search("slow@example.com"), return_exceptions=True
+        )
+        assert timer.when() == end
+        later.append(asyncio.create_task(search(JANE.email)))  # outlives the attempt
+        return results
+
+    amplitude.inject("*", FaultKind.SLOW, delay_ms=2000, count=1)
+    try:
+        first, second = await retry_with_exponential_backoff(
+            attempt, max_retries=0, attempt_timeout=30.0
+        )
+        assert isinstance(first, ServiceTimeout) or isinstance(second, ServiceTimeout)
+        assert {type(first), type(second)} == {ServiceTimeout, dict}
+        assert isinstance(await later[0], dict)  # no finished timer was touched
+    finally:
+        amplitude.clear()
+        await http.aclose()
 
 
 async def test_attempt_timer_shorter_than_the_request_limit_wins(

@@ -77,7 +77,8 @@ async def retry_with_exponential_backoff(
             if limit is None:
                 return await func()
             async with asyncio.timeout(limit) as timer:
-                token = ATTEMPT_TIMER.set(timer)  # the HTTP layer borrows it (src.attempt)
+                # The HTTP layer borrows it (src.attempt).
+                token = ATTEMPT_TIMER.set((timer, asyncio.current_task()))
                 try:
                     return await func()
                 finally:

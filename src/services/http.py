@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pydantic
 
-from ..attempt import ATTEMPT_TIMER
+from ..attempt import current_attempt_timer
 from ..errors import (
     AuthenticationFailed,
     BadResponse,
@@ -297,10 +297,10 @@ class ServiceHttp:
         started = time.perf_counter()
         status: int | str = "-"
         # One timer per attempt: borrow the retry's attempt timer when there is one.
-        timer = ATTEMPT_TIMER.get()
+        timer = current_attempt_timer()
         restore_at: float | None = None
         own_timer: contextlib.AbstractAsyncContextManager[Any]
-        if timer is not None and timer.when() is not None and not timer.expired():
+        if timer is not None:
             own_timer = contextlib.nullcontext()
             attempt_end = timer.when()
             own_end = asyncio.get_running_loop().time() + total
@@ -308,7 +308,6 @@ class ServiceHttp:
                 timer.reschedule(own_end)
                 restore_at = attempt_end
         else:
-            timer = None
             own_timer = asyncio.timeout(total)
         try:
             try:
