@@ -85,3 +85,25 @@ def record_transition(service: str, old: object, new: object) -> None:
         CIRCUITS_OPEN.labels(service=service or "unnamed").inc()
     elif old_state == "open":
         CIRCUITS_OPEN.labels(service=service or "unnamed").dec()
+
+
+# -- fleet scope (shared breakers, durable outbox) -------------------------------------
+STORE_ERRORS = Counter(
+    "pandadoc_store_errors_total",
+    "Resilience store operations that failed (breakers fell back to local state).",
+    ["store"],
+)
+OUTBOX_DEPTH = Gauge(
+    "pandadoc_outbox_depth",
+    "CRM writes waiting in the durable outbox, as last seen by a job.",
+    multiprocess_mode="mostrecent",
+)
+CIRCUIT_REJECTIONS = Counter(
+    "pandadoc_circuit_rejections_total",
+    "Calls refused without a request because the (shared) circuit was open.",
+    ["service"],
+)
+
+
+def store_error(kind: str) -> None:
+    STORE_ERRORS.labels(store=kind).inc()
