@@ -43,6 +43,7 @@ from src.services.wiring import SERVICE_NAMES, TrialistServices
 from src.session import SpokenApology, build_session, caller_safe_context, connect_options
 from src.settings import Settings, SettingsError, load_settings
 from src.state import TrialistData
+from src.store import StoreGuard, open_store
 from src.tools import crm, demo, usage
 from src.tools.runtime import ToolRuntime
 
@@ -83,6 +84,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        store: StoreGuard | None = None,
     ) -> None:
         super().__init__(instructions=INSTRUCTIONS)
         self.settings = settings or Settings()
@@ -94,6 +96,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
                 recovery_timeout=r.recovery_timeout,
                 name=name,
                 clock=clock,
+                store=store,  # shared with every conversation of the fleet when given
             )
             for name in SERVICE_NAMES
         }
@@ -212,8 +215,13 @@ except SettingsError as exc:
     if __name__ == "__main__":  # a clear line for the operator, not a traceback
         raise SystemExit(f"Configuration error: {exc}") from None
     raise
-# Metrics (src/metrics.py) are served by LiveKit's worker endpoint when PROMETHEUS_PORT is set.
-server = AgentServer(prometheus_port=SETTINGS.agent.prometheus_port or None)
+# Metrics (src/metrics.py) are served by LiveKit's worker endpoint when PROMETHEUS_PORT is set;
+# the multiprocess directory (set up by the worker before any job process starts) lets it
+# show the series that job processes update.
+server = AgentServer(
+    prometheus_port=SETTINGS.agent.prometheus_port or None,
+    prometheus_multiproc_dir=SETTINGS.fleet.metrics_dir(SETTINGS.agent.prometheus_port),
+)
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -233,7 +241,8 @@ async def entrypoint(ctx: JobContext) -> None:
         name=settings.agent.trialist_name or None,
         timezone=settings.agent.timezone,
     )
-    agent = PandaDocTrialistAgent(services, settings)
+    store = StoreGuard(open_store(settings.fleet.store_url))  # shared by the fleet's jobs
+    agent = PandaDocTrialistAgent(services, settings, store=store)
     apology = SpokenApology(f"{agent.get_error_response('service_unavailable')} {APOLOGY}")
     goodbye = SpokenApology(GOODBYE)
     session = build_session(
@@ -249,6 +258,7 @@ async def entrypoint(ctx: JobContext) -> None:
         # without it (a no-op when nothing is pending).
         await agent.flush_pending_writes()
         await services.aclose()
+        await store.store.aclose()
 
     ctx.add_shutdown_callback(_shutdown)
     await session.start(agent=agent, room=ctx.room)

@@ -98,11 +98,6 @@ OUTBOX_DEPTH = Gauge(
     "CRM writes waiting in the durable outbox, as last seen by a job.",
     multiprocess_mode="mostrecent",
 )
-CIRCUIT_REJECTIONS = Counter(
-    "pandadoc_circuit_rejections_total",
-    "Calls refused without a request because the (shared) circuit was open.",
-    ["service"],
-)
 
 
 def store_error(kind: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .redaction import register_secret
+from .store import DEFAULT_STORE_URL, validate_store_url
 from .validation import is_valid_email
 
 __all__ = [
@@ -196,6 +198,32 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """What the conversations of a fleet share (:mod:`src.store`) and how the worker
+    collects their metrics. ``store_url``: ``RESILIENCE_STORE_URL`` (default: a SQLite
+    file under the system temp dir); ``prometheus_multiproc_dir``:
+    ``PROMETHEUS_MULTIPROC_DIR`` (default, when ``PROMETHEUS_PORT`` is set: a directory
+    under the system temp dir)."""
+
+    store_url: str = DEFAULT_STORE_URL
+    prometheus_multiproc_dir: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            validate_store_url(self.store_url)
+        except ValueError as exc:
+            raise SettingsError(f"RESILIENCE_STORE_URL {exc}") from None
+
+    def metrics_dir(self, prometheus_port: int) -> str | None:
+        """The multiprocess directory the worker should use, ``None`` with metrics off."""
+        if not prometheus_port:
+            return None
+        return self.prometheus_multiproc_dir or str(
+            Path(tempfile.gettempdir()) / f"pandadoc-metrics-{prometheus_port}"
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     agent: AgentSettings = field(default_factory=AgentSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
@@ -204,6 +232,7 @@ class Settings:
     salesforce: SalesforceSettings = field(default_factory=SalesforceSettings)
     hubspot: HubSpotSettings = field(default_factory=HubSpotSettings)
     chilipiper: ChiliPiperSettings = field(default_factory=ChiliPiperSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
 
 # -- parsing --------------------------------------------------------------------------
@@ -334,6 +363,17 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             distribution_id=_str(env, "CHILIPIPER_DISTRIBUTION_ID"),
             meeting_type_id=_str(env, "CHILIPIPER_MEETING_TYPE_ID"),
         ),
+        fleet=_fleet(env),
+    )
+
+
+def _fleet(env: Mapping[str, str]) -> FleetSettings:
+    url = _str(env, "RESILIENCE_STORE_URL", DEFAULT_STORE_URL)
+    password = urlsplit(url).password if "://" in url else None
+    if password:
+        register_secret(password)  # a Redis URL may carry one; never in a log line
+    return FleetSettings(
+        store_url=url, prometheus_multiproc_dir=_str(env, "PROMETHEUS_MULTIPROC_DIR")
     )
 
 

@@ -116,14 +116,17 @@ def rule_probe(recovery_timeout: float, lease: float) -> Mutation[str]:
     return apply
 
 
-def rule_probe_done(token: str, ok: bool) -> Mutation[str]:
-    """The probe's outcome: success closes, failure re-opens with a fresh timeout. A
-    token that no longer holds the lease changes nothing. Result: the new state."""
+def rule_probe_done(token: str, ok: bool | None) -> Mutation[str]:
+    """The probe's outcome: success closes, failure re-opens with a fresh timeout,
+    ``None`` (cancelled, no verdict) frees the lease for the next caller at once. A token
+    that no longer holds the lease changes nothing. Result: the new state."""
 
     def apply(rec: Record, now: float) -> tuple[str, bool]:
         if rec["state"] != "half_open" or rec["probe"] != token:
             return str(rec["state"]), False
-        if ok:
+        if ok is None:
+            rec.update(state="open", probe="", probe_until=0.0)  # opened_at kept: due now
+        elif ok:
             rec.update(state="closed", failures=0, opened_at=0.0, probe="", probe_until=0.0)
         else:
             rec["failures"] = int(rec["failures"]) + 1
@@ -200,7 +203,7 @@ class ResilienceStore(abc.ABC):
         token, rec, now = await self._mutate(name, rule_probe(recovery_timeout, lease))
         return token, view_of(rec, now, recovery_timeout)
 
-    async def breaker_probe_done(self, name: str, token: str, ok: bool) -> str:
+    async def breaker_probe_done(self, name: str, token: str, ok: bool | None) -> str:
         state, _, _ = await self._mutate(name, rule_probe_done(token, ok))
         return state
 

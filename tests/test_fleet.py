@@ -1,0 +1,68 @@
+"""Fleet scope with real processes (one per conversation, as LiveKit runs jobs) sharing a
+real store: a SQLite file, or a real redis-server. Kept few: each spawns processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from src.drill.fleet import FleetJob, run_fleet_async
+from src.phrases import USAGE_FALLBACK
+from src.sandbox import FaultKind, Sandbox
+from src.store import open_store
+from tests.fleet_helpers import RedisServer
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox() as s:
+        yield s
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    request.addfinalizer(server.stop)
+    return server.url
+
+
+async def test_two_processes_share_a_circuit(sandbox: Sandbox, store_url: str) -> None:
+    sandbox.amplitude.inject("*", FaultKind.SERVICE_UNAVAILABLE)
+    env = {**sandbox.env(), "RESILIENCE_STORE_URL": store_url}
+    [first] = await run_fleet_async([FleetJob(env, lookups=1)])
+    assert first.said == [USAGE_FALLBACK] and first.states["amplitude"] == "open"
+    sent = len(sandbox.amplitude.requests())
+    assert sent == 3  # one call: three failed attempts open the shared circuit
+    [second] = await run_fleet_async([FleetJob(env, lookups=2)])
+    assert second.said == [USAGE_FALLBACK, USAGE_FALLBACK]
+    assert second.states["amplitude"] == "open"
+    assert len(sandbox.amplitude.requests()) == sent  # refused without a request
+
+
+async def test_exactly_one_probe_among_ten_processes(sandbox: Sandbox, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    store = open_store(url)
+    for _ in range(3):  # the circuit is open, and its recovery timeout (0 s) is over
+        await store.breaker_failure("amplitude", 3, 0.0)
+    await store.aclose()
+    sandbox.amplitude.inject("*", FaultKind.HANG)  # the probe is held until the timeout
+    env = {
+        **sandbox.env(),
+        "RESILIENCE_STORE_URL": url,
+        "CIRCUIT_RECOVERY_TIMEOUT": "0",
+        "SERVICE_TIMEOUT": "3",
+    }
+    await run_fleet_async([FleetJob(env, lookups=0)])  # the forkserver is warm now
+    start_at = time.time() + 1.0
+    results = await run_fleet_async(
+        [FleetJob(env, lookups=1, start_at=start_at) for _ in range(10)], at_once=10
+    )
+    assert len(sandbox.amplitude.requests()) == 1
+    assert all(r.said == [USAGE_FALLBACK] for r in results)
+    sandbox.amplitude.clear()
