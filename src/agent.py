@@ -114,6 +114,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             self.call_with_retry_and_circuit_breaker,
             clock=clock,
             service_timeout=r.service_timeout,
+            store=store,
         )
 
     @property

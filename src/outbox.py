@@ -4,20 +4,33 @@ Neither CRM offers an idempotency key, so a write is sent once and never blindly
 retried. One that certainly did not apply (circuit open, refused connection, rate
 limited, no time left to send it whole) waits in the :class:`Outbox` and is sent again
 later; one whose outcome is unknown (a timeout or reset after the request left) is not
-re-sent, and operators get an error line to check by hand.
+re-sent blindly.
+
+With a resilience store (:mod:`src.store`) the outbox is durable: a waiting write is
+kept in the store under its unique ``write_id`` and survives the job process and a
+worker restart; any later conversation (when the CRM answers again), every job's
+shutdown and the operator command ``python -m src.outbox list|drain`` send it, each
+claiming it with a lease first so two drains never send the same write at once.
+Without a store, waiting writes live in :attr:`Outbox.pending` for this job only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import json
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from src import metrics
 from src.errors import CircuitOpenError, InvalidRequest, NotFound
 from src.redaction import get_logger
 from src.services.http import write_outcome_is_ambiguous
 from src.services.wiring import TrialistServices
+from src.store import StoreError, StoreGuard
 
 __all__ = ["Outbox", "PendingWrite", "WriteOutcome"]
 
@@ -36,6 +49,26 @@ class PendingWrite:
     subject: str
     body: str
     attempts: int = 0
+    write_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, payload: str) -> PendingWrite:
+        """A stored write; ``ValueError`` when the payload is not one."""
+        raw = json.loads(payload)
+        if not isinstance(raw, dict):
+            raise ValueError("not a write")
+        names = {f.name for f in dataclasses.fields(cls)}
+        write = cls(**{k: v for k, v in raw.items() if k in names})
+        if not all(isinstance(v, str) for v in (write.source, write.record_id, write.body)):
+            raise ValueError("not a write")
+        return write
+
+
+CLAIM_LEASE_S = 120.0  # a drain holds a claimed write this long (its process may die)
+CLAIM_BATCH = 20
 
 
 class ProtectedCall(Protocol):
@@ -61,6 +94,8 @@ class Outbox:
         call: the breaker + retry call to send through (the agent's).
         clock: the retry clock that ``deadline_at`` values are read on.
         service_timeout: one attempt's timeout; a write is not started with less left.
+        store: keeps waiting writes durably and shares them with the fleet (None: this
+            job's memory only).
     """
 
     def __init__(
@@ -70,9 +105,11 @@ class Outbox:
         *,
         clock: Callable[[], float],
         service_timeout: float,
+        store: StoreGuard | None = None,
     ) -> None:
         self.services = services
-        self.pending: list[PendingWrite] = []
+        self.store = store
+        self.pending: list[PendingWrite] = []  # this job's waiting writes (store: unsaved)
         self._call = call
         self._clock = clock
         self._service_timeout = service_timeout
@@ -129,34 +166,129 @@ class Outbox:
             return "queued"
         return "saved"
 
+    async def queue(self, write: PendingWrite) -> None:
+        """Keep a write that certainly did not apply, durably when there is a store."""
+        if self.store is not None:
+            try:
+                await self._put(write)
+            except StoreError:
+                logger.warning("Outbox store unavailable; the write waits in this job only")
+            else:
+                return
+        self.pending.append(write)
+
+    async def _put(self, write: PendingWrite) -> None:
+        await self._store_op(lambda st: st.outbox_put(write.write_id, write.to_json()))
+
     async def flush(self) -> int:
         """Send queued CRM writes again; returns how many are still pending.
 
         Runs in the background after a CRM lookup succeeds, and at the end of the
-        session. One flush at a time; each write leaves the queue before it is sent and
-        comes back only if it certainly did not apply, so no write is sent twice or lost
-        to a concurrent flush or a cancellation.
+        session. One flush at a time per job; each write leaves the queue (or is claimed
+        in the store) before it is sent and comes back only if it certainly did not
+        apply, so no write is sent twice or lost to a concurrent flush, another job's
+        drain or a cancellation.
         """
         async with self._flush_lock:
-            batch, self.pending = self.pending, []
-            requeue: list[PendingWrite] = []
+            await self._flush_local()
+            if self.store is None:
+                return len(self.pending)
+            await self._save_local()
+            return len(self.pending) + await self._drain_store()
+
+    async def _flush_local(self) -> None:
+        batch, self.pending = self.pending, []
+        requeue: list[PendingWrite] = []
+        try:
+            while batch:
+                write = batch.pop(0)
+                outcome = await self.send(write)
+                if outcome == "queued":
+                    requeue.append(write)
+        finally:
+            # Unsent ones (after a cancellation) and not-applied ones go back first.
+            self.pending[:0] = requeue + batch
+        if self.pending:
+            logger.warning("%d CRM write(s) still pending", len(self.pending))
+
+    async def _save_local(self) -> None:
+        """Writes kept in memory while the store was down go to the store now."""
+        while self.pending:
             try:
-                while batch:
-                    write = batch.pop(0)
-                    outcome = await self.send(write)
-                    if outcome == "queued":
-                        requeue.append(write)
-            finally:
-                # Unsent ones (after a cancellation) and not-applied ones go back first.
-                self.pending[:0] = requeue + batch
-            if self.pending:
-                logger.warning("%d CRM write(s) still pending", len(self.pending))
-            return len(self.pending)
+                await self._put(self.pending[0])
+            except StoreError:
+                return
+            self.pending.pop(0)
+
+    async def _drain_store(self) -> int:
+        """Claim waiting writes from the store and send them; how many still wait."""
+        sent: set[str] = set()
+        while True:
+            try:
+                items = await self._store_op(lambda st: st.outbox_claim(CLAIM_BATCH, CLAIM_LEASE_S))
+            except StoreError:
+                return await self.depth()
+            again = [i for i in items if i.id in sent]  # not twice in one drain
+            for item in again:
+                await self._release(item.id)
+            items = [i for i in items if i.id not in sent]
+            if not items:
+                return await self.depth()
+            for item in items:
+                sent.add(item.id)
+                await self._deliver_claimed(item.id, item.payload)
+
+    async def _deliver_claimed(self, item_id: str, payload: str) -> None:
+        try:
+            write = PendingWrite.from_json(payload)
+        except (ValueError, TypeError):
+            logger.error("Outbox item %s is not a write; removed", item_id[:8])
+            await self._quiet(lambda st: st.outbox_done(item_id))
+            return
+        try:
+            outcome = await self.send(write)
+        except BaseException:
+            await self._release(item_id, write.to_json())
+            raise
+        if outcome == "queued":
+            await self._release(item_id, write.to_json())
+        else:
+            await self._quiet(lambda st: st.outbox_done(item_id))
+
+    async def _release(self, item_id: str, payload: str | None = None) -> None:
+        await self._quiet(lambda st: st.outbox_release(item_id, payload))
+
+    async def depth(self) -> int:
+        """Writes waiting (this job's unsaved ones plus the store's); also the gauge."""
+        count = len(self.pending)
+        if self.store is not None:
+            with contextlib.suppress(StoreError):
+                count += len(await self._store_op(lambda st: st.outbox_list()))
+        metrics.OUTBOX_DEPTH.set(count)
+        return count
+
+    async def _store_op(self, op: Callable[[Any], Awaitable[Any]]) -> Any:
+        guard = self.store
+        assert guard is not None
+        return await guard.run(lambda: op(guard.store), "outbox")
+
+    async def _quiet(self, op: Callable[[Any], Awaitable[Any]]) -> None:
+        """A store update whose failure only delays things (a claim lease expires)."""
+        try:
+            await self._store_op(op)
+        except StoreError:
+            logger.warning("Outbox store update failed; the claim expires by itself")
 
     def flush_soon(self) -> None:
         """Flush queued writes without making the caller wait for them."""
-        if not self.pending:
+        if not self.pending and self.store is None:
             return
         task = asyncio.create_task(self.flush())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+if __name__ == "__main__":  # python -m src.outbox list|drain
+    from src.outbox_cli import main
+
+    raise SystemExit(main())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from src.drill.fleet import FleetJob, run_fleet_async
-from src.phrases import USAGE_FALLBACK
+from src.phrases import NOTE_QUEUED, USAGE_FALLBACK
 from src.sandbox import FaultKind, Sandbox
 from src.store import open_store
 from tests.fleet_helpers import RedisServer
@@ -66,3 +66,21 @@ async def test_exactly_one_probe_among_ten_processes(sandbox: Sandbox, tmp_path:
     assert len(sandbox.amplitude.requests()) == 1
     assert all(r.said == [USAGE_FALLBACK] for r in results)
     sandbox.amplitude.clear()
+
+
+async def test_a_summary_queued_in_a_job_that_exits_is_delivered_by_another(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    env = {**sandbox.env(), "RESILIENCE_STORE_URL": url}
+    sandbox.salesforce.inject("*/sobjects/Task", FaultKind.SERVICE_UNAVAILABLE)
+    [first] = await run_fleet_async([FleetJob(env, lookups=0, summary="Wants a demo.")])
+    assert first.said == [NOTE_QUEUED] and first.pending_after == 1
+    assert sandbox.salesforce.tasks == []  # its process has exited; the write waits
+    sandbox.salesforce.clear()
+    [second] = await run_fleet_async([FleetJob(env, lookups=0)])
+    assert second.pending_after == 0
+    [task] = sandbox.salesforce.tasks
+    assert "Wants a demo." in task["Description"]
+    [again] = await run_fleet_async([FleetJob(env, lookups=0)])  # nothing is sent twice
+    assert again.pending_after == 0 and len(sandbox.salesforce.tasks) == 1

@@ -46,6 +46,7 @@ class FleetJob:
     start_at: float = 0.0
     real_sleep: bool = False
     watch: float = 0.0  # seconds to watch for; 0: talk
+    email: str = ""  # the caller (default: TRIALIST_EMAIL of env)
 
 
 @dataclass
@@ -77,7 +78,7 @@ async def conversation(job: FleetJob) -> ConversationResult:
         if str(new) == "open" and not result.opened_at_wall
         else None
     )
-    data = TrialistData(email=job.env.get("TRIALIST_EMAIL") or None)
+    data = TrialistData(email=job.email or job.env.get("TRIALIST_EMAIL") or None)
     try:
         if job.start_at:
             await asyncio.sleep(max(0.0, job.start_at - time.time()))

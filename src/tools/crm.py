@@ -137,5 +137,5 @@ async def crm_write(
     write = PendingWrite(data.crm_source, data.crm_record_id, subject, body)
     outcome = await rt.outbox.send(write, deadline_at)
     if outcome == "queued":
-        rt.outbox.pending.append(write)
+        await rt.outbox.queue(write)
     return outcome
