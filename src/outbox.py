@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,17 @@ __all__ = ["Outbox", "PendingWrite", "WriteOutcome"]
 
 logger = get_logger("pandadoc.agent")
 
-WriteOutcome = Literal["saved", "queued", "rejected", "unknown"]
+WriteOutcome = Literal["saved", "queued", "rejected", "checking", "unknown"]
+HUBSPOT_SEARCH_SETTLE_S = 30.0  # HubSpot search may not show a note younger than this
+REF_MARK = "(ref {})"
+
+
+def with_ref(write: PendingWrite) -> tuple[str, str]:
+    """(subject, body) as sent: the subject ends with the write reference, so the CRM
+    record can be found by it (Salesforce filters Task on Subject; HubSpot matches it as
+    a word of the note body), cut so the reference always survives the 255-char limit."""
+    mark = REF_MARK.format(write.write_id)
+    return f"{write.subject[: 254 - len(mark)].rstrip()} {mark}", write.body
 
 
 @dataclass
@@ -50,6 +61,8 @@ class PendingWrite:
     body: str
     attempts: int = 0
     write_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    verify: bool = False  # it may have applied: look for it in the CRM before resending
+    sent_at: float = 0.0  # wall clock of the last attempt
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -109,6 +122,8 @@ class Outbox:
     ) -> None:
         self.services = services
         self.store = store
+        self.hubspot_search_settle = HUBSPOT_SEARCH_SETTLE_S
+        self._wall: Callable[[], float] = time.time
         self.pending: list[PendingWrite] = []  # this job's waiting writes (store: unsaved)
         self._call = call
         self._clock = clock
@@ -121,24 +136,44 @@ class Outbox:
 
         Returns ``saved``; ``queued`` when it certainly did not apply and may be sent
         again later (not even sent when the budget left is shorter than one attempt);
-        ``rejected`` when the CRM refused it for good; ``unknown`` when it may have
-        applied (operators get an error log line to check by hand).
+        ``rejected`` when the CRM refused it for good; ``checking`` when it may have
+        applied (a timeout or reset after sending): the write is then marked to be
+        looked for in the CRM by its ``write_id`` before it is ever sent again.
+
+        A write marked that way is first looked for: found, it is ``saved`` without
+        sending; certainly absent, it is sent once; not checkable now, ``checking``.
         """
         deadline = None
         if deadline_at is not None:
             deadline = deadline_at - self._clock()
             if deadline < self._service_timeout:
                 return "queued"  # a write cut short would leave its outcome unknown
+        if write.verify:
+            found = await self._look_for(write, deadline)
+            if found is None:
+                return "checking"
+            if found:
+                logger.info(
+                    "CRM write %s found in the CRM after an unknown outcome; not re-sent",
+                    write.write_id[:8],
+                    extra={"service": write.source},
+                )
+                return "saved"
+            write.verify = False  # certainly absent: send it, once
+            if deadline_at is not None:
+                deadline = deadline_at - self._clock()
+                if deadline < self._service_timeout:
+                    return "queued"
         write.attempts += 1
+        write.sent_at = self._wall()
 
         async def send() -> str:
+            subject, body = with_ref(write)
             if write.source == "salesforce" and self.services.salesforce is not None:
-                return await self.services.salesforce.create_task(
-                    write.record_id, write.subject, write.body
-                )
+                return await self.services.salesforce.create_task(write.record_id, subject, body)
             if write.source == "hubspot" and self.services.hubspot is not None:
                 return await self.services.hubspot.create_note(
-                    write.record_id, f"{write.subject}\n\n{write.body}"
+                    write.record_id, f"{subject}\n\n{body}"
                 )
             raise CircuitOpenError(write.source)  # not configured: nothing was sent
 
@@ -147,7 +182,8 @@ class Outbox:
                 write.source, send, "", max_retries=0, deadline=deadline, reraise=(Exception,)
             )
         except asyncio.CancelledError:
-            logger.error("CRM write cancelled in flight; its outcome is unknown")
+            write.verify = True  # it may have applied: look before sending again
+            logger.error("CRM write cancelled in flight; it will be looked for before a resend")
             raise
         except (InvalidRequest, NotFound) as exc:
             logger.error("CRM write rejected (%s); not saved", type(exc).__name__)
@@ -156,15 +192,43 @@ class Outbox:
             if not write_outcome_is_ambiguous(exc):
                 logger.warning("CRM write not applied (%s); queued", type(exc).__name__)
                 return "queued"
-            logger.error(
-                "CRM write outcome unknown after %s; not re-sent to avoid a duplicate",
+            write.verify = True
+            logger.warning(
+                "CRM write outcome unknown after %s; it will be looked for in the CRM by "
+                "its write id before it is sent again",
                 type(exc).__name__,
-                extra={"service": write.source},
+                extra={"service": write.source, "write_id": write.write_id[:8]},
             )
-            return "unknown"
+            return "checking"
         if result == "":  # the circuit was open: nothing was sent
             return "queued"
         return "saved"
+
+    async def _look_for(self, write: PendingWrite, deadline: float | None) -> bool | None:
+        """Whether the write is in the CRM: True/False, or None when that cannot be
+        known now (CRM down, or HubSpot's search index may not show it yet)."""
+        ref = write.write_id
+
+        async def search() -> bool:
+            if write.source == "salesforce" and self.services.salesforce is not None:
+                return await self.services.salesforce.task_exists(write.record_id, ref)
+            if write.source == "hubspot" and self.services.hubspot is not None:
+                return await self.services.hubspot.note_exists(ref)
+            raise CircuitOpenError(write.source)
+
+        try:
+            found = await self._call(
+                write.source, search, "", max_retries=1, deadline=deadline, reraise=(Exception,)
+            )
+        except Exception as exc:
+            logger.warning("Could not look for a CRM write yet (%s)", type(exc).__name__)
+            return None
+        if found == "":
+            return None  # circuit open
+        recent = self._wall() - write.sent_at < self.hubspot_search_settle
+        if not found and write.source == "hubspot" and recent:
+            return None  # too recent for HubSpot's search index to be trusted
+        return bool(found)
 
     async def queue(self, write: PendingWrite) -> None:
         """Keep a write that certainly did not apply, durably when there is a store."""
@@ -202,8 +266,13 @@ class Outbox:
         try:
             while batch:
                 write = batch.pop(0)
-                outcome = await self.send(write)
-                if outcome == "queued":
+                try:
+                    outcome = await self.send(write)
+                except BaseException:
+                    if write.verify:  # cancelled in flight: keep it, to look for it later
+                        requeue.append(write)
+                    raise
+                if outcome in ("queued", "checking"):
                     requeue.append(write)
         finally:
             # Unsent ones (after a cancellation) and not-applied ones go back first.
@@ -250,7 +319,7 @@ class Outbox:
         except BaseException:
             await self._release(item_id, write.to_json())
             raise
-        if outcome == "queued":
+        if outcome in ("queued", "checking"):
             await self._release(item_id, write.to_json())
         else:
             await self._quiet(lambda st: st.outbox_done(item_id))

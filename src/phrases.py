@@ -231,3 +231,14 @@ def greeting(name: str | None) -> str:
     """The agent's first words: the caller's first name when known."""
     hello = f"Hi {name.split()[0]}! " if name and name.split() else "Hi there! "
     return hello + "I'm Ava from PandaDoc. How is your trial going so far?"
+
+
+# --------------------------------------------------------------------------------------
+# Fleet scope: exactly-once CRM writes (src/outbox.py)
+# --------------------------------------------------------------------------------------
+
+# The note may or may not have reached the CRM; it will be looked for by its write id and
+# sent only if it is certainly not there, so no duplicate and no loss.
+NOTE_WILL_CONFIRM = (
+    "Our records were slow to confirm that note, so I'll make sure that's saved, and only once."
+)

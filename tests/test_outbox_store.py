@@ -5,6 +5,7 @@ operator command lists and drains them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -109,3 +110,59 @@ async def test_operator_lists_and_drains(sandbox: Sandbox, tmp_path: Path) -> No
     assert TRIAL_USERS[0].email not in listing.stdout  # bodies are never printed
     assert await _drain(settings_from_env(env)) == 0
     assert len(sandbox.salesforce.tasks) == 1
+
+
+def hubspot_id() -> str:
+    from src.sandbox.hubspot import contact_id_for
+
+    return contact_id_for(next(u for u in TRIAL_USERS if u.in_hubspot))
+
+
+@pytest.mark.parametrize("source", ["salesforce", "hubspot"])
+async def test_an_unknown_outcome_write_that_applied_is_found_and_not_resent(
+    sandbox: Sandbox, source: str
+) -> None:
+    settings = settings_from_env(sandbox.env())
+    settings = dataclasses.replace(
+        settings, resilience=dataclasses.replace(settings.resilience, service_timeout=0.5)
+    )
+    agent = PandaDocTrialistAgent(TrialistServices.from_settings(settings), settings)
+    agent.outbox.hubspot_search_settle = 0.0  # the sandbox's search index has no lag
+    server = sandbox.salesforce if source == "salesforce" else sandbox.hubspot
+    record = salesforce_id(sandbox) if source == "salesforce" else hubspot_id()
+    created = sandbox.salesforce.tasks if source == "salesforce" else sandbox.hubspot.notes
+    write = PendingWrite(source, record, "Trialist call summary", "Wants a demo.")
+    # The CRM applies the write but answers after the client gave up: outcome unknown.
+    fault = server.inject("*/objects/notes" if source == "hubspot" else "*/sobjects/Task",
+                          FaultKind.SLOW, delay_ms=800)  # fmt: skip
+    try:
+        assert await agent.outbox.send(write) == "checking" and write.verify
+        for _ in range(200):
+            if created:
+                break
+            await asyncio.sleep(0.01)
+        assert len(created) == 1  # it did apply
+        server.faults.remove(fault)
+        assert await agent.outbox.send(write) == "saved"  # found by its write id
+        assert len(created) == 1  # and not sent again
+    finally:
+        await agent.services.aclose()
+
+
+async def test_hubspot_absent_is_trusted_only_after_the_search_index_settles(
+    sandbox: Sandbox,
+) -> None:
+    agent = agent_on(sandbox, None)
+    write = PendingWrite("hubspot", hubspot_id(), "Summary", "note", verify=True)
+    now = [1000.0]
+    agent.outbox._wall = lambda: now[0]
+    write.sent_at = 995.0
+    try:
+        assert await agent.outbox.send(write) == "checking"  # 5 s: too recent to trust
+        assert sandbox.hubspot.notes == []
+        now[0] = 1030.0
+        assert await agent.outbox.send(write) == "saved"  # certainly absent: sent once
+        [note] = sandbox.hubspot.notes
+        assert write.write_id in note.body
+    finally:
+        await agent.services.aclose()

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from .base import SandboxServer, bearer_token
 from .data import SANDBOX_CREDENTIALS, TRIAL_USERS, TrialUser
+from .write_refs import note_search
 
 __all__ = ["HubSpotServer", "SandboxNote", "contact_id_for"]
 
@@ -138,6 +139,16 @@ class HubSpotServer(SandboxServer):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/crm/v3/objects/contacts/search", self._search_contacts)
         app.router.add_post("/crm/v3/objects/notes", self._create_note)
+        app.router.add_post("/crm/v3/objects/notes/search", self._search_notes)
+
+    async def _search_notes(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad_request("Invalid JSON body")
+        return note_search(self.notes, body)
 
     def malformed_body(self, request: web.Request) -> web.Response:
         if request.path.endswith("/search"):

@@ -41,6 +41,7 @@ from aiohttp import web
 
 from .base import SandboxServer, bearer_token
 from .data import SANDBOX_CREDENTIALS, TRIAL_USERS
+from .write_refs import is_task_query, task_query
 
 __all__ = ["SalesforceServer", "SoqlError", "SoqlQuery", "parse_soql"]
 
@@ -330,6 +331,8 @@ class SalesforceServer(SandboxServer):
             soql = body.get("q") if isinstance(body, dict) else None
         if not isinstance(soql, str) or not soql:
             return _errors(400, "MALFORMED_QUERY", "A query string is required")
+        if is_task_query(soql):  # the exactly-once search by write reference
+            return task_query(self.tasks, soql, request.match_info["version"])
         try:
             query = parse_soql(soql)
         except SoqlError as exc:
