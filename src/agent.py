@@ -34,6 +34,7 @@ from livekit.agents import (
 # Plugins must register on the main thread: import them here, not inside prewarm or jobs.
 from livekit.plugins import silero
 
+from src import metrics
 from src.error_recovery import CircuitBreaker, VoiceRetryPolicy
 from src.identity import identity_from_job
 from src.outbox import Outbox, PendingWrite
@@ -260,6 +261,7 @@ async def entrypoint(ctx: JobContext) -> None:
         await agent.flush_pending_writes()
         await services.aclose()
         await store.store.aclose()
+        metrics.job_ended()
 
     ctx.add_shutdown_callback(_shutdown)
     await session.start(agent=agent, room=ctx.room)

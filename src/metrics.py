@@ -12,11 +12,14 @@ gauges count the live jobs whose circuit is open).
 * ``pandadoc_tool_calls_total{tool,outcome}``: ``ok``, or ``fallback`` when the tool
   answered with a spoken phrase (recovery sentence or a question) instead of data.
 * ``pandadoc_tool_duration_seconds{tool}``: how long the caller waited on a tool.
+* ``pandadoc_store_errors_total{store}``: resilience store operations that failed.
+* ``pandadoc_outbox_depth``: CRM writes waiting in the durable outbox (last seen).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -102,3 +105,13 @@ OUTBOX_DEPTH = Gauge(
 
 def store_error(kind: str) -> None:
     STORE_ERRORS.labels(store=kind).inc()
+
+
+def job_ended() -> None:
+    """A job process is ending: drop its ``live*`` gauge files from the multiprocess
+    directory (LiveKit does not), so ``pandadoc_circuits_open`` counts live jobs only."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]

@@ -7,13 +7,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from src.drill.fleet import FleetJob, run_fleet_async
 from src.phrases import NOTE_QUEUED, USAGE_FALLBACK
 from src.sandbox import FaultKind, Sandbox
 from src.store import open_store
-from tests.fleet_helpers import RedisServer
+from tests.fleet_helpers import RedisServer, free_port
 
 
 @pytest.fixture
@@ -84,3 +85,33 @@ async def test_a_summary_queued_in_a_job_that_exits_is_delivered_by_another(
     assert "Wants a demo." in task["Description"]
     [again] = await run_fleet_async([FleetJob(env, lookups=0)])  # nothing is sent twice
     assert again.pending_after == 0 and len(sandbox.salesforce.tasks) == 1
+
+
+async def test_metrics_scrape_shows_a_transition_made_in_a_job_process(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the worker runs it: a multiprocess directory set before job processes start,
+    LiveKit's own /metrics endpoint in the worker process."""
+    from livekit.agents.telemetry.http_server import HttpServer
+
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    sandbox.amplitude.inject("*", FaultKind.SERVICE_UNAVAILABLE)
+    env = {**sandbox.env(), "RESILIENCE_STORE_URL": f"sqlite:///{tmp_path / 'fleet.db'}"}
+    [job] = await run_fleet_async([FleetJob(env, lookups=1)], spawn=True)
+    assert job.states["amplitude"] == "open"
+    port = free_port()
+    server = HttpServer("127.0.0.1", port)
+    await server.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            text = await resp.text()
+    finally:
+        await server.aclose()
+    assert 'pandadoc_circuit_transitions_total{service="amplitude",to_state="open"} 1.0' in text
+    # The job ended, so it no longer counts among jobs with an open circuit.
+    assert 'pandadoc_circuits_open{service="amplitude"} 1.0' not in text

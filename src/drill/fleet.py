@@ -21,6 +21,7 @@ from typing import Any
 
 from livekit.agents.llm import ToolError
 
+from src import metrics
 from src.agent import PandaDocTrialistAgent
 from src.services.wiring import TrialistServices
 from src.settings import settings_from_env
@@ -106,6 +107,7 @@ async def conversation(job: FleetJob) -> ConversationResult:
         result.states = {n: b.state.value for n, b in agent.circuit_breakers.items()}
         await services.aclose()
         await guard.store.aclose()
+        metrics.job_ended()
     return result
 
 
@@ -137,17 +139,22 @@ def _context() -> Any:
     return _CONTEXT
 
 
-def run_fleet(jobs: Sequence[FleetJob], *, at_once: int = 1) -> list[ConversationResult]:
-    """Run ``jobs``, one process each, ``at_once`` at a time; results in job order."""
+def run_fleet(
+    jobs: Sequence[FleetJob], *, at_once: int = 1, spawn: bool = False
+) -> list[ConversationResult]:
+    """Run ``jobs``, one process each, ``at_once`` at a time; results in job order.
+    ``spawn``: fresh interpreters that see this process's current environment (slower;
+    e.g. for ``PROMETHEUS_MULTIPROC_DIR`` set after the forkserver started)."""
+    context = multiprocessing.get_context("spawn") if spawn else _context()
     with ProcessPoolExecutor(
-        max_workers=max(1, at_once), mp_context=_context(), max_tasks_per_child=1
+        max_workers=max(1, at_once), mp_context=context, max_tasks_per_child=1
     ) as pool:
         return [ConversationResult(**r) for r in pool.map(_in_process, jobs)]
 
 
 async def run_fleet_async(
-    jobs: Sequence[FleetJob], *, at_once: int = 1
+    jobs: Sequence[FleetJob], *, at_once: int = 1, spawn: bool = False
 ) -> list[ConversationResult]:
     """:func:`run_fleet` without blocking the caller's event loop (the sandbox serving
     the conversations runs on it)."""
-    return await asyncio.to_thread(run_fleet, jobs, at_once=at_once)
+    return await asyncio.to_thread(run_fleet, jobs, at_once=at_once, spawn=spawn)
