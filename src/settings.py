@@ -214,6 +214,10 @@ class FleetSettings:
         except ValueError as exc:
             raise SettingsError(f"RESILIENCE_STORE_URL {exc}") from None
 
+    @property
+    def uses_redis(self) -> bool:
+        return self.store_url.startswith(("redis://", "rediss://"))
+
     def metrics_dir(self, prometheus_port: int) -> str | None:
         """The multiprocess directory the worker should use, ``None`` with metrics off."""
         if not prometheus_port:

@@ -12,6 +12,7 @@ milliseconds, and each process runs exactly one conversation.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import time
 from collections.abc import Mapping, Sequence
@@ -125,6 +126,7 @@ async def _watch(agent: PandaDocTrialistAgent, seconds: float, result: Conversat
 
 
 def _in_process(job: FleetJob) -> dict[str, Any]:
+    logging.basicConfig(level=logging.CRITICAL)  # results are reported, not logged
     return asdict(asyncio.run(conversation(job)))
 
 
@@ -135,7 +137,7 @@ def _context() -> Any:
     global _CONTEXT
     if _CONTEXT is None:
         _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["src.drill.fleet"])
+        _CONTEXT.set_forkserver_preload(["src.drill.fleet", "src.store.redis_store"])
     return _CONTEXT
 
 
