@@ -4,7 +4,7 @@ real store: a SQLite file, or a real redis-server. Kept few: each spawns process
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +17,16 @@ from src.store import open_store
 from tests.fleet_helpers import RedisServer, free_port
 
 
+@pytest.fixture(scope="module", autouse=True)
+def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """As the worker does before it starts job processes: a Prometheus multiprocess
+    directory in the environment the (forkserver) job processes start from."""
+    directory = tmp_path_factory.mktemp("metrics")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+        yield directory
+
+
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
     async with Sandbox() as s:
@@ -25,6 +35,7 @@ async def sandbox() -> AsyncIterator[Sandbox]:
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Both stores: the claim is that either one is shared across processes."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'fleet.db'}"
     server = RedisServer(tmp_path / "redis")
@@ -60,7 +71,7 @@ async def test_exactly_one_probe_among_ten_processes(sandbox: Sandbox, tmp_path:
         "SERVICE_TIMEOUT": "3",
     }
     await run_fleet_async([FleetJob(env, lookups=0)])  # the forkserver is warm now
-    start_at = time.time() + 1.0
+    start_at = time.time() + 0.5
     results = await run_fleet_async(
         [FleetJob(env, lookups=1, start_at=start_at) for _ in range(10)], at_once=10
     )
@@ -88,18 +99,17 @@ async def test_a_summary_queued_in_a_job_that_exits_is_delivered_by_another(
 
 
 async def test_metrics_scrape_shows_a_transition_made_in_a_job_process(
-    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandbox: Sandbox, tmp_path: Path, metrics_dir: Path
 ) -> None:
     """As the worker runs it: a multiprocess directory set before job processes start,
     LiveKit's own /metrics endpoint in the worker process."""
     from livekit.agents.telemetry.http_server import HttpServer
 
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    for stale in metrics_dir.iterdir():  # the worker empties it at start
+        stale.unlink()
     sandbox.amplitude.inject("*", FaultKind.SERVICE_UNAVAILABLE)
     env = {**sandbox.env(), "RESILIENCE_STORE_URL": f"sqlite:///{tmp_path / 'fleet.db'}"}
-    [job] = await run_fleet_async([FleetJob(env, lookups=1)], spawn=True)
+    [job] = await run_fleet_async([FleetJob(env, lookups=1)])
     assert job.states["amplitude"] == "open"
     port = free_port()
     server = HttpServer("127.0.0.1", port)
