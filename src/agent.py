@@ -43,7 +43,7 @@ from livekit.agents import (
 # Plugins must register on the main thread: import them here, not inside prewarm or jobs.
 from livekit.plugins import silero
 
-from src import quickstart
+from src import metrics, quickstart
 from src.error_recovery import CircuitBreaker, VoiceRetryPolicy
 from src.identity import identity_at_start, trusted_attributes
 from src.outbox import Outbox, PendingWrite
@@ -53,6 +53,7 @@ from src.services.wiring import SERVICE_NAMES, TrialistServices
 from src.session import SpokenApology, build_session, caller_safe_context, connect_options
 from src.settings import Settings, SettingsError, load_settings
 from src.state import TrialistData
+from src.store import StoreGuard, open_store
 from src.tools import crm, demo, usage
 from src.tools.policy import record_identity
 from src.tools.runtime import ToolRuntime
@@ -97,6 +98,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        store: StoreGuard | None = None,
     ) -> None:
         super().__init__(instructions=INSTRUCTIONS)
         self.settings = settings or Settings()
@@ -108,6 +110,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
                 recovery_timeout=r.recovery_timeout,
                 name=name,
                 clock=clock,
+                store=store,  # shared with every conversation of the fleet when given
             )
             for name in SERVICE_NAMES
         }
@@ -125,6 +128,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             self.call_with_retry_and_circuit_breaker,
             clock=clock,
             service_timeout=r.service_timeout,
+            store=store,
         )
 
     @property
@@ -226,8 +230,16 @@ except SettingsError as exc:
     if __name__ == "__main__":  # a clear line for the operator, not a traceback
         raise SystemExit(f"Configuration error: {exc}") from None
     raise
-# Metrics (src/metrics.py) are served by LiveKit's worker endpoint when PROMETHEUS_PORT is set.
-server = AgentServer(prometheus_port=SETTINGS.agent.prometheus_port or None)
+# Metrics (src/metrics.py) are served by LiveKit's worker endpoint when PROMETHEUS_PORT is set;
+# the multiprocess directory (set up by the worker before any job process starts) lets it
+# show the series that job processes update.
+server = AgentServer(
+    prometheus_port=SETTINGS.agent.prometheus_port or None,
+    prometheus_multiproc_dir=SETTINGS.fleet.metrics_dir(SETTINGS.agent.prometheus_port),
+    # Job processes fork from a preloaded server: import the Redis client there once,
+    # not on each job's first tool call.
+    preload_modules=["src.store.redis_store"] if SETTINGS.fleet.uses_redis else None,
+)
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -244,7 +256,8 @@ async def entrypoint(ctx: JobContext) -> None:
     services = TrialistServices.from_settings(settings)
     # Nobody until the dispatch is read below; the identity is decided once, there.
     data = TrialistData(name=settings.agent.trialist_name or None, timezone=settings.agent.timezone)
-    agent = PandaDocTrialistAgent(services, settings)
+    store = StoreGuard(open_store(settings.fleet.store_url))  # shared by the fleet's jobs
+    agent = PandaDocTrialistAgent(services, settings, store=store)
     apology = SpokenApology(f"{agent.get_error_response('service_unavailable')} {APOLOGY}")
     goodbye = SpokenApology(GOODBYE)
     session = build_session(
@@ -261,6 +274,8 @@ async def entrypoint(ctx: JobContext) -> None:
         # without it (a no-op when nothing is pending).
         await agent.flush_pending_writes()
         await services.aclose()
+        await store.store.aclose()
+        metrics.job_ended()
 
     ctx.add_shutdown_callback(_shutdown)
     await session.start(agent=agent, room=ctx.room)

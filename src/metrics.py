@@ -17,11 +17,14 @@ gauges count the live jobs whose circuit is open).
   the caller's identity is only claimed).
 * ``pandadoc_caller_identities_total{trust,source}``: identities decided, by trust level
   and how (``dispatch``, ``console``, ``sip``, ``spoken``).
+* ``pandadoc_store_errors_total{store}``: resilience store operations that failed.
+* ``pandadoc_outbox_depth``: CRM writes waiting in the durable outbox (last seen).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -105,3 +108,28 @@ CALLER_IDENTITIES = Counter(
     "Caller identities decided, by trust level and source.",
     ["trust", "source"],
 )
+# -- fleet scope (shared breakers, durable outbox) -------------------------------------
+STORE_ERRORS = Counter(
+    "pandadoc_store_errors_total",
+    "Resilience store operations that failed (breakers fell back to local state).",
+    ["store"],
+)
+OUTBOX_DEPTH = Gauge(
+    "pandadoc_outbox_depth",
+    "CRM writes waiting in the durable outbox, as last seen by a job.",
+    multiprocess_mode="mostrecent",
+)
+
+
+def store_error(kind: str) -> None:
+    STORE_ERRORS.labels(store=kind).inc()
+
+
+def job_ended() -> None:
+    """A job process is ending: drop its ``live*`` gauge files from the multiprocess
+    directory (LiveKit does not), so ``pandadoc_circuits_open`` counts live jobs only."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]

@@ -284,3 +284,14 @@ def demo_link_from_sales(when: str, *, queued: bool) -> str:
         f"I couldn't book that directly, so I've passed {when} to our sales team, and "
         "they'll email you a link to confirm it or pick another time."
     )
+
+
+# --------------------------------------------------------------------------------------
+# Fleet scope: exactly-once CRM writes (src/outbox.py)
+# --------------------------------------------------------------------------------------
+
+# The note may or may not have reached the CRM; it will be looked for by its write id and
+# sent only if it is certainly not there, so no duplicate and no loss.
+NOTE_WILL_CONFIRM = (
+    "Our records were slow to confirm that note, so I'll make sure that's saved, and only once."
+)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .redaction import register_secret
 from .services.chilipiper_model import SchedulingLink
+from .store import DEFAULT_STORE_URL, validate_store_url
 from .validation import is_valid_email, is_valid_salesforce_id
 
 __all__ = [
@@ -267,6 +269,36 @@ MAX_RESPONSE_CAP = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """What the conversations of a fleet share (:mod:`src.store`) and how the worker
+    collects their metrics. ``store_url``: ``RESILIENCE_STORE_URL`` (default: a SQLite
+    file under the system temp dir); ``prometheus_multiproc_dir``:
+    ``PROMETHEUS_MULTIPROC_DIR`` (default, when ``PROMETHEUS_PORT`` is set: a directory
+    under the system temp dir)."""
+
+    store_url: str = DEFAULT_STORE_URL
+    prometheus_multiproc_dir: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            validate_store_url(self.store_url)
+        except ValueError as exc:
+            raise SettingsError(f"RESILIENCE_STORE_URL {exc}") from None
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.store_url.startswith(("redis://", "rediss://"))
+
+    def metrics_dir(self, prometheus_port: int) -> str | None:
+        """The multiprocess directory the worker should use, ``None`` with metrics off."""
+        if not prometheus_port:
+            return None
+        return self.prometheus_multiproc_dir or str(
+            Path(tempfile.gettempdir()) / f"pandadoc-metrics-{prometheus_port}"
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     agent: AgentSettings = field(default_factory=AgentSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
@@ -276,6 +308,7 @@ class Settings:
     hubspot: HubSpotSettings = field(default_factory=HubSpotSettings)
     chilipiper: ChiliPiperSettings = field(default_factory=ChiliPiperSettings)
     response_limits: ResponseLimits = field(default_factory=ResponseLimits)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
 
 # -- parsing --------------------------------------------------------------------------
@@ -435,6 +468,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             booking_url=_url(env, "CHILIPIPER_BOOKING_URL", schemes=("https", "http")),
         ),
         response_limits=_response_limits(env),
+        fleet=_fleet(env),
     )
 
 
@@ -445,6 +479,16 @@ def _response_limits(env: Mapping[str, str]) -> ResponseLimits:
         salesforce=_int(env, "SALESFORCE_MAX_RESPONSE_BYTES", d.salesforce),
         hubspot=_int(env, "HUBSPOT_MAX_RESPONSE_BYTES", d.hubspot),
         chilipiper=_int(env, "CHILIPIPER_MAX_RESPONSE_BYTES", d.chilipiper),
+    )
+
+
+def _fleet(env: Mapping[str, str]) -> FleetSettings:
+    url = _str(env, "RESILIENCE_STORE_URL", DEFAULT_STORE_URL)
+    password = urlsplit(url).password if "://" in url else None
+    if password:
+        register_secret(password)  # a Redis URL may carry one; never in a log line
+    return FleetSettings(
+        store_url=url, prometheus_multiproc_dir=_str(env, "PROMETHEUS_MULTIPROC_DIR")
     )
 
 

@@ -29,7 +29,7 @@ from livekit.plugins import openai
 
 from src.drill.harness import Conversation, TurnResult, technical_leaks
 from src.error_recovery import CircuitState
-from src.phrases import ACCOUNT_FALLBACK, NOTE_QUEUED, NOTE_UNCONFIRMED
+from src.phrases import ACCOUNT_FALLBACK, NOTE_QUEUED, NOTE_UNCONFIRMED, NOTE_WILL_CONFIRM
 from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from src.session import on_session_error
@@ -221,17 +221,22 @@ async def test_vendor_fault_cell(service: str, fault: str) -> None:
 
 @pytest.mark.parametrize("service", list(CELLS))
 async def test_circuit_opens_then_single_probe(service: str) -> None:
-    """Three failed calls open the circuit; while open the service gets nothing; after
+    """Three failed attempts open the circuit; while open the service gets nothing; after
     the recovery timeout exactly one probe goes through (fails: re-open; succeeds:
     closed)."""
     cell = CELLS[service]
     async with conversation(cell.email) as conv:
         server = conv.sandbox.servers[service]
         server.inject("*", FaultKind.SERVICE_UNAVAILABLE)
-        for _ in range(3):
+        sent = 0
+        for _ in range(3):  # as many turns as the tool budget needs for three attempts
             turn = await conv.turn(cell.says)
-            assert 1 <= turn.requests[service] <= 1 + MAX_RETRIES
+            assert 1 <= turn.requests[service] <= (1 + MAX_RETRIES) * PER_ATTEMPT[service]
+            sent += turn.requests[service]
+            if conv.agent.circuit_breakers[service].state is CircuitState.OPEN:
+                break
         assert conv.agent.circuit_breakers[service].state is CircuitState.OPEN
+        assert 3 <= sent <= 3 * PER_ATTEMPT[service]  # three failed attempts, in any turns
         assert [str(t) for t in conv.transitions] == [f"{service}:closed->open"]
 
         open_turn = await conv.turn(cell.says)
@@ -292,7 +297,7 @@ async def test_booking_fault(fault: str) -> None:
             assert "sales team" in output
             assert after.demo_requested == before.offered_slots[2].slot_id
             tasks = conv.sandbox.salesforce.tasks
-            assert [t["Subject"] for t in tasks] == ["Demo requested"]
+            assert [t["Subject"].split(" (ref ")[0] for t in tasks] == ["Demo requested"]
         if fault in ALWAYS_FAILS | {"refused"}:
             assert not is_error and after.booked_meeting is None
             assert after.demo_requested is not None
@@ -399,9 +404,17 @@ async def test_summary_write_never_silently_dropped(crm: str, fault: str) -> Non
             assert await conv.agent.flush_pending_writes() == 0
             assert applied() == 1
         else:
-            assert output == NOTE_UNCONFIRMED, output  # told, not silent
+            # Outcome unknown: told so, kept, looked for by its write id, saved exactly once.
+            assert output == NOTE_WILL_CONFIRM, output
             assert turn.data_after == before
-            assert conv.agent.pending_writes == []
+            [write] = conv.agent.pending_writes
+            assert write.verify
+            await heal(server)
+            conv.agent.circuit_breakers[crm].reset()
+            conv.agent.outbox.hubspot_search_settle = 0.0  # the sandbox's index has no lag
+            assert await conv.agent.flush_pending_writes() == 0
+            saved = server.tasks if crm == "salesforce" else server.notes  # type: ignore[attr-defined]
+            assert len(saved) == 1
         if fault in ("refused", "503", "429", "401"):
             # Certainly not applied: must be queued for later, not abandoned.
             assert output == NOTE_QUEUED
@@ -578,6 +591,7 @@ def test_technical_leaks_catches(text: str) -> None:
         ACCOUNT_FALLBACK,
         NOTE_QUEUED,
         NOTE_UNCONFIRMED,
+        NOTE_WILL_CONFIRM,
         "You're all set for a demo on Monday at 12 PM.",
         "You've created fourteen documents and have 7 days left.",
     ],

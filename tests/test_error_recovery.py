@@ -675,19 +675,19 @@ async def test_call_with_retry_returns_result_after_transient_failure(
     assert agent.circuit_breakers["amplitude"].failure_count == 0
 
 
-async def test_call_with_retry_falls_back_and_opens_after_three_calls(
+async def test_call_with_retry_falls_back_and_opens_after_three_failed_attempts(
     agent: RecoveringAgent, sleep: RecordingSleep
 ) -> None:
     func = Flaky(*(unavailable() for _ in range(100)))
-    for _ in range(3):
+    assert await agent.call_with_retry_and_circuit_breaker("amplitude", func, FALLBACK) == FALLBACK
+    assert func.calls == 3  # 1 + max_retries=2; every failed attempt counts
+    assert all(d <= 3.0 for d in sleep.delays)
+    assert agent.circuit_breakers["amplitude"].state is CircuitState.OPEN
+    for _ in range(2):
         assert (
             await agent.call_with_retry_and_circuit_breaker("amplitude", func, FALLBACK) == FALLBACK
         )
-    assert func.calls == 9  # 3 calls x (1 + max_retries=2)
-    assert all(d <= 3.0 for d in sleep.delays)
-    assert agent.circuit_breakers["amplitude"].state is CircuitState.OPEN
-    assert await agent.call_with_retry_and_circuit_breaker("amplitude", func, FALLBACK) == FALLBACK
-    assert func.calls == 9  # the open circuit sent nothing
+    assert func.calls == 3  # the open circuit sent nothing
 
 
 async def test_call_with_retry_half_open_probe_is_a_single_attempt(
@@ -804,15 +804,15 @@ async def test_end_to_end_outage_recovery(agent: RecoveringAgent, clock: FakeClo
             server.inject("/usage", FaultKind.SERVICE_UNAVAILABLE)
             for _ in range(3):
                 assert await agent.handle_tool_with_error_recovery(ctx, "usage", tool) == FALLBACK
-            assert len(server.requests("/usage")) == 9
+            assert len(server.requests("/usage")) == 3  # three failed attempts opened it
             assert await agent.handle_tool_with_error_recovery(ctx, "usage", tool) == FALLBACK
-            assert len(server.requests("/usage")) == 9
+            assert len(server.requests("/usage")) == 3
             assert state.facts == ["sent 4", "sent 4"]
             # the service comes back; after the recovery timeout one probe closes the circuit
             server.clear()
             clock.advance(30.0)
             assert await agent.handle_tool_with_error_recovery(ctx, "usage", tool) == out
-            assert len(server.requests("/usage")) == 10
+            assert len(server.requests("/usage")) == 4
             assert agent.circuit_breakers["amplitude"].state is CircuitState.CLOSED
         finally:
             await http.aclose()

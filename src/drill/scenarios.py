@@ -90,6 +90,7 @@ class Scenario:
     failing: str = ""  # service whose requests are counted (default: first fault's)
     recovery: bool = False  # after the turns: heal, skip the recovery timeout, one more turn
     flush: bool = False  # after the turns: heal and flush queued CRM writes
+    fleet: bool = False  # conversations in separate processes (src/drill/fleet_outage.py)
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -192,6 +193,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         ("hello there",),
         budget_s=LLM_BUDGET,
     ),
+    Scenario(
+        "fleet-outage",
+        "6 conversations in separate processes (3 at a time), usage 503, shared SQLite store",
+        (Fault("amplitude", "503"),),
+        (),
+        fleet=True,
+    ),
 )
 
 
@@ -213,6 +221,10 @@ class ScenarioReport:
 
 
 async def run_scenario(scenario: Scenario) -> ScenarioReport:
+    if scenario.fleet:
+        from src.drill.fleet_outage import run_fleet_outage
+
+        return await run_fleet_outage(scenario)
     failing = scenario.failing or (scenario.faults[0].service if scenario.faults else "")
     problems: list[str] = []
     note = ""

@@ -2,10 +2,22 @@
 failures; OPEN fails fast with :class:`~src.errors.CircuitOpenError`; after
 ``recovery_timeout`` seconds exactly one caller goes through as the HALF_OPEN probe while
 everyone else still fails fast; the probe's success closes the circuit, its failure
-re-opens it with a fresh timeout."""
+re-opens it with a fresh timeout.
+
+Given a shared store (:mod:`src.store`, through a :class:`~src.store.StoreGuard`), the
+breaker is one circuit for the whole fleet: every counted failure, in any conversation,
+is written to the store; an open circuit is seen by every conversation within
+``share_ttl`` seconds; after the recovery timeout exactly one probe goes out fleet-wide
+(a lease that expires, so a probe whose process died does not block recovery). The
+closed-circuit success path does not touch the store (the shared view is cached for
+``share_ttl``). When the store fails, the breaker carries on with its local state.
+Use the async :meth:`CircuitBreaker.admit` / :meth:`~CircuitBreaker.on_failure` /
+:meth:`~CircuitBreaker.on_success` (or :meth:`~CircuitBreaker.call`) to share; the sync
+``acquire``/``record_*`` only ever change local state."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from enum import StrEnum
@@ -14,6 +26,7 @@ from typing import Any, TypeVar
 from .. import metrics
 from ..errors import CircuitOpenError
 from ..redaction import get_logger
+from ..store import BreakerView, StoreError, StoreGuard
 from .policies import counts_as_failure
 
 __all__ = ["CircuitBreaker", "CircuitState", "Clock", "TransitionListener"]
@@ -43,6 +56,11 @@ class CircuitBreaker:
         is_failure: predicate deciding which exceptions count. Default
             :func:`counts_as_failure`.
         listeners: callables ``(name, old_state, new_state)`` run on every transition.
+        store: a :class:`~src.store.StoreGuard` to share the circuit fleet-wide (None:
+            this breaker is local, as in the spec).
+        share_ttl: seconds a shared view is trusted before the store is read again.
+            Default 0.25.
+        probe_lease: seconds the fleet's one half-open probe holds its lease. Default 10.
 
     No lock is held across the awaited call: state changes happen between awaits, which
     asyncio makes atomic, so any number of concurrent tasks may share one breaker.
@@ -57,6 +75,9 @@ class CircuitBreaker:
         clock: Clock = time.monotonic,
         is_failure: Callable[[BaseException], bool] = counts_as_failure,
         listeners: Iterable[TransitionListener] = (),
+        store: StoreGuard | None = None,
+        share_ttl: float = 0.25,
+        probe_lease: float = 10.0,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be >= 1")
@@ -73,6 +94,11 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._probe_token = 0  # token of the probe in flight, 0 when none
         self._tokens_issued = 0
+        self.store = store
+        self.share_ttl = share_ttl
+        self.probe_lease = probe_lease
+        self._synced_at: float | None = None
+        self._shared_probe: dict[int, str] = {}  # local probe token -> fleet lease token
 
     # -- read-only view ----------------------------------------------------------------
     @property
@@ -107,14 +133,138 @@ class CircuitBreaker:
         (or while another caller's half-open probe is in flight); otherwise returns or
         raises whatever ``func`` does, after recording the outcome.
         """
-        probe = self.acquire()
+        probe = await self.admit()
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            self.record_failure(exc, probe=probe)
+            await self.on_failure(exc, probe=probe)
             raise
-        self.record_success(probe=probe)
+        await self.on_success(probe=probe)
         return result
+
+    # -- fleet-wide (async; local only when there is no store) --------------------------
+    async def refresh(self, *, force: bool = False) -> None:
+        """Adopt the fleet's view of this circuit when the cached one is older than
+        ``share_ttl`` (or ``force``). A store failure keeps the local state."""
+        guard = self.store
+        if guard is None:
+            return
+        fresh = self._synced_at is not None and self._clock() - self._synced_at < self.share_ttl
+        if fresh and not force:
+            return
+        self._synced_at = self._clock()
+        try:
+            view = await guard.run(
+                lambda: guard.store.breaker_view(self.name, self.recovery_timeout), "read"
+            )
+        except StoreError:
+            return
+        self._adopt(view)
+
+    async def admit(self) -> int:
+        """:meth:`acquire` for the fleet: refuses while the shared circuit is open, and
+        past the recovery timeout lets exactly one caller fleet-wide be the probe."""
+        guard = self.store
+        if guard is None:
+            return self.acquire()
+        await self.refresh()
+        if self._state is CircuitState.CLOSED:
+            return 0
+        if self._state is CircuitState.HALF_OPEN or self.retry_in() > 0:
+            return self.acquire()  # raises CircuitOpenError
+        try:
+            token, view = await guard.run(
+                lambda: guard.store.breaker_probe(
+                    self.name, self.recovery_timeout, self.probe_lease
+                ),
+                "probe",
+            )
+        except StoreError:
+            return self.acquire()  # the store is down: this process decides alone
+        if not token:
+            self._adopt(view)
+            raise CircuitOpenError(self.name, view.retry_in)
+        self._opened_at = self._clock() - self.recovery_timeout  # due, as the store said
+        local = self.acquire()
+        if local:
+            self._shared_probe[local] = token
+        return local
+
+    async def on_failure(self, exc: BaseException, *, probe: int = 0) -> None:
+        """:meth:`record_failure`, counted fleet-wide: this failure and those of every
+        other conversation add up to the threshold."""
+        guard = self.store
+        if probe:
+            token = self._shared_probe.pop(probe, None)
+            self.record_failure(exc, probe=probe)
+            if guard is not None and token:
+                ok = None if not isinstance(exc, Exception) else not self._is_failure(exc)
+                await self._probe_done(guard, token, ok)
+            return
+        if guard is None or self._state is not CircuitState.CLOSED:
+            self.record_failure(exc)
+            return
+        if not self._is_failure(exc):
+            return
+        try:
+            opened, view = await guard.run(
+                lambda: guard.store.breaker_failure(
+                    self.name, self.failure_threshold, self.recovery_timeout
+                ),
+                "failure",
+            )
+        except StoreError:
+            self.record_failure(exc)
+            return
+        self._synced_at = self._clock()
+        if opened and self._state is CircuitState.CLOSED:
+            self._failure_count = view.failures
+            self._open(reason="threshold")
+        else:
+            self._adopt(view)
+
+    async def on_success(self, *, probe: int = 0) -> None:
+        """:meth:`record_success`, shared: a probe's success closes the circuit for the
+        fleet; a success after counted failures clears the shared count."""
+        guard = self.store
+        if probe:
+            token = self._shared_probe.pop(probe, None)
+            self.record_success(probe=probe)
+            if guard is not None and token:
+                await self._probe_done(guard, token, True)
+            return
+        had_failures = self._failure_count > 0
+        self.record_success()
+        if guard is not None and had_failures and self._state is CircuitState.CLOSED:
+            with contextlib.suppress(StoreError):
+                await guard.run(lambda: guard.store.breaker_success(self.name), "success")
+
+    async def _probe_done(self, guard: StoreGuard, token: str, ok: bool | None) -> None:
+        with contextlib.suppress(StoreError):  # else the lease expires by itself
+            await guard.run(
+                lambda: guard.store.breaker_probe_done(self.name, token, ok), "probe result"
+            )
+        self._synced_at = self._clock()
+
+    def _adopt(self, view: BreakerView) -> None:
+        """Make the local state the fleet's (a probe of our own in flight decides alone)."""
+        if self._probe_token:
+            return
+        if view.state == "closed":
+            if self._state is not CircuitState.CLOSED:
+                self._close()
+            self._failure_count = view.failures
+            return
+        # open, or half-open with someone else's probe: refuse until it is due
+        retry_in = view.retry_in if view.state == "open" else 0.0
+        self._opened_at = self._clock() - max(0.0, self.recovery_timeout - retry_in)
+        self._failure_count = view.failures
+        if self._state is not CircuitState.OPEN:
+            self._transition(CircuitState.OPEN)
+            logger.info(
+                "Circuit breaker: circuit opened by another conversation",
+                extra={"breaker": self.name},
+            )
 
     def acquire(self) -> int:
         """Ask permission for one call. Returns a probe token (a positive int, truthy)

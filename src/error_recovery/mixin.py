@@ -181,9 +181,14 @@ class ErrorRecoveryMixin:
         """Call a service through its breaker with voice-tuned retries.
 
         Returns ``func()``'s result, or ``fallback_response`` when the circuit is open or
-        every attempt failed. One call is one outcome for the breaker, so
-        ``failure_threshold`` counts failed *calls*, not attempts; a half-open probe is
-        a single attempt (no retries pile onto a service that is just recovering).
+        every attempt failed. Every failed *attempt* counts toward ``failure_threshold``
+        (three timeouts in a row are three failures, whoever made them, so a dead service
+        opens the circuit after ``failure_threshold`` requests, not that many retried
+        calls); a retried call that then succeeds clears the count, so one transient
+        failure never opens a circuit. Before each retry the breaker's shared view is
+        refreshed: a circuit another conversation opened meanwhile ends the retries. A
+        half-open probe is a single attempt (no retries pile onto a service that is just
+        recovering).
 
         Args:
             service_name: key of ``self.circuit_breakers``.
@@ -208,7 +213,7 @@ class ErrorRecoveryMixin:
             known = ", ".join(sorted(breakers)) or "none"
             raise KeyError(f"unknown service {service_name!r}; known services: {known}")
         try:
-            probe = breaker.acquire()
+            probe = await breaker.admit()
         except CircuitOpenError:
             # Counted, not logged per call: an outage would flood the log. The breaker
             # logs its state changes (the spec's lines).
@@ -220,6 +225,24 @@ class ErrorRecoveryMixin:
             )
             return fallback_response
         policy = self.retry_policy
+        counted: BaseException | None = None  # the last failure already told the breaker
+        attempts = 0
+
+        async def attempt() -> T:
+            nonlocal counted, attempts
+            attempts += 1
+            if attempts > 1:
+                # Before a retry, see what other conversations learned meanwhile.
+                await breaker.refresh()
+                if breaker.state is not CircuitState.CLOSED:
+                    raise CircuitOpenError(service_name, breaker.retry_in())
+            try:
+                return await func()
+            except Exception as exc:
+                if not probe:  # every failed attempt counts, whoever made it
+                    counted = exc
+                    await breaker.on_failure(exc)
+                raise
 
         def _retryable(exc: BaseException) -> bool:
             # Stop retrying if other callers opened the circuit meanwhile.
@@ -227,7 +250,7 @@ class ErrorRecoveryMixin:
 
         try:
             result = await retry_with_exponential_backoff(
-                func,
+                attempt,
                 max_retries=0 if probe else max_retries,
                 base_delay=policy.base_delay,
                 max_delay=policy.max_delay,
@@ -242,10 +265,12 @@ class ErrorRecoveryMixin:
                 name=service_name,
             )
         except BaseException as exc:
-            breaker.record_failure(exc, probe=probe)
+            if exc is not counted and not isinstance(exc, CircuitOpenError):
+                await breaker.on_failure(exc, probe=probe)  # e.g. the attempt's time ran out
             if isinstance(exc, reraise) or not isinstance(exc, Exception):
                 raise
-            metrics.fallback_counter(service_name, "failed").inc()
+            reason = "circuit_open" if isinstance(exc, CircuitOpenError) else "failed"
+            metrics.fallback_counter(service_name, reason).inc()
             logger.warning(
                 "%s call failed with %s; using the fallback",
                 service_name,
@@ -253,5 +278,5 @@ class ErrorRecoveryMixin:
                 extra={"service": service_name, "error_class": type(exc).__name__},
             )
             return fallback_response
-        breaker.record_success(probe=probe)
+        await breaker.on_success(probe=probe)
         return result

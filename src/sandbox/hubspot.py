@@ -36,6 +36,7 @@ from aiohttp import web
 
 from .base import SandboxServer, bearer_token
 from .data import SANDBOX_CREDENTIALS, TRIAL_USERS, TrialUser
+from .write_refs import note_search
 
 __all__ = ["HubSpotServer", "SandboxNote", "contact_id_for"]
 
@@ -153,7 +154,12 @@ class HubSpotServer(SandboxServer):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/crm/v3/objects/contacts/search", self._search_contacts)
         app.router.add_post("/crm/v3/objects/notes", self._create_note)
-        for path in ("/crm/v3/objects/contacts/search", "/crm/v3/objects/notes"):
+        app.router.add_post("/crm/v3/objects/notes/search", self._search_notes)
+        for path in (
+            "/crm/v3/objects/contacts/search",
+            "/crm/v3/objects/notes",
+            "/crm/v3/objects/notes/search",
+        ):
             app.router.add_route("*", path, self._method_not_allowed)
         app.router.add_route("*", "/crm/{tail:.*}", self._not_found)
 
@@ -164,6 +170,15 @@ class HubSpotServer(SandboxServer):
     @staticmethod
     async def _not_found(request: web.Request) -> web.Response:
         return _error(404, "OBJECT_NOT_FOUND", "Resource not found")
+
+    async def _search_notes(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad_request("Invalid JSON body")
+        return note_search(self.notes, body)
 
     def malformed_body(self, request: web.Request) -> web.Response:
         if request.path.endswith("/search"):

@@ -47,6 +47,7 @@ from aiohttp import web
 from ..validation import salesforce_id_checksum
 from .base import SandboxServer, bearer_token
 from .data import SANDBOX_CREDENTIALS, TRIAL_USERS
+from .write_refs import is_task_query, task_query
 
 __all__ = [
     "SANDBOX_LEAD_QUEUE_ID",
@@ -371,6 +372,8 @@ class SalesforceServer(SandboxServer):
         soql = request.query.get("q")
         if not isinstance(soql, str) or not soql:
             return _errors(400, "MALFORMED_QUERY", "A query string is required")
+        if is_task_query(soql):  # the exactly-once search by write reference
+            return task_query(self.tasks, soql, request.match_info["version"])
         try:
             query = parse_soql(soql)
         except SoqlError as exc:

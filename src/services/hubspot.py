@@ -250,3 +250,39 @@ class HubSpotClient(ServiceClient):
         note = parse_model(SERVICE, _Note, data)
         logger.debug("hubspot note %s created for contact %s", note.id, contact_id)
         return note.id
+
+    async def note_exists(self, ref: str) -> bool:
+        """Whether a note carries the write reference ``ref`` as a word of its body:
+        the exactly-once check after a write whose outcome was unknown. Idempotent (a
+        search). HubSpot's search index lags new records by a few seconds, so the
+        outbox trusts an empty answer only for a write sent a while ago.
+
+        Raises:
+            InvalidRequest: ``ref`` is not a write reference (nothing is sent).
+            ServiceError: any failure, translated by :class:`ServiceHttp`.
+        """
+        if not (len(ref) == 32 and all(c in "0123456789abcdef" for c in ref)):
+            raise InvalidRequest(SERVICE, "hubspot: not a write reference")
+        body: dict[str, Any] = {
+            "filterGroups": [
+                {
+                    "filters": [
+                        {"propertyName": "hs_note_body", "operator": "CONTAINS_TOKEN", "value": ref}
+                    ]
+                }
+            ],
+            "properties": ["hs_note_body"],
+            "limit": 1,
+        }
+        data = await self._http.request(
+            "POST",
+            "/crm/v3/objects/notes/search",
+            json_body=body,
+            headers=self._headers,
+            on_404=BadResponse,
+        )
+        return bool(parse_model(SERVICE, _NoteSearch, data).total > 0)
+
+
+class _NoteSearch(pydantic.BaseModel):
+    total: int = pydantic.Field(ge=0)

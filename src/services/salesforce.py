@@ -477,6 +477,40 @@ class SalesforceClient(ServiceClient):
         logger.info("salesforce: task created")
         return created.id
 
+    async def task_exists(self, who_id: str, ref: str) -> bool:
+        """Whether a Task on ``who_id`` carries the write reference ``ref`` in its
+        Subject (:func:`task_ref_query`): the exactly-once check after a write whose
+        outcome was unknown. Idempotent (a query); SOQL reads are consistent, so an
+        empty answer means the Task certainly does not exist.
+
+        Raises:
+            InvalidRequest: a malformed ``who_id`` or ``ref`` (nothing is sent).
+            ServiceError: any failure, translated by the HTTP layer.
+        """
+        if not _RECORD_ID.fullmatch(who_id) or not WRITE_REF.fullmatch(ref):
+            raise InvalidRequest(SERVICE, "task search needs a record id and a write ref")
+        data = await self._authed(
+            "GET", self._data_path("/query"), params={"q": task_ref_query(who_id, ref)}
+        )
+        return parse_model(SERVICE, _CountResult, data).totalSize > 0
+
+
+WRITE_REF = re.compile(r"[0-9a-f]{32}")
+
+
+class _CountResult(pydantic.BaseModel):
+    totalSize: int = pydantic.Field(ge=0)
+
+
+def task_ref_query(who_id: str, ref: str) -> str:
+    """The SOQL that finds a Task by write reference. Task.Description is a long text
+    area, which SOQL cannot filter on, so the reference lives in the Subject."""
+    pattern = soql_quote(f"(ref {ref})", like=True)[1:-1]
+    return (
+        f"SELECT Id FROM Task WHERE WhoId = {soql_quote(who_id)} "
+        f"AND Subject LIKE '%{pattern}%' LIMIT 1"
+    )
+
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"

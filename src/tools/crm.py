@@ -20,6 +20,7 @@ from src.phrases import (
     NOTE_QUEUED,
     NOTE_SAVED,
     NOTE_UNCONFIRMED,
+    NOTE_WILL_CONFIRM,
 )
 from src.redaction import get_logger
 from src.services.crm import CrmContact
@@ -125,6 +126,8 @@ async def log_summary(rt: ToolRuntime, data: TrialistData, summary: str, interes
         raise ToolError(NOTE_QUEUED)
     if outcome == "rejected":
         raise ToolError(NOTE_FAILED)
+    if outcome == "checking":
+        raise ToolError(NOTE_WILL_CONFIRM)
     raise ToolError(NOTE_UNCONFIRMED)
 
 
@@ -147,6 +150,6 @@ async def crm_write(
         data.crm_source, data.crm_record_id, subject, body, owner_id=data.crm_owner_id
     )
     outcome = await rt.outbox.send(write, deadline_at)
-    if outcome == "queued":
-        rt.outbox.pending.append(write)
+    if outcome in ("queued", "checking"):
+        await rt.outbox.queue(write)
     return outcome

@@ -1,0 +1,211 @@
+"""What every resilience store keeps, and the rules it keeps it by.
+
+A store holds two things shared by every conversation (job process) of a fleet:
+
+* one record per circuit breaker: ``state`` (closed/open/half_open), consecutive
+  ``failures``, ``opened_at`` and the half-open probe's lease (``probe`` token and
+  ``probe_until``), all times on the store's own clock;
+* the durable outbox: CRM writes (an id and a JSON payload) with a claim lease, so two
+  drains never send the same write at once.
+
+The breaker rules are written once here as plain functions over a record dict; each
+backend only has to run them atomically (a lock, a SQLite transaction, a Redis WATCH
+transaction) with its own clock.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+__all__ = [
+    "BreakerView",
+    "OutboxItem",
+    "ResilienceStore",
+    "StoreError",
+]
+
+R = TypeVar("R")
+Record = dict[str, Any]
+Mutation = Callable[[Record, float], tuple[R, bool]]  # (result, changed)
+
+
+class StoreError(Exception):
+    """The store could not answer (down, slow, locked, refusing, corrupt)."""
+
+
+@dataclass(frozen=True)
+class BreakerView:
+    """A breaker's shared state as one conversation sees it.
+
+    ``retry_in``: seconds until an open circuit lets a probe through (0 when not open);
+    ``probing``: a live probe lease is held somewhere in the fleet."""
+
+    state: str
+    failures: int
+    retry_in: float
+    probing: bool = False
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One durable write: its id, JSON payload, when it was queued and until when it is
+    claimed (0 when free), all on the store's clock."""
+
+    id: str
+    payload: str
+    created: float
+    claimed_until: float
+
+
+def new_record() -> Record:
+    return {"state": "closed", "failures": 0, "opened_at": 0.0, "probe": "", "probe_until": 0.0}
+
+
+def view_of(rec: Record, now: float, recovery_timeout: float) -> BreakerView:
+    retry_in = 0.0
+    if rec["state"] == "open":
+        retry_in = max(0.0, float(rec["opened_at"]) + recovery_timeout - now)
+    probing = rec["state"] == "half_open" and float(rec["probe_until"]) > now
+    return BreakerView(str(rec["state"]), int(rec["failures"]), retry_in, probing)
+
+
+def _open(rec: Record, now: float) -> None:
+    rec.update(state="open", opened_at=now, probe="", probe_until=0.0)
+
+
+def rule_failure(threshold: int) -> Mutation[bool]:
+    """A counted failed attempt while closed; result: this failure opened the circuit."""
+
+    def apply(rec: Record, now: float) -> tuple[bool, bool]:
+        if rec["state"] != "closed":
+            return False, False
+        rec["failures"] = int(rec["failures"]) + 1
+        if rec["failures"] >= threshold:
+            _open(rec, now)
+            return True, True
+        return False, True
+
+    return apply
+
+
+def rule_success(rec: Record, now: float) -> tuple[None, bool]:
+    """A success while closed clears the consecutive count."""
+    if rec["state"] != "closed" or int(rec["failures"]) == 0:
+        return None, False
+    rec["failures"] = 0
+    return None, True
+
+
+def rule_probe(recovery_timeout: float, lease: float) -> Mutation[str]:
+    """Take the fleet's one probe lease when the recovery timeout is over (or the last
+    probe's lease expired: its process died); result: the token, ``""`` when refused."""
+
+    def apply(rec: Record, now: float) -> tuple[str, bool]:
+        due = rec["state"] == "open" and now >= float(rec["opened_at"]) + recovery_timeout
+        stale = rec["state"] == "half_open" and now >= float(rec["probe_until"])
+        if not (due or stale):
+            return "", False
+        token = uuid.uuid4().hex
+        rec.update(state="half_open", probe=token, probe_until=now + lease)
+        return token, True
+
+    return apply
+
+
+def rule_probe_done(token: str, ok: bool | None) -> Mutation[str]:
+    """The probe's outcome: success closes, failure re-opens with a fresh timeout,
+    ``None`` (cancelled, no verdict) frees the lease for the next caller at once. A token
+    that no longer holds the lease changes nothing. Result: the new state."""
+
+    def apply(rec: Record, now: float) -> tuple[str, bool]:
+        if rec["state"] != "half_open" or rec["probe"] != token:
+            return str(rec["state"]), False
+        if ok is None:
+            rec.update(state="open", probe="", probe_until=0.0)  # opened_at kept: due now
+        elif ok:
+            rec.update(state="closed", failures=0, opened_at=0.0, probe="", probe_until=0.0)
+        else:
+            rec["failures"] = int(rec["failures"]) + 1
+            _open(rec, now)
+        return str(rec["state"]), True
+
+    return apply
+
+
+def rule_reset(rec: Record, now: float) -> tuple[None, bool]:
+    rec.clear()
+    rec.update(new_record())
+    return None, True
+
+
+class ResilienceStore(abc.ABC):
+    """A backend: atomic read-modify-write of breaker records, and the outbox."""
+
+    url_scheme = ""
+
+    # -- what a backend implements --------------------------------------------------
+    @abc.abstractmethod
+    async def _mutate(self, name: str, fn: Mutation[R]) -> tuple[R, Record, float]:
+        """Run ``fn(record, now)`` atomically; returns (result, record after, now)."""
+
+    @abc.abstractmethod
+    async def _read(self, name: str) -> tuple[Record, float]:
+        """(record, store clock now); a fresh record when none is stored."""
+
+    @abc.abstractmethod
+    async def outbox_put(self, item_id: str, payload: str) -> None:
+        """Add a write (idempotent on ``item_id``)."""
+
+    @abc.abstractmethod
+    async def outbox_claim(self, limit: int, lease: float) -> list[OutboxItem]:
+        """Claim up to ``limit`` unclaimed (or lease-expired) writes, oldest first."""
+
+    @abc.abstractmethod
+    async def outbox_done(self, item_id: str) -> None:
+        """Remove a delivered (or given up) write."""
+
+    @abc.abstractmethod
+    async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
+        """Give a claimed write back (optionally with an updated payload)."""
+
+    @abc.abstractmethod
+    async def outbox_list(self) -> list[OutboxItem]:
+        """Every write, oldest first (operator view)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreError` when the store does not answer."""
+        await self._read("__ping__")
+
+    # -- breaker operations (shared by every backend) -------------------------------
+    async def breaker_view(self, name: str, recovery_timeout: float) -> BreakerView:
+        rec, now = await self._read(name)
+        return view_of(rec, now, recovery_timeout)
+
+    async def breaker_failure(
+        self, name: str, threshold: int, recovery_timeout: float
+    ) -> tuple[bool, BreakerView]:
+        opened, rec, now = await self._mutate(name, rule_failure(threshold))
+        return opened, view_of(rec, now, recovery_timeout)
+
+    async def breaker_success(self, name: str) -> None:
+        await self._mutate(name, rule_success)
+
+    async def breaker_probe(
+        self, name: str, recovery_timeout: float, lease: float
+    ) -> tuple[str, BreakerView]:
+        token, rec, now = await self._mutate(name, rule_probe(recovery_timeout, lease))
+        return token, view_of(rec, now, recovery_timeout)
+
+    async def breaker_probe_done(self, name: str, token: str, ok: bool | None) -> str:
+        state, _, _ = await self._mutate(name, rule_probe_done(token, ok))
+        return state
+
+    async def breaker_reset(self, name: str) -> None:
+        await self._mutate(name, rule_reset)

@@ -1,0 +1,75 @@
+"""``memory://``: one process's store, for unit tests (nothing is shared or durable)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+from .base import Mutation, OutboxItem, R, Record, ResilienceStore, StoreError, new_record
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(ResilienceStore):
+    """Dicts guarded by the event loop (every operation runs between awaits).
+
+    ``clock``: seconds, injectable for tests. ``fail``: set True to make every operation
+    raise :class:`StoreError` (a store outage in tests)."""
+
+    url_scheme = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._records: dict[str, Record] = {}
+        self._outbox: dict[str, OutboxItem] = {}
+        self.fail = False
+
+    def _check(self) -> None:
+        if self.fail:
+            raise StoreError("memory store set to fail")
+
+    async def _mutate(self, name: str, fn: Mutation[R]) -> tuple[R, Record, float]:
+        self._check()
+        now = self._clock()
+        rec = self._records.setdefault(name, new_record())
+        result, _ = fn(rec, now)
+        return result, copy.deepcopy(rec), now
+
+    async def _read(self, name: str) -> tuple[Record, float]:
+        self._check()
+        return copy.deepcopy(self._records.get(name, new_record())), self._clock()
+
+    async def outbox_put(self, item_id: str, payload: str) -> None:
+        self._check()
+        if item_id not in self._outbox:
+            self._outbox[item_id] = OutboxItem(item_id, payload, self._clock(), 0.0)
+
+    async def outbox_claim(self, limit: int, lease: float) -> list[OutboxItem]:
+        self._check()
+        now = self._clock()
+        claimed: list[OutboxItem] = []
+        for item in sorted(self._outbox.values(), key=lambda i: i.created):
+            if len(claimed) >= limit:
+                break
+            if item.claimed_until <= now:
+                taken = OutboxItem(item.id, item.payload, item.created, now + lease)
+                self._outbox[item.id] = taken
+                claimed.append(taken)
+        return claimed
+
+    async def outbox_done(self, item_id: str) -> None:
+        self._check()
+        self._outbox.pop(item_id, None)
+
+    async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
+        self._check()
+        item = self._outbox.get(item_id)
+        if item is not None:
+            self._outbox[item_id] = OutboxItem(
+                item_id, payload if payload is not None else item.payload, item.created, 0.0
+            )
+
+    async def outbox_list(self) -> list[OutboxItem]:
+        self._check()
+        return sorted(self._outbox.values(), key=lambda i: i.created)

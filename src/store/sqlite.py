@@ -1,0 +1,156 @@
+"""``sqlite:///path``: the one-host default. Every job process of a worker opens the same
+file (WAL mode, so readers never wait for the writer); each read-modify-write is one
+``BEGIN IMMEDIATE`` transaction. All SQLite work runs on one worker thread per store, so
+the event loop never waits on the disk or a lock; the busy timeout is short, and a store
+that stays locked surfaces as :class:`StoreError` (the breakers then use local state)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from .base import Mutation, OutboxItem, R, Record, ResilienceStore, StoreError, new_record
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+BUSY_TIMEOUT_S = 0.2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS breakers (name TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY, payload TEXT NOT NULL, created REAL NOT NULL,
+    claimed_until REAL NOT NULL DEFAULT 0
+);
+"""
+
+
+class SqliteStore(ResilienceStore):
+    url_scheme = "sqlite"
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resilience-store")
+
+    # -- the worker thread -----------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(SCHEMA)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def work() -> T:
+            try:
+                return fn(self._connect())
+            except (sqlite3.Error, OSError, ValueError) as exc:
+                if self._conn is not None:  # reconnect next time (file replaced, corrupt)
+                    self._conn.close()
+                    self._conn = None
+                raise StoreError(f"sqlite: {type(exc).__name__}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+
+    def _tx(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # -- breakers --------------------------------------------------------------------
+    async def _mutate(self, name: str, fn: Mutation[R]) -> tuple[R, Record, float]:
+        def body(conn: sqlite3.Connection) -> tuple[R, Record, float]:
+            row = conn.execute("SELECT record FROM breakers WHERE name=?", (name,)).fetchone()
+            rec = json.loads(row[0]) if row else new_record()
+            now = self._clock()
+            result, changed = fn(rec, now)
+            if changed:
+                conn.execute(
+                    "INSERT INTO breakers(name, record) VALUES(?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET record=excluded.record",
+                    (name, json.dumps(rec)),
+                )
+            return result, rec, now
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def _read(self, name: str) -> tuple[Record, float]:
+        def body(conn: sqlite3.Connection) -> tuple[Record, float]:
+            row = conn.execute("SELECT record FROM breakers WHERE name=?", (name,)).fetchone()
+            return (json.loads(row[0]) if row else new_record()), self._clock()
+
+        return await self._run(body)
+
+    # -- outbox ----------------------------------------------------------------------
+    async def outbox_put(self, item_id: str, payload: str) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO outbox(id, payload, created) VALUES(?, ?, ?)",
+                (item_id, payload, self._clock()),
+            )
+        )
+
+    async def outbox_claim(self, limit: int, lease: float) -> list[OutboxItem]:
+        def body(conn: sqlite3.Connection) -> list[OutboxItem]:
+            now = self._clock()
+            rows = conn.execute(
+                "SELECT id, payload, created FROM outbox WHERE claimed_until <= ? "
+                "ORDER BY created LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET claimed_until=? WHERE id=?", [(now + lease, r[0]) for r in rows]
+            )
+            return [OutboxItem(r[0], r[1], r[2], now + lease) for r in rows]
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def outbox_done(self, item_id: str) -> None:
+        await self._run(lambda conn: conn.execute("DELETE FROM outbox WHERE id=?", (item_id,)))
+
+    async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET claimed_until=0, payload=COALESCE(?, payload) WHERE id=?",
+                (payload, item_id),
+            )
+        )
+
+    async def outbox_list(self) -> list[OutboxItem]:
+        rows = await self._run(
+            lambda conn: conn.execute(
+                "SELECT id, payload, created, claimed_until FROM outbox ORDER BY created"
+            ).fetchall()
+        )
+        return [OutboxItem(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def aclose(self) -> None:
+        def close(_: sqlite3.Connection | None = None) -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        self._thread.shutdown(wait=False)
