@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,6 +62,7 @@ from .http import (
     parse_model,
     write_outcome_is_ambiguous,
 )
+from .soql import person_query, soql_quote, task_ref_query
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -84,50 +84,6 @@ logger = get_logger("pandadoc.services.salesforce")
 _EXPIRY_MARGIN_S = 30.0
 _SUBJECT_MAX = 255  # Task.Subject is a 255-character field
 _DESCRIPTION_MAX = 32_000  # Task.Description is a 32k long text area
-
-# -- SOQL quoting ------------------------------------------------------------------------
-
-# Characters with an escape sequence inside a SOQL string literal (Salesforce SOQL and
-# SOSL Reference, "Quoted String Escape Sequences").
-_SOQL_ESCAPES = {
-    "\\": "\\\\",
-    "'": "\\'",
-    '"': '\\"',
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\b": "\\b",
-    "\f": "\\f",
-}
-_SOQL_LIKE_ESCAPES = {"%": "\\%", "_": "\\_"}
-
-
-def soql_quote(value: str, *, like: bool = False) -> str:
-    """``value`` as a complete SOQL string literal, quotes included.
-
-    Escapes backslash, single and double quotes, newline, carriage return, tab, backspace
-    and form feed. With ``like=True`` (default ``False``) it also escapes ``%`` and ``_``
-    so they match literally in a ``LIKE`` pattern; SOQL accepts those two escapes only in
-    ``LIKE``, so never pass ``like=True`` for ``=``. Other control characters (category
-    ``Cc``: NUL, ESC, DEL, C1 controls, ...) have no SOQL escape and raise ``ValueError``
-    rather than being dropped, which would silently query a different value. Everything
-    else, including non-ASCII text, is kept verbatim.
-
-    >>> soql_quote("o'brien@example.com")
-    "'o\\\\'brien@example.com'"
-    """
-    table = {**_SOQL_ESCAPES, **_SOQL_LIKE_ESCAPES} if like else _SOQL_ESCAPES
-    out: list[str] = []
-    for ch in value:
-        escaped = table.get(ch)
-        if escaped is not None:
-            out.append(escaped)
-        elif unicodedata.category(ch) == "Cc":
-            raise ValueError(f"control character U+{ord(ch):04X} cannot appear in SOQL")
-        else:
-            out.append(ch)
-    return "'" + "".join(out) + "'"
-
 
 # -- response models -----------------------------------------------------------------------
 
@@ -174,27 +130,7 @@ class _CreateResult(pydantic.BaseModel):
     errors: list[Any] = pydantic.Field(default_factory=list)
 
 
-# Fields per object; a Contact's company is its Account's name.
-_FIELDS: dict[str, tuple[str, ...]] = {
-    "Contact": (
-        *("Id", "FirstName", "LastName", "Title", "Account.Name"),
-        *("Owner.Id", "Owner.Name", "Phone"),
-    ),
-    "Lead": (
-        *("Id", "FirstName", "LastName", "Company", "Title", "Status"),
-        *("Owner.Id", "Owner.Name", "Phone"),
-    ),
-}
 _RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
-
-
-def person_query(object_type: Literal["Lead", "Contact"], email: str) -> str:
-    """The exact SOQL :meth:`SalesforceClient.find_person` sends for one object."""
-    fields = ", ".join(_FIELDS[object_type])
-    return (
-        f"SELECT {fields} FROM {object_type} WHERE Email = {soql_quote(email)} "
-        "ORDER BY LastModifiedDate DESC LIMIT 1"
-    )
 
 
 def _owner_user_id(record: _Record) -> str | None:
@@ -500,16 +436,6 @@ WRITE_REF = re.compile(r"[0-9a-f]{32}")
 
 class _CountResult(pydantic.BaseModel):
     totalSize: int = pydantic.Field(ge=0)
-
-
-def task_ref_query(who_id: str, ref: str) -> str:
-    """The SOQL that finds a Task by write reference. Task.Description is a long text
-    area, which SOQL cannot filter on, so the reference lives in the Subject."""
-    pattern = soql_quote(f"(ref {ref})", like=True)[1:-1]
-    return (
-        f"SELECT Id FROM Task WHERE WhoId = {soql_quote(who_id)} "
-        f"AND Subject LIKE '%{pattern}%' LIMIT 1"
-    )
 
 
 def _truncate(text: str, limit: int) -> str:
