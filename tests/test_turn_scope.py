@@ -1,0 +1,268 @@
+"""Turn scope: the tools of one reply run concurrently on change sets (a failing tool
+leaves no trace and never erases a sibling's save)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from livekit.agents.llm import ToolError
+
+from src.drill.harness import Conversation, StandInRunContext
+from src.error_recovery import CircuitBreaker, ErrorRecoveryMixin
+from src.error_recovery.changeset import WriteTracked
+from src.errors import ServiceUnavailable
+from src.sandbox import FaultKind
+from src.sandbox.openai_server import ToolCall, Turn
+from src.state import TrialistData
+
+
+@dataclass
+class State:
+    email: str = "jane@acme.example.com"
+    usage: str | None = None
+    facts: list[str] = field(default_factory=list)
+    offered: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Slotted:
+    email: str = "jane@acme.example.com"
+    usage: str | None = None
+    facts: list[str] = field(default_factory=list)
+
+
+class Agent(ErrorRecoveryMixin):
+    def __init__(self) -> None:
+        self.circuit_breakers: dict[str, CircuitBreaker] = {}
+
+
+def failure() -> ServiceUnavailable:
+    return ServiceUnavailable("amplitude", "503", status=503)
+
+
+async def test_siblings_run_concurrently() -> None:
+    agent, state = Agent(), State()
+    both = asyncio.Barrier(2)
+
+    async def tool() -> str:
+        await both.wait()  # deadlocks if the wrapper runs tools one at a time
+        return "ok"
+
+    ctx = StandInRunContext(state)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            agent.handle_tool_with_error_recovery(ctx, "a", tool),
+            agent.handle_tool_with_error_recovery(ctx, "b", tool),
+        ),
+        5.0,
+    )
+    assert results == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("state_type", [State, Slotted])
+@pytest.mark.parametrize("saver_first", [True, False])
+async def test_failure_leaves_no_trace_and_keeps_a_siblings_save(
+    state_type: type[Any], saver_first: bool
+) -> None:
+    agent, state = Agent(), state_type(facts=["on trial"])
+    ctx = StandInRunContext(state)
+    saver_done, failer_done = asyncio.Event(), asyncio.Event()
+
+    async def saver() -> str:
+        if not saver_first:
+            await failer_done.wait()
+        state.usage = "three documents"
+        state.facts.append("saved")
+        return "saved"
+
+    async def failer() -> None:
+        state.email = "typo@acme.example.com"
+        state.facts.append("half-written")
+        if saver_first:
+            await saver_done.wait()
+        raise failure()
+
+    async def run_saver() -> str:
+        try:
+            return await agent.handle_tool_with_error_recovery(ctx, "saver", saver)
+        finally:
+            saver_done.set()
+
+    async def run_failer() -> None:
+        try:
+            await agent.handle_tool_with_error_recovery(ctx, "failer", failer)
+        finally:
+            failer_done.set()
+
+    saved, failed = await asyncio.gather(run_saver(), run_failer(), return_exceptions=True)
+    assert saved == "saved"
+    assert isinstance(failed, ToolError)
+    assert ctx.userdata is state
+    assert state.usage == "three documents"  # the sibling's save survives
+    assert state.email == "jane@acme.example.com"  # the failed tool's write is gone
+    # The list was changed by both: the save wins, so "saved" stays; a field that only
+    # the failed tool touched is always restored.
+    assert "saved" in state.facts
+
+
+async def test_failure_alone_restores_containers_in_place() -> None:
+    agent, state = Agent(), State(facts=["a"], offered={1: "slot"})
+    facts, offered = state.facts, state.offered
+
+    async def tool() -> None:
+        state.facts.append("b")
+        state.offered.clear()
+        state.offered[2] = "other"
+        state.usage = "x"
+        raise failure()
+
+    with pytest.raises(ToolError):
+        await agent.handle_tool_with_error_recovery(StandInRunContext(state), "t", tool)
+    assert state == State(facts=["a"], offered={1: "slot"})
+    assert state.facts is facts and state.offered is offered
+
+
+async def test_dict_state_key_added_then_failed_is_removed() -> None:
+    agent, state = Agent(), {"step": 1}
+
+    async def tool() -> None:
+        state["step"] = 2
+        state["new"] = True
+        raise failure()
+
+    with pytest.raises(ToolError):
+        await agent.handle_tool_with_error_recovery(StandInRunContext(state), "t", tool)
+    assert state == {"step": 1}
+
+
+async def test_no_deep_copy_of_the_state() -> None:
+    """State that cannot be deep-copied (a client, a socket) is still protected: the
+    change set keeps references, never copies."""
+
+    class Uncopyable:
+        def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+            raise TypeError("holds a socket")
+
+    @dataclass
+    class Holder:
+        client: Any
+        usage: str | None = None
+
+    agent, state = Agent(), Holder(Uncopyable())
+    client = state.client
+
+    async def tool() -> None:
+        state.usage = "x"
+        state.client = None
+        raise failure()
+
+    with pytest.raises(ToolError):
+        await agent.handle_tool_with_error_recovery(StandInRunContext(state), "t", tool)
+    assert state.client is client and state.usage is None
+
+
+@dataclass
+class Tracked(WriteTracked):
+    email: str = "jane@acme.example.com"
+    usage: str | None = None
+
+
+async def test_cancelled_sibling_rolls_back_and_the_other_commits() -> None:
+    """The saver ends while the hung sibling's write is in the state: with write
+    tracking the saver does not claim it, and the cancelled sibling undoes it."""
+    agent, state = Agent(), Tracked()
+    ctx = StandInRunContext(state)
+    started = asyncio.Event()
+
+    async def hang() -> None:
+        state.email = "partial@acme.example.com"
+        started.set()
+        await asyncio.Event().wait()
+
+    async def save() -> str:
+        await started.wait()
+        state.usage = "kept"
+        return "ok"
+
+    hung = asyncio.create_task(agent.handle_tool_with_error_recovery(ctx, "hang", hang))
+    assert await agent.handle_tool_with_error_recovery(ctx, "save", save) == "ok"
+    hung.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hung
+    assert state.usage == "kept" and state.email == "jane@acme.example.com"
+
+
+async def test_sibling_write_between_a_failures_write_and_its_end_is_kept() -> None:
+    """A writes, B overwrites the same field and saves while A still runs, A fails: the
+    field keeps B's value (observation alone could not tell whose it is)."""
+    agent, state = Agent(), Tracked()
+    ctx = StandInRunContext(state)
+    a_wrote, b_done = asyncio.Event(), asyncio.Event()
+
+    async def a() -> None:
+        state.email = "a@acme.example.com"
+        state.usage = "from a"
+        a_wrote.set()
+        await b_done.wait()
+        raise failure()
+
+    async def b() -> str:
+        await a_wrote.wait()
+        state.email = "b@acme.example.com"
+        b_done.set()
+        return "ok"
+
+    results = await asyncio.gather(
+        agent.handle_tool_with_error_recovery(ctx, "a", a),
+        agent.handle_tool_with_error_recovery(ctx, "b", b),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], ToolError) and results[1] == "ok"
+    assert state.email == "b@acme.example.com" and state.usage is None
+
+
+# -- a real AgentSession: one reply, two tools --------------------------------------------
+
+OVERRIDES: dict[str, Any] = {
+    "service_timeout": 0.3,
+    "tool_deadline": 1.0,
+    "jitter": False,
+    "llm_timeout": 2.0,
+    "model_retry_interval": 0.05,
+}
+
+
+async def test_one_reply_two_tools_one_fails_one_saves() -> None:
+    """The model asks for usage and for a CRM lookup of a mistyped address in one reply.
+    The lookup writes the address, finds nobody and fails; usage (slow, so it ends last)
+    saves. The save survives; the failed lookup left no trace."""
+    async with Conversation(overrides=OVERRIDES, skip_sleeps=True) as conv:
+        before: TrialistData = copy.deepcopy(conv.data)
+        conv.sandbox.servers["amplitude"].inject("*", FaultKind.SLOW, delay_ms=150)
+        conv.sandbox.openai.say(
+            Turn(
+                tool_calls=[
+                    ToolCall("get_trial_usage", {"email": ""}),
+                    ToolCall("lookup_account", {"email": "nobody@nowhere.example.com"}),
+                ]
+            ),
+            Turn("Here is what I found."),
+        )
+        turn = await conv.turn("usage and account please")
+        assert turn.failure is None
+        outputs = {t.name: t for t in turn.tools}
+        assert not outputs["get_trial_usage"].is_error
+        assert outputs["lookup_account"].is_error
+        after = conv.data
+        assert after.usage is not None  # the save survives
+        assert after.email == before.email  # the lookup's write is gone
+        assert (after.crm_source, after.crm_record_id, after.crm_summary) == (None, None, None)
+        assert dataclass_fields_except(after, "usage") == dataclass_fields_except(before, "usage")
+
+
+def dataclass_fields_except(data: TrialistData, skip: str) -> dict[str, Any]:
+    return {k: v for k, v in vars(data).items() if k != skip}
