@@ -58,6 +58,9 @@ class ResilienceSettings:
         tool_deadline: seconds a tool may take in all, retries included (6.0). Past it
             the caller hears a fallback sentence.
         filler_delay: seconds of silence before filler speech during a slow tool (1.5).
+        turn_deadline: seconds all tool calls of one model reply share, counted from the
+            first (6.0; from the environment it defaults to TOOL_DEADLINE). A tool started
+            late in the turn gets what is left; at most one filler sentence per turn.
         llm_timeout / tts_timeout / stt_timeout: seconds per model attempt (6.0/5.0/5.0).
         llm_max_retry / tts_max_retry / stt_max_retry: LiveKit-level retries (1/1/2),
             instead of LiveKit's 3 retries x 2 s, which can leave a caller in silence
@@ -76,6 +79,7 @@ class ResilienceSettings:
     service_timeout: float = 2.5
     tool_deadline: float = 6.0
     filler_delay: float = 1.5
+    turn_deadline: float = 6.0
     llm_timeout: float = 6.0
     tts_timeout: float = 5.0
     stt_timeout: float = 5.0
@@ -107,6 +111,8 @@ class ResilienceSettings:
             raise SettingsError("LLM/TTS/STT_MAX_RETRY must be >= 0")
         if self.model_retry_interval < 0:
             raise SettingsError("MODEL_RETRY_INTERVAL must be >= 0 seconds")
+        if self.turn_deadline <= 0:
+            raise SettingsError("TURN_DEADLINE must be > 0 seconds")
         if self.filler_delay < 0:  # >= TOOL_DEADLINE is allowed: it turns the filler off
             raise SettingsError("FILLER_DELAY must be >= 0 seconds")
         if self.max_unrecoverable_errors < 1:
@@ -273,6 +279,7 @@ def _secret(env: Mapping[str, str], name: str) -> str:
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Build :class:`Settings` from a mapping (``os.environ`` or a test dict)."""
     d = DEFAULT_RESILIENCE
+    tool_deadline = _float(env, "TOOL_DEADLINE", d.tool_deadline)
     resilience = ResilienceSettings(
         failure_threshold=_int(env, "CIRCUIT_FAILURE_THRESHOLD", d.failure_threshold),
         recovery_timeout=_float(env, "CIRCUIT_RECOVERY_TIMEOUT", d.recovery_timeout),
@@ -281,8 +288,9 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         max_delay=_float(env, "RETRY_MAX_DELAY", d.max_delay),
         jitter=_bool(env, "RETRY_JITTER", d.jitter),
         service_timeout=_float(env, "SERVICE_TIMEOUT", d.service_timeout),
-        tool_deadline=_float(env, "TOOL_DEADLINE", d.tool_deadline),
+        tool_deadline=tool_deadline,
         filler_delay=_float(env, "FILLER_DELAY", d.filler_delay),
+        turn_deadline=_float(env, "TURN_DEADLINE", tool_deadline),
         llm_timeout=_float(env, "LLM_TIMEOUT", d.llm_timeout),
         tts_timeout=_float(env, "TTS_TIMEOUT", d.tts_timeout),
         stt_timeout=_float(env, "STT_TIMEOUT", d.stt_timeout),

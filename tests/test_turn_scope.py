@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,9 +17,12 @@ from src.drill.harness import Conversation, StandInRunContext
 from src.error_recovery import CircuitBreaker, ErrorRecoveryMixin
 from src.error_recovery.changeset import WriteTracked
 from src.errors import ServiceUnavailable
+from src.phrases import FILLER, FILLER_WRITE
 from src.sandbox import FaultKind
 from src.sandbox.openai_server import ToolCall, Turn
+from src.settings import SettingsError, settings_from_env
 from src.state import TrialistData
+from src.tools.turn import TurnBook
 
 
 @dataclass
@@ -266,3 +271,107 @@ async def test_one_reply_two_tools_one_fails_one_saves() -> None:
 
 def dataclass_fields_except(data: TrialistData, skip: str) -> dict[str, Any]:
     return {k: v for k, v in vars(data).items() if k != skip}
+
+
+# -- one turn budget ------------------------------------------------------------------------
+
+
+class Handle:
+    """Stands in for the reply's SpeechHandle (weakly referenced by the turn book)."""
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tools_of_one_reply_share_the_turn_deadline() -> None:
+    clock = FakeClock()
+    book = TurnBook(clock)
+    reply, other = Handle(), Handle()
+    first = book.turn_for(SimpleNamespace(speech_handle=reply), 6.0)
+    clock.now += 4.0  # a tool of the same reply starting late
+    assert book.turn_for(SimpleNamespace(speech_handle=reply), 6.0) is first
+    assert first.deadline_at == 106.0
+    assert book.turn_for(SimpleNamespace(speech_handle=other), 6.0).deadline_at == 110.0
+    assert book.turn_for(SimpleNamespace(), 6.0).deadline_at == 110.0  # no reply: fresh
+
+
+def test_one_filler_per_turn() -> None:
+    turn = TurnBook(FakeClock()).turn_for(SimpleNamespace(speech_handle=Handle()), 6.0)
+    sources = [turn.claim_filler("One moment."), turn.claim_filler("Saving that now.")]
+    assert [s(0) for s in sources] == ["One moment.", None]
+
+
+async def test_late_tool_gets_what_is_left_and_crm_keeps_its_fair_share() -> None:
+    """A CRM lookup that starts 4 s into a 6 s turn plans inside the 2 s left: Salesforce
+    keeps back a third of it for HubSpot (not a fixed share of a fresh deadline)."""
+    async with Conversation(overrides=OVERRIDES, skip_sleeps=True) as conv:
+        agent = conv.agent
+        clock = conv.clock
+        turn_deadline = 6.0
+        agent.settings = dataclasses.replace(
+            agent.settings,
+            resilience=dataclasses.replace(
+                agent.settings.resilience,
+                service_timeout=2.5,
+                tool_deadline=6.0,
+                turn_deadline=turn_deadline,
+            ),
+        )
+        ctx = SimpleNamespace(speech_handle=Handle(), userdata=conv.data)
+        seen: dict[str, float] = {}
+
+        async def first() -> str:
+            seen["first"] = agent.deadline() - clock()
+            clock.advance(4.0)
+            return "ok"
+
+        async def late() -> str:
+            seen["late"] = agent.deadline() - clock()
+            seen["reserve"] = agent.reserve()
+            return "ok"
+
+        await agent.run_tool(ctx, "first", first)
+        await agent.run_tool(ctx, "late", late)
+        assert seen["first"] == pytest.approx(turn_deadline, abs=0.05)
+        assert seen["late"] == pytest.approx(turn_deadline - 4.0, abs=0.05)
+        assert seen["reserve"] == pytest.approx((turn_deadline - 4.0) / 3, abs=0.05)
+
+
+async def test_two_hanging_tools_of_one_reply_end_within_one_turn_and_one_filler() -> None:
+    """Usage and account in one reply while every vendor hangs: both answer with their
+    fallback inside one turn budget (not one after the other), and the caller hears at
+    most one filler sentence."""
+    overrides = {**OVERRIDES, "filler_delay": 0.2, "tool_deadline": 1.0, "turn_deadline": 1.0}
+    async with Conversation(overrides=overrides, skip_sleeps=True) as conv:
+        for name in ("amplitude", "salesforce", "hubspot"):
+            conv.sandbox.servers[name].inject("*", FaultKind.HANG)
+        conv.sandbox.openai.say(
+            Turn(
+                tool_calls=[
+                    ToolCall("get_trial_usage", {"email": ""}),
+                    ToolCall("lookup_account", {"email": ""}),
+                ]
+            ),
+            Turn("Sorry, I can't see that right now."),
+        )
+        turn = await conv.turn("usage and account please")
+        assert turn.failure is None
+        assert sorted(t.name for t in turn.tools) == ["get_trial_usage", "lookup_account"]
+        assert all(t.is_error for t in turn.tools)
+        assert turn.tool_resolution_s is not None
+        assert turn.tool_resolution_s < 1.0 + 0.8  # upper bound: one budget, not two
+        fillers = [s for s in turn.said if s in (FILLER, FILLER_WRITE)]
+        assert len(fillers) == 1, turn.said
+
+
+def test_turn_deadline_defaults_to_the_tool_deadline() -> None:
+    assert settings_from_env({"TOOL_DEADLINE": "4.5"}).resilience.turn_deadline == 4.5
+    both = settings_from_env({"TOOL_DEADLINE": "4.5", "TURN_DEADLINE": "5"})
+    assert both.resilience.turn_deadline == 5.0
+    with pytest.raises(SettingsError, match="TURN_DEADLINE"):
+        settings_from_env({"TURN_DEADLINE": "0"})
