@@ -45,6 +45,7 @@ from src.settings import Settings, SettingsError, load_settings
 from src.state import TrialistData
 from src.tools import crm, demo, usage
 from src.tools.runtime import ToolRuntime
+from src.watchdogs import watch_llm
 
 __all__ = ["INSTRUCTIONS", "PandaDocTrialistAgent", "server"]
 
@@ -133,8 +134,14 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         tools: list[llm.Tool],
         model_settings: ModelSettings,
     ) -> Any:
-        """LiveKit's default LLM node, fed a context without technical tool errors."""
-        return Agent.default.llm_node(self, caller_safe_context(chat_ctx), tools, model_settings)
+        """LiveKit's default LLM node, fed a context without technical tool errors, its
+        stream watched for stalls (:func:`~src.watchdogs.watch_llm`)."""
+        r = self.settings.resilience
+        return watch_llm(
+            Agent.default.llm_node(self, caller_safe_context(chat_ctx), tools, model_settings),
+            first_token_timeout=r.llm_first_token_timeout,
+            stall_timeout=r.llm_stall_timeout,
+        )
 
     # -- tools ---------------------------------------------------------------------------
     @function_tool()

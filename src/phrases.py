@@ -231,3 +231,18 @@ def greeting(name: str | None) -> str:
     """The agent's first words: the caller's first name when known."""
     hello = f"Hi {name.split()[0]}! " if name and name.split() else "Hi there! "
     return hello + "I'm Ava from PandaDoc. How is your trial going so far?"
+
+
+# --------------------------------------------------------------------------------------
+# Turn scope: model watchdogs (src/watchdogs.py)
+# --------------------------------------------------------------------------------------
+
+MODEL_WAIT_FILLER = "Just a second."
+"""Said when the model has not started its answer after ``LLM_FIRST_TOKEN_TIMEOUT``."""
+MODEL_STALL_REPAIR = "Sorry, I lost my train of thought there. Could you say that again?"
+"""Ends a reply whose model stream stopped mid-sentence: the caller hears a natural close,
+and the model, reading the history, sees an unfinished answer, not a finished one."""
+TROUBLE_HEARING = (
+    "I'm having trouble hearing you right now. If you can, please say that again in a moment."
+)
+"""Said when speech recognition fails (the agent can still speak)."""

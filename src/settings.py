@@ -62,6 +62,10 @@ class ResilienceSettings:
             first (6.0; from the environment it defaults to TOOL_DEADLINE). A tool started
             late in the turn gets what is left; at most one filler sentence per turn.
         llm_timeout / tts_timeout / stt_timeout: seconds per model attempt (6.0/5.0/5.0).
+        llm_first_token_timeout: seconds without a first chunk from the model before the
+            caller hears a short filler (1.0; the model keeps going).
+        llm_stall_timeout: seconds without a chunk once the answer started before the
+            reply is closed with a natural sentence (1.0).
         llm_max_retry / tts_max_retry / stt_max_retry: LiveKit-level retries (1/1/2),
             instead of LiveKit's 3 retries x 2 s, which can leave a caller in silence
             for over half a minute.
@@ -81,6 +85,8 @@ class ResilienceSettings:
     filler_delay: float = 1.5
     turn_deadline: float = 6.0
     llm_timeout: float = 6.0
+    llm_first_token_timeout: float = 1.0
+    llm_stall_timeout: float = 1.0
     tts_timeout: float = 5.0
     stt_timeout: float = 5.0
     llm_max_retry: int = 1
@@ -102,6 +108,8 @@ class ResilienceSettings:
             raise SettingsError("SERVICE_TIMEOUT must be > 0 and <= TOOL_DEADLINE")
         for name, value in (
             ("LLM_TIMEOUT", self.llm_timeout),
+            ("LLM_FIRST_TOKEN_TIMEOUT", self.llm_first_token_timeout),
+            ("LLM_STALL_TIMEOUT", self.llm_stall_timeout),
             ("TTS_TIMEOUT", self.tts_timeout),
             ("STT_TIMEOUT", self.stt_timeout),
         ):
@@ -292,6 +300,8 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         filler_delay=_float(env, "FILLER_DELAY", d.filler_delay),
         turn_deadline=_float(env, "TURN_DEADLINE", tool_deadline),
         llm_timeout=_float(env, "LLM_TIMEOUT", d.llm_timeout),
+        llm_first_token_timeout=_float(env, "LLM_FIRST_TOKEN_TIMEOUT", d.llm_first_token_timeout),
+        llm_stall_timeout=_float(env, "LLM_STALL_TIMEOUT", d.llm_stall_timeout),
         tts_timeout=_float(env, "TTS_TIMEOUT", d.tts_timeout),
         stt_timeout=_float(env, "STT_TIMEOUT", d.stt_timeout),
         llm_max_retry=_int(env, "LLM_MAX_RETRY", d.llm_max_retry),

@@ -1,0 +1,124 @@
+"""Model watchdogs: a late first token gets a filler, a stream that stalls mid-answer is
+closed with a natural sentence (unit, then through a real AgentSession on the stand-in)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from livekit.agents.llm import ChatMessage
+
+from src.drill.harness import Conversation
+from src.phrases import MODEL_STALL_REPAIR, MODEL_WAIT_FILLER
+from src.sandbox import FaultKind
+from src.watchdogs import watch_llm
+
+FAST = {"first_token_timeout": 0.05, "stall_timeout": 0.05}
+
+
+class Source:
+    """An async stream that waits on events the test controls."""
+
+    def __init__(self, *chunks: str) -> None:
+        self.chunks = list(chunks)
+        self.release: list[asyncio.Event] = [asyncio.Event() for _ in chunks]
+        self.closed = False
+
+    async def stream(self) -> AsyncIterator[str]:
+        try:
+            for chunk, gate in zip(self.chunks, self.release, strict=True):
+                await gate.wait()
+                yield chunk
+        finally:
+            self.closed = True
+
+
+async def collect(it: AsyncIterator[Any]) -> list[Any]:
+    return [chunk async for chunk in it]
+
+
+async def test_prompt_stream_passes_through_untouched() -> None:
+    src = Source("Hello", " there.")
+    for gate in src.release:
+        gate.set()
+    assert await collect(watch_llm(src.stream(), **FAST)) == ["Hello", " there."]
+
+
+async def test_late_first_token_gets_one_filler_then_the_answer() -> None:
+    src = Source("Sure,", " here it is.")
+    out: list[Any] = []
+
+    async def read() -> None:
+        async for chunk in watch_llm(src.stream(), **FAST):
+            out.append(chunk)
+            if chunk.startswith(MODEL_WAIT_FILLER):
+                for gate in src.release:  # the model answers after the filler
+                    gate.set()
+
+    await asyncio.wait_for(read(), 5.0)
+    assert out == [MODEL_WAIT_FILLER + " ", "Sure,", " here it is."]
+
+
+async def test_mid_stream_stall_closes_the_reply_naturally() -> None:
+    src = Source("Let me check th", "at for you.")
+    src.release[0].set()  # the second chunk never comes
+    out = await asyncio.wait_for(collect(watch_llm(src.stream(), **FAST)), 5.0)
+    assert out == ["Let me check th", " " + MODEL_STALL_REPAIR]
+    assert src.closed  # the stalled model stream was closed, not left running
+
+
+async def test_model_errors_still_surface() -> None:
+    async def broken() -> AsyncIterator[str]:
+        yield "Hel"
+        raise ConnectionError("reset")
+
+    try:
+        await collect(watch_llm(broken(), **FAST))
+    except ConnectionError:
+        pass
+    else:  # pragma: no cover - the assertion message
+        raise AssertionError("the model's error was swallowed")
+
+
+# -- through a real AgentSession ----------------------------------------------------------
+
+OVERRIDES: dict[str, Any] = {
+    "service_timeout": 0.3,
+    "tool_deadline": 1.0,
+    "jitter": False,
+    "llm_timeout": 1.0,
+    "model_retry_interval": 0.05,
+    "llm_first_token_timeout": 0.2,
+    "llm_stall_timeout": 0.2,
+}
+
+
+async def test_model_that_sends_nothing_first_gets_a_filler() -> None:
+    """The first attempt is accepted and gets no answer: the caller hears the filler
+    long before LiveKit's attempt timeout, then the retried answer."""
+    async with Conversation(overrides=OVERRIDES, skip_sleeps=True) as conv:
+        conv.sandbox.openai.inject("/v1/chat/completions", FaultKind.HANG, count=1)
+        conv.sandbox.openai.say("Hello! How can I help with your trial?")
+        turn = await conv.turn("hello there")
+        assert turn.failure is None
+        spoken = turn.spoken
+        assert spoken.startswith(MODEL_WAIT_FILLER), turn.said
+        assert "How can I help" in spoken
+
+
+async def test_mid_stream_stall_is_closed_and_reads_as_unfinished() -> None:
+    async with Conversation(overrides=OVERRIDES, skip_sleeps=True) as conv:
+        conv.sandbox.openai.stall_after_first_chunk(1)
+        conv.sandbox.openai.say("Let me check that for you right now.")
+        turn = await conv.turn("hello there")
+        assert turn.failure is None
+        assert turn.said and turn.said[-1].endswith(MODEL_STALL_REPAIR), turn.said
+        # What the model reads next turn: the fragment is followed by the repair.
+        conv.sandbox.openai.say("Of course.")
+        await conv.turn("how is it going")
+        messages = conv.sandbox.openai.last_request["messages"]
+        assistant = [m for m in messages if m.get("role") == "assistant" and m.get("content")]
+        assert any(MODEL_STALL_REPAIR in str(m["content"]) for m in assistant)
+        history = [i for i in conv.session.history.items if isinstance(i, ChatMessage)]
+        assert any(MODEL_STALL_REPAIR in (i.text_content or "") for i in history)
