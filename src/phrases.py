@@ -242,7 +242,6 @@ MODEL_WAIT_FILLER = "Just a second."
 MODEL_STALL_REPAIR = "Sorry, I lost my train of thought there. Could you say that again?"
 """Ends a reply whose model stream stopped mid-sentence: the caller hears a natural close,
 and the model, reading the history, sees an unfinished answer, not a finished one."""
-TROUBLE_HEARING = (
-    "I'm having trouble hearing you right now. If you can, please say that again in a moment."
-)
-"""Said when speech recognition fails (the agent can still speak)."""
+TROUBLE_HEARING = "I'm having trouble hearing you right now. Please say that again in a moment."
+"""Said (before the spec's apology) when speech recognition fails: the agent can still
+speak, so it says what is wrong instead of waiting in silence."""

@@ -57,7 +57,8 @@ class ResilienceSettings:
         service_timeout: seconds for one HTTP attempt to a vendor (2.5).
         tool_deadline: seconds a tool may take in all, retries included (6.0). Past it
             the caller hears a fallback sentence.
-        filler_delay: seconds of silence before filler speech during a slow tool (1.5).
+        filler_delay: seconds of silence before filler speech during a slow tool (1.0, so
+            that with the model round trip the caller hears it within 1.5 s).
         turn_deadline: seconds all tool calls of one model reply share, counted from the
             first (6.0; from the environment it defaults to TOOL_DEADLINE). A tool started
             late in the turn gets what is left; at most one filler sentence per turn.
@@ -82,7 +83,7 @@ class ResilienceSettings:
     jitter: bool = True
     service_timeout: float = 2.5
     tool_deadline: float = 6.0
-    filler_delay: float = 1.5
+    filler_delay: float = 1.0
     turn_deadline: float = 6.0
     llm_timeout: float = 6.0
     llm_first_token_timeout: float = 1.0

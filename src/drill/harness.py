@@ -179,6 +179,8 @@ class Conversation:
         skip_sleeps: see :class:`HarnessClock`.
         env: extra environment entries layered over ``sandbox.env()``.
         sandbox: an already constructed (not started) :class:`Sandbox` to use.
+        shared_sandbox: ``sandbox`` is already started and shared with other
+            conversations (the load drill): it is neither started, cleared nor stopped.
         tts_model / stt_model: passed to :func:`build_session` (default: text only);
             ``"default"`` builds the production model against the stand-in.
     """
@@ -193,7 +195,9 @@ class Conversation:
         sandbox: Sandbox | None = None,
         tts_model: Any = None,
         stt_model: Any = None,
+        shared_sandbox: bool = False,
     ) -> None:
+        self.shared_sandbox = shared_sandbox
         self.tts_model = tts_model
         self.stt_model = stt_model
         self.sandbox = sandbox or Sandbox()
@@ -233,7 +237,8 @@ class Conversation:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> Conversation:
-        await self.sandbox.start()
+        if not self.shared_sandbox:
+            await self.sandbox.start()
         try:
             env = {**self.sandbox.env(), **self.extra_env}
             base = settings_from_env(env)
@@ -267,13 +272,15 @@ class Conversation:
         await self._teardown()
 
     async def _teardown(self) -> None:
-        self.sandbox.clear()
+        if not self.shared_sandbox:
+            self.sandbox.clear()
         if self._session is not None:
             with contextlib.suppress(TimeoutError, RuntimeError):
                 await asyncio.wait_for(self._session.aclose(), 5.0)
         if self._services is not None:
             await self._services.aclose()
-        await self.sandbox.stop()
+        if not self.shared_sandbox:
+            await self.sandbox.stop()
 
     def _on_transition(self, name: str, old: CircuitState, new: CircuitState) -> None:
         self.transitions.append(Transition(name, old, new, self.clock()))

@@ -8,12 +8,14 @@ defaults), injects its :class:`Fault` s and measures the turns against a budget;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from src.drill.harness import Conversation, TurnResult, technical_leaks
+from src.drill.model_faults import stt_down_turn
 from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.data import TRIAL_USERS
+from src.sandbox.openai_server import ToolCall, Turn
 from src.settings import ResilienceSettings
 
 __all__ = [
@@ -31,6 +33,13 @@ MARIA = next(u.email for u in TRIAL_USERS if not u.in_salesforce and u.in_hubspo
 DEFAULTS = ResilienceSettings()
 VOICE_BUDGET = DEFAULTS.tool_deadline + 1.0  # a tool's deadline plus the model round trips
 LLM_BUDGET = DEFAULTS.llm_timeout * (DEFAULTS.llm_max_retry + 1) + 1.0
+FIRST_WORDS = 1.5  # the turn-scope scenarios: the caller hears something within this
+TURN_BUDGET = DEFAULTS.turn_deadline + 1.0  # a reply's tools answered within this
+
+
+def _calls(*names: str) -> tuple[Turn, ...]:
+    """The stand-in model's script: one reply calling ``names`` together."""
+    return (Turn(tool_calls=[ToolCall(name, {"email": ""}) for name in names]),)
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class Fault:
     retry_after: float = 1.0
     delay_ms: int = 0
     every: int = 2
+    count: int | None = None  # requests the fault applies to (None: until cleared)
 
     async def apply(self, server: SandboxServer) -> None:
         if self.kind == "down":
@@ -59,6 +69,7 @@ class Fault:
                 retry_after=self.retry_after,
                 delay_ms=self.delay_ms,
                 every=self.every,
+                count=self.count,
             )
 
 
@@ -77,6 +88,9 @@ class Scenario:
     failing: str = ""  # service whose requests are counted (default: first fault's)
     recovery: bool = False  # after the turns: heal, skip the recovery timeout, one more turn
     flush: bool = False  # after the turns: heal and flush queued CRM writes
+    script: tuple[Turn, ...] = ()  # the stand-in model's replies for the measured turns
+    turn_budget_s: float | None = None  # whole turn (user text -> reply done) budget
+    action: Callable[[Conversation], Awaitable[TurnResult]] | None = None  # replaces turns
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -161,6 +175,50 @@ SCENARIOS: tuple[Scenario, ...] = (
         ("hello there",),
         budget_s=LLM_BUDGET,
     ),
+    # -- turn scope ---------------------------------------------------------------------
+    Scenario(
+        "two-tools-outage",
+        "one reply asks usage + account while Amplitude and both CRMs hang",
+        (Fault("amplitude", "hang"), Fault("salesforce", "hang"), Fault("hubspot", "hang")),
+        ("how is my trial and my account?",),
+        budget_s=FIRST_WORDS,
+        script=_calls("get_trial_usage", "lookup_account"),
+        turn_budget_s=TURN_BUDGET,
+    ),
+    Scenario(
+        "parallel-tools",
+        "one reply makes 20 tool calls (usage + account) while Amplitude and Salesforce hang",
+        (Fault("amplitude", "hang"), Fault("salesforce", "hang")),
+        ("tell me everything",),
+        budget_s=FIRST_WORDS,
+        script=_calls(*("get_trial_usage", "lookup_account") * 10),
+        turn_budget_s=TURN_BUDGET,
+    ),
+    Scenario(
+        "llm-first-token-stall",
+        "model accepts every request and sends nothing (dead): filler, then the apology",
+        (Fault("openai", "hang", endpoint="/v1/chat/completions"),),
+        ("hello there",),
+        budget_s=FIRST_WORDS,
+        turn_budget_s=LLM_BUDGET,
+    ),
+    Scenario(
+        "llm-mid-stream-stall",
+        "model stream stops mid-sentence: the reply is closed naturally",
+        (Fault("openai", "stall"),),
+        ("hello there",),
+        budget_s=FIRST_WORDS + DEFAULTS.llm_stall_timeout,
+        turn_budget_s=FIRST_WORDS + DEFAULTS.llm_stall_timeout,
+    ),
+    Scenario(
+        "stt-down",
+        "speech recognition endpoint down: real STT fails, the session hears of it",
+        (Fault("openai", "down"),),
+        (),
+        budget_s=FIRST_WORDS,
+        failing="openai",
+        action=stt_down_turn,
+    ),
 )
 
 
@@ -190,7 +248,10 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
             await conv.turn(text)
         for fault in scenario.faults:
             await fault.apply(conv.sandbox.servers[fault.service])
+        conv.sandbox.openai.say(*scenario.script)
         turns: list[TurnResult] = [await conv.turn(text) for text in scenario.turns]
+        if scenario.action is not None:
+            turns.append(await scenario.action(conv))
         if scenario.flush or scenario.recovery:
             for server in conv.sandbox.servers.values():
                 server.clear()
@@ -222,6 +283,10 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
         problems.append("no first words measured")
     elif worst_first > scenario.budget_s:
         problems.append(f"first words {worst_first:.2f}s > budget {scenario.budget_s:g}s")
+    if scenario.turn_budget_s is not None and turns:
+        slowest = max(t.total_s for t in turns)
+        if slowest > scenario.turn_budget_s:
+            problems.append(f"turn {slowest:.2f}s > budget {scenario.turn_budget_s:g}s")
     tool_times = [t.tool_resolution_s for t in turns if t.tool_resolution_s is not None]
     tool_limit = DEFAULTS.tool_deadline + 0.5
     if tool_times and max(tool_times) > tool_limit:
