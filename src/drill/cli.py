@@ -57,7 +57,8 @@ def render(reports: Sequence[ScenarioReport]) -> str:
             _fmt(r.turn_s),
             f"{r.failing or '-'} {'/'.join(map(str, r.requests))}",
             _cut(", ".join(t.split(":", 1)[1] for t in r.transitions) or "-", 40),
-            f"{r.verdict} (<= {r.budget_s:g}s)",
+            f"{r.verdict} (<= {r.budget_s:g}s"
+            + (f" / {r.turn_budget_s:g}s)" if r.turn_budget_s is not None else ")"),
         )
         for r in reports
     ]

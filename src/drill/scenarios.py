@@ -76,20 +76,21 @@ class Fault:
 @dataclass(frozen=True)
 class Scenario:
     """One drill: ``warmup`` turns run healthy, then ``faults`` are injected and
-    ``turns`` are measured against ``budget_s`` (end of user turn -> first words)."""
+    ``turns`` are measured against ``budget_s`` (end of user turn -> first words, 1.5 s
+    for every scenario) and ``turn_budget_s`` (the whole turn)."""
 
     name: str
     what: str
     faults: tuple[Fault, ...]
     turns: tuple[str, ...]
-    budget_s: float = VOICE_BUDGET
+    budget_s: float = FIRST_WORDS
     email: str = JANE
     warmup: tuple[str, ...] = ()
     failing: str = ""  # service whose requests are counted (default: first fault's)
     recovery: bool = False  # after the turns: heal, skip the recovery timeout, one more turn
     flush: bool = False  # after the turns: heal and flush queued CRM writes
     script: tuple[Turn, ...] = ()  # the stand-in model's replies for the measured turns
-    turn_budget_s: float | None = None  # whole turn (user text -> reply done) budget
+    turn_budget_s: float | None = VOICE_BUDGET  # whole turn (user text -> reply done)
     action: Callable[[Conversation], Awaitable[TurnResult]] | None = None  # replaces turns
 
 
@@ -166,14 +167,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "model endpoint refuses connections",
         (Fault("openai", "down"),),
         ("how is my trial usage?",),
-        budget_s=LLM_BUDGET,
+        turn_budget_s=LLM_BUDGET,
     ),
     Scenario(
         "llm-stall",
         "model stream stops after its first chunk",
         (Fault("openai", "stall"),),
         ("hello there",),
-        budget_s=LLM_BUDGET,
+        turn_budget_s=LLM_BUDGET,
     ),
     # -- turn scope ---------------------------------------------------------------------
     Scenario(
@@ -181,7 +182,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         "one reply asks usage + account while Amplitude and both CRMs hang",
         (Fault("amplitude", "hang"), Fault("salesforce", "hang"), Fault("hubspot", "hang")),
         ("how is my trial and my account?",),
-        budget_s=FIRST_WORDS,
         script=_calls("get_trial_usage", "lookup_account"),
         turn_budget_s=TURN_BUDGET,
     ),
@@ -190,7 +190,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         "one reply makes 20 tool calls (usage + account) while Amplitude and Salesforce hang",
         (Fault("amplitude", "hang"), Fault("salesforce", "hang")),
         ("tell me everything",),
-        budget_s=FIRST_WORDS,
         script=_calls(*("get_trial_usage", "lookup_account") * 10),
         turn_budget_s=TURN_BUDGET,
     ),
@@ -199,7 +198,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         "model accepts every request and sends nothing (dead): filler, then the apology",
         (Fault("openai", "hang", endpoint="/v1/chat/completions"),),
         ("hello there",),
-        budget_s=FIRST_WORDS,
         turn_budget_s=LLM_BUDGET,
     ),
     Scenario(
@@ -207,7 +205,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         "model stream stops mid-sentence: the reply is closed naturally",
         (Fault("openai", "stall"),),
         ("hello there",),
-        budget_s=FIRST_WORDS + DEFAULTS.llm_stall_timeout,
         turn_budget_s=FIRST_WORDS + DEFAULTS.llm_stall_timeout,
     ),
     Scenario(
@@ -215,7 +212,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         "speech recognition endpoint down: real STT fails, the session hears of it",
         (Fault("openai", "down"),),
         (),
-        budget_s=FIRST_WORDS,
         failing="openai",
         action=stt_down_turn,
     ),
@@ -234,6 +230,7 @@ class ScenarioReport:
     failing: str
     transitions: list[str]
     budget_s: float
+    turn_budget_s: float | None
     verdict: str
     problems: list[str] = field(default_factory=list)
     note: str = ""
@@ -302,6 +299,7 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
         failing=failing,
         transitions=transitions,
         budget_s=scenario.budget_s,
+        turn_budget_s=scenario.turn_budget_s,
         verdict="MISS" if problems else "ok",
         problems=problems,
         note=note,
