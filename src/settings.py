@@ -67,6 +67,8 @@ class ResilienceSettings:
             caller hears a short filler (1.0; the model keeps going).
         llm_stall_timeout: seconds without a chunk once the answer started before the
             reply is closed with a natural sentence (1.0).
+        tts_no_audio_timeout: seconds a TTS stream that owes audio may send none before
+            the pre-rendered apology is played instead (1.5).
         llm_max_retry / tts_max_retry / stt_max_retry: LiveKit-level retries (1/1/2),
             instead of LiveKit's 3 retries x 2 s, which can leave a caller in silence
             for over half a minute.
@@ -88,6 +90,7 @@ class ResilienceSettings:
     llm_timeout: float = 6.0
     llm_first_token_timeout: float = 1.0
     llm_stall_timeout: float = 1.0
+    tts_no_audio_timeout: float = 1.5
     tts_timeout: float = 5.0
     stt_timeout: float = 5.0
     llm_max_retry: int = 1
@@ -111,6 +114,7 @@ class ResilienceSettings:
             ("LLM_TIMEOUT", self.llm_timeout),
             ("LLM_FIRST_TOKEN_TIMEOUT", self.llm_first_token_timeout),
             ("LLM_STALL_TIMEOUT", self.llm_stall_timeout),
+            ("TTS_NO_AUDIO_TIMEOUT", self.tts_no_audio_timeout),
             ("TTS_TIMEOUT", self.tts_timeout),
             ("STT_TIMEOUT", self.stt_timeout),
         ):
@@ -303,6 +307,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         llm_timeout=_float(env, "LLM_TIMEOUT", d.llm_timeout),
         llm_first_token_timeout=_float(env, "LLM_FIRST_TOKEN_TIMEOUT", d.llm_first_token_timeout),
         llm_stall_timeout=_float(env, "LLM_STALL_TIMEOUT", d.llm_stall_timeout),
+        tts_no_audio_timeout=_float(env, "TTS_NO_AUDIO_TIMEOUT", d.tts_no_audio_timeout),
         tts_timeout=_float(env, "TTS_TIMEOUT", d.tts_timeout),
         stt_timeout=_float(env, "STT_TIMEOUT", d.stt_timeout),
         llm_max_retry=_int(env, "LLM_MAX_RETRY", d.llm_max_retry),

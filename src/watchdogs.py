@@ -13,6 +13,11 @@ would keep the caller waiting that long. :func:`watch_llm` sits in the agent's
   reply: the stream is closed and :data:`~src.phrases.MODEL_STALL_REPAIR` is said, so the
   half sentence is closed naturally and reads to the model as unfinished.
 
+:func:`watch_tts` sits in the agent's ``tts_node``: once the TTS owes audio (it has text
+and has not finished) and sends none for ``TTS_NO_AUDIO_TIMEOUT`` seconds, the stalled
+stream is dropped and the ``rescue`` audio is played instead (the pre-rendered apology),
+rather than waiting for the plugin's own read timeout (30 s for OpenAI).
+
 The clock is the event loop's (``asyncio.wait`` timeouts); tests shrink the timeouts.
 """
 
@@ -20,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from src.phrases import MODEL_STALL_REPAIR, MODEL_WAIT_FILLER
 from src.redaction import get_logger
 
-__all__ = ["watch_llm"]
+__all__ = ["watch_llm", "watch_tts"]
 
 logger = get_logger("pandadoc.watchdogs")
 
@@ -81,6 +86,82 @@ async def watch_llm(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pending
         closer = getattr(iterator, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+F = TypeVar("F")
+
+
+async def watch_tts(
+    text: AsyncIterable[str],
+    synthesize: Callable[[AsyncIterable[str]], AsyncIterable[F]],
+    *,
+    no_audio_timeout: float,
+    rescue: Callable[[], AsyncIterable[F]] | None = None,
+) -> AsyncIterator[F]:
+    """Frames of ``synthesize(text)``; when the TTS owes audio and sends none for
+    ``no_audio_timeout`` seconds, the rest of its stream is dropped and ``rescue()``'s
+    frames are played instead (nothing, when there is no rescue audio).
+
+    "Owes audio": text has arrived and the stream has not ended. The timer restarts on
+    every frame and every piece of text, so a slow model (its own watchdog speaks) or a
+    pause between sentences does not trip it."""
+    loop = asyncio.get_running_loop()
+    last_activity = loop.time()
+    got_text = False
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        nonlocal last_activity, got_text
+        try:
+            async for piece in text:
+                got_text = got_text or bool(piece.strip())
+                last_activity = loop.time()
+                queue.put_nowait(piece)
+        finally:
+            queue.put_nowait(None)
+
+    async def forwarded() -> AsyncIterator[str]:
+        while (piece := await queue.get()) is not None:
+            yield piece
+
+    pumping = asyncio.create_task(pump())
+    frames = aiter(synthesize(forwarded()))
+    pending: asyncio.Task[Any] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(frames))
+            done, _ = await asyncio.wait({pending}, timeout=no_audio_timeout / 4)
+            if done:
+                task, pending = pending, None
+                try:
+                    frame = task.result()
+                except StopAsyncIteration:
+                    return
+                last_activity = loop.time()
+                yield frame
+                continue
+            if got_text and loop.time() - last_activity >= no_audio_timeout:
+                logger.warning(
+                    "TTS sent no audio for %.1fs; playing the rescue audio instead",
+                    no_audio_timeout,
+                )
+                break
+        if rescue is not None:
+            async for frame in rescue():
+                yield frame
+    finally:
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pumping
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
+        closer = getattr(frames, "aclose", None)
         if closer is not None:
             with contextlib.suppress(Exception):
                 await closer()

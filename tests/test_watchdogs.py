@@ -12,7 +12,7 @@ from livekit.agents.llm import ChatMessage
 from src.drill.harness import Conversation
 from src.phrases import MODEL_STALL_REPAIR, MODEL_WAIT_FILLER
 from src.sandbox import FaultKind
-from src.watchdogs import watch_llm
+from src.watchdogs import watch_llm, watch_tts
 
 FAST = {"first_token_timeout": 0.05, "stall_timeout": 0.05}
 
@@ -122,3 +122,81 @@ async def test_mid_stream_stall_is_closed_and_reads_as_unfinished() -> None:
         assert any(MODEL_STALL_REPAIR in str(m["content"]) for m in assistant)
         history = [i for i in conv.session.history.items if isinstance(i, ChatMessage)]
         assert any(MODEL_STALL_REPAIR in (i.text_content or "") for i in history)
+
+
+# -- TTS ------------------------------------------------------------------------------------
+
+
+async def text_stream(*pieces: str, gap: float = 0.0) -> AsyncIterator[str]:
+    for piece in pieces:
+        if gap:
+            await asyncio.sleep(gap)
+        yield piece
+
+
+def tts_that(stall_after: int | None) -> Any:
+    """A fake TTS: one frame per text piece received (``"a:<text>"``); with
+    ``stall_after``, it sends that many frames and then nothing, ever."""
+
+    async def synthesize(text: AsyncIterator[str]) -> AsyncIterator[str]:
+        sent = 0
+        async for piece in text:
+            if stall_after is not None and sent >= stall_after:
+                await asyncio.Event().wait()
+            sent += 1
+            yield f"a:{piece}"
+
+    return synthesize
+
+
+async def rescue() -> AsyncIterator[str]:
+    yield "apology-1"
+    yield "apology-2"
+
+
+async def test_healthy_tts_passes_through() -> None:
+    out = await asyncio.wait_for(
+        collect(
+            watch_tts(
+                text_stream("Hi.", " There."),
+                tts_that(None),
+                no_audio_timeout=0.1,
+                rescue=rescue,
+            )
+        ),
+        5.0,
+    )
+    assert out == ["a:Hi.", "a: There."]
+
+
+async def test_stalled_tts_is_replaced_by_the_rescue_audio() -> None:
+    started = asyncio.get_running_loop().time()
+    out = await asyncio.wait_for(
+        collect(
+            watch_tts(
+                text_stream("Hi.", " There."),
+                tts_that(stall_after=1),
+                no_audio_timeout=0.1,
+                rescue=rescue,
+            )
+        ),
+        5.0,
+    )
+    assert out == ["a:Hi.", "apology-1", "apology-2"]
+    assert asyncio.get_running_loop().time() - started < 2.0  # upper bound only
+
+
+async def test_slow_text_does_not_trip_the_tts_watchdog() -> None:
+    """No text yet (the model is thinking) is not a TTS stall."""
+    out = await asyncio.wait_for(
+        collect(
+            watch_tts(
+                text_stream("Hi.", gap=0.3),
+                tts_that(None),
+                no_audio_timeout=0.1,
+                rescue=rescue,
+            )
+        ),
+        5.0,
+    )
+    assert out == ["a:Hi."]
