@@ -134,7 +134,10 @@ async def watch_tts(
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(anext(frames))
-            done, _ = await asyncio.wait({pending}, timeout=no_audio_timeout / 4)
+            wait = no_audio_timeout
+            if got_text:
+                wait = max(0.0, last_activity + no_audio_timeout - loop.time())
+            done, _ = await asyncio.wait({pending}, timeout=wait)
             if done:
                 task, pending = pending, None
                 try:

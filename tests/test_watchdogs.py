@@ -200,3 +200,21 @@ async def test_slow_text_does_not_trip_the_tts_watchdog() -> None:
         5.0,
     )
     assert out == ["a:Hi."]
+
+
+async def test_stalled_tts_in_a_real_session_plays_the_rescue_audio() -> None:
+    """Production TTS against the stand-in, whose speech stream stops after its first
+    chunk: the session's audio output gets the pre-rendered apology, not silence until
+    the plugin's own read timeout."""
+    overrides = {**OVERRIDES, "tts_no_audio_timeout": 0.3, "tts_timeout": 5.0}
+    async with Conversation(overrides=overrides, skip_sleeps=True, audio=True) as conv:
+        sink, rescue = conv.audio_sink, conv.agent.tts_rescue
+        assert sink is not None and rescue is not None and rescue.frames
+        conv.sandbox.openai.stall_after_first_chunk(endpoint="/v1/audio/speech")
+        conv.sandbox.openai.say("Happy to help with your trial.")
+        before = len(sink.arrivals)
+        turn = await conv.turn("hello there")
+        assert turn.failure is None
+        assert turn.first_audio_s is not None
+        assert len(sink.arrivals) - before == len(rescue.frames)  # the apology, whole
+        assert turn.total_s < 4.0  # upper bound: far below the 5 s attempt timeout

@@ -33,7 +33,8 @@ MARIA = next(u.email for u in TRIAL_USERS if not u.in_salesforce and u.in_hubspo
 DEFAULTS = ResilienceSettings()
 VOICE_BUDGET = DEFAULTS.tool_deadline + 1.0  # a tool's deadline plus the model round trips
 LLM_BUDGET = DEFAULTS.llm_timeout * (DEFAULTS.llm_max_retry + 1) + 1.0
-FIRST_WORDS = 1.5  # the turn-scope scenarios: the caller hears something within this
+FIRST_WORDS = 1.5  # every scenario: the caller hears something within this
+FIRST_AUDIO = 2.0  # a stalled TTS: at most about 2 s of silence (TTS_NO_AUDIO_TIMEOUT 1.5 s)
 TURN_BUDGET = DEFAULTS.turn_deadline + 1.0  # a reply's tools answered within this
 
 
@@ -44,7 +45,8 @@ def _calls(*names: str) -> tuple[Turn, ...]:
 
 @dataclass(frozen=True)
 class Fault:
-    """``kind``: ``down`` (connection refused) or a :class:`FaultKind` value."""
+    """``kind``: ``down`` (connection refused), ``stall`` / ``speech-stall`` (the model's
+    chat / speech stream stops after its first chunk) or a :class:`FaultKind` value."""
 
     service: str
     kind: str
@@ -57,11 +59,14 @@ class Fault:
     async def apply(self, server: SandboxServer) -> None:
         if self.kind == "down":
             await server.go_down()
-        elif self.kind == "stall":
+        elif self.kind in ("stall", "speech-stall"):
             stall = getattr(server, "stall_after_first_chunk", None)
             if stall is None:
                 raise ValueError(f"{self.service} cannot stall")
-            stall()
+            if self.kind == "speech-stall":
+                stall(endpoint="/v1/audio/speech")
+            else:
+                stall()
         else:
             server.inject(
                 self.endpoint,
@@ -92,6 +97,7 @@ class Scenario:
     script: tuple[Turn, ...] = ()  # the stand-in model's replies for the measured turns
     turn_budget_s: float | None = VOICE_BUDGET  # whole turn (user text -> reply done)
     action: Callable[[Conversation], Awaitable[TurnResult]] | None = None  # replaces turns
+    audio: bool = False  # production TTS + an audio sink; first words = first audio frame
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -208,6 +214,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         turn_budget_s=FIRST_WORDS + DEFAULTS.llm_stall_timeout,
     ),
     Scenario(
+        "tts-stall",
+        "speech stream accepted, stops after its first chunk: the pre-rendered apology plays",
+        (Fault("openai", "speech-stall"),),
+        ("hello there",),
+        budget_s=FIRST_AUDIO,
+        audio=True,
+    ),
+    Scenario(
         "stt-down",
         "speech recognition endpoint down: real STT fails, the session hears of it",
         (Fault("openai", "down"),),
@@ -240,7 +254,7 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
     failing = scenario.failing or (scenario.faults[0].service if scenario.faults else "")
     problems: list[str] = []
     note = ""
-    async with Conversation(email=scenario.email) as conv:
+    async with Conversation(email=scenario.email, audio=scenario.audio) as conv:
         for text in scenario.warmup:
             await conv.turn(text)
         for fault in scenario.faults:
@@ -264,6 +278,12 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
             conv.clock.advance(recovery + 1)
             note = f"clock jumped {recovery:g} s (recovery timeout) before the last turn"
             turns.append(await conv.turn(scenario.turns[-1]))
+        if scenario.audio and conv.audio_sink is not None:
+            rescue = conv.agent.tts_rescue
+            frames = len(rescue.frames) if rescue is not None else 0
+            note = (
+                f"audio: the TTS stream stalled; the pre-rendered apology ({frames} frames) played"
+            )
         history = conv.assistant_history()
         transitions = [str(t) for t in conv.transitions]
     for turn in turns:
@@ -273,7 +293,7 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
             problems.append("silence")
         problems.extend(turn.leaks())
     problems.extend(leak for text in history for leak in technical_leaks(text))
-    first = [t.first_words_s for t in turns]
+    first = [t.first_audio_s if scenario.audio else t.first_words_s for t in turns]
     measured = [f for f in first if f is not None]
     worst_first = max(measured) if measured and len(measured) == len(first) else None
     if worst_first is None:
