@@ -375,3 +375,34 @@ def test_turn_deadline_defaults_to_the_tool_deadline() -> None:
     assert both.resilience.turn_deadline == 5.0
     with pytest.raises(SettingsError, match="TURN_DEADLINE"):
         settings_from_env({"TURN_DEADLINE": "0"})
+
+
+async def test_tracked_write_is_undone_at_once_while_a_sibling_runs() -> None:
+    """With write tracking the failed tool's own assignment is rolled back when it fails,
+    not when the sibling ends: the sibling never sees the half-written value."""
+    agent, state = Agent(), Tracked()
+    ctx = StandInRunContext(state)
+    failed, seen = asyncio.Event(), []
+
+    async def fails() -> None:
+        state.email = "typo@acme.example.com"
+        raise failure()
+
+    async def sibling() -> str:
+        await failed.wait()
+        seen.append(state.email)
+        return "ok"
+
+    async def run_failing() -> None:
+        try:
+            await agent.handle_tool_with_error_recovery(ctx, "fails", fails)
+        finally:
+            failed.set()
+
+    results = await asyncio.gather(
+        agent.handle_tool_with_error_recovery(ctx, "sibling", sibling),
+        run_failing(),
+        return_exceptions=True,
+    )
+    assert results[0] == "ok" and isinstance(results[1], ToolError)
+    assert seen == ["jane@acme.example.com"]

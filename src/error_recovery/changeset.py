@@ -220,7 +220,8 @@ class ToolChanges:
             if ledger.committed.get(name, -1) > self._started:
                 continue  # a sibling saved this field after we started: keep it
             before = self._before.get(name, _Field(_MISSING, None))
-            if ledger.active > 1:
+            if ledger.active > 1 and ledger.writer.get(name) is not self:
+                # Seen, not known to be ours, while siblings run: decide when they end.
                 now = _get(self.data, name)
                 ledger.pending[name] = _Pending(before, now, _entries(now), ledger.version)
             else:
