@@ -12,6 +12,11 @@ gauges count the live jobs whose circuit is open).
 * ``pandadoc_tool_calls_total{tool,outcome}``: ``ok``, or ``fallback`` when the tool
   answered with a spoken phrase (recovery sentence or a question) instead of data.
 * ``pandadoc_tool_duration_seconds{tool}``: how long the caller waited on a tool.
+* ``pandadoc_identity_refusals_total{tool,reason}``: lookups refused by the disclosure
+  policy (``other_email``: a verified caller asked about someone else; ``unverified``:
+  the caller's identity is only claimed).
+* ``pandadoc_caller_identities_total{trust,source}``: identities decided, by trust level
+  and how (``dispatch``, ``console``, ``sip``, ``spoken``).
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import functools
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "CALLER_IDENTITIES",
     "CIRCUITS_OPEN",
     "CIRCUIT_TRANSITIONS",
+    "IDENTITY_REFUSALS",
     "SERVICE_FALLBACKS",
     "TOOL_CALLS",
     "TOOL_DURATION",
@@ -85,3 +92,16 @@ def record_transition(service: str, old: object, new: object) -> None:
         CIRCUITS_OPEN.labels(service=service or "unnamed").inc()
     elif old_state == "open":
         CIRCUITS_OPEN.labels(service=service or "unnamed").dec()
+
+
+# -- caller identity (src/identity.py, src/tools/policy.py) ---------------------------------
+IDENTITY_REFUSALS = Counter(
+    "pandadoc_identity_refusals_total",
+    "Lookups the disclosure policy refused, by tool and reason.",
+    ["tool", "reason"],
+)
+CALLER_IDENTITIES = Counter(
+    "pandadoc_caller_identities_total",
+    "Caller identities decided, by trust level and source.",
+    ["trust", "source"],
+)

@@ -36,6 +36,7 @@ class PendingWrite:
     subject: str
     body: str
     attempts: int = 0
+    owner_id: str | None = None  # Salesforce: the record owner the Task is assigned to
 
 
 class ProtectedCall(Protocol):
@@ -97,7 +98,7 @@ class Outbox:
         async def send() -> str:
             if write.source == "salesforce" and self.services.salesforce is not None:
                 return await self.services.salesforce.create_task(
-                    write.record_id, write.subject, write.body
+                    write.record_id, write.subject, write.body, owner_id=write.owner_id
                 )
             if write.source == "hubspot" and self.services.hubspot is not None:
                 return await self.services.hubspot.create_note(

@@ -234,6 +234,52 @@ def greeting(name: str | None) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# Caller identity and privacy (src/tools/policy.py): refusals are spoken as they are
+# --------------------------------------------------------------------------------------
+
+#: A verified caller asked about a different email: nothing is fetched.
+ONLY_THIS_CALL = (
+    "I can only look up the account on this call, so I can't check anyone else's details. "
+    "Happy to keep going with yours, though."
+)
+#: The caller's identity is only claimed: no usage figures or CRM details are read back.
+PRIVACY_CLAIMED = (
+    "For your privacy, I can only go over trial and account details when you reach us "
+    "through your PandaDoc account. I can still book you a demo with our team, or help "
+    "with any questions about PandaDoc."
+)
+
+
+# --------------------------------------------------------------------------------------
+# Demo booking through ChiliPiper's two-step API (issue #13)
+# --------------------------------------------------------------------------------------
+
+
+def slot_taken(offers: Mapping[int, str]) -> str:
+    """The chosen time went to someone else; ``offers`` are the fresh options (may be
+    empty)."""
+    if not offers:
+        return (
+            "Someone just took that time, and there are no other open demo times in the "
+            "next few days. Want me to pass your interest to our sales team?"
+        )
+    return "Someone just took that time. " + demo_options(offers)
+
+
+def demo_link_from_sales(when: str, *, queued: bool) -> str:
+    """Booking by voice was not possible; sales will send a link to pick the time."""
+    if queued:
+        return (
+            f"I couldn't book that directly. I've noted {when} for our sales team, and "
+            "they'll email you a link to confirm it or pick another time."
+        )
+    return (
+        f"I couldn't book that directly, so I've passed {when} to our sales team, and "
+        "they'll email you a link to confirm it or pick another time."
+    )
+
+
+# --------------------------------------------------------------------------------------
 # Turn scope: model watchdogs (src/watchdogs.py)
 # --------------------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .redaction import register_secret
-from .validation import is_valid_email
+from .services.chilipiper_model import SchedulingLink
+from .validation import is_valid_email, is_valid_salesforce_id
 
 __all__ = [
     "DEFAULT_RESILIENCE",
@@ -137,11 +138,32 @@ DEFAULT_RESILIENCE = ResilienceSettings()
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """Amplitude credentials and address."""
+    """Amplitude credentials and address, and our client-side share of its quota.
+
+    Attributes:
+        hourly_query_budget: User Search + User Activity queries per sliding hour
+            (``AMPLITUDE_HOURLY_QUERY_BUDGET``, 360: Amplitude's documented per-project
+            limit; a usage lookup costs 2). 0 turns the budget off.
+        max_concurrent: requests in flight at once (``AMPLITUDE_MAX_CONCURRENT``, 10, the
+            documented limit). 0 turns the cap off.
+        usage_cache_ttl: seconds a person's usage is reused without a request
+            (``AMPLITUDE_USAGE_CACHE_TTL``, 600). 0 turns the cache off.
+    """
 
     api_key: str = ""
     secret_key: str = ""
     base_url: str = AMPLITUDE_DEFAULT_URL
+    hourly_query_budget: int = 360
+    max_concurrent: int = 10
+    usage_cache_ttl: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.hourly_query_budget < 0:
+            raise SettingsError("AMPLITUDE_HOURLY_QUERY_BUDGET must be >= 0 (0 turns it off)")
+        if self.max_concurrent < 0:
+            raise SettingsError("AMPLITUDE_MAX_CONCURRENT must be >= 0 (0 turns it off)")
+        if self.usage_cache_ttl < 0:
+            raise SettingsError("AMPLITUDE_USAGE_CACHE_TTL must be >= 0 seconds (0 turns it off)")
 
     @property
     def configured(self) -> bool:
@@ -150,9 +172,20 @@ class ServiceSettings:
 
 @dataclass(frozen=True)
 class SalesforceSettings:
+    """Salesforce org and connected app. ``task_owner_id``: who owns a Task when its
+    record has no user owner (``SALESFORCE_TASK_OWNER_ID``, a 15/18-character id)."""
+
     instance_url: str = ""
     client_id: str = ""
     client_secret: str = ""
+    task_owner_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task_owner_id and not is_valid_salesforce_id(self.task_owner_id):
+            raise SettingsError(
+                "SALESFORCE_TASK_OWNER_ID must be a 15- or 18-character Salesforce id "
+                "(an 18-character id must end with its checksum)"
+            )
 
     @property
     def configured(self) -> bool:
@@ -171,14 +204,29 @@ class HubSpotSettings:
 
 @dataclass(frozen=True)
 class ChiliPiperSettings:
+    """ChiliPiper demo booking through a scheduling link (``init-simple`` then
+    ``schedule-simple``).
+
+    Attributes:
+        api_key: ``CHILIPIPER_API_KEY``; its token needs the scheduling-link read and
+            schedule permissions, plus ``meeting.read`` (reconciling an unknown outcome).
+        scheduling_link: ``CHILIPIPER_SCHEDULING_LINK``, the link's slug or its id (UUID).
+        concierge_router: ``CHILIPIPER_CONCIERGE_ROUTER``, a Concierge router's slug, used
+            instead of a scheduling link (its token needs the Concierge route and schedule
+            permissions, plus ``meeting.read``).
+        booking_url: ``CHILIPIPER_BOOKING_URL``, the link's public booking page, handed to
+            sales when booking by voice is not possible (optional).
+    """
+
     api_key: str = ""
     base_url: str = CHILIPIPER_DEFAULT_URL
-    distribution_id: str = ""
-    meeting_type_id: str = ""
+    scheduling_link: str = ""
+    booking_url: str = ""
+    concierge_router: str = ""
 
     @property
     def configured(self) -> bool:
-        return bool(self.api_key and self.distribution_id and self.meeting_type_id)
+        return bool(self.api_key and (self.scheduling_link or self.concierge_router))
 
 
 @dataclass(frozen=True)
@@ -289,6 +337,28 @@ def _secret(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _scheduling_link(env: Mapping[str, str]) -> tuple[str, str]:
+    """``(CHILIPIPER_SCHEDULING_LINK, CHILIPIPER_CONCIERGE_ROUTER)``, exactly one set when
+    ChiliPiper has a key. A link is a slug, or an id that must be a well-formed UUID; a
+    router is a slug. A bad one stops the worker at start (the message names the
+    variable, never the value)."""
+    name, router_name = "CHILIPIPER_SCHEDULING_LINK", "CHILIPIPER_CONCIERGE_ROUTER"
+    value, router = _str(env, name), _str(env, router_name)
+    if value and router:
+        raise SettingsError(f"set {name} or {router_name}, not both")
+    if not value and not router:
+        if _str(env, "CHILIPIPER_API_KEY"):
+            raise SettingsError(f"{name} (or {router_name}) is required with CHILIPIPER_API_KEY")
+        return "", ""
+    try:
+        if router:
+            return "", SchedulingLink.concierge(router).router or ""
+        link = SchedulingLink.parse(value)
+    except ValueError as exc:
+        raise SettingsError(f"{router_name if router else name}: {exc}") from None
+    return link.id or link.slug or "", ""
+
+
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Build :class:`Settings` from a mapping (``os.environ`` or a test dict)."""
     d = DEFAULT_RESILIENCE
@@ -319,6 +389,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     for name in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
         _secret(env, name)
     _url(env, "LIVEKIT_URL", schemes=("ws", "wss", "http", "https"))
+    cp_link, cp_router = _scheduling_link(env)
     return Settings(
         agent=AgentSettings(
             agent_name=_str(env, "AGENT_NAME", "pandadoc-trialist"),
@@ -342,11 +413,15 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             api_key=_secret(env, "AMPLITUDE_API_KEY"),
             secret_key=_secret(env, "AMPLITUDE_SECRET_KEY"),
             base_url=_url(env, "AMPLITUDE_BASE_URL", AMPLITUDE_DEFAULT_URL),
+            hourly_query_budget=_int(env, "AMPLITUDE_HOURLY_QUERY_BUDGET", 360),
+            max_concurrent=_int(env, "AMPLITUDE_MAX_CONCURRENT", 10),
+            usage_cache_ttl=_float(env, "AMPLITUDE_USAGE_CACHE_TTL", 600.0),
         ),
         salesforce=SalesforceSettings(
             instance_url=_url(env, "SALESFORCE_INSTANCE_URL"),
             client_id=_secret(env, "SALESFORCE_CLIENT_ID"),
             client_secret=_secret(env, "SALESFORCE_CLIENT_SECRET"),
+            task_owner_id=_str(env, "SALESFORCE_TASK_OWNER_ID"),
         ),
         hubspot=HubSpotSettings(
             access_token=_secret(env, "HUBSPOT_ACCESS_TOKEN"),
@@ -355,8 +430,9 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         chilipiper=ChiliPiperSettings(
             api_key=_secret(env, "CHILIPIPER_API_KEY"),
             base_url=_url(env, "CHILIPIPER_BASE_URL", CHILIPIPER_DEFAULT_URL),
-            distribution_id=_str(env, "CHILIPIPER_DISTRIBUTION_ID"),
-            meeting_type_id=_str(env, "CHILIPIPER_MEETING_TYPE_ID"),
+            scheduling_link=cp_link,
+            concierge_router=cp_router,
+            booking_url=_url(env, "CHILIPIPER_BOOKING_URL", schemes=("https", "http")),
         ),
     )
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from src.error_recovery.changeset import WriteTracked
+from src.identity import CallerIdentity
 from src.services.amplitude import TrialUsage
-from src.services.chilipiper import BookedMeeting, DemoSlot
+from src.services.chilipiper import BookedMeeting, BookingSession, DemoSlot
 
 __all__ = ["TrialistData"]
 
@@ -25,10 +26,18 @@ class TrialistData(WriteTracked):
         timezone: IANA zone for speaking demo times.
         usage: product usage found in Amplitude.
         crm_source / crm_record_id / crm_summary: the CRM record found, if any.
+        crm_owner_id: the Salesforce user who owns that record (Tasks are assigned to them).
+        company: their company when the CRM knows it (fills booking forms).
+        booking_session: the open ChiliPiper booking session (single-use route id and
+            its start times) the offered options came from.
         offered_slots: demo options offered in this conversation, by option number.
         booked_meeting: the demo booked in this conversation.
         demo_requested: the slot id handed to sales through the CRM when booking failed.
         summaries_logged: call summaries saved to the CRM.
+        identity: who the caller is and how far that is trusted (:mod:`src.identity`);
+            decides what they may hear (:mod:`src.tools.policy`). An ``email`` given to
+            the constructor without an identity is the job's own setting (console, tests)
+            and counts as verified.
     """
 
     email: str | None = None
@@ -37,8 +46,16 @@ class TrialistData(WriteTracked):
     usage: TrialUsage | None = None
     crm_source: str | None = None
     crm_record_id: str | None = None
+    crm_owner_id: str | None = None
     crm_summary: str | None = None
+    company: str | None = None
+    booking_session: BookingSession | None = None
     offered_slots: dict[int, DemoSlot] = field(default_factory=dict)
     booked_meeting: BookedMeeting | None = None
     demo_requested: str | None = None
     summaries_logged: int = 0
+    identity: CallerIdentity = field(default_factory=CallerIdentity)
+
+    def __post_init__(self) -> None:
+        if self.email and self.identity.trust == "none":
+            self.identity = CallerIdentity("verified", self.email, "console")

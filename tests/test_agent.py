@@ -21,7 +21,7 @@ from livekit.agents.voice.run_result import RunResult
 
 from src.agent import PandaDocTrialistAgent
 from src.error_recovery import ERROR_RESPONSES, CircuitState, VoiceRetryPolicy
-from src.identity import identity_from_job
+from src.identity import CallerIdentity, identity_from_job
 from src.outbox import PendingWrite
 from src.phrases import (
     ACCOUNT_FALLBACK,
@@ -32,7 +32,6 @@ from src.phrases import (
     NOTE_NO_CRM,
     NOTE_QUEUED,
     NOTE_UNCONFIRMED,
-    SLOT_TAKEN,
     SLOTS_FALLBACK,
     UNKNOWN_TOOL,
     USAGE_FALLBACK,
@@ -40,6 +39,7 @@ from src.phrases import (
 )
 from src.sandbox import Sandbox
 from src.sandbox.base import FaultKind
+from src.sandbox.data import SANDBOX_CREDENTIALS
 from src.sandbox.openai_server import ToolCall, Turn
 from src.services.wiring import SERVICE_NAMES, TrialistServices
 from src.session import SpokenApology, build_session, build_tts, connect_options, on_session_error
@@ -107,6 +107,12 @@ async def rig(sandbox: Sandbox) -> AsyncIterator[Rig]:
         await session.start(agent)
         yield Rig(sandbox, settings, services, agent, session, data, sleep)
     await services.aclose()
+
+
+def call_as(rig: Rig, email: str) -> None:
+    """This call's verified caller is ``email`` (as if the dispatch had said so)."""
+    rig.data.identity = CallerIdentity("verified", email, "dispatch")
+    rig.data.email = email
 
 
 def tool_output(result: RunResult[Any], name: str) -> Any:
@@ -219,6 +225,9 @@ async def test_log_call_summary_writes_a_salesforce_task(rig: Rig) -> None:
     assert not out.is_error and "saved a note" in out.output
     assert rig.data.summaries_logged == 1
     assert len(rig.sandbox.salesforce.tasks) == 1
+    # Assigned to the rep who owns Jane's record, not to the integration user.
+    record = next(r for r in rig.sandbox.salesforce.records if r["Email"] == JANE)
+    assert rig.sandbox.salesforce.tasks[0]["OwnerId"] == record["OwnerId"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,10 +261,12 @@ async def test_bad_email_gets_a_natural_question(rig: Rig, email: str) -> None:
 
 
 async def test_unknown_trial_user(rig: Rig) -> None:
-    result = await rig.say("check usage for nobody@nowhere.example.com")
+    call_as(rig, "nobody@nowhere.example.com")
+    before = copy.deepcopy(rig.data)
+    result = await rig.say("check my usage")
     out = tool_output(result, "get_trial_usage")
     assert out.is_error and out.output == USAGE_NOT_FOUND
-    assert rig.data.email == JANE  # the failed lookup changed nothing
+    assert rig.data == before  # the failed lookup changed nothing
 
 
 # ---------------------------------------------------------------------------------------
@@ -315,14 +326,34 @@ async def test_failed_booking_with_no_crm_is_reported_not_booked(rig: Rig) -> No
     assert rig.agent.pending_writes == []
 
 
-async def test_slot_taken_meanwhile(rig: Rig) -> None:
+async def test_slot_taken_meanwhile_offers_fresh_times(rig: Rig) -> None:
     await rig.say("Any demo times?")
-    client = rig.services.chilipiper
-    assert client is not None
-    await client.book_demo("someone.else@example.com", "", rig.data.offered_slots[1])
+    taken = rig.data.offered_slots[1]
+    first_route = rig.data.booking_session.route_id if rig.data.booking_session else ""
+    rig.sandbox.chilipiper.take(taken.starts_at)
     out = tool_output(await rig.say("Book the first option"), "book_demo")
-    assert out.is_error and out.output == SLOT_TAKEN
+    assert not out.is_error and out.output.startswith("Someone just took that time.")
+    assert "option 1 is" in out.output
     assert rig.data.booked_meeting is None and rig.sandbox.salesforce.tasks == []
+    assert taken.slot_id not in {s.slot_id for s in rig.data.offered_slots.values()}
+    assert rig.data.booking_session is not None
+    assert rig.data.booking_session.route_id != first_route
+    # the fresh options are bookable straight away
+    assert not tool_output(await rig.say("Book the first option"), "book_demo").is_error
+    assert len(rig.sandbox.chilipiper.meetings) == 2  # the other person's and ours
+
+
+async def test_required_form_field_unknown_hands_off_with_the_booking_url(rig: Rig) -> None:
+    rig.sandbox.chilipiper.form_fields.append({"reference": "phone", "requirement": "Required"})
+    await rig.say("Any demo times?")
+    slot = rig.data.offered_slots[1]
+    out = tool_output(await rig.say("Book the first option"), "book_demo")
+    assert not out.is_error and "sales team" in out.output and "email you a link" in out.output
+    assert "http" not in out.output  # the link goes to sales, never into speech
+    assert rig.sandbox.chilipiper.requests("*/schedule-simple") == []
+    assert rig.data.demo_requested == slot.slot_id and rig.data.booked_meeting is None
+    [task] = rig.sandbox.salesforce.tasks
+    assert SANDBOX_CREDENTIALS["CHILIPIPER_BOOKING_URL"] in task["Description"]
 
 
 async def test_circuit_opens_after_three_failures_and_fourth_call_sends_nothing(
@@ -345,9 +376,8 @@ async def test_circuit_opens_after_three_failures_and_fourth_call_sends_nothing(
 async def test_hubspot_answers_when_salesforce_is_down_or_empty(rig: Rig, outage: str) -> None:
     if outage == "down":
         await rig.sandbox.salesforce.go_down()
-        rig.data.email = JANE
     else:
-        rig.data.email = MARIA  # Salesforce has no record of her
+        call_as(rig, MARIA)  # Salesforce has no record of her
     result = await rig.say("What's on my account?")
     out = tool_output(result, "lookup_account")
     assert not out.is_error
@@ -356,7 +386,7 @@ async def test_hubspot_answers_when_salesforce_is_down_or_empty(rig: Rig, outage
 
 
 async def test_account_in_neither_crm(rig: Rig) -> None:
-    rig.data.email = ALEX
+    call_as(rig, ALEX)
     out = tool_output(await rig.say("What's on my account?"), "lookup_account")
     assert out.is_error and "couldn't find an account" in out.output
     assert rig.data.crm_source is None

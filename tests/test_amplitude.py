@@ -303,13 +303,13 @@ async def test_journal_shows_requests_with_redacted_auth(
 
 
 async def test_sandbox_sends_basic_auth_shapes(server: AmplitudeServer) -> None:
-    """The sandbox itself: user id also accepted by useractivity, events newest first."""
+    """The sandbox itself: useractivity takes the Amplitude id, events newest first."""
     import aiohttp
 
     token = base64.b64encode(f"{API_KEY}:{SECRET_KEY}".encode()).decode()
     async with aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"}) as http:
         url = f"{server.base_url}/api/2/useractivity"
-        async with http.get(url, params={"user": JANE.email, "limit": "5"}) as resp:
+        async with http.get(url, params={"user": str(JANE.amplitude_id), "limit": "5"}) as resp:
             body = await resp.json()
         async with http.get(url) as missing:
             assert missing.status == 400

@@ -1,9 +1,13 @@
-"""The README's quick start, run for real: the sandbox plus ``agent.py console --text``.
+"""The README's quick start, run for real: ``agent.py console --text`` in a pseudo-terminal.
 
-Starts ``python -m src.sandbox --ephemeral`` as a subprocess, runs the agent's text console
-in a pseudo-terminal with the sandbox's env lines, types a question and expects the stand-in
-model's spoken answer (it reads back the real tool output from the Amplitude stand-in).
-Needs PortAudio (``.ci/setup-system``): LiveKit's console imports ``sounddevice``.
+``test_console_text_on_a_fresh_clone`` is the issue's acceptance test: a copy of ``src/``
+with no ``.env*`` and an environment without any key; the console starts the built-in
+sandbox itself. ``test_console_text_answers_from_the_sandbox`` runs against a separate
+``python -m src.sandbox --ephemeral`` (configured services are used as they are). Both
+type a question and expect the stand-in model's spoken answer (it reads back the real tool
+output from the Amplitude stand-in). ``start``/``dev`` with nothing configured must refuse
+in one line. Needs PortAudio (``.ci/setup-system``): LiveKit's console imports
+``sounddevice``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,11 +90,11 @@ def sandbox_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 class Terminal:
     """A child process on a pseudo-terminal, read with deadlines."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
         self.master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=slave,
             stdout=slave,
@@ -198,3 +203,159 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0, result.stderr
     for command in ("console", "dev", "start", "download-files"):
         assert re.search(rf"\b{re.escape(command)}\b", result.stdout), result.stdout
+
+
+# -- a fresh clone, nothing configured ----------------------------------------------------
+
+_LOG_LINE = re.compile(r"\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO) ")
+_PROMPT_CHROME = re.compile(r"\u276f \u2588 Type to talk to your agent|\? for shortcuts|─+")
+
+
+def _chat(screen: str) -> str:
+    """The transcript without the redrawn prompt, whitespace collapsed."""
+    return " ".join(_PROMPT_CHROME.sub(" ", screen).split())
+
+
+@pytest.fixture
+def fresh_clone(tmp_path: Path) -> Path:
+    """The code without any ``.env*`` next to it (``PYTHONPATH`` makes this copy of the
+    ``src`` package win over the editable install that points at the repository)."""
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "src", app / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    return app
+
+
+def _empty_env(app: Path) -> dict[str, str]:
+    """No key, no vendor, no LiveKit variable: only what a shell always has."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+    env.update(
+        PYTHONPATH=str(app),
+        TERM="xterm-256color",
+        COLUMNS="120",
+        LINES="40",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def test_console_text_on_a_fresh_clone(fresh_clone: Path) -> None:
+    started = time.monotonic()
+    term = Terminal(
+        [sys.executable, "src/agent.py", "console", "--text"], _empty_env(fresh_clone), fresh_clone
+    )
+    status: int | None = None
+    try:
+        term.wait_for(lambda t: "Ava from PandaDoc" in t, 28, "the agent's greeting")
+        assert "built-in sandbox" in term.text, term.text[-3000:]
+        term.drain(0.3)
+        start = len(term.text)
+        term.type("how is my trial usage?\r")
+        budget = max(30 - (time.monotonic() - started), 1.0)
+        term.wait_for(
+            lambda t: re.search(r"created \w+ documents", t[start:]) is not None,
+            budget,
+            "the agent's answer about trial usage within 30 s of start",
+        )
+        term.drain(0.3)
+        screen = term.text
+        assert "Traceback" not in screen, screen[-4000:]
+        # A clean chat: the greeting is an agent turn, the logs went to the file.
+        assert "● Agent Hi there! I'm Ava from PandaDoc" in _chat(screen), _chat(screen)
+        assert not _LOG_LINE.search(screen), screen[-3000:]
+        assert f"Full log: {fresh_clone / 'console.log'}" in screen, screen[:2000]
+
+        # The model fails (the printed ports take the README's fault command): an
+        # apology in the chat and one log line, no traceback.
+        ports = re.search(r"ports (\d+)-\d+", screen)
+        assert ports, screen[:2000]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "src.sandbox",
+                "fault",
+                "openai",
+                "500",
+                "--port-base",
+                ports[1],
+            ],
+            cwd=fresh_clone,
+            env=_empty_env(fresh_clone),
+            check=True,
+            capture_output=True,
+            timeout=20,
+        )
+        start = len(term.text)
+        term.type("any demo times available?\r")
+        term.wait_for(lambda t: "I apologize" in t[start:], 20, "the spoken apology")
+        term.drain(0.5)
+        failed_turn = term.text[start:]
+        assert "Traceback" not in failed_turn, failed_turn[-4000:]
+        errors = re.findall(r"\d\d:\d\d:\d\d\.\d{3} (?:WARNING|ERROR) .*", failed_turn)
+        assert len(errors) == 1, errors
+    finally:
+        status = term.close()
+    assert status is not None, "console did not exit on SIGINT"
+    log = (fresh_clone / "console.log").read_text()
+    assert "get_trial_usage" in log or "conversation_item_added" in log, log[-2000:]
+
+
+@pytest.mark.parametrize("command", ["start", "dev"])
+def test_worker_with_nothing_configured_refuses_in_one_line(
+    fresh_clone: Path, command: str
+) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "src/agent.py", command],
+        cwd=fresh_clone,
+        env=_empty_env(fresh_clone),
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "OPENAI_API_KEY"):
+        assert name in lines[0]
+    assert elapsed < 15
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CHILIPIPER_SCHEDULING_LINK", "3f2a9c1e-0000-4000-8000-00000000000g"),
+        ("CHILIPIPER_SCHEDULING_LINK", "Demo Link!"),
+        ("SALESFORCE_TASK_OWNER_ID", "005-not-an-id"),
+    ],
+)
+def test_start_with_a_malformed_vendor_id_stops_with_one_line(
+    fresh_clone: Path, variable: str, value: str
+) -> None:
+    """A vendor id in the wrong format stops the worker at start, naming the variable and
+    never echoing the value, instead of failing the first real booking or write."""
+    env = _empty_env(fresh_clone) | {
+        "LIVEKIT_URL": "ws://127.0.0.1:9",
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "devsecret-devsecret-devsecret-00",
+        "OPENAI_API_KEY": "sk-test",
+        "CHILIPIPER_API_KEY": "cp-test",
+        "CHILIPIPER_SCHEDULING_LINK": "pandadoc-demo",
+        variable: value,
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "src/agent.py", "start"],
+        cwd=fresh_clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert variable in lines[0] and value not in lines[0]
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 15

@@ -1,13 +1,14 @@
-"""The Dockerfile, checked without a Docker engine.
+"""The Dockerfile and the pinned dependency set, checked without a Docker engine.
 
-``test_dockerfile_*`` parse the Dockerfile; ``test_clean_install_runs_the_worker_cli`` does
-what its build does: a fresh virtualenv, the locked runtime dependencies and a regular
-(non-editable) install of the project, then ``python src/agent.py --help`` from a copy of
-the code, in a directory that is not the repository;
-``test_dockerfile_run_steps_build_a_working_app`` runs the Dockerfile's own ``uv sync`` and
-``download-files`` RUN lines in a copy of what it COPYs. Both use uv's cache, so they are fast;
-a package missing from the cache is fetched from PyPI, and a failure to do so fails the
-test (never a skip).
+``test_dockerfile_*`` parse the Dockerfile;
+``test_dockerfile_run_steps_build_a_working_app`` does what its build does: the Dockerfile's
+own ``uv sync`` and ``download-files`` RUN lines in a copy of what it COPYs (a directory
+that is not the repository, no lock file, as on a clean machine), then compares what was
+installed with the pins in ``pyproject.toml``, checks the Silero model is in place, that
+``src`` imports from the virtualenv (a regular, non-editable install) and that the CMD's
+command line answers ``--help``. ``test_pins_*`` check the pins are the complete resolution
+and what this environment has. They use uv's cache, so they are fast; a package missing
+from the cache is fetched from PyPI, and a failure to do so fails the test (never a skip).
 """
 
 from __future__ import annotations
@@ -18,13 +19,42 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 COMMANDS = ("console", "dev", "start", "download-files")
+PROJECT = "pandadoc-trialist-agent"
+REFRESH = "refresh them with `python3 scripts/pin-constraints`"
+
+
+def _pins() -> dict[str, str]:
+    """Package -> pinned version, for the pins whose marker applies to this Python."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins: dict[str, str] = {}
+    for text in config["tool"]["uv"]["constraint-dependencies"]:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        (spec,) = requirement.specifier
+        assert spec.operator == "==", text
+        pins[canonicalize_name(requirement.name)] = spec.version
+    return pins
+
+
+def _unpinned_or_different(installed: dict[str, str]) -> dict[str, tuple[str, str | None]]:
+    pins = _pins()
+    return {
+        name: (version, pins.get(name))
+        for name, version in installed.items()
+        if name != PROJECT and pins.get(name) != version
+    }
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -60,7 +90,7 @@ def test_dockerfile_runs_as_non_root_and_starts_the_worker() -> None:
     download = [i for i, (kw, args) in enumerate(steps) if kw == "RUN" and "download-files" in args]
     assert download, "model files are not downloaded at build time"
     assert download[-1] > last_user_index, "download-files must run as the runtime user"
-    assert "src/agent.py download-files" in steps[download[-1]][1]
+    assert steps[download[-1]][1] == "python -m livekit.agents download-files"
 
     cmds = [args for keyword, args in steps if keyword == "CMD"]
     assert len(cmds) == 1
@@ -83,49 +113,6 @@ def _run(
     return result
 
 
-def test_clean_install_runs_the_worker_cli(tmp_path: Path) -> None:
-    uv = shutil.which("uv")
-    if uv is None:
-        pytest.fail("uv is not on PATH; the Dockerfile installs it with pip (see .ci/run)")
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")
-    }
-    venv = tmp_path / "venv"
-    python = venv / "bin" / "python"
-
-    # The Dockerfile's `uv sync --no-dev` steps: locked runtime deps, then the project.
-    requirements = tmp_path / "requirements.txt"
-    _run(
-        [uv, "export", "--no-dev", "--no-hashes", "--no-emit-project", "-o", str(requirements)],
-        cwd=ROOT,
-        env=env,
-    )
-    _run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], env=env)
-    _run(
-        [uv, "pip", "install", "--quiet", "--python", str(python), "-r", str(requirements)],
-        env=env,
-    )
-    _run([uv, "pip", "install", "--quiet", "--python", str(python), str(ROOT)], env=env)
-
-    # `COPY src ./src` into a fresh directory; `src` must import from the venv.
-    app = tmp_path / "app"
-    shutil.copytree(ROOT / "src", app / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    located = _run(
-        [str(python), "-c", "import src.error_recovery, src; print(src.__file__)"],
-        cwd=tmp_path,
-        env=env,
-    )
-    assert str(venv) in located.stdout, located.stdout
-
-    result = _run(
-        [str(python), "src/agent.py", "--help"],
-        cwd=app,
-        env={**env, "COLUMNS": "120", "NO_COLOR": "1"},
-    )
-    for command in COMMANDS:
-        assert re.search(rf"\b{re.escape(command)}\b", result.stdout), result.stdout
-
-
 def test_dockerfile_run_steps_build_a_working_app(tmp_path: Path) -> None:
     """The Dockerfile's own `uv sync` and `download-files` steps, run in a copy of what it
     COPYs (uv's cache allowed, for speed), then the CMD's command line with --help."""
@@ -134,10 +121,17 @@ def test_dockerfile_run_steps_build_a_working_app(tmp_path: Path) -> None:
         pytest.fail("uv is not on PATH; the Dockerfile installs it with pip (see .ci/run)")
     app = tmp_path / "app"
     app.mkdir()
-    for name in ("pyproject.toml", "uv.lock", "README.md"):
-        if (ROOT / name).exists():
-            shutil.copy2(ROOT / name, app / name)
-    shutil.copytree(ROOT / "src", app / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for keyword, args in _instructions():  # exactly what the Dockerfile COPYs
+        if keyword != "COPY":
+            continue
+        *sources, dest = [a for a in args.split() if not a.startswith("--")]
+        for source in sources:
+            target = app / dest / Path(source).name if dest.endswith("/") else app / dest
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(ROOT / source, target)
+    assert not (app / "uv.lock").exists()
 
     venv_bin = app / ".venv" / "bin"
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
@@ -147,15 +141,55 @@ def test_dockerfile_run_steps_build_a_working_app(tmp_path: Path) -> None:
         PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
     )
     runs = [args for keyword, args in _instructions() if keyword == "RUN"]
-    steps = [r for r in runs if r.startswith(("uv sync", "python src/agent.py"))]
+    steps = [r for r in runs if r.startswith(("uv sync", "python "))]
     assert len(steps) == 3, steps
+    outputs = []
     for step in steps:
         argv = [a for a in step.split() if a != "--no-cache"]
         if argv[0] == "uv":
             argv[0] = uv
         else:
             argv[0] = str(venv_bin / "python")
-        _run(argv, cwd=app, env=env)
+        result = _run(argv, cwd=app, env=env)
+        outputs.append(result.stdout + result.stderr)
+    assert "deprecated" not in outputs[-1].lower(), outputs[-1]
+
+    # Installed exactly the pinned set.
+    listed = _run(
+        [
+            str(venv_bin / "python"),
+            "-c",
+            "import json, importlib.metadata as m; "
+            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    installed = {canonicalize_name(k): v for k, v in json.loads(listed.stdout).items()}
+    assert "livekit-agents" in installed and PROJECT in installed
+    assert _unpinned_or_different(installed) == {}, f"(installed, pinned); {REFRESH}"
+
+    # download-files left the plugins' model files in place: Silero's VAD model.
+    model = _run(
+        [
+            str(venv_bin / "python"),
+            "-c",
+            "import importlib.resources as r; "
+            "print((r.files('livekit.plugins.silero.resources') / 'silero_vad.onnx')"
+            ".read_bytes().__len__())",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    assert int(model.stdout) > 1_000_000, model.stdout
+
+    # The package is literally named `src`: it must import from the venv, not the cwd.
+    located = _run(
+        [str(venv_bin / "python"), "-c", "import src.error_recovery, src; print(src.__file__)"],
+        cwd=tmp_path,
+        env=env,
+    )
+    assert str(app / ".venv") in located.stdout, located.stdout
 
     cmd = json.loads(next(args for keyword, args in _instructions() if keyword == "CMD"))
     assert cmd[:2] == ["python", "src/agent.py"]
@@ -166,3 +200,42 @@ def test_dockerfile_run_steps_build_a_working_app(tmp_path: Path) -> None:
     )
     for command in COMMANDS:
         assert re.search(rf"\b{re.escape(command)}\b", result.stdout), result.stdout
+
+
+def test_pins_are_the_complete_resolution() -> None:
+    """Every package uv resolves (all groups) is pinned at the resolved version, and
+    nothing else is: a dependency added without refreshing the pins fails here."""
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.fail("uv is not on PATH (see .ci/run)")
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    exported = _run(
+        [
+            uv,
+            "export",
+            "--all-groups",
+            "--no-hashes",
+            "--no-emit-project",
+            "--no-header",
+            "--no-annotate",
+            "--format",
+            "requirements-txt",
+        ],
+        cwd=ROOT,
+        env=env,
+    ).stdout
+    resolved = sorted(
+        " ; ".join(part.strip() for part in line.split(";", 1))
+        for line in exported.splitlines()
+        if line.strip() and not line.startswith(("#", "-"))
+    )
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pinned = sorted(config["tool"]["uv"]["constraint-dependencies"])
+    assert [p.lower() for p in pinned] == [r.lower() for r in resolved], REFRESH
+
+
+def test_pins_match_this_environment() -> None:
+    """The environment `uv sync` made for the tests holds the pinned versions only."""
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    assert "pytest" in installed
+    assert _unpinned_or_different(installed) == {}, f"(installed, pinned); {REFRESH}"

@@ -348,9 +348,11 @@ async def test_hostile_but_valid_emails_are_quoted_exactly(
     sent = queries(server)
     assert sorted(sent) == sorted(
         [
-            "SELECT Id, FirstName, LastName, Title, Account.Name, Owner.Name FROM Contact "
+            "SELECT Id, FirstName, LastName, Title, Account.Name, Owner.Id, Owner.Name, Phone "
+            "FROM Contact "
             f"WHERE Email = {literal} ORDER BY LastModifiedDate DESC LIMIT 1",
-            "SELECT Id, FirstName, LastName, Company, Title, Status, Owner.Name FROM Lead "
+            "SELECT Id, FirstName, LastName, Company, Title, Status, Owner.Id, Owner.Name, "
+            "Phone FROM Lead "
             f"WHERE Email = {literal} ORDER BY LastModifiedDate DESC LIMIT 1",
         ]
     )
@@ -397,9 +399,9 @@ async def _raw_query(server: SalesforceServer, soql: str) -> tuple[int, Any]:
         form["client_secret"] = CLIENT_SECRET
         async with http.post(f"{server.base_url}{TOKEN_PATH}", data=form) as resp:
             token = (await resp.json())["access_token"]
-        async with http.post(
+        async with http.get(
             f"{server.base_url}/services/data/v63.0/query",
-            json={"q": soql},
+            params={"q": soql},
             headers={"Authorization": f"Bearer {token}"},
         ) as resp:
             return resp.status, await resp.json()
@@ -434,9 +436,9 @@ async def test_sandbox_answers_invalid_field_and_expired_session_like_salesforce
 
     async with (
         aiohttp.ClientSession() as http,
-        http.post(
+        http.get(
             f"{server.base_url}/services/data/v63.0/query",
-            json={"q": "SELECT Id FROM Lead WHERE Email = 'x'"},
+            params={"q": "SELECT Id FROM Lead WHERE Email = 'x'"},
             headers={"Authorization": "Bearer not-a-token"},
         ) as resp,
     ):

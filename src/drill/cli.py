@@ -89,7 +89,9 @@ def render_load(r: LoadReport) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.drill", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="uv run python -m src.drill", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--list", action="store_true", help="list scenarios and exit")
     parser.add_argument("--scenario", action="append", help="run only this scenario (repeatable)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from src.drill.harness import Conversation, TurnResult, technical_leaks
 from src.drill.model_faults import stt_down_turn
 from src.sandbox import FaultKind, SandboxServer
+from src.sandbox.chilipiper import ChiliPiperServer
 from src.sandbox.data import TRIAL_USERS
 from src.sandbox.openai_server import ToolCall, Turn
 from src.settings import ResilienceSettings
@@ -43,6 +44,14 @@ def _calls(*names: str) -> tuple[Turn, ...]:
     return (Turn(tool_calls=[ToolCall(name, {"email": ""}) for name in names]),)
 
 
+# ChiliPiper's own conditions, set up on its stand-in (not HTTP faults).
+CHILIPIPER_CONDITIONS: dict[str, Callable[[ChiliPiperServer], None]] = {
+    "slot-taken": lambda s: s.steal_next_schedule(),
+    "route-expired": lambda s: s.expire_routes(),
+    "lost-after-applied": lambda s: s.lose_next_schedule(applied=True),
+}
+
+
 @dataclass(frozen=True)
 class Fault:
     """``kind``: ``down`` (connection refused), ``stall`` / ``speech-stall`` (the model's
@@ -57,7 +66,11 @@ class Fault:
     count: int | None = None  # requests the fault applies to (None: until cleared)
 
     async def apply(self, server: SandboxServer) -> None:
-        if self.kind == "down":
+        if self.kind in CHILIPIPER_CONDITIONS:
+            if not isinstance(server, ChiliPiperServer):
+                raise ValueError(f"{self.service} cannot have {self.kind}")
+            CHILIPIPER_CONDITIONS[self.kind](server)
+        elif self.kind == "down":
             await server.go_down()
         elif self.kind in ("stall", "speech-stall"):
             stall = getattr(server, "stall_after_first_chunk", None)
@@ -152,6 +165,24 @@ SCENARIOS: tuple[Scenario, ...] = (
         (Fault("chilipiper", "401"),),
         ("book the second option",),
         warmup=("any demo times?",),
+    ),
+    *(
+        Scenario(
+            f"chilipiper-book-{kind}",
+            what,
+            (Fault("chilipiper", kind, retry_after=1.0),),
+            ("book the second option",),
+            warmup=("any demo times?",),
+        )
+        for kind, what in (
+            ("503", "booking answers 503; the time goes to sales"),
+            ("hang", "booking never answers; the time goes to sales"),
+            ("429", "booking rate limited with Retry-After 1"),
+            ("malformed", "booking answers a garbled 200; outcome unknown, to sales"),
+            ("slot-taken", "someone takes the time just before us; fresh options"),
+            ("route-expired", "the booking route expired; renewed, booked"),
+            ("lost-after-applied", "booked, but the answer is lost; found by lookup"),
+        )
     ),
     Scenario(
         "crm-write-outage",

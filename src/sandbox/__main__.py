@@ -2,11 +2,11 @@
 
 ::
 
-    python -m src.sandbox [--port-base 8701 | --ephemeral] [--write-env .env.local]
-    python -m src.sandbox fault SERVICE KIND [--endpoint GLOB] [--count N]
-                                [--retry-after S] [--delay-ms MS] [--every K]
-    python -m src.sandbox clear SERVICE|all [--endpoint GLOB]
-    python -m src.sandbox journal SERVICE [--json]
+    uv run python -m src.sandbox [--port-base 8701 | --ephemeral] [--write-env .env.local]
+    uv run python -m src.sandbox fault SERVICE KIND [--endpoint GLOB] [--count N]
+                                       [--retry-after S] [--delay-ms MS] [--every K]
+    uv run python -m src.sandbox clear SERVICE|all [--endpoint GLOB]
+    uv run python -m src.sandbox journal SERVICE [--json]
 
 Serving prints the environment (``KEY=VALUE`` lines) that points the agent at the
 sandbox and runs until SIGINT/SIGTERM. The other commands talk to the admin API of a
@@ -46,6 +46,7 @@ _URL_KEYS = {
     "openai": "OPENAI_BASE_URL",
 }
 _ADMIN_TIMEOUT_S = 5.0
+_CLI = "uv run python -m src.sandbox"  # as printed in hints: works verbatim from the repo root
 
 
 class CommandError(Exception):
@@ -95,7 +96,7 @@ def _port_base(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m src.sandbox",
+        prog=_CLI,
         description="Local stand-ins for Amplitude, Salesforce, HubSpot, ChiliPiper and an "
         "OpenAI-compatible scripted model (no real vendor, no real model).",
     )
@@ -238,10 +239,13 @@ async def _serve(args: argparse.Namespace) -> int:
                 "# Run the agent against it: export the lines above (or restart with "
                 "--write-env .env.local), then: uv run python src/agent.py console --text"
             )
-        flag = "" if args.ephemeral else f" --port-base {args.port_base}"
-        if args.ephemeral and args.write_env is not None:
-            flag = f" --env-file {args.write_env}"
-        print(f"# Faults: python -m src.sandbox fault openai 500 --count 1{flag}")
+        if args.ephemeral and args.write_env is None:
+            print(f"# Faults: restart with --write-env PATH, then {_CLI} fault ... --env-file PATH")
+        else:
+            flag = f" --env-file {args.write_env}" if args.ephemeral else ""
+            if not args.ephemeral and args.port_base != DEFAULT_PORT_BASE:
+                flag = f" --port-base {args.port_base}"
+            print(f"# Faults: {_CLI} fault amplitude 503{flag}   (undo: {_CLI} clear all{flag})")
         print("# Press Ctrl+C to stop.", flush=True)
 
         stop = asyncio.Event()
@@ -287,7 +291,7 @@ def _admin(base_url: str, method: str, path: str, payload: Any = None) -> Any:
         reason = getattr(exc, "reason", exc)
         raise CommandError(
             f"no sandbox answering at {base_url} ({reason}); start one with "
-            "`python -m src.sandbox`, or pass its --port-base / --env-file"
+            f"`{_CLI}`, or pass its --port-base / --env-file"
         ) from exc
 
 

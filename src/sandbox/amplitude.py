@@ -14,8 +14,11 @@ seeded counts (same user, same clock -> same events):
   older ones three hours apart;
 * ``userData.properties.trial_end_date`` is ``trial_days_left`` days after today (UTC).
 
-``useractivity`` accepts the Amplitude id (as the live API does) or the user id (as the
-reference describes); an unknown user there is a 400, like the live API. A MALFORMED
+``useractivity`` takes only the Amplitude id (a number, as ``usersearch`` returns it),
+as the live API does: a ``user_id`` such as an email there is a 400, as is an unknown
+user. Other methods on either path are 405 and unknown paths 404, JSON bodies like the
+rest. ``trial_end_values`` (email -> any JSON value, or :data:`OMIT`) replaces a user's
+``trial_end_date`` property, for the free-form values real tracking code sends. A MALFORMED
 fault answers 200 with valid JSON of the wrong shape, so clients exercise their schema
 validation rather than only their JSON decoding.
 """
@@ -33,7 +36,9 @@ from aiohttp import web
 from .base import SandboxServer, json_error
 from .data import SANDBOX_CREDENTIALS, TRIAL_USERS, TrialUser
 
-__all__ = ["AmplitudeServer", "generate_events"]
+__all__ = ["OMIT", "AmplitudeServer", "generate_events"]
+
+OMIT = object()  # a trial_end_values entry that leaves the property out
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _NOISE_EVENTS = 3
@@ -92,11 +97,23 @@ class AmplitudeServer(SandboxServer):
         self.users = users
         self.api_key = SANDBOX_CREDENTIALS["AMPLITUDE_API_KEY"]
         self.secret_key = SANDBOX_CREDENTIALS["AMPLITUDE_SECRET_KEY"]
+        self.trial_end_values: dict[str, Any] = {}
         super().__init__()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/2/usersearch", self._usersearch)
         app.router.add_get("/api/2/useractivity", self._useractivity)
+        for path in ("/api/2/usersearch", "/api/2/useractivity"):
+            app.router.add_route("*", path, self._method_not_allowed)
+        app.router.add_route("*", "/api/{tail:.*}", self._not_found)
+
+    @staticmethod
+    async def _method_not_allowed(request: web.Request) -> web.Response:
+        return json_error(405, f"Method {request.method} not allowed")
+
+    @staticmethod
+    async def _not_found(request: web.Request) -> web.Response:
+        return json_error(404, "Not found")
 
     def malformed_body(self, request: web.Request) -> web.Response:
         if request.path.endswith("/usersearch"):
@@ -160,12 +177,24 @@ class AmplitudeServer(SandboxServer):
             return json_error(400, "offset and limit must be integers")
         if not key.strip() or offset < 0 or not 0 < limit <= 1000:
             return json_error(400, "Invalid user, offset or limit")
+        if not key.strip().isdigit():
+            # The live API wants the Amplitude ID here, not the user_id.
+            return json_error(400, "Invalid user: expected an Amplitude ID")
         user = self._find(key)
         if user is None:
             return json_error(400, "User not found")
         now = self.now()
         events = generate_events(user, now)
-        trial_end = (now + timedelta(days=user.trial_days_left)).date()
+        properties: dict[str, Any] = {
+            "trial_end_date": (now + timedelta(days=user.trial_days_left)).date().isoformat(),
+            "plan": user.plan,
+            "company": user.company,
+        }
+        override = self.trial_end_values.get(user.email, properties["trial_end_date"])
+        if override is OMIT:
+            del properties["trial_end_date"]
+        else:
+            properties["trial_end_date"] = override
         return web.json_response(
             {
                 "userData": {
@@ -174,11 +203,7 @@ class AmplitudeServer(SandboxServer):
                     "canonical_amplitude_id": user.amplitude_id,
                     "num_events": len(events),
                     "last_used": events[0]["event_time"][:10] if events else None,
-                    "properties": {
-                        "trial_end_date": trial_end.isoformat(),
-                        "plan": user.plan,
-                        "company": user.company,
-                    },
+                    "properties": properties,
                 },
                 "events": events[offset : offset + limit],
             }

@@ -1,46 +1,65 @@
-"""ChiliPiper stand-in: deterministic demo availability and idempotent bookings.
+"""ChiliPiper stand-in: the Edge API's two-step booking, strictly.
 
-* ``POST /v1/org/availability/slots`` (reference shape): validates the request as the
-  Edge API does (``expectedHost``, non-empty ``attendees`` each with ``type`` and a
-  boolean ``required``, ``meetingTypeRef {id, timestamp}``, ``interval {startsAt,
-  duration}``); anything missing or mistyped is 400 ``Invalid value for: body``
-  (text/plain). Unknown distribution or meeting type: 404 in the default error shape
-  ``{errorCode, errorMessage}``. Slots: every business day (Mon-Fri) in the interval, at
-  the UTC hours of :data:`~src.sandbox.data.DEMO_SLOTS_PER_DAY`, from ``startsAt`` on;
-  booked slots are left out. Deterministic: it depends on the request only, never the
-  wall clock.
-* ``POST`` :data:`~src.services.chilipiper.BOOKING_PATH` (our booking contract, not in
-  the reference; see :mod:`src.services.chilipiper`): requires an ``Idempotency-Key``
-  header (400 without). A key seen before with the very same request body returns the
-  same meeting (200, ``Idempotent-Replayed: true``); with any other body it is 422, as
-  strict idempotency stores answer. A start that is not an offered slot, or is already
-  booked, is 409. Otherwise
-  the meeting is stored on :attr:`ChiliPiperServer.meetings` (201).
+* ``POST`` :data:`~src.services.chilipiper.INIT_PATH` (``init-simple``): ``link {slug|id}``
+  naming the configured scheduling link (else 404), ``guestEmail``, ``guestTimezone`` (an
+  IANA zone), ``interval {startsAt, duration}`` (at most 7 days) and ``outputs``. Answers a
+  fresh single-use ``routeId``, the free ``startTimes`` (business days at the UTC hours of
+  :data:`~src.sandbox.data.DEMO_SLOTS_PER_DAY`), the link's ``formFields`` and
+  ``failures``. Deterministic: the times depend on the request only.
+* ``POST`` ``/v1/org/schedulingLinks/routing/{routeId}/schedule-simple``: an unknown route
+  is 404; a route that was used or is older than :attr:`ChiliPiperServer.route_ttl`
+  seconds (on :attr:`ChiliPiperServer.clock`) answers ``Failure{reason: RouteExpired}``; a
+  time the route did not offer or that is taken meanwhile ``Failure{reason:
+  SlotNoLongerAvailable}``. A Required form field missing, or a Hidden one with another
+  value, is 400. Otherwise the meeting is stored on :attr:`ChiliPiperServer.meetings`
+  and the answer is ``Success{meetingId}``. Every schedule uses the route up.
+* Concierge: ``POST /v1/org/concierge/routers/{router}/rest`` with ``{form: {email, ...},
+  options: {guestTimezone, interval}}`` opens a route the same way (``routingId``; no form
+  fields); without an interval it answers ``{bookingUrl}``. Its routes are booked at
+  ``/v1/org/concierge/routing/{routingId}/schedule-simple`` with the same rules.
+* ``PUT`` :data:`~src.services.chilipiper.MEETINGS_PATH`: meetings starting in
+  ``[start, end)`` (at most 7 days), filtered by ``guestEmail`` and ``status``; answers
+  ``{data: [...], hasMore, hasMoreItems}``.
 
-Auth: ``Authorization: Bearer <CHILIPIPER_API_KEY>`` exactly; anything else is 401.
+Errors use the vendor's envelope ``{errorCode, errorMessage, arguments}``; a malformed body
+is 400 ``Invalid value for: body`` as plain text. Auth: ``Authorization: Bearer <key>``.
+
+Scenario controls: :meth:`~ChiliPiperServer.take` (someone else books a time),
+:meth:`~ChiliPiperServer.steal_next_schedule`, :meth:`~ChiliPiperServer.expire_routes`,
+:meth:`~ChiliPiperServer.lose_next_schedule` (the answer is lost, after or before it
+applied).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time as _time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from ..services.chilipiper import AVAILABILITY_PATH, BOOKING_PATH, IDEMPOTENCY_HEADER
+from ..services.chilipiper import (
+    CONCIERGE_INIT_PATH,
+    CONCIERGE_SCHEDULE_PATH,
+    INIT_PATH,
+    MEETINGS_PATH,
+)
 from .base import SandboxServer
 from .data import DEMO_SLOTS_PER_DAY, SANDBOX_CREDENTIALS
 
 __all__ = ["ChiliPiperServer", "SandboxMeeting", "parse_duration"]
 
-# Sales reps in the sandbox distribution; slots are assigned round-robin.
 REP_USER_IDS = ("64ee0722-c7c6-4b48-bc89-356c99f1d25d", "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f")
+LINK_ID = "3f2b6c1e-8d4a-4e5f-9a0b-1c2d3e4f5a6b"
+CONCIERGE_ROUTER = "inbound-demo"
 MEETING_MINUTES = 30
-_MAX_INTERVAL = timedelta(days=31)
-_ID = re.compile(r"[^\s\\/]+")
+_MAX_WINDOW = timedelta(days=7)
 _ISO_DURATION = re.compile(
     r"P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?"
 )
@@ -48,7 +67,7 @@ _FINITE_DURATION = re.compile(
     r"(?P<n>\d+)\s*(?P<unit>days?|hours?|minutes?|mins?|seconds?|secs?)", re.IGNORECASE
 )
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_NAMESPACE = uuid.UUID("0b6e8a52-3c1f-4d7a-9f10-5e2d8c4b7a61")
+_SCHEDULE_ROUTE = "/v1/org/schedulingLinks/routing/{route_id}/schedule-simple"
 
 
 class _BadBody(ValueError):
@@ -79,13 +98,27 @@ def _aware(value: Any, what: str) -> datetime:
         raise _BadBody(what) from exc
     if parsed.tzinfo is None:
         raise _BadBody(what)
-    return parsed
+    return parsed.astimezone(UTC)
 
 
-def _ident(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise _BadBody(what)
+def _text(body: dict[str, Any], key: str, pattern: str = r".+") -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not re.fullmatch(pattern, value):
+        raise _BadBody(key)
     return value
+
+
+def _zone(body: dict[str, Any]) -> str:
+    name = _text(body, "guestTimezone")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _BadBody("guestTimezone") from None
+    return name
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -93,23 +126,26 @@ class SandboxMeeting:
     meeting_id: str
     start_time: datetime
     guest_email: str
-    guest_name: str | None
-    idempotency_key: str
+    form_data: dict[str, str]
     assigned_user_id: str
     status: str = "Active"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "meetingId": self.meeting_id,
-            "meetingStatus": self.status,
-            "startTime": self.start_time.isoformat().replace("+00:00", "Z"),
-            "endTime": (self.start_time + timedelta(minutes=MEETING_MINUTES))
-            .isoformat()
-            .replace("+00:00", "Z"),
+            "status": self.status,
+            "startTime": _iso(self.start_time),
+            "endTime": _iso(self.start_time + timedelta(minutes=MEETING_MINUTES)),
             "assignedUserId": self.assigned_user_id,
-            "guestEmail": self.guest_email,
-            "joinUrl": f"https://meet.sandbox.chilipiper.invalid/{self.meeting_id}",
+            "attendees": [{"email": self.guest_email, "type": "Guest"}],
         }
+
+
+@dataclass
+class _Route:
+    created: float
+    start_times: list[datetime]
+    used: bool = False
 
 
 class ChiliPiperServer(SandboxServer):
@@ -117,101 +153,100 @@ class ChiliPiperServer(SandboxServer):
 
     Attributes:
         meetings: booked meetings, in order.
-        api_key, distribution_id, meeting_type_id: what it accepts (``SANDBOX_CREDENTIALS``).
+        slug / link_id: the scheduling link it serves (either may name it).
+        form_fields: the link's booking form, as ``init-simple`` reports it.
+        route_ttl: seconds a route stays usable, on ``clock`` (default monotonic time).
     """
 
     name = "chilipiper"
 
     def __init__(self) -> None:
         self.api_key = SANDBOX_CREDENTIALS["CHILIPIPER_API_KEY"]
-        self.distribution_id = SANDBOX_CREDENTIALS["CHILIPIPER_DISTRIBUTION_ID"]
-        self.meeting_type_id = SANDBOX_CREDENTIALS["CHILIPIPER_MEETING_TYPE_ID"]
+        self.slug = SANDBOX_CREDENTIALS["CHILIPIPER_SCHEDULING_LINK"]
+        self.link_id = LINK_ID
+        self.router = CONCIERGE_ROUTER
+        self.booking_url = SANDBOX_CREDENTIALS["CHILIPIPER_BOOKING_URL"]
         self.meetings: list[SandboxMeeting] = []
-        self._by_key: dict[str, SandboxMeeting] = {}
-        self._bodies: dict[str, Any] = {}  # the request each idempotency key was first used for
+        self.form_fields: list[dict[str, Any]] = [
+            {"reference": "email", "requirement": "Required", "dataType": "Email"},
+            {"reference": "company", "requirement": "Optional", "dataType": "Text"},
+            {
+                "reference": "source",
+                "requirement": {"type": "Hidden", "value": "voice-agent"},
+                "dataType": "Text",
+            },
+        ]
+        self.route_ttl = 600.0
+        self.clock: Callable[[], float] = _time.monotonic
+        self.routes: dict[str, _Route] = {}
+        self._lose_next: bool | None = None  # applied-before-losing flag for the next schedule
+        self._lost = asyncio.Event()
+        self._steal_next = False
         super().__init__()
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post(AVAILABILITY_PATH, self._slots)
-        app.router.add_post(BOOKING_PATH, self._book)
+        app.router.add_post(INIT_PATH, self._init)
+        app.router.add_post(_SCHEDULE_ROUTE, self._schedule)
+        app.router.add_post(CONCIERGE_INIT_PATH, self._concierge)
+        app.router.add_post(CONCIERGE_SCHEDULE_PATH, self._schedule)
+        app.router.add_put(MEETINGS_PATH, self._list)
+
+    # -- scenario controls -------------------------------------------------------------------
+    def take(self, start: datetime, email: str = "someone.else@example.com") -> SandboxMeeting:
+        """Someone else books ``start`` (as through another channel)."""
+        start = start.astimezone(UTC)
+        meeting = SandboxMeeting(str(uuid.uuid4()), start, email, {}, self._rep_for(start))
+        self.meetings.append(meeting)
+        return meeting
+
+    def steal_next_schedule(self) -> None:
+        """Someone else books the time the next ``schedule-simple`` asks for, just before it
+        arrives."""
+        self._steal_next = True
+
+    def expire_routes(self) -> None:
+        """Every route handed out so far expires."""
+        for route in self.routes.values():
+            route.created = -1e18
+
+    def lose_next_schedule(self, *, applied: bool) -> None:
+        """The next ``schedule-simple`` gets no answer (it hangs until :meth:`clear`);
+        ``applied`` says whether the meeting was made before the answer was lost."""
+        self._lose_next = applied
+
+    def clear(self, endpoint: str | None = None) -> None:
+        super().clear(endpoint)
+        if endpoint is None:
+            self._lose_next = None
+            self._steal_next = False
+            self._lost.set()
+            self._lost = asyncio.Event()
+
+    async def stop(self) -> None:
+        self._lost.set()
+        await super().stop()
 
     # -- helpers ---------------------------------------------------------------------------
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization") == f"Bearer {self.api_key}":
             return None
-        return web.json_response(
-            {"errorCode": "Unauthorized", "errorMessage": "Missing or invalid API key"},
-            status=401,
-        )
+        return self._error(401, "Unauthorized", "Missing or invalid API key")
 
     @staticmethod
-    def _not_found(what: str) -> web.Response:
-        return web.json_response(
-            {"errorCode": "NotFound", "errorMessage": f"{what} not found"}, status=404
-        )
+    def _error(status: int, code: str, message: str, **arguments: str) -> web.Response:
+        body = {"errorCode": code, "errorMessage": message, "arguments": arguments}
+        return web.json_response(body, status=status)
 
     @staticmethod
     def _invalid(detail: str) -> web.Response:
         return web.Response(status=400, text=f"Invalid value for: body ({detail})")
 
-    def _check_routing(self, body: Any) -> web.Response | None:
-        """Validate host, attendees and meeting type; ``None`` when they are fine."""
-        if not isinstance(body, dict):
-            raise _BadBody("body")
-        host = body.get("expectedHost")
-        if not isinstance(host, dict):
-            raise _BadBody("expectedHost")
-        distributions: list[str] = []
-        if host.get("type") == "AssigneeFromDistribution":
-            distributions.append(_ident(host.get("distributionId"), "expectedHost.distributionId"))
-        elif host.get("type") == "User":
-            _ident(host.get("userId"), "expectedHost.userId")
-        else:
-            raise _BadBody("expectedHost.type")
-        attendees = body.get("attendees")
-        if not isinstance(attendees, list) or not attendees:
-            raise _BadBody("attendees")
-        for i, attendee in enumerate(attendees):
-            where = f"attendees[{i}]"
-            if not isinstance(attendee, dict) or not isinstance(attendee.get("required"), bool):
-                raise _BadBody(f"{where}.required")
-            kind = attendee.get("type")
-            if kind == "DistributionAssignee":
-                distributions.append(_ident(attendee.get("distributionId"), where))
-            elif kind in ("ManuallyAssigned", "AdditionalAttendee"):
-                _ident(attendee.get("userId"), where)
-            elif kind == "AssignedViaTeam":
-                _ident(attendee.get("userId"), where)
-                _ident(attendee.get("teamId"), where)
-            else:
-                raise _BadBody(f"{where}.type")
-        ref = body.get("meetingTypeRef")
-        if not isinstance(ref, dict):
-            raise _BadBody("meetingTypeRef")
-        meeting_type = _ident(ref.get("id"), "meetingTypeRef.id")
-        _aware(ref.get("timestamp"), "meetingTypeRef.timestamp")
-        if any(d != self.distribution_id for d in distributions):
-            return self._not_found("Distribution")
-        if meeting_type != self.meeting_type_id:
-            return self._not_found("Meeting type")
-        return None
-
-    def _booked_starts(self) -> set[datetime]:
+    def active_starts(self) -> set[datetime]:
         return {m.start_time for m in self.meetings if m.status == "Active"}
-
-    @staticmethod
-    def is_offered(start: datetime) -> bool:
-        """Whether ``start`` is on the slot grid (business day, listed UTC hour)."""
-        utc = start.astimezone(UTC)
-        return (
-            utc.weekday() < 5
-            and utc.hour in DEMO_SLOTS_PER_DAY
-            and (utc.minute, utc.second, utc.microsecond) == (0, 0, 0)
-        )
 
     def slots_between(self, start: datetime, end: datetime) -> list[datetime]:
         """Free slot starts in ``[start, end)``, earliest first."""
-        booked = self._booked_starts()
+        booked = self.active_starts()
         found: list[datetime] = []
         day: date = start.astimezone(UTC).date()
         while datetime.combine(day, time(0), UTC) < end:
@@ -226,104 +261,176 @@ class ChiliPiperServer(SandboxServer):
     def _rep_for(self, start: datetime) -> str:
         return REP_USER_IDS[int(start.timestamp() // 3600) % len(REP_USER_IDS)]
 
+    async def _json(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _BadBody("body") from None
+        if not isinstance(body, dict):
+            raise _BadBody("body")
+        return body
+
     # -- handlers --------------------------------------------------------------------------
-    async def _slots(self, request: web.Request) -> web.Response:
+    async def _init(self, request: web.Request) -> web.Response:
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
         try:
-            body = await request.json()
-            problem = self._check_routing(body)
+            body = await self._json(request)
+            link = body.get("link")
+            if not isinstance(link, dict) or len(link) != 1:
+                raise _BadBody("link")
+            if "id" in link and not _is_uuid(link["id"]):
+                raise _BadBody("link.id")  # the vendor's schema: a scheduling link id is a UUID
+            _text(body, "guestEmail", r"[^@\s]+@[^@\s]+")
+            _zone(body)
             interval = body.get("interval")
             if not isinstance(interval, dict) or not isinstance(interval.get("duration"), str):
                 raise _BadBody("interval")
             start = _aware(interval.get("startsAt"), "interval.startsAt")
             try:
                 duration = parse_duration(interval["duration"])
-            except ValueError as exc:
-                raise _BadBody("interval.duration") from exc
-            if not timedelta(0) < duration <= _MAX_INTERVAL:
+            except ValueError:
+                raise _BadBody("interval.duration") from None
+            if not timedelta(0) < duration <= _MAX_WINDOW:
                 raise _BadBody("interval.duration")
+            outputs = body.get("outputs")
+            if not isinstance(outputs, list) or "StartTimes" not in outputs:
+                raise _BadBody("outputs")
         except _BadBody as exc:
             return self._invalid(str(exc))
-        except ValueError:
-            return self._invalid("body")
-        if problem is not None:
-            return problem
-        start_times = [
-            {
-                "startTime": s.isoformat().replace("+00:00", "Z"),
-                "attendees": [
-                    {
-                        "type": "StrictRoundRobinAssignee",
-                        "distributionId": self.distribution_id,
-                        "userId": self._rep_for(s),
-                        "required": True,
-                    }
-                ],
-            }
-            for s in self.slots_between(start, start + duration)
-        ]
+        if link != {"slug": self.slug} and link != {"id": self.link_id}:
+            return self._error(404, "SchedulingLinkNotFound", "Scheduling link not found")
+        route_id, starts = self._open_route(start, duration)
         return web.json_response(
-            {"meetingTypeRef": body["meetingTypeRef"], "startTimes": start_times, "failures": {}}
+            {
+                "routeId": route_id,
+                "startTimes": [_iso(s) for s in starts],
+                "formFields": self.form_fields,
+                "failures": {},
+            }
         )
 
-    async def _book(self, request: web.Request) -> web.Response:
+    def _open_route(self, start: datetime, duration: timedelta) -> tuple[str, list[datetime]]:
+        route_id = str(uuid.uuid4())
+        starts = self.slots_between(start, start + duration)
+        self.routes[route_id] = _Route(self.clock(), starts)
+        return route_id, starts
+
+    async def _concierge(self, request: web.Request) -> web.Response:
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
-        key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
-        if not 0 < len(key) <= 255:
-            return web.Response(status=400, text=f"Invalid value for: header {IDEMPOTENCY_HEADER}")
         try:
-            body = await request.json()
-            problem = self._check_routing(body)
-            start = _aware(body.get("startTime"), "startTime")
-            guest = body.get("guest")
-            if not isinstance(guest, dict):
-                raise _BadBody("guest")
-            email = guest.get("email")
-            if not isinstance(email, str) or not re.fullmatch(r".+@.+", email):
-                raise _BadBody("guest.email")
-            name = guest.get("name")
-            if name is not None and not isinstance(name, str):
-                raise _BadBody("guest.name")
+            body = await self._json(request)
+            form, options = body.get("form"), body.get("options")
+            if not isinstance(form, dict) or not isinstance(options, dict):
+                raise _BadBody("form/options")
+            _text(form, "email", r"[^@\s]+@[^@\s]+")
+            _zone(options)
+            interval = options.get("interval")
+            if interval is not None:
+                if not isinstance(interval, dict) or not isinstance(interval.get("duration"), str):
+                    raise _BadBody("options.interval")
+                start = _aware(interval.get("startsAt"), "options.interval.startsAt")
+                try:
+                    duration = parse_duration(interval["duration"])
+                except ValueError:
+                    raise _BadBody("options.interval.duration") from None
+                if not timedelta(0) < duration <= _MAX_WINDOW:
+                    raise _BadBody("options.interval.duration")
         except _BadBody as exc:
             return self._invalid(str(exc))
-        except ValueError:
-            return self._invalid("body")
-        if problem is not None:
-            return problem
-        start = start.astimezone(UTC)
-
-        existing = self._by_key.get(key)
-        if existing is not None:
-            # Strict, as idempotency stores are: a key replays only the very same request.
-            if self._bodies.get(key) != body:
-                return web.json_response(
-                    {
-                        "errorCode": "IdempotencyKeyReused",
-                        "errorMessage": "This key was used for a different booking",
-                    },
-                    status=422,
-                )
-            response = web.json_response(existing.to_json(), status=200)
-            response.headers["Idempotent-Replayed"] = "true"
-            return response
-        if not self.is_offered(start) or start in self._booked_starts():
-            return web.json_response(
-                {"errorCode": "SlotUnavailable", "errorMessage": "The slot is not available"},
-                status=409,
-            )
-        meeting = SandboxMeeting(
-            meeting_id=str(uuid.uuid5(_NAMESPACE, key)),
-            start_time=start,
-            guest_email=email,
-            guest_name=name,
-            idempotency_key=key,
-            assigned_user_id=self._rep_for(start),
+        if request.match_info["router"] != self.router:
+            return self._error(404, "RouterNotFound", "Router not found")
+        if interval is None:  # no time window: a link the guest can open
+            return web.json_response({"bookingUrl": self.booking_url})
+        route_id, starts = self._open_route(start, duration)
+        return web.json_response(
+            {"routingId": route_id, "startTimes": [_iso(s) for s in starts], "formFields": []}
         )
-        self.meetings.append(meeting)
-        self._by_key[key] = meeting
-        self._bodies[key] = body
-        return web.json_response(meeting.to_json(), status=201)
+
+    def _form_problem(self, form: Any) -> str | None:
+        if not isinstance(form, dict) or not all(isinstance(v, str) for v in form.values()):
+            return "formData"
+        for field in self.form_fields:
+            ref, req = field["reference"], field["requirement"]
+            if req == "Required" and not form.get(ref):
+                return f"formData.{ref}"
+            if isinstance(req, dict) and form.get(ref) != req.get("value"):
+                return f"formData.{ref}"
+        return None
+
+    async def _schedule(self, request: web.Request) -> web.StreamResponse:
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await self._json(request)
+            start = _aware(body.get("startTime"), "startTime")
+            email = _text(body, "guestEmail", r"[^@\s]+@[^@\s]+")
+            _zone(body)
+            concierge = "/concierge/" in request.path
+            problem = None if concierge else self._form_problem(body.get("formData"))
+            if problem:
+                raise _BadBody(problem)
+        except _BadBody as exc:
+            return self._invalid(str(exc))
+        route = self.routes.get(request.match_info["route_id"])
+        if route is None:
+            return self._error(404, "RouteNotFound", "Routing not found")
+        lose, self._lose_next = self._lose_next, None
+        if self._steal_next and start not in self.active_starts():
+            self._steal_next = False
+            self.take(start)
+        if route.used or self.clock() - route.created > self.route_ttl:
+            answer: dict[str, Any] = {"type": "Failure", "reason": "RouteExpired"}
+        elif start not in route.start_times or start in self.active_starts():
+            answer = {"type": "Failure", "reason": "SlotNoLongerAvailable"}
+        elif lose is False:  # lost before it applied
+            answer = {}
+        else:
+            meeting = SandboxMeeting(
+                str(uuid.uuid4()), start, email, dict(body["formData"]), self._rep_for(start)
+            )
+            self.meetings.append(meeting)
+            answer = {"type": "Success", "meetingId": meeting.meeting_id}
+        route.used = True
+        if lose is not None:
+            await self._lost.wait()  # the answer never comes
+            return self._error(503, "Released", "released")
+        return web.json_response(answer)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await self._json(request)
+            start = _aware(body.get("start"), "start")
+            end = _aware(body.get("end"), "end")
+            if not timedelta(0) < end - start <= _MAX_WINDOW:
+                raise _BadBody("end")
+            email = body.get("guestEmail")
+            if email is not None and not isinstance(email, str):
+                raise _BadBody("guestEmail")
+            statuses = body.get("status", ["Active", "Canceled", "NoShow", "Completed"])
+            if not isinstance(statuses, list):
+                raise _BadBody("status")
+        except _BadBody as exc:
+            return self._invalid(str(exc))
+        found = [
+            m.to_json()
+            for m in self.meetings
+            if start <= m.start_time < end
+            and m.status in statuses
+            and (email is None or m.guest_email.casefold() == email.casefold())
+        ]
+        return web.json_response({"data": found, "hasMore": "No", "hasMoreItems": False})
+
+
+def _is_uuid(value: object) -> bool:
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False

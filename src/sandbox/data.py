@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DEMO_SLOTS_PER_DAY", "SANDBOX_CREDENTIALS", "TRIAL_USERS", "TrialUser"]
+__all__ = [
+    "DEMO_SLOTS_PER_DAY",
+    "SANDBOX_CREDENTIALS",
+    "SANDBOX_DISPATCHES",
+    "TRIAL_USERS",
+    "SandboxDispatch",
+    "TrialUser",
+]
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,9 @@ class TrialUser:
     in_salesforce: bool = True
     in_hubspot: bool = True
     salesforce_object: str = "Lead"  # "Lead" or "Contact"
+    # the CRM phone (Salesforce Phone, HubSpot phone), written as people type it; fictional
+    # 555-01xx numbers. A SIP caller number matching it verifies the caller.
+    phone: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -36,6 +46,7 @@ TRIAL_USERS: tuple[TrialUser, ...] = (
     # Active, engaged trialist: in both CRMs (Salesforce Lead).
     TrialUser(
         email="jane.doe@acme.example.com",
+        phone="(415) 555-0142",
         first_name="Jane",
         last_name="Doe",
         company="Acme Corp",
@@ -52,6 +63,7 @@ TRIAL_USERS: tuple[TrialUser, ...] = (
     # Barely started: a Salesforce Contact, also in HubSpot.
     TrialUser(
         email="sam.lee@globex.example.com",
+        phone="+1 212 555 0187",
         first_name="Sam",
         last_name="Lee",
         company="Globex",
@@ -68,6 +80,7 @@ TRIAL_USERS: tuple[TrialUser, ...] = (
     # Only in HubSpot (Salesforce has no record): exercises the CRM fallback chain.
     TrialUser(
         email="maria.garcia@initech.example.com",
+        phone="+1-512-555-0163",
         first_name="Maria",
         last_name="Garcia",
         company="Initech",
@@ -101,6 +114,31 @@ TRIAL_USERS: tuple[TrialUser, ...] = (
     ),
 )
 
+
+# Job dispatches as LiveKit would hand them to the agent, one per trust level (see
+# src/identity.py): participant attributes and job metadata. The SIP one is a phone call
+# from Sam's CRM number (``sip.phoneNumber`` is LiveKit's attribute for the caller's
+# number); Sam still has to say the email, whose CRM phone is then compared.
+@dataclass(frozen=True)
+class SandboxDispatch:
+    metadata: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+SANDBOX_DISPATCHES: dict[str, SandboxDispatch] = {
+    "verified": SandboxDispatch(
+        metadata='{"email": "jane.doe@acme.example.com", "name": "Jane Doe"}'
+    ),
+    "sip": SandboxDispatch(
+        attributes={
+            "sip.phoneNumber": "+12125550187",
+            "sip.trunkPhoneNumber": "+18005550100",
+            "sip.callID": "SCL_sandbox0001",
+        }
+    ),
+    "none": SandboxDispatch(),
+}
+
 # ChiliPiper: demo slots are offered on the next business days at these UTC hours.
 DEMO_SLOTS_PER_DAY: tuple[int, ...] = (15, 17, 19)
 
@@ -113,7 +151,7 @@ SANDBOX_CREDENTIALS: dict[str, str] = {
     "SALESFORCE_CLIENT_SECRET": "sandbox-salesforce-client-secret",
     "HUBSPOT_ACCESS_TOKEN": "sandbox-hubspot-private-app-token",
     "CHILIPIPER_API_KEY": "sandbox-chilipiper-api-key",
-    "CHILIPIPER_DISTRIBUTION_ID": "7f8a1b2c-3d4e-4f5a-8b9c-0d1e2f3a4b5c",
-    "CHILIPIPER_MEETING_TYPE_ID": "pandadoc-demo-30",
+    "CHILIPIPER_SCHEDULING_LINK": "pandadoc-demo",
+    "CHILIPIPER_BOOKING_URL": "https://pandadoc.chilipiper.invalid/book/pandadoc-demo",
     "OPENAI_API_KEY": "sandbox-openai-api-key",
 }

@@ -13,6 +13,10 @@ Speaks the shapes of ``reference/apis/hubspot-crm-search.openapi.yml``,
   a type other than ``HUBSPOT_DEFINED``/202 (note -> contact), is a 400. Created notes are
   kept in :attr:`HubSpotServer.notes` and answered with 201 and the note.
 
+As on HubSpot, ``hs_timestamp`` must be an ISO 8601 date-time or epoch milliseconds
+and an association target a numeric object id (else 400 ``VALIDATION_ERROR``); another
+method on either path is 405 and an unknown ``/crm/`` path 404, in HubSpot's error shape.
+
 Only seeded users with ``in_hubspot=True`` exist, with deterministic ids. Auth is
 ``Authorization: Bearer <HUBSPOT_ACCESS_TOKEN>`` from
 :data:`~src.sandbox.data.SANDBOX_CREDENTIALS`; anything else is a 401 with HubSpot's
@@ -67,6 +71,16 @@ def _error(status: int, category: str, message: str) -> web.Response:
         },
         status=status,
     )
+
+
+def _is_hubspot_time(value: str) -> bool:
+    if value.isdigit():
+        return True
+    try:
+        when = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        return False
+    return "T" in value and when.tzinfo is not None
 
 
 def _bad_request(message: str) -> web.Response:
@@ -126,6 +140,7 @@ class HubSpotServer(SandboxServer):
                 "lastname": user.last_name,
                 "company": user.company,
                 "jobtitle": user.title,
+                "phone": user.phone or None,
                 "lifecyclestage": _LIFECYCLE[i % len(_LIFECYCLE)],
                 "hubspot_owner_id": _OWNERS[i % len(_OWNERS)],
                 "createdate": _SEEDED_AT,
@@ -138,6 +153,17 @@ class HubSpotServer(SandboxServer):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/crm/v3/objects/contacts/search", self._search_contacts)
         app.router.add_post("/crm/v3/objects/notes", self._create_note)
+        for path in ("/crm/v3/objects/contacts/search", "/crm/v3/objects/notes"):
+            app.router.add_route("*", path, self._method_not_allowed)
+        app.router.add_route("*", "/crm/{tail:.*}", self._not_found)
+
+    @staticmethod
+    async def _method_not_allowed(request: web.Request) -> web.Response:
+        return _error(405, "METHOD_NOT_ALLOWED", f"HTTP {request.method} is not supported")
+
+    @staticmethod
+    async def _not_found(request: web.Request) -> web.Response:
+        return _error(404, "OBJECT_NOT_FOUND", "Resource not found")
 
     def malformed_body(self, request: web.Request) -> web.Response:
         if request.path.endswith("/search"):
@@ -249,6 +275,11 @@ class HubSpotServer(SandboxServer):
             return _bad_request("properties must be an object of string values")
         if not props.get("hs_timestamp"):
             return _bad_request("Property hs_timestamp is required")
+        if not _is_hubspot_time(props["hs_timestamp"]):
+            return _bad_request(
+                "Property values were not valid: hs_timestamp must be an ISO 8601 "
+                "date-time or epoch milliseconds"
+            )
         associations = body.get("associations", [])
         contact_ids: list[str] = []
         if not isinstance(associations, list):
@@ -259,6 +290,8 @@ class HubSpotServer(SandboxServer):
             if not isinstance(to, dict) or not isinstance(types, list) or not types:
                 return _bad_request("each association needs 'to' and 'types'")
             target = str(to.get("id", ""))
+            if not target.isdigit():
+                return _bad_request(f"Invalid object id in association: {target[:40]!r}")
             for kind in types:
                 if not isinstance(kind, dict) or (
                     kind.get("associationCategory"),

@@ -11,9 +11,10 @@ Endpoints (vendor shapes):
   -> 401 ``invalid_client``; other grants -> 400 ``unsupported_grant_type``. Issued tokens
   are remembered; :meth:`SalesforceServer.expire_tokens` forgets them (the next data call
   answers 401, as after a session timeout). Set ``token_expires_in`` to announce a lifetime.
-* ``POST /services/data/vXX.X/query`` with ``{"q": <SOQL>}`` (the reference's shape; the
-  REST API's ``GET ...?q=`` is accepted too). The SOQL is *parsed*, strictly, for the one
-  shape the client sends::
+* ``GET /services/data/vXX.X/query?q=<SOQL>``, the REST Query resource. As on Salesforce,
+  any other method (``POST`` with a JSON body, as the bundled reference files it) is 405
+  ``METHOD_NOT_ALLOWED``, and an unknown resource is 404 ``NOT_FOUND``. The SOQL is
+  *parsed*, strictly, for the one shape the client sends::
 
       SELECT f1, f2.Sub, ... FROM Lead|Contact WHERE Email = '<literal>'
           [ORDER BY <field> [ASC|DESC]] [LIMIT n]
@@ -24,7 +25,11 @@ Endpoints (vendor shapes):
   an injection closed early, is 400 ``MALFORMED_QUERY``; an unknown field is 400
   ``INVALID_FIELD``. Matching is exact, case-insensitive equality, so no query can return
   another person's row.
-* ``POST /services/data/vXX.X/sobjects/Task``: stores the Task on :attr:`tasks`.
+* ``POST /services/data/vXX.X/sobjects/Task``: stores the Task on :attr:`tasks`. The
+  ``WhoId`` must be a seeded Lead/Contact and an ``OwnerId``, when sent, a seeded user
+  (``005...``; a queue cannot own a Task here): else 400 ``INVALID_CROSS_REFERENCE_KEY``,
+  or 400 ``MALFORMED_ID`` when the value is not even shaped like a 15/18-character id.
+  Records are owned by users, or by :data:`SANDBOX_LEAD_QUEUE_ID` when added so.
 
 Data errors use Salesforce's list shape ``[{"message", "errorCode", "fields"?}]``; a
 missing, unknown or expired bearer token is 401 ``INVALID_SESSION_ID``.
@@ -39,12 +44,29 @@ from typing import Any
 
 from aiohttp import web
 
+from ..validation import salesforce_id_checksum
 from .base import SandboxServer, bearer_token
 from .data import SANDBOX_CREDENTIALS, TRIAL_USERS
 
-__all__ = ["SalesforceServer", "SoqlError", "SoqlQuery", "parse_soql"]
+__all__ = [
+    "SANDBOX_LEAD_QUEUE_ID",
+    "SANDBOX_TASK_OWNER_ID",
+    "SalesforceServer",
+    "SoqlError",
+    "SoqlQuery",
+    "parse_soql",
+]
 
-_OWNERS = ("Priya Patel", "Marcus Chen")
+# Users (key prefix 005) who own the seeded records; one more, SANDBOX_TASK_OWNER_ID, is
+# the fallback owner for Tasks on records a queue owns (SALESFORCE_TASK_OWNER_ID).
+_USERS = {
+    "005Hs00000A1b2cIAB": "Priya Patel",
+    "005Hs00000A1b2dIAB": "Marcus Chen",
+    "005Hs00000A1b2eIAB": "Trialist Desk",
+}
+_OWNERS = ("005Hs00000A1b2cIAB", "005Hs00000A1b2dIAB")
+SANDBOX_TASK_OWNER_ID = "005Hs00000A1b2eIAB"
+SANDBOX_LEAD_QUEUE_ID = "00GHs000001QueuMAC"
 _LEAD_STATUS = "Open - Not Contacted"
 
 # Selectable fields per object; dotted names are parent relationships.
@@ -58,7 +80,9 @@ _FIELDS: dict[str, frozenset[str]] = {
             "Email",
             "Company",
             "Title",
+            "Phone",
             "Status",
+            "Owner.Id",
             "Owner.Name",
             "LastModifiedDate",
         }
@@ -71,12 +95,15 @@ _FIELDS: dict[str, frozenset[str]] = {
             "Name",
             "Email",
             "Title",
+            "Phone",
             "Account.Name",
+            "Owner.Id",
             "Owner.Name",
             "LastModifiedDate",
         }
     ),
 }
+_ID_SHAPE = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 _KEY_PREFIX = {"Lead": "00Q", "Contact": "003", "Task": "00T"}
 
 # -- SOQL --------------------------------------------------------------------------------
@@ -223,13 +250,15 @@ class SalesforceServer(SandboxServer):
                     object_type=user.salesforce_object,
                     company=user.company,
                     title=user.title,
+                    phone=user.phone,
                 )
         super().__init__()
 
     # -- data helpers --------------------------------------------------------------------
     def _new_id(self, object_type: str) -> str:
         self._ids += 1
-        return f"{_KEY_PREFIX[object_type]}5e000{self._ids:07d}AAA"
+        id15 = f"{_KEY_PREFIX[object_type]}5e000{self._ids:07d}"
+        return id15 + salesforce_id_checksum(id15)
 
     def add_person(
         self,
@@ -240,8 +269,12 @@ class SalesforceServer(SandboxServer):
         object_type: str = "Lead",
         company: str = "",
         title: str = "",
+        phone: str = "",
+        owner_id: str | None = None,
     ) -> str:
-        """Add a Lead or Contact (for tests with unusual emails); returns its id."""
+        """Add a Lead or Contact (for tests with unusual emails); returns its id.
+        ``owner_id``: a user (``005...``) or :data:`SANDBOX_LEAD_QUEUE_ID`; default: one
+        of the seeded reps, in turn."""
         if object_type not in ("Lead", "Contact"):
             raise ValueError("object_type must be 'Lead' or 'Contact'")
         record_id = self._new_id(object_type)
@@ -254,8 +287,9 @@ class SalesforceServer(SandboxServer):
                 "LastName": last_name,
                 "Company": company,
                 "Title": title,
+                "Phone": phone or None,
                 "Status": _LEAD_STATUS if object_type == "Lead" else None,
-                "OwnerName": _OWNERS[len(self.records) % len(_OWNERS)],
+                "OwnerId": owner_id or _OWNERS[len(self.records) % len(_OWNERS)],
                 "LastModifiedDate": f"2025-01-{1 + len(self.records) % 28:02d}T12:00:00.000+0000",
             }
         )
@@ -272,9 +306,23 @@ class SalesforceServer(SandboxServer):
     # -- routes --------------------------------------------------------------------------
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/services/oauth2/token", self._token)
-        app.router.add_post(r"/services/data/{version:v\d+\.\d}/query", self._query)
-        app.router.add_get(r"/services/data/{version:v\d+\.\d}/query", self._query)
+        query = r"/services/data/{version:v\d+\.\d}/query"
+        app.router.add_get(query, self._query)  # GET also answers HEAD
+        app.router.add_route("*", query, self._method_not_allowed)
         app.router.add_post(r"/services/data/{version:v\d+\.\d}/sobjects/{sobject}", self._create)
+        app.router.add_route("*", "/services/{tail:.*}", self._not_found)
+
+    @staticmethod
+    async def _method_not_allowed(request: web.Request) -> web.Response:
+        return _errors(
+            405,
+            "METHOD_NOT_ALLOWED",
+            f"HTTP Method '{request.method}' not allowed. Allowed are GET,HEAD",
+        )
+
+    @staticmethod
+    async def _not_found(request: web.Request) -> web.Response:
+        return _errors(404, "NOT_FOUND", "The requested resource does not exist")
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -320,14 +368,7 @@ class SalesforceServer(SandboxServer):
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
-        if request.method == "GET":
-            soql = request.query.get("q")
-        else:
-            try:
-                body = await request.json()
-            except ValueError:
-                return _errors(400, "JSON_PARSER_ERROR", "The request body is not valid JSON")
-            soql = body.get("q") if isinstance(body, dict) else None
+        soql = request.query.get("q")
         if not isinstance(soql, str) or not soql:
             return _errors(400, "MALFORMED_QUERY", "A query string is required")
         try:
@@ -355,6 +396,11 @@ class SalesforceServer(SandboxServer):
             return f"{row['FirstName']} {row['LastName']}".strip()
         return row.get(field_name)
 
+    @staticmethod
+    def _owner(owner_id: str) -> dict[str, Any]:
+        kind = "User" if owner_id.startswith("005") else "Group"
+        return {"attributes": {"type": kind, "url": f"/sobjects/{kind}/{owner_id}"}}
+
     def _project(self, row: dict[str, Any], query: SoqlQuery, version: str) -> dict[str, Any]:
         out: dict[str, Any] = {
             "attributes": {
@@ -363,8 +409,11 @@ class SalesforceServer(SandboxServer):
             }
         }
         for name in query.fields:
-            if name == "Owner.Name":
-                out["Owner"] = {"attributes": {"type": "User"}, "Name": row["OwnerName"]}
+            if name.startswith("Owner."):
+                owner = out.setdefault("Owner", self._owner(row["OwnerId"]))
+                owner[name.removeprefix("Owner.")] = (
+                    row["OwnerId"] if name == "Owner.Id" else _USERS.get(row["OwnerId"], "Leads")
+                )
             elif name == "Account.Name":
                 out["Account"] = {"attributes": {"type": "Account"}, "Name": row["Company"]}
             else:
@@ -390,6 +439,15 @@ class SalesforceServer(SandboxServer):
             )
         if len(subject) > 255:
             return _errors(400, "STRING_TOO_LONG", "Subject: data value too large", ["Subject"])
+        for name, label in (("WhoId", "Name ID"), ("OwnerId", "Assigned To ID")):
+            value = body.get(name)
+            if value is not None and not (
+                isinstance(value, str)
+                and re.fullmatch(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?", value)
+            ):
+                return _errors(
+                    400, "MALFORMED_ID", f"{label}: id value of incorrect type: {value}", [name]
+                )
         who_id = body.get("WhoId")
         if not any(r["Id"] == who_id for r in self.records):
             return _errors(
@@ -397,6 +455,15 @@ class SalesforceServer(SandboxServer):
                 "INVALID_CROSS_REFERENCE_KEY",
                 "invalid cross reference id",
                 ["WhoId"],
+            )
+        owner_id = body.get("OwnerId")
+        if owner_id is not None and owner_id not in _USERS:
+            # Tasks are owned by users; a queue or an unknown id is refused.
+            return _errors(
+                400,
+                "INVALID_CROSS_REFERENCE_KEY",
+                "invalid cross reference id",
+                ["OwnerId"],
             )
         task_id = self._new_id("Task")
         self.tasks.append({**body, "Id": task_id})

@@ -28,12 +28,15 @@ Assumptions about PandaDoc's tracking plan (module constants below): the Amplitu
 ``user_id`` is the user's email address; the event types are ``Document Created``,
 ``Document Sent``, ``Document Completed``, ``Template Created`` and ``Integration
 Connected`` (with an ``integration`` event property naming the integration); the user
-property ``trial_end_date`` (ISO date) holds the end of the trial. Counts cover the most
-recent 1000 events (one page), far more than a trial produces.
+property ``trial_end_date`` holds the end of the trial; it is free-form, so it is read
+leniently (:func:`~src.services.amplitude_dates.parse_trial_end`: ISO dates and
+date-times, US forms, epoch milliseconds) and, when unreadable, only that fact is
+dropped. Counts cover the most recent 1000 events (one page), far more than a trial
+produces.
 
 Note: the reference describes ``useractivity``'s ``user`` parameter as the user id; the
 live API takes the Amplitude id returned by ``usersearch``, which is what we send (the
-sandbox accepts both).
+sandbox, like the live API, refuses a user id there).
 
 Idempotency: both calls are reads with no side effects, so :meth:`get_trial_usage` is
 idempotent and safe to retry whenever the raised error says ``retryable``.
@@ -53,7 +56,9 @@ import pydantic
 from ..errors import BadResponse, InvalidRequest, NotFound
 from ..phrases import usage_sentence
 from ..redaction import get_logger, register_secret
+from .amplitude_dates import parse_trial_end
 from .http import DEFAULT_HTTP_OPTIONS, HttpOptions, ServiceClient, ServiceHttp, parse_model
+from .quota import UsageCache, VendorLimiter, cache_key
 
 __all__ = [
     "EVENT_DOCUMENT_COMPLETED",
@@ -61,6 +66,7 @@ __all__ = [
     "EVENT_DOCUMENT_SENT",
     "EVENT_INTEGRATION_CONNECTED",
     "EVENT_TEMPLATE_CREATED",
+    "QUERIES_PER_LOOKUP",
     "TRIAL_END_PROPERTY",
     "AmplitudeClient",
     "TrialUsage",
@@ -77,6 +83,7 @@ INTEGRATION_PROPERTY = "integration"
 TRIAL_END_PROPERTY = "trial_end_date"
 
 _EVENT_PAGE = 1000  # the API's maximum page size
+QUERIES_PER_LOOKUP = 2  # usersearch + useractivity, against the hourly budget
 
 logger = get_logger("pandadoc.services.amplitude")
 
@@ -152,7 +159,8 @@ class _Event(pydantic.BaseModel):
 
 
 class _UserProperties(pydantic.BaseModel):
-    trial_end_date: date | None = None  # TRIAL_END_PROPERTY
+    # TRIAL_END_PROPERTY: free-form, read leniently by parse_trial_end (any JSON value).
+    trial_end_date: Any = None
 
 
 class _UserData(pydantic.BaseModel):
@@ -173,8 +181,8 @@ def _as_utc(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _summarize(events: list[_Event], trial_end: date | None, now: datetime) -> TrialUsage:
-    """Count the events we care about into a :class:`TrialUsage` as of ``now`` (aware)."""
+def _facts(events: list[_Event], trial_end: date | None) -> dict[str, Any]:
+    """The counts, integrations, last activity and trial end of ``events`` (JSON-able)."""
     counts = {
         EVENT_DOCUMENT_CREATED: 0,
         EVENT_DOCUMENT_SENT: 0,
@@ -193,16 +201,43 @@ def _summarize(events: list[_Event], trial_end: date | None, now: datetime) -> T
             if isinstance(name, str) and name.strip():
                 connected.append((when, name.strip()))
     integrations = tuple(dict.fromkeys(name for _, name in sorted(connected)))
-    days_ago = None if last is None else max(0, (now - last) // timedelta(days=1))
+    return {
+        "documents_created": counts[EVENT_DOCUMENT_CREATED],
+        "documents_sent": counts[EVENT_DOCUMENT_SENT],
+        "documents_completed": counts[EVENT_DOCUMENT_COMPLETED],
+        "templates_created": counts[EVENT_TEMPLATE_CREATED],
+        "integrations": list(integrations),
+        "last_active_at": None if last is None else last.isoformat(),
+        "trial_end": None if trial_end is None else trial_end.isoformat(),
+    }
+
+
+class _Facts(pydantic.BaseModel):
+    """What a lookup found, independent of when it is spoken: the form kept in the
+    usage cache (JSON-able, so a fleet store can hold it)."""
+
+    documents_created: int = pydantic.Field(ge=0)
+    documents_sent: int = pydantic.Field(ge=0)
+    documents_completed: int = pydantic.Field(ge=0)
+    templates_created: int = pydantic.Field(ge=0)
+    integrations: list[str]
+    last_active_at: datetime | None
+    trial_end: date | None
+
+
+def _as_of(facts: dict[str, Any], now: datetime) -> TrialUsage:
+    """The :class:`TrialUsage` of ``facts`` as of ``now``, the relative days included."""
+    f = _Facts.model_validate(facts)
+    last = None if f.last_active_at is None else _as_utc(f.last_active_at)
     return TrialUsage(
-        documents_created=counts[EVENT_DOCUMENT_CREATED],
-        documents_sent=counts[EVENT_DOCUMENT_SENT],
-        documents_completed=counts[EVENT_DOCUMENT_COMPLETED],
-        templates_created=counts[EVENT_TEMPLATE_CREATED],
-        integrations=integrations,
+        documents_created=f.documents_created,
+        documents_sent=f.documents_sent,
+        documents_completed=f.documents_completed,
+        templates_created=f.templates_created,
+        integrations=tuple(f.integrations),
         last_active_at=last,
-        last_active_days_ago=days_ago,
-        trial_days_left=None if trial_end is None else (trial_end - now.date()).days,
+        last_active_days_ago=None if last is None else max(0, (now - last) // timedelta(days=1)),
+        trial_days_left=None if f.trial_end is None else (f.trial_end - now.date()).days,
     )
 
 
@@ -220,6 +255,10 @@ class AmplitudeClient(ServiceClient):
             :meth:`get_trial_usage` call makes two requests in sequence.
         session: an ``aiohttp.ClientSession`` to reuse (not closed by :meth:`aclose`).
         clock: returns the current time (aware, UTC), for "days ago" and "days left".
+        limiter: client-side quota (hourly budget + concurrency, :class:`VendorLimiter`);
+            a lookup is charged :data:`QUERIES_PER_LOOKUP` up front. ``None``: no limit.
+        cache: keeps each person's usage for ``cache_ttl`` seconds (:class:`UsageCache`)
+            so repeated lookups send nothing. ``None`` or ``cache_ttl <= 0``: no cache.
     """
 
     service = SERVICE
@@ -233,6 +272,9 @@ class AmplitudeClient(ServiceClient):
         options: HttpOptions = DEFAULT_HTTP_OPTIONS,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        limiter: VendorLimiter | None = None,
+        cache: UsageCache | None = None,
+        cache_ttl: float = 0.0,
     ) -> None:
         if not api_key or not secret_key:
             raise ValueError("amplitude: api_key and secret_key are required")
@@ -243,6 +285,37 @@ class AmplitudeClient(ServiceClient):
         self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
         self._http = ServiceHttp(SERVICE, base_url, options=options, session=session)
         self._clock = clock
+        self._limiter = limiter
+        self._cache = cache if cache_ttl > 0 else None
+        self._cache_ttl = cache_ttl
+
+    async def cached_usage(self, email: str) -> TrialUsage | None:
+        """The usage of ``email`` from the cache, as of now; ``None`` when not cached
+        (or the cache is off, or its entry is unreadable). Sends nothing."""
+        if self._cache is None or not email.strip():
+            return None
+        try:
+            facts = await self._cache.get(cache_key(SERVICE, email))
+        except Exception as exc:  # a shared store that is down is only a cache miss
+            logger.warning("amplitude: usage cache unavailable (%s)", type(exc).__name__)
+            return None
+        if facts is None:
+            return None
+        try:
+            return _as_of(facts, self._clock())
+        except (pydantic.ValidationError, ValueError):
+            logger.warning("amplitude: unreadable usage cache entry ignored")
+            return None
+
+    async def _get(self, path: str, params: dict[str, Any]) -> Any:
+        if self._limiter is None:
+            return await self._http.request(
+                "GET", path, params=params, headers=self._headers, on_404=BadResponse
+            )
+        async with self._limiter.slot():
+            return await self._http.request(
+                "GET", path, params=params, headers=self._headers, on_404=BadResponse
+            )
 
     async def get_trial_usage(self, email: str) -> TrialUsage:
         """The trial usage of the user whose Amplitude user id is ``email``.
@@ -257,16 +330,15 @@ class AmplitudeClient(ServiceClient):
         user_id = email.strip()
         if not user_id:
             raise InvalidRequest(SERVICE, "amplitude: empty user id")
+        cached = await self.cached_usage(user_id)
+        if cached is not None:
+            logger.debug("amplitude usage served from the cache")
+            return cached
+        if self._limiter is not None:
+            await self._limiter.charge(QUERIES_PER_LOOKUP)  # QuotaExhausted: nothing sent
+        # A 404 is never "no user": a search answers "nobody" with an empty list.
         found = parse_model(
-            SERVICE,
-            _UserSearch,
-            await self._http.request(
-                "GET",
-                "/api/2/usersearch",
-                params={"user": user_id},
-                headers=self._headers,
-                on_404=BadResponse,  # a search answers "nobody" with an empty list
-            ),
+            SERVICE, _UserSearch, await self._get("/api/2/usersearch", {"user": user_id})
         )
         wanted = user_id.casefold()
         # Only an exact user-id match: reading someone else's usage aloud would be a leak.
@@ -277,20 +349,18 @@ class AmplitudeClient(ServiceClient):
         if match is None:
             raise NotFound(SERVICE, "amplitude: no user with that id")
 
+        params = {"user": match.amplitude_id, "offset": 0, "limit": _EVENT_PAGE}
         activity = parse_model(
-            SERVICE,
-            _UserActivity,
-            await self._http.request(
-                "GET",
-                "/api/2/useractivity",
-                params={"user": match.amplitude_id, "offset": 0, "limit": _EVENT_PAGE},
-                headers=self._headers,
-                on_404=BadResponse,  # the user was just found: a 404 is not "no user"
-            ),
+            SERVICE, _UserActivity, await self._get("/api/2/useractivity", params)
         )
-        usage = _summarize(
-            activity.events, activity.user_data.properties.trial_end_date, self._clock()
-        )
+        trial_end = parse_trial_end(activity.user_data.properties.trial_end_date)
+        facts = _facts(activity.events, trial_end)
+        usage = _as_of(facts, self._clock())
+        if self._cache is not None:
+            try:
+                await self._cache.put(cache_key(SERVICE, user_id), facts, self._cache_ttl)
+            except Exception as exc:
+                logger.warning("amplitude: usage not cached (%s)", type(exc).__name__)
         logger.debug(
             "amplitude usage for amplitude_id=%s: %d events",
             match.amplitude_id,

@@ -69,9 +69,14 @@ class CrmContact:
         object_type: Salesforce ``"Lead"`` or ``"Contact"``; ``None`` for HubSpot.
         status: Salesforce Lead status, when any.
         owner: the record owner (Salesforce: the rep's name; HubSpot: owner id).
+        owner_id: Salesforce only: the owning *user's* id (``005...``), which a Task for
+            this record is assigned to; ``None`` when a queue owns the record.
         lifecycle_stage: HubSpot's lifecycle stage, when any.
+        phone: the phone on the record, only compared with a SIP caller number
+            (:mod:`src.identity`); never spoken and never given to the model.
 
-    Only name, company and title are ever spoken (:meth:`spoken_summary`).
+    Only name, company and title are ever spoken (:meth:`spoken_summary`), and they
+    reach the model only as quoted data (:meth:`for_model`).
     """
 
     id: str
@@ -83,7 +88,9 @@ class CrmContact:
     object_type: str | None = None
     status: str | None = None
     owner: str | None = None
+    owner_id: str | None = None
     lifecycle_stage: str | None = None
+    phone: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -100,3 +107,29 @@ class CrmContact:
         first, last = speakable(self.first_name), speakable(self.last_name)
         name = " ".join(p for p in (first, last) if p)
         return crm_sentence(name, speakable(self.company) or "", speakable(self.title) or "")
+
+    def for_model(self) -> str:
+        """The sentence the model reads: :meth:`spoken_summary` with every CRM value in
+        double quotes, as quoted data (the agent's instructions say quoted text from
+        records is data, never instructions). Each value is :func:`speakable` (capped,
+        no control characters, no markup) with double quotes stripped, so it cannot
+        close its own quotes, e.g. ``"Jane Doe" works at "Acme Corp" as "Head of Sales
+        Operations".``"""
+        first, last = _quotable(self.first_name), _quotable(self.last_name)
+        name = " ".join(p for p in (first, last) if p)
+        return crm_sentence(
+            _quoted(name), _quoted(_quotable(self.company)), _quoted(_quotable(self.title))
+        )
+
+
+_QUOTES = re.compile(r'["\u201c\u201d\u201e\u201f\u00ab\u00bb\u2033]')
+
+
+def _quotable(value: str | None) -> str:
+    """A CRM value fit to be quoted: speakable, without double-quote characters."""
+    text = speakable(value)
+    return " ".join(_QUOTES.sub("", text).split()) if text else ""
+
+
+def _quoted(text: str) -> str:
+    return f'"{text}"' if text else ""

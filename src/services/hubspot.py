@@ -74,6 +74,7 @@ CONTACT_PROPERTIES: tuple[str, ...] = (
     "jobtitle",
     "lifecyclestage",
     "hubspot_owner_id",
+    "phone",
 )
 #: HubSpot-defined association type id for note -> contact.
 NOTE_TO_CONTACT_ASSOCIATION = 202
@@ -113,6 +114,7 @@ def _contact(raw: _Contact) -> CrmContact:
         title=_clean(p.get("jobtitle")),
         lifecycle_stage=_clean(p.get("lifecyclestage")),
         owner=_clean(p.get("hubspot_owner_id")),
+        phone=_clean(p.get("phone")),
         source=SERVICE,
     )
 

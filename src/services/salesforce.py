@@ -53,7 +53,7 @@ import pydantic
 
 from ..errors import AuthenticationFailed, BadResponse, InvalidRequest, NotFound, ServiceError
 from ..redaction import get_logger, register_secret
-from ..validation import is_valid_email
+from ..validation import is_valid_email, is_valid_salesforce_id
 from .crm import CrmContact
 from .http import (
     DEFAULT_HTTP_OPTIONS,
@@ -143,6 +143,7 @@ class _Attributes(pydantic.BaseModel):
 
 
 class _Named(pydantic.BaseModel):
+    Id: str | None = None
     Name: str | None = None
 
 
@@ -155,6 +156,7 @@ class _Record(pydantic.BaseModel):
     LastName: str | None = None
     Company: str | None = None
     Title: str | None = None
+    Phone: str | None = None
     Status: str | None = None
     Owner: _Named | None = None
     Account: _Named | None = None
@@ -174,8 +176,14 @@ class _CreateResult(pydantic.BaseModel):
 
 # Fields per object; a Contact's company is its Account's name.
 _FIELDS: dict[str, tuple[str, ...]] = {
-    "Contact": ("Id", "FirstName", "LastName", "Title", "Account.Name", "Owner.Name"),
-    "Lead": ("Id", "FirstName", "LastName", "Company", "Title", "Status", "Owner.Name"),
+    "Contact": (
+        *("Id", "FirstName", "LastName", "Title", "Account.Name"),
+        *("Owner.Id", "Owner.Name", "Phone"),
+    ),
+    "Lead": (
+        *("Id", "FirstName", "LastName", "Company", "Title", "Status"),
+        *("Owner.Id", "Owner.Name", "Phone"),
+    ),
 }
 _RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 
@@ -187,6 +195,13 @@ def person_query(object_type: Literal["Lead", "Contact"], email: str) -> str:
         f"SELECT {fields} FROM {object_type} WHERE Email = {soql_quote(email)} "
         "ORDER BY LastModifiedDate DESC LIMIT 1"
     )
+
+
+def _owner_user_id(record: _Record) -> str | None:
+    """The owner's id when the owner is a User (key prefix ``005``): a Lead can be owned
+    by a queue (``00G``), and a Task is then assigned to the configured fallback."""
+    owner_id = record.Owner.Id if record.Owner is not None else None
+    return owner_id if owner_id and is_valid_salesforce_id(owner_id, prefix="005") else None
 
 
 def _to_contact(record: _Record) -> CrmContact:
@@ -203,6 +218,8 @@ def _to_contact(record: _Record) -> CrmContact:
         title=record.Title or None,
         status=record.Status or None,
         owner=(record.Owner.Name or None) if record.Owner is not None else None,
+        phone=record.Phone or None,
+        owner_id=_owner_user_id(record),
         source=SERVICE,
     )
 
@@ -228,6 +245,9 @@ class SalesforceClient(ServiceClient):
         options: per-request timeouts in seconds (:data:`DEFAULT_HTTP_OPTIONS`).
         session: an ``aiohttp.ClientSession`` to use (not closed by :meth:`aclose`).
         clock: monotonic clock in seconds, for token expiry; default ``time.monotonic``.
+        task_owner_id: the user (or queue) a Task is assigned to when its record has no
+            user owner (``SALESFORCE_TASK_OWNER_ID``); empty: Salesforce's default, the
+            integration's "Run As" user.
 
     Use as ``async with SalesforceClient(...) as sf:`` or call :meth:`aclose`.
     """
@@ -242,9 +262,13 @@ class SalesforceClient(ServiceClient):
         options: HttpOptions = DEFAULT_HTTP_OPTIONS,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
+        task_owner_id: str = "",
     ) -> None:
         if not client_id or not client_secret:
             raise ValueError("salesforce: client_id and client_secret are required")
+        if task_owner_id and not is_valid_salesforce_id(task_owner_id):
+            raise ValueError("salesforce: task_owner_id must be a 15/18-character record id")
+        self._task_owner_id = task_owner_id or None
         if not re.fullmatch(r"v\d+\.\d", api_version):
             raise ValueError("salesforce: api_version must look like 'v63.0'")
         register_secret(client_id)
@@ -397,9 +421,16 @@ class SalesforceClient(ServiceClient):
             raise BadResponse(SERVICE, f"salesforce answered a {object_type} query with other rows")
         return _to_contact(record)
 
-    async def create_task(self, who_id: str, subject: str, description: str) -> str:
+    async def create_task(
+        self, who_id: str, subject: str, description: str, *, owner_id: str | None = None
+    ) -> str:
         """Create a ``Task`` (status *Not Started*, priority *Normal*) on the Lead or
         Contact ``who_id`` and return the new Task's id.
+
+        The Task is assigned (``OwnerId``) to ``owner_id``, the record owner found by
+        :meth:`find_person`; without one, to the configured ``task_owner_id``; without
+        that, Salesforce assigns it to the integration user. A malformed ``owner_id`` is
+        ignored (logged) in favour of the fallback rather than failing the write.
 
         ``subject`` is cut to 255 and ``description`` to 32,000 characters (the fields'
         limits). **Not idempotent**: a timeout or dropped connection leaves it unknown
@@ -425,6 +456,14 @@ class SalesforceClient(ServiceClient):
             "Status": "Not Started",
             "Priority": "Normal",
         }
+        if owner_id is not None and not is_valid_salesforce_id(owner_id):
+            logger.warning("salesforce: ignoring a malformed task owner id; using the fallback")
+            owner_id = None
+        owner = owner_id or self._task_owner_id
+        if owner is not None:
+            body["OwnerId"] = owner
+        else:
+            logger.info("salesforce: task has no owner; it goes to the integration user")
         try:
             data = await self._authed("POST", self._data_path("/sobjects/Task"), body)
         except ServiceError as exc:

@@ -9,9 +9,16 @@ import aiohttp
 from ..redaction import get_logger
 from ..settings import Settings
 from .amplitude import AmplitudeClient
-from .chilipiper import ChiliPiperClient
+from .chilipiper import ChiliPiperClient, SchedulingLink
 from .http import HttpOptions
 from .hubspot import HubSpotClient
+from .quota import (
+    MemoryQuotaStore,
+    MemoryUsageCache,
+    QuotaStore,
+    UsageCache,
+    VendorLimiter,
+)
 from .salesforce import SalesforceClient
 
 __all__ = ["SERVICE_NAMES", "TrialistServices"]
@@ -33,8 +40,17 @@ class TrialistServices:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, session: aiohttp.ClientSession | None = None
+        cls,
+        settings: Settings,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        quota_store: QuotaStore | None = None,
+        usage_cache: UsageCache | None = None,
     ) -> TrialistServices:
+        """The clients for ``settings``. ``quota_store`` / ``usage_cache`` back
+        Amplitude's client-side quota and usage cache; default: fresh in-memory ones,
+        which hold for this conversation only (LiveKit runs each job in its own process):
+        pass a fleet store to share them across conversations and workers."""
         r = settings.resilience
         options = HttpOptions(
             timeout=r.service_timeout, connect_timeout=min(1.0, r.service_timeout)
@@ -47,12 +63,30 @@ class TrialistServices:
         )
         services = cls(
             amplitude=AmplitudeClient(
-                a.api_key, a.secret_key, a.base_url, options=options, session=session
+                a.api_key,
+                a.secret_key,
+                a.base_url,
+                options=options,
+                session=session,
+                limiter=VendorLimiter(
+                    "amplitude",
+                    quota_store or MemoryQuotaStore(),
+                    hourly_budget=a.hourly_query_budget,
+                    max_concurrent=a.max_concurrent,
+                    lease_s=2 * r.tool_deadline,
+                ),
+                cache=usage_cache or MemoryUsageCache(),
+                cache_ttl=a.usage_cache_ttl,
             )
             if a.configured
             else None,
             salesforce=SalesforceClient(
-                s.instance_url, s.client_id, s.client_secret, options=options, session=session
+                s.instance_url,
+                s.client_id,
+                s.client_secret,
+                options=options,
+                session=session,
+                task_owner_id=s.task_owner_id,
             )
             if s.configured
             else None,
@@ -61,9 +95,11 @@ class TrialistServices:
             else None,
             chilipiper=ChiliPiperClient(
                 c.api_key,
-                c.distribution_id,
-                c.meeting_type_id,
+                SchedulingLink.concierge(c.concierge_router)
+                if c.concierge_router
+                else SchedulingLink.parse(c.scheduling_link),
                 c.base_url,
+                booking_url=c.booking_url,
                 options=options,
                 session=session,
             )

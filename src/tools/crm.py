@@ -24,6 +24,7 @@ from src.phrases import (
 from src.redaction import get_logger
 from src.services.crm import CrmContact
 from src.state import TrialistData
+from src.tools.policy import Refusal, readable_address
 from src.tools.runtime import ToolRuntime
 
 __all__ = ["crm_write", "find_crm_record", "log_summary", "lookup_account"]
@@ -34,17 +35,24 @@ MAX_SUMMARY_CHARS = 2000
 
 
 async def lookup_account(rt: ToolRuntime, data: TrialistData, email: str) -> str:
-    """Who the caller is in the CRM, as one spoken sentence; saves the record in ``data``."""
-    address = rt.resolve_email(data, email)
-    found = await find_crm_record(rt, address)
+    """Who the caller is in the CRM, as quoted data with one sentence to pass on
+    (:meth:`~src.services.crm.CrmContact.for_model`); saves the record in ``data``. Only
+    for the caller's own, verified identity (:mod:`src.tools.policy`)."""
+    access = await readable_address(rt, data, email, "lookup_account")
+    if isinstance(access, Refusal):
+        return access.sentence
+    address = access.email
+    found = access.record or await find_crm_record(rt, address)
     data.email = address
     if found is None:
         raise ToolError(ACCOUNT_NOT_FOUND)
     data.crm_source, data.crm_record_id = found.source, found.id
+    data.crm_owner_id = found.owner_id
     data.crm_summary = found.spoken_summary()
     data.name = data.name or found.full_name
+    data.company = data.company or found.company
     rt.outbox.flush_soon()  # the CRM answers again: send what waited, in the background
-    return data.crm_summary
+    return found.for_model()
 
 
 async def find_crm_record(
@@ -133,8 +141,11 @@ async def crm_write(
         if found is None:
             return "no_record"
         data.crm_source, data.crm_record_id = found.source, found.id
+        data.crm_owner_id = found.owner_id
         data.crm_summary = found.spoken_summary()
-    write = PendingWrite(data.crm_source, data.crm_record_id, subject, body)
+    write = PendingWrite(
+        data.crm_source, data.crm_record_id, subject, body, owner_id=data.crm_owner_id
+    )
     outcome = await rt.outbox.send(write, deadline_at)
     if outcome == "queued":
         rt.outbox.pending.append(write)

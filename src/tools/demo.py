@@ -1,5 +1,6 @@
-"""Demo times from ChiliPiper: offer, book, and hand the chosen time to sales through the
-CRM when booking cannot be confirmed."""
+"""Demo times from ChiliPiper: open a booking session, book the chosen time on it, and
+hand the chosen time (with the scheduling link's booking page) to sales through the CRM
+when booking by voice is not possible."""
 
 from __future__ import annotations
 
@@ -11,40 +12,63 @@ from src.phrases import (
     NO_SLOTS,
     NO_SLOTS_OFFERED,
     NOT_AN_OPTION,
-    SLOT_TAKEN,
     SLOTS_FALLBACK,
     already_booked,
     demo_handed_to_sales,
+    demo_link_from_sales,
     demo_options,
+    slot_taken,
 )
-from src.services.chilipiper import DemoSlot, SlotUnavailable, spoken_time
+from src.redaction import get_logger
+from src.services.chilipiper import (
+    BookingSession,
+    DemoSlot,
+    FormIncomplete,
+    Guest,
+    SlotUnavailable,
+    spoken_time,
+)
 from src.state import TrialistData
 from src.tools.crm import crm_write
 from src.tools.runtime import ToolRuntime, zone
 
 __all__ = ["book_demo", "demo_slots"]
 
+logger = get_logger("pandadoc.agent")
+OPTIONS = 3  # demo times offered at once
+
+
+def _guest(data: TrialistData) -> Guest:
+    if not data.email:
+        raise ToolError(ASK_EMAIL)
+    return Guest(data.email, data.timezone, data.name or "", data.company or "")
+
+
+def _offer(data: TrialistData, session: BookingSession) -> dict[int, str]:
+    """Keep ``session`` (route id and start times) and number its first times."""
+    data.booking_session = session
+    data.offered_slots = dict(enumerate(session.slots(OPTIONS), start=1))
+    tz = zone(data.timezone)
+    return {i: s.spoken(tz) for i, s in data.offered_slots.items()}
+
 
 async def demo_slots(rt: ToolRuntime, data: TrialistData) -> str:
-    """Open demo times, numbered as options; saves them in ``data``."""
+    """Open a booking session for the caller; its first times become numbered options."""
     client = rt.services.chilipiper
     if client is None:
         raise ToolError(SLOTS_FALLBACK)
-    slots = await rt.protected(
-        "chilipiper",
-        lambda: client.get_demo_slots(rt.now(), days=5, limit=3),
-        SLOTS_FALLBACK,
+    guest = _guest(data)
+    session = await rt.protected(
+        "chilipiper", lambda: client.open_session(guest, rt.now()), SLOTS_FALLBACK
     )
-    if not slots:
-        return NO_SLOTS
-    data.offered_slots = {i: slot for i, slot in enumerate(slots, start=1)}
-    tz = zone(data.timezone)
-    return demo_options({i: s.spoken(tz) for i, s in data.offered_slots.items()})
+    offers = _offer(data, session)
+    return demo_options(offers) if offers else NO_SLOTS
 
 
 async def book_demo(rt: ToolRuntime, data: TrialistData, option: int) -> str:
     """Book the offered time ``option``; one demo per caller."""
-    if not data.offered_slots:
+    session = data.booking_session
+    if not data.offered_slots or session is None:
         raise ToolError(NO_SLOTS_OFFERED)
     slot = data.offered_slots.get(option) if isinstance(option, int) else None
     if slot is None:
@@ -55,25 +79,26 @@ async def book_demo(rt: ToolRuntime, data: TrialistData, option: int) -> str:
             return data.booked_meeting.spoken_summary(tz)
         # One demo per caller: never a second meeting by accident.
         raise ToolError(already_booked(spoken_time(data.booked_meeting.starts_at, tz)))
-    if not data.email:
-        raise ToolError(ASK_EMAIL)
+    guest = _guest(data)
     client = rt.services.chilipiper
     if client is None:
         raise ToolError(BOOK_FALLBACK)
-    email, name = data.email, data.name or ""
     deadline_at = rt.deadline()
     try:
-        # Safe to retry: the client sends a deterministic idempotency key. The
-        # reserve leaves time to hand the request to sales if booking fails.
+        # Safe to retry: each attempt first reconciles an unknown earlier outcome, and
+        # renews a used or expired route. The reserve leaves time for the hand-off.
         meeting = await rt.protected(
             "chilipiper",
-            lambda: client.book_demo(email, name, slot),
+            lambda: client.book(session, slot, guest, now=rt.now()),
             BOOK_FALLBACK,
-            reraise=(SlotUnavailable,),
+            reraise=(SlotUnavailable, FormIncomplete),
             deadline_at=deadline_at - rt.reserve(),
         )
-    except SlotUnavailable:
-        raise ToolError(SLOT_TAKEN) from None
+    except SlotUnavailable as exc:
+        return slot_taken(_offer(data, exc.fresh) if exc.fresh is not None else {})
+    except FormIncomplete as exc:
+        logger.info("Booking form cannot be completed by voice: %s", exc)
+        return await hand_demo_to_sales(rt, data, slot, deadline_at)
     except ToolError:
         return await hand_demo_to_sales(rt, data, slot, deadline_at)
     data.booked_meeting = meeting
@@ -83,20 +108,28 @@ async def book_demo(rt: ToolRuntime, data: TrialistData, option: int) -> str:
 async def hand_demo_to_sales(
     rt: ToolRuntime, data: TrialistData, slot: DemoSlot, deadline_at: float
 ) -> str:
-    """Graceful degradation when booking fails: the chosen time goes to the sales
-    team as a CRM task/note, so the caller still gets a human follow-up."""
+    """Graceful degradation when booking fails: the chosen time, and the scheduling
+    link's public booking page when configured, go to the sales team as a CRM task/note,
+    so the caller still gets a human follow-up (or a link to pick the time themselves)."""
     when = slot.spoken(zone(data.timezone))
+    client = rt.services.chilipiper
+    booking_url = client.booking_url if client is not None else ""
     body = (
         f"The trialist asked for a PandaDoc demo on {when} "
         f"({slot.starts_at.isoformat()}). Automatic booking could not be confirmed "
         "(it may or may not exist in ChiliPiper); please check, and confirm the time "
         "with them by email."
     )
+    if booking_url:
+        body += f" Booking link to send them to pick or confirm a time: {booking_url}"
     try:
         outcome = await crm_write(rt, data, "Demo requested", body, deadline_at)
     except ToolError:  # no CRM could answer the lookup
         outcome = "unknown"
     if outcome in ("saved", "queued"):
         data.demo_requested = slot.slot_id
-        return demo_handed_to_sales(when, queued=outcome == "queued")
+        queued = outcome == "queued"
+        if booking_url:
+            return demo_link_from_sales(when, queued=queued)
+        return demo_handed_to_sales(when, queued=queued)
     raise ToolError(BOOK_FALLBACK)

@@ -1,6 +1,6 @@
 """What every tool body runs on: the protected service call inside the tool's deadline
-(its share of the turn, :mod:`src.tools.turn`), the filler sentence, and the caller's
-email.
+(its share of the turn, :mod:`src.tools.turn`), and the filler sentence. Whose data a tool
+may read is decided in :mod:`.policy`.
 
 :class:`ToolRuntime` is the base of :class:`~src.agent.PandaDocTrialistAgent`; the tool
 modules take it as their first argument, so a tool body reads as plain steps.
@@ -18,13 +18,11 @@ from livekit.agents.llm import ToolError
 
 from src.error_recovery import ErrorRecoveryMixin
 from src.outbox import Outbox
-from src.phrases import ASK_EMAIL, BAD_EMAIL, FILLER
+from src.phrases import FILLER
 from src.redaction import get_logger
 from src.services.wiring import TrialistServices
 from src.settings import Settings
-from src.state import TrialistData
 from src.tools.turn import CURRENT_DEADLINE, Turn, TurnBook
-from src.validation import is_valid_email
 
 __all__ = ["MIN_ATTEMPT_S", "ToolRuntime", "zone"]
 
@@ -134,19 +132,6 @@ class ToolRuntime(ErrorRecoveryMixin):
         source: Any = sentence if turn is None else turn.claim_filler(sentence)
         async with with_filler(source, delay=self.settings.resilience.filler_delay):
             yield
-
-    @staticmethod
-    def resolve_email(data: TrialistData, email: str) -> str:
-        """The email a lookup is for: the one the caller just said (validated), else the
-        one on file; a ``ToolError`` asking for it when there is none."""
-        candidate = str(email or "").strip().lower()
-        if candidate:
-            if not is_valid_email(candidate):
-                raise ToolError(BAD_EMAIL)
-            return candidate
-        if data.email:
-            return data.email
-        raise ToolError(ASK_EMAIL)
 
 
 def zone(name: str) -> ZoneInfo:

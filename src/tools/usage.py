@@ -7,26 +7,34 @@ from livekit.agents.llm import ToolError
 from src.errors import InvalidRequest, NotFound
 from src.phrases import USAGE_FALLBACK, USAGE_NOT_FOUND
 from src.state import TrialistData
+from src.tools.policy import Refusal, readable_address
 from src.tools.runtime import ToolRuntime
 
 __all__ = ["trial_usage"]
 
 
 async def trial_usage(rt: ToolRuntime, data: TrialistData, email: str) -> str:
-    """The caller's trial usage as one spoken sentence; saves it in ``data``."""
-    address = rt.resolve_email(data, email)
+    """The caller's trial usage as one spoken sentence; saves it in ``data``. Only for
+    the caller's own, verified identity (:mod:`src.tools.policy`)."""
+    access = await readable_address(rt, data, email, "get_trial_usage")
+    if isinstance(access, Refusal):
+        return access.sentence
+    address = access.email
     client = rt.services.amplitude
     if client is None:
         raise ToolError(USAGE_FALLBACK)
-    try:
-        result = await rt.protected(
-            "amplitude",
-            lambda: client.get_trial_usage(address),
-            USAGE_FALLBACK,
-            reraise=(NotFound, InvalidRequest),
-        )
-    except (NotFound, InvalidRequest):
-        raise ToolError(USAGE_NOT_FOUND) from None
+    # A cached answer needs no request, so it is given even while the circuit is open.
+    result = await client.cached_usage(address)
+    if result is None:
+        try:
+            result = await rt.protected(
+                "amplitude",
+                lambda: client.get_trial_usage(address),
+                USAGE_FALLBACK,
+                reraise=(NotFound, InvalidRequest),
+            )
+        except (NotFound, InvalidRequest):
+            raise ToolError(USAGE_NOT_FOUND) from None
     data.email = address
     data.usage = result
     return result.spoken_summary()
