@@ -242,30 +242,37 @@ OVERRIDES: dict[str, Any] = {
 
 
 async def test_one_reply_two_tools_one_fails_one_saves() -> None:
-    """The model asks for usage and for a CRM lookup of a mistyped address in one reply.
-    The lookup writes the address, finds nobody and fails; usage (slow, so it ends last)
-    saves. The save survives; the failed lookup left no trace."""
+    """The model asks for usage and for a call summary in one reply. The summary finds
+    the CRM record (and writes it into the state), then the write itself fails and is
+    queued, so the tool fails; usage (slow, so it ends last) saves. The save survives; the
+    failed tool left no trace in the state."""
     async with Conversation(overrides=OVERRIDES, skip_sleeps=True) as conv:
         before: TrialistData = copy.deepcopy(conv.data)
+        assert before.crm_record_id is None and before.usage is None
         conv.sandbox.servers["amplitude"].inject("*", FaultKind.SLOW, delay_ms=150)
+        conv.sandbox.servers["salesforce"].inject(
+            "/services/data/*/sobjects/*", FaultKind.SERVICE_UNAVAILABLE
+        )
         conv.sandbox.openai.say(
             Turn(
                 tool_calls=[
                     ToolCall("get_trial_usage", {"email": ""}),
-                    ToolCall("lookup_account", {"email": "nobody@nowhere.example.com"}),
+                    ToolCall("log_call_summary", {"summary": "Wants a demo.", "interest": "high"}),
                 ]
             ),
             Turn("Here is what I found."),
         )
-        turn = await conv.turn("usage and account please")
+        turn = await conv.turn("usage, and note that I want a demo")
         assert turn.failure is None
         outputs = {t.name: t for t in turn.tools}
         assert not outputs["get_trial_usage"].is_error
-        assert outputs["lookup_account"].is_error
+        assert outputs["log_call_summary"].is_error  # queued: the tool did not succeed
+        assert conv.agent.pending_writes  # the write waits outside the session state
         after = conv.data
-        assert after.usage is not None  # the save survives
-        assert after.email == before.email  # the lookup's write is gone
+        assert after.usage is not None  # the sibling's save survives
+        # The failed tool's record lookup left no trace.
         assert (after.crm_source, after.crm_record_id, after.crm_summary) == (None, None, None)
+        assert after.summaries_logged == 0
         assert dataclass_fields_except(after, "usage") == dataclass_fields_except(before, "usage")
 
 
