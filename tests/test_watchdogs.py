@@ -4,14 +4,20 @@ closed with a natural sentence (unit, then through a real AgentSession on the st
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from livekit.agents import APIConnectionError
 from livekit.agents.llm import ChatMessage
+from livekit.agents.stt import STTError
+from livekit.agents.voice.events import ErrorEvent
+from livekit.plugins import openai
 
 from src.drill.harness import Conversation
-from src.phrases import MODEL_STALL_REPAIR, MODEL_WAIT_FILLER
+from src.phrases import GOODBYE, MODEL_STALL_REPAIR, MODEL_WAIT_FILLER, TROUBLE_HEARING
 from src.sandbox import FaultKind
+from src.sandbox.data import SANDBOX_CREDENTIALS
 from src.watchdogs import watch_llm, watch_tts
 
 FAST = {"first_token_timeout": 0.05, "stall_timeout": 0.05}
@@ -218,3 +224,37 @@ async def test_stalled_tts_in_a_real_session_plays_the_rescue_audio() -> None:
         assert turn.first_audio_s is not None
         assert len(sink.arrivals) - before == len(rescue.frames)  # the apology, whole
         assert turn.total_s < 4.0  # upper bound: far below the 5 s attempt timeout
+
+
+async def test_stt_failures_say_so_then_the_goodbye_logic_still_ends_the_call() -> None:
+    """Each unrecoverable STT failure makes the agent say it has trouble hearing; at
+    MAX_UNRECOVERABLE_ERRORS in a row it says goodbye and ends the session, as before."""
+    overrides = {**OVERRIDES, "max_unrecoverable_errors": 2}
+    async with Conversation(overrides=overrides, skip_sleeps=True) as conv:
+        stt = openai.STT(
+            base_url=conv.sandbox.env()["OPENAI_BASE_URL"],
+            api_key=SANDBOX_CREDENTIALS["OPENAI_API_KEY"],
+        )
+        closed = asyncio.Event()
+        conv.session.on("close", lambda _: closed.set())
+        before = len(conv.assistant_history())
+
+        def fail() -> None:
+            error = STTError(
+                timestamp=time.time(),
+                label=stt.label,
+                error=APIConnectionError(),
+                recoverable=False,
+            )
+            conv.session.emit("error", ErrorEvent(error=error, source=stt))
+
+        fail()
+        for _ in range(200):  # the sentence is spoken by a task; wait for it
+            if len(conv.assistant_history()) > before:
+                break
+            await asyncio.sleep(0.01)
+        fail()
+        await asyncio.wait_for(closed.wait(), 5.0)
+        said = conv.assistant_history()[before:]
+        assert said[0].startswith(TROUBLE_HEARING), said
+        assert said[-1] == GOODBYE, said
