@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from num2words import num2words
+
 # --------------------------------------------------------------------------------------
 # The spec's phrase types (ErrorRecoveryMixin.get_error_response picks a variant)
 # --------------------------------------------------------------------------------------
@@ -140,22 +142,27 @@ def demo_handed_to_sales(when: str, *, queued: bool) -> str:
 # What the vendors told us, in plain words
 # --------------------------------------------------------------------------------------
 
-_SMALL = (
-    *("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
-    *("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"),
-    *("seventeen", "eighteen", "nineteen"),
-)
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+EXACT_BELOW = 1000
+"""Counts below this are said exactly; larger ones are rounded down to two significant
+figures and said as "over ..." (nobody says "eighty-eight thousand, one hundred and
+fifteen documents" on a call)."""
+
+
+def _words(n: int) -> str:
+    # num2words writes "one thousand, two hundred": the comma is for reading, not speech.
+    return str(num2words(n, lang="en")).replace(",", "")
 
 
 def say_count(n: int) -> str:
-    """A count as a speaker would say it: words below 100, digits above (TTS reads those)."""
-    if 0 <= n < 20:
-        return _SMALL[n]
-    if 20 <= n < 100:
-        tens, ones = divmod(n, 10)
-        return _TENS[tens] + (f"-{_SMALL[ones]}" if ones else "")
-    return str(n)
+    """A count as a person would say it: ``"zero"``, ``"ninety-nine"``, ``"one hundred"``,
+    ``"over eighty-eight thousand"`` (88,115), ``"two thousand"`` (exactly 2,000)."""
+    if n < 0:
+        n = 0  # a count is never negative; never speak "minus"
+    if n < EXACT_BELOW:
+        return _words(n)
+    scale = 10 ** (len(str(n)) - 2)
+    rounded = n // scale * scale
+    return _words(rounded) if rounded == n else f"over {_words(rounded)}"
 
 
 def count_of(n: int, word: str) -> str:

@@ -23,12 +23,43 @@ __all__ = [
     "register_secret",
 ]
 
-# Unicode-aware (RFC 6531 addresses such as josé@exämple.de are valid and must be masked).
-_EMAIL = re.compile(r"[\w.%+\-'!#$&*=?^`{|}~]+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}")
+# Emails: a superset of what src.validation.is_valid_email accepts, so every address the
+# agent could take from a caller is masked: dot-atom local parts with any non-special
+# character (RFC 6531 letters, "o'brien", "a/b"), quoted local parts ("john doe"@x.org),
+# also as they appear JSON-escaped inside tool arguments (\"john doe\"@x.org or
+# jos\u00e9@x.org), and dotted domains of letters, digits, hyphens and non-ASCII.
+_LOCAL_CH = r"""[^\s@"(),:;<>\[\]]"""
+_QUOTED_LOCAL = (
+    r'\\"(?:[^"\\\r\n]|\\[^"]){0,128}?\\"'  # JSON-escaped: \"john doe\"
+    r'|"(?!\\")(?:[^"\\\r\n]|\\.){0,128}?"'  # plain: "john doe"
+)
+_LABEL_CH = r"(?:[^\W_]|[^\x00-\x7f\s])"
+_LABEL = rf"{_LABEL_CH}(?:(?:{_LABEL_CH}|-)*{_LABEL_CH})?"
+# A local part starts where a run of local-part characters starts (the lookbehind keeps a
+# long run from being rescanned from every position: linear, not quadratic).
+_EMAIL = re.compile(rf"(?:{_QUOTED_LOCAL}|(?<!{_LOCAL_CH}){_LOCAL_CH}+)@{_LABEL}(?:\.{_LABEL})+")
 # International or North-American style numbers with at least 9 digits; dates and ids with
 # fewer digits, and ISO timestamps (no spaces/parentheses between groups), are left alone.
-_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().\-]{7,}\d(?![\w-])")
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|api-key|token)\s+[A-Za-z0-9._~+/=!\-]{6,}")
+# Separators include non-breaking/thin spaces and Unicode dashes.
+_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().\-\u00a0\u2009\u202f\u2010-\u2015]{7,}\d(?![\w-])")
+# A credential after its scheme or name. Values, not words: the value must contain a digit
+# or one of + / = (every real token does), or be 20+ characters, so "access token
+# rejected, refreshing it once" survives while "Bearer 00D!AQ4x.abc" does not.
+_CRED_CH = r"[A-Za-z0-9._~+/=!\-]"
+_CREDENTIAL = re.compile(
+    rf"(?i)\b(bearer|basic|api-key|token)\s+(?=(?:{_CRED_CH}*?[0-9+/=])|{_CRED_CH}{{20}})"
+    rf"{_CRED_CH}{{6,}}"
+)
+# name=value / "name": "value" pairs whose value is a secret (query strings, form bodies,
+# JSON, headers), whatever the value looks like.
+_SECRET_PAIR = re.compile(
+    r"""(?i)(\b(?:access_token|refresh_token|id_token|client_secret|api_?key|apikey|"""
+    r"""secret_key|password|passwd|authorization|x-api-key|signature|sig)["']?\s*[:=]\s*"""
+    r"""["']?)(?!<secret>)(?:(?:bearer|basic|digest|token|api-key)\s+)?[^\s"'&,;}]+"""
+)
+# user:password@ in a URL.
+_URL_USERINFO = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
+_HAS_DIGITS = re.compile(r"\d")
 _MIN_SECRET_LEN = 4
 
 _secrets: set[str] = set()
@@ -44,9 +75,13 @@ def register_secret(value: str | None) -> None:
 
 
 def mask_email(email: str) -> str:
-    """``jane.doe@acme.com`` -> ``j***@acme.com`` (keeps the domain for debugging)."""
-    local, _, domain = email.partition("@")
-    return f"{local[:1]}***@{domain}" if domain else "***"
+    """``jane.doe@acme.com`` -> ``j***@acme.com`` (keeps the domain for debugging); a
+    local part that does not start with a letter or digit (quoted, escaped) -> ``***``."""
+    local, _, domain = email.rpartition("@")
+    if not local:
+        return "***"
+    first = local[0] if local[0].isalnum() else ""
+    return f"{first}***@{domain}"
 
 
 def _phone_sub(match: re.Match[str]) -> str:
@@ -59,9 +94,18 @@ def redact(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, "<secret>")
-    text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} <secret>", text)
-    text = _EMAIL.sub(lambda m: mask_email(m.group(0)), text)
-    return _PHONE.sub(_phone_sub, text)
+    # Cheap membership tests first: most log lines hold no "@", "=", ":" or digit.
+    if "@" in text:
+        if "://" in text:
+            text = _URL_USERINFO.sub("<secret>@", text)
+        text = _EMAIL.sub(lambda m: mask_email(m.group(0)), text)
+    if "=" in text or ":" in text:
+        text = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}<secret>", text)
+    if " " in text:
+        text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} <secret>", text)
+    if _HAS_DIGITS.search(text) is not None:
+        text = _PHONE.sub(_phone_sub, text)
+    return text
 
 
 def _redact_arg(arg: Any) -> Any:

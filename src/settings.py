@@ -263,6 +263,29 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
+class ResponseLimits:
+    """Largest response body accepted from each vendor, in bytes; a larger one is refused
+    while it streams (the caller hears the service's fallback). Amplitude's activity page
+    (up to 1000 events) is the only large answer we ask for: 4 MiB parses in about 20 ms;
+    the others answer one record, a note or a few slots: 1 MiB."""
+
+    amplitude: int = 4 * 1024 * 1024
+    salesforce: int = 1024 * 1024
+    hubspot: int = 1024 * 1024
+    chilipiper: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("amplitude", "salesforce", "hubspot", "chilipiper"):
+            if not 1024 <= getattr(self, name) <= MAX_RESPONSE_CAP:
+                raise SettingsError(
+                    f"{name.upper()}_MAX_RESPONSE_BYTES must be between 1024 and {MAX_RESPONSE_CAP}"
+                )
+
+
+MAX_RESPONSE_CAP = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class Settings:
     agent: AgentSettings = field(default_factory=AgentSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
@@ -271,6 +294,7 @@ class Settings:
     salesforce: SalesforceSettings = field(default_factory=SalesforceSettings)
     hubspot: HubSpotSettings = field(default_factory=HubSpotSettings)
     chilipiper: ChiliPiperSettings = field(default_factory=ChiliPiperSettings)
+    response_limits: ResponseLimits = field(default_factory=ResponseLimits)
 
 
 # -- parsing --------------------------------------------------------------------------
@@ -434,6 +458,17 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             concierge_router=cp_router,
             booking_url=_url(env, "CHILIPIPER_BOOKING_URL", schemes=("https", "http")),
         ),
+        response_limits=_response_limits(env),
+    )
+
+
+def _response_limits(env: Mapping[str, str]) -> ResponseLimits:
+    d = ResponseLimits()
+    return ResponseLimits(
+        amplitude=_int(env, "AMPLITUDE_MAX_RESPONSE_BYTES", d.amplitude),
+        salesforce=_int(env, "SALESFORCE_MAX_RESPONSE_BYTES", d.salesforce),
+        hubspot=_int(env, "HUBSPOT_MAX_RESPONSE_BYTES", d.hubspot),
+        chilipiper=_int(env, "CHILIPIPER_MAX_RESPONSE_BYTES", d.chilipiper),
     )
 
 

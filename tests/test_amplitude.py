@@ -127,8 +127,8 @@ async def test_spoken_summary_for_seeded_users(
         ),
         (
             TrialUsage(documents_created=120, documents_sent=42, trial_days_left=0),
-            "You've created 120 documents and sent forty-two, and today is the last day of "
-            "your trial.",
+            "You've created one hundred and twenty documents and sent forty-two, and today "
+            "is the last day of your trial.",
         ),
         (
             TrialUsage(documents_created=3, trial_days_left=-2),

@@ -647,3 +647,38 @@ async def test_a_store_that_is_down_neither_blocks_nor_breaks_a_lookup(
     assert len(amplitude.requests()) == 2
     assert "quota store unavailable (ConnectionError)" in caplog.text
     assert "usage cache unavailable (ConnectionError)" in caplog.text
+
+
+async def test_cached_usage_is_spoken_while_the_circuit_is_open() -> None:
+    """An open circuit refuses at once, but not when the cache already knows the verified
+    caller's usage: that answer needs no request, so the caller still hears it."""
+    async with Sandbox() as sandbox:
+        settings = fast_settings(sandbox.env())
+        services = TrialistServices.from_settings(settings)
+        agent = PandaDocTrialistAgent(services, settings, sleep=NoSleep())
+        data = TrialistData(email=JANE.email)
+        session = build_session(settings, userdata=data, tts_model=None, stt_model=None)
+        try:
+            async with session:
+                await session.start(agent)
+                result = await session.run(user_input="How is my trial usage going?")
+                assert "fourteen documents" in tool_output(result, "get_trial_usage").output
+                breaker = agent.circuit_breakers["amplitude"]
+                for _ in range(breaker.failure_threshold):
+                    breaker.record_failure(ConnectionError("down"))
+                assert breaker.state is CircuitState.OPEN
+                sent = len(sandbox.amplitude.requests())
+
+                result = await session.run(user_input="How is my trial usage going?")
+                out = tool_output(result, "get_trial_usage")
+                assert not out.is_error and "fourteen documents" in out.output
+                assert len(sandbox.amplitude.requests()) == sent
+
+                data.identity = CallerIdentity("verified", SAM.email, "dispatch")
+                data.email, data.usage = SAM.email, None
+                result = await session.run(user_input="How is my trial usage going?")
+                out = tool_output(result, "get_trial_usage")  # not cached: refused at once
+                assert out.is_error and out.output == USAGE_FALLBACK
+                assert len(sandbox.amplitude.requests()) == sent
+        finally:
+            await services.aclose()

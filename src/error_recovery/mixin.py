@@ -215,8 +215,10 @@ class ErrorRecoveryMixin:
         try:
             probe = breaker.acquire()
         except CircuitOpenError:
+            # Counted, not logged per call: an outage would flood the log. The breaker
+            # logs its state changes (the spec's lines).
             metrics.fallback_counter(service_name, "circuit_open").inc()
-            logger.info(
+            logger.debug(
                 "Circuit for %s is open; using the fallback",
                 service_name,
                 extra={"service": service_name},

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from ..attempt import ATTEMPT_TIMER
 from ..errors import RateLimited
 from ..redaction import get_logger
 from .breaker import Clock
@@ -75,8 +76,13 @@ async def retry_with_exponential_backoff(
         try:
             if limit is None:
                 return await func()
-            async with asyncio.timeout(limit):
-                return await func()
+            async with asyncio.timeout(limit) as timer:
+                # The HTTP layer borrows it (src.attempt).
+                token = ATTEMPT_TIMER.set((timer, asyncio.current_task()))
+                try:
+                    return await func()
+                finally:
+                    ATTEMPT_TIMER.reset(token)
         except BaseException as exc:
             if attempt >= max_retries or not retryable(exc):
                 raise

@@ -5,6 +5,7 @@
     uv run python -m src.sandbox [--port-base 8701 | --ephemeral] [--write-env .env.local]
     uv run python -m src.sandbox fault SERVICE KIND [--endpoint GLOB] [--count N]
                                        [--retry-after S] [--delay-ms MS] [--every K]
+                                       [--size-bytes N]
     uv run python -m src.sandbox clear SERVICE|all [--endpoint GLOB]
     uv run python -m src.sandbox journal SERVICE [--json]
 
@@ -170,6 +171,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K",
         help="flapping: every K-th request fails (default 2)",
     )
+    fault.add_argument(
+        "--size-bytes",
+        type=_positive_int,
+        default=10_000_000,
+        metavar="N",
+        help="huge, huge-stream: body size in bytes (default 10000000)",
+    )
 
     clear = commands.add_parser(
         "clear", parents=[target], help="remove faults and release hung requests"
@@ -326,6 +334,7 @@ def _fault(args: argparse.Namespace) -> int:
             "retry_after": args.retry_after,
             "delay_ms": args.delay_ms,
             "every": args.every,
+            "size_bytes": args.size_bytes,
         }
         _admin(url, "POST", "/faults", payload)
     scope = "until cleared" if args.count is None else f"for the next {args.count} request(s)"

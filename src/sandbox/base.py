@@ -7,6 +7,7 @@ for the next ``count`` matching requests, or until cleared (``count=None``)::
     server.inject("/api/2/useractivity", FaultKind.SERVICE_UNAVAILABLE, count=2)
     server.inject("*", FaultKind.RATE_LIMITED, retry_after=1.5)
     server.inject("*", FaultKind.FLAPPING, every=2)      # every 2nd request fails (503)
+    server.inject("*", FaultKind.HUGE_BODY, size_bytes=100_000_000)  # streamed, never held
     server.clear()
 
 ``REFUSE`` drops the connection without answering (the client sees a reset/disconnect);
@@ -59,6 +60,12 @@ class FaultKind(StrEnum):
     MALFORMED = "malformed"  # 200 with a body that is not the documented JSON
     UNAUTHORIZED = "401"
     FLAPPING = "flapping"  # every ``every``-th matching request fails with 503
+    # 200 with a valid JSON body of ``size_bytes``, streamed in chunks (never held in
+    # memory here); HUGE_BODY declares its Content-Length, HUGE_STREAM is chunked.
+    HUGE_BODY = "huge"
+    HUGE_STREAM = "huge-stream"
+    # The real answer's headers and first half, then the connection is reset.
+    RESET_MID_BODY = "reset-body"
 
 
 @dataclass
@@ -69,6 +76,8 @@ class Fault:
     retry_after: float = 1.0  # RATE_LIMITED: seconds sent in Retry-After
     delay_ms: int = 0  # SLOW
     every: int = 2  # FLAPPING
+    size_bytes: int = 10_000_000  # HUGE_BODY / HUGE_STREAM
+    sent_bytes: int = 0  # HUGE_*: body bytes the client actually accepted
     seen: int = 0  # matching requests so far (FLAPPING counts all, others count hits)
     # HANG: requests held by this fault wait for it; set when the fault is cleared.
     released: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
@@ -81,6 +90,8 @@ class Fault:
             "retry_after": self.retry_after,
             "delay_ms": self.delay_ms,
             "every": self.every,
+            "size_bytes": self.size_bytes,
+            "sent_bytes": self.sent_bytes,
             "seen": self.seen,
         }
 
@@ -198,12 +209,15 @@ class SandboxServer:
         retry_after: float = 1.0,
         delay_ms: int = 0,
         every: int = 2,
+        size_bytes: int = 10_000_000,
     ) -> Fault:
         """Fail matching requests. Later injections take precedence over earlier ones."""
         if count is not None and count < 1:
             raise ValueError("count must be >= 1 or None")
         if every < 1:
             raise ValueError("every must be >= 1")
+        if size_bytes < 16:
+            raise ValueError("size_bytes must be >= 16")
         fault = Fault(
             FaultKind(kind),
             endpoint,
@@ -211,6 +225,7 @@ class SandboxServer:
             retry_after=retry_after,
             delay_ms=delay_ms,
             every=every,
+            size_bytes=size_bytes,
         )
         self.faults.insert(0, fault)
         return fault
@@ -305,6 +320,10 @@ class SandboxServer:
             return json_error(401, "Unauthorized")
         if kind is FaultKind.MALFORMED:
             return self.malformed_body(request)
+        if kind in (FaultKind.HUGE_BODY, FaultKind.HUGE_STREAM):
+            return await _huge_body(fault, request, chunked=kind is FaultKind.HUGE_STREAM)
+        if kind is FaultKind.RESET_MID_BODY:
+            return await _reset_mid_body(await handler(request), request)
         if kind is FaultKind.HANG:
             await fault.released.wait()
             return json_error(503, "released")
@@ -333,6 +352,7 @@ class SandboxServer:
                     retry_after=float(data.get("retry_after", 1.0)),
                     delay_ms=int(data.get("delay_ms", 0)),
                     every=int(data.get("every", 2)),
+                    size_bytes=int(data.get("size_bytes", 10_000_000)),
                 )
             except (KeyError, ValueError, TypeError) as exc:
                 return json_error(400, f"bad fault: {exc}")
@@ -347,3 +367,46 @@ class SandboxServer:
         app.router.add_get(f"{ADMIN_PREFIX}/faults", get_faults)
         app.router.add_post(f"{ADMIN_PREFIX}/faults", post_fault)
         app.router.add_delete(f"{ADMIN_PREFIX}/faults", delete_faults)
+
+
+_CHUNK = 64 * 1024
+
+
+async def _huge_body(fault: Fault, request: web.Request, *, chunked: bool) -> web.StreamResponse:
+    """``{"pad": "xxx...x"}`` of ``fault.size_bytes`` bytes, written chunk by chunk; stops
+    quietly when the client hangs up (which is what a capped client does)."""
+    head, tail = b'{"pad": "', b'"}'
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    if chunked:
+        resp.enable_chunked_encoding()
+    else:
+        resp.content_length = fault.size_bytes
+    await resp.prepare(request)
+    pad = fault.size_bytes - len(head) - len(tail)
+    chunk = b"x" * _CHUNK
+    try:
+        await resp.write(head)
+        while pad > 0:
+            piece = chunk if pad >= _CHUNK else chunk[:pad]
+            await resp.write(piece)
+            fault.sent_bytes += len(piece)
+            pad -= len(piece)
+        await resp.write(tail)
+        await resp.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass  # the client closed the connection
+    return resp
+
+
+async def _reset_mid_body(answer: web.StreamResponse, request: web.Request) -> web.StreamResponse:
+    """Send ``answer``'s status, headers and the first half of its body, then reset."""
+    body = answer.body if isinstance(answer, web.Response) else None
+    raw = body if isinstance(body, bytes) else b'{"pad": "' + b"x" * 64 + b'"}'
+    resp = web.StreamResponse(status=answer.status, headers={"Content-Type": "application/json"})
+    resp.content_length = len(raw)
+    await resp.prepare(request)
+    await resp.write(raw[: len(raw) // 2])
+    await asyncio.sleep(0)  # let the half reach the socket before the reset
+    if request.transport is not None:
+        request.transport.abort()
+    raise asyncio.CancelledError  # nothing more to send on an aborted connection

@@ -334,6 +334,7 @@ class ChiliPiperClient(ServiceClient):
             json_body=body,
             headers=self._auth,
             on_404=InvalidRequest,  # the link does not exist: configuration, not retryable
+            idempotent=True,  # opens a session, books nothing: a reset mid-body may be retried
         )
         session = _parse_session(data)
         end = start + span

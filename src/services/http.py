@@ -1,6 +1,9 @@
 """The one HTTP layer every service client uses.
 
-It owns the per-request timeout, translates every transport and HTTP failure into the
+It owns the per-request timeout (one timer per attempt: inside a retry it borrows the
+attempt's timer, see :mod:`src.attempt`), caps every response body (streamed; a body over
+``HttpOptions.max_body_bytes`` is :class:`~src.errors.BadResponse` decided before the
+rest is read), translates every transport and HTTP failure into the
 :mod:`src.errors` taxonomy where it enters (``raise ... from exc``), parses ``Retry-After``
 (seconds or HTTP-date), validates response bodies against pydantic models (a mismatch is
 :class:`~src.errors.BadResponse`), and logs one structured, redacted line per request.
@@ -12,6 +15,8 @@ by :meth:`ServiceHttp.aclose`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import json
 import re
@@ -26,6 +31,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pydantic
 
+from ..attempt import current_attempt_timer
 from ..errors import (
     AuthenticationFailed,
     BadResponse,
@@ -38,7 +44,7 @@ from ..errors import (
     ServiceTimeout,
     ServiceUnavailable,
 )
-from ..redaction import get_logger, redact
+from ..redaction import get_logger
 
 __all__ = [
     "DEFAULT_HTTP_OPTIONS",
@@ -64,19 +70,63 @@ class HttpOptions:
         timeout: seconds for one whole request (connect + send + read). Default 4.0: one
             attempt must leave room for a retry inside a tool's voice budget.
         connect_timeout: seconds to establish the connection. Default 1.5.
+        max_body_bytes: largest response body accepted, in bytes; a larger one is
+            refused as :class:`~src.errors.BadResponse` without reading the rest.
+            Default 1 MiB (our queries ask for one record or a few slots).
     """
 
     timeout: float = 4.0
     connect_timeout: float = 1.5
+    max_body_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
             raise ValueError("timeout must be > 0 seconds")
         if not 0 < self.connect_timeout <= self.timeout:
             raise ValueError("connect_timeout must be > 0 and <= timeout")
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be >= 1024")
 
 
 DEFAULT_HTTP_OPTIONS = HttpOptions()
+
+# An error answer's body is never used; a small one is drained so the connection can be
+# reused, a larger one costs the connection instead of memory.
+ERROR_BODY_DRAIN = 64 * 1024
+_READ_CHUNK = 64 * 1024
+# Reads a reset mid-body may simply repeat; any other method's outcome is unknown.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class _BodyTooLarge(Exception):
+    """Internal: the body passed the cap (``declared`` when Content-Length said so)."""
+
+    def __init__(self, declared: bool) -> None:
+        super().__init__()
+        self.declared = declared
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of ``resp``, read in chunks; raises ``_BodyTooLarge`` as soon as it is
+    known to exceed ``limit`` bytes (at once when Content-Length says so), so at most
+    ``limit`` plus one chunk is ever held."""
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise _BodyTooLarge(declared=True)
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise _BodyTooLarge(declared=False)
+    return bytes(body)
+
+
+def _decode(raw: bytes, charset: str | None) -> str:
+    # Undecodable bytes become U+FFFD, so a bad body fails as BadResponse.
+    try:
+        return raw.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")
 
 
 _DELTA_SECONDS = re.compile(r"\d{1,9}(?:\.\d{1,6})?")
@@ -225,6 +275,7 @@ class ServiceHttp:
         timeout: float | None = None,
         expect_json: bool = True,
         on_404: type[ServiceError] = NotFound,
+        idempotent: bool | None = None,
     ) -> Any:
         """Send one request and return the decoded JSON body (``None`` for an empty body).
 
@@ -232,40 +283,57 @@ class ServiceHttp:
         exceeding ``options.timeout``. ``on_404`` is the error a 404 becomes: the default
         :class:`NotFound` suits record reads; a search or query endpoint, which answers
         "nothing" with an empty list, passes :class:`BadResponse` so a wrong URL is not
-        mistaken for a missing person. Raises only :class:`~src.errors.ServiceError`
-        subclasses (and ``asyncio.CancelledError``).
+        mistaken for a missing person. ``idempotent`` (default: GET, HEAD, OPTIONS) says
+        whether a connection lost mid-body may be retried (:class:`ConnectionFailed`); for
+        anything else it is :class:`BadResponse`, an outcome-unknown failure. Raises only
+        :class:`~src.errors.ServiceError` subclasses (and ``asyncio.CancelledError``).
         """
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be > 0 seconds")
         total = min(timeout, self.options.timeout) if timeout else self.options.timeout
-        client_timeout = aiohttp.ClientTimeout(
-            total=total, sock_connect=min(self.options.connect_timeout, total)
-        )
+        if idempotent is None:
+            idempotent = method.upper() in IDEMPOTENT_METHODS
         url = f"{self.base_url}{path}"
         started = time.perf_counter()
         status: int | str = "-"
+        # One timer per attempt: borrow the retry's attempt timer when there is one.
+        timer = current_attempt_timer()
+        restore_at: float | None = None
+        own_timer: contextlib.AbstractAsyncContextManager[Any]
+        if timer is not None:
+            own_timer = contextlib.nullcontext()
+            attempt_end = timer.when()
+            own_end = asyncio.get_running_loop().time() + total
+            if attempt_end is not None and own_end < attempt_end:
+                timer.reschedule(own_end)
+                restore_at = attempt_end
+        else:
+            own_timer = asyncio.timeout(total)
         try:
             try:
-                async with self._get_session().request(
-                    method,
-                    url,
-                    params=params,
-                    json=json_body,
-                    data=form,
-                    headers=headers,
-                    timeout=client_timeout,
-                ) as resp:
-                    status = resp.status
-                    error = error_for_status(self.service, resp.status, resp.headers)
-                    if error is not None:
-                        await resp.read()  # release the connection for reuse
-                        if resp.status == 404 and on_404 is not NotFound:
-                            raise on_404(self.service, error.args[0], status=404)
-                        raise error
-                    # Undecodable bytes become U+FFFD, so a bad body fails as BadResponse.
-                    text = await resp.text(errors="replace")
-            except ServiceError:
+                async with own_timer:
+                    status, text = await self._send(
+                        method, url, params, json_body, form, headers, total, on_404
+                    )
+            except _Status as answered:
+                status = answered.status
+                raise answered.error from None
+            except asyncio.CancelledError:
+                if timer is not None and restore_at is not None and timer.expired():
+                    # Our own limit fired on the borrowed timer: report it as ours (the
+                    # timer's exit then sees no cancellation to convert).
+                    status = "timeout"
+                    raise ServiceTimeout(
+                        self.service, f"{self.service} did not answer within {total:.1f}s"
+                    ) from None
                 raise
+            except _BodyTooLarge as exc:
+                status = "too-large"
+                cap = self.options.max_body_bytes
+                how = "declared" if exc.declared else "sent"
+                raise BadResponse(
+                    self.service, f"{self.service} {how} a body over {cap} bytes"
+                ) from None
             except TimeoutError as exc:
                 status = "timeout"
                 raise ServiceTimeout(
@@ -278,6 +346,12 @@ class ServiceHttp:
                     self.service, f"{self.service} connection failed: {type(exc).__name__}"
                 ) from exc
             except aiohttp.ClientPayloadError as exc:
+                if idempotent:
+                    # A read cut mid-body changed nothing: repeating it is safe.
+                    status = "connection-mid-body"
+                    raise ConnectionFailed(
+                        self.service, f"{self.service} connection lost mid-body"
+                    ) from exc
                 status = "bad-payload"
                 raise BadResponse(self.service, f"{self.service} sent a broken body") from exc
             except aiohttp.ClientError as exc:
@@ -285,6 +359,9 @@ class ServiceHttp:
                 raise ServiceUnavailable(
                     self.service, f"{self.service} request failed: {type(exc).__name__}"
                 ) from exc
+            finally:
+                if timer is not None and restore_at is not None and not timer.expired():
+                    timer.reschedule(restore_at)
             if not expect_json or not text.strip():
                 return text if not expect_json else None
             try:
@@ -294,15 +371,61 @@ class ServiceHttp:
                 raise BadResponse(self.service, f"{self.service} sent a non-JSON body") from exc
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            logger.debug(
+            logger.debug(  # the logger's redacting filter masks the path when it logs
                 "%s %s %s -> %s in %.0f ms",
                 self.service,
                 method,
-                redact(path),
+                path,
                 status,
                 elapsed_ms,
                 extra={"service": self.service, "status": status, "elapsed_ms": elapsed_ms},
             )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str | int] | None,
+        json_body: Any,
+        form: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        total: float,
+        on_404: type[ServiceError],
+    ) -> tuple[int, str]:
+        """One request; its status and body as text. The caller arms the overall timer; aiohttp
+        bounds only the connect phase."""
+        client_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(self.options.connect_timeout, total)
+        )
+        async with self._get_session().request(
+            method,
+            url,
+            params=params,
+            json=json_body,
+            data=form,
+            headers=headers,
+            timeout=client_timeout,
+        ) as resp:
+            error = error_for_status(self.service, resp.status, resp.headers)
+            if error is not None:
+                try:
+                    await read_capped(resp, ERROR_BODY_DRAIN)  # reuse the connection
+                except _BodyTooLarge:
+                    resp.close()  # drop the connection rather than read the rest
+                if resp.status == 404 and on_404 is not NotFound:
+                    error = on_404(self.service, error.args[0], status=404)
+                raise _Status(resp.status, error)
+            raw = await read_capped(resp, self.options.max_body_bytes)
+            return resp.status, _decode(raw, resp.charset)
+
+
+class _Status(Exception):
+    """Internal: the server answered with an error status (carried to the log line)."""
+
+    def __init__(self, status: int, error: ServiceError) -> None:
+        super().__init__(status)
+        self.status = status
+        self.error = error
 
 
 class ServiceClient:

@@ -188,6 +188,7 @@ class HubSpotClient(ServiceClient):
             json_body=body,
             headers=self._headers,
             on_404=BadResponse,  # a search answers "nobody" with an empty list
+            idempotent=True,  # a search: a reset mid-body may be retried
         )
         found = parse_model(SERVICE, _SearchResponse, data)
         if not found.results:

@@ -326,7 +326,8 @@ class SalesforceClient(ServiceClient):
             "client_secret": self._client_secret,
         }
         try:
-            data = await self._http.request("POST", TOKEN_PATH, form=form)
+            # Asking for a token again is harmless: a reset mid-body may be retried.
+            data = await self._http.request("POST", TOKEN_PATH, form=form, idempotent=True)
         except InvalidRequest as exc:
             # 400 invalid_client_id / invalid_grant: our configuration, not the service.
             raise AuthenticationFailed(

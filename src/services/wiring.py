@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import aiohttp
@@ -51,10 +52,12 @@ class TrialistServices:
         Amplitude's client-side quota and usage cache; default: fresh in-memory ones,
         which hold for this conversation only (LiveKit runs each job in its own process):
         pass a fleet store to share them across conversations and workers."""
-        r = settings.resilience
-        options = HttpOptions(
-            timeout=r.service_timeout, connect_timeout=min(1.0, r.service_timeout)
-        )
+        r, limits = settings.resilience, settings.response_limits
+        base = HttpOptions(timeout=r.service_timeout, connect_timeout=min(1.0, r.service_timeout))
+
+        def capped(max_body_bytes: int) -> HttpOptions:
+            return dataclasses.replace(base, max_body_bytes=max_body_bytes)
+
         a, s, h, c = (
             settings.amplitude,
             settings.salesforce,
@@ -66,7 +69,7 @@ class TrialistServices:
                 a.api_key,
                 a.secret_key,
                 a.base_url,
-                options=options,
+                options=capped(limits.amplitude),
                 session=session,
                 limiter=VendorLimiter(
                     "amplitude",
@@ -84,13 +87,15 @@ class TrialistServices:
                 s.instance_url,
                 s.client_id,
                 s.client_secret,
-                options=options,
+                options=capped(limits.salesforce),
                 session=session,
                 task_owner_id=s.task_owner_id,
             )
             if s.configured
             else None,
-            hubspot=HubSpotClient(h.access_token, h.base_url, options=options, session=session)
+            hubspot=HubSpotClient(
+                h.access_token, h.base_url, options=capped(limits.hubspot), session=session
+            )
             if h.configured
             else None,
             chilipiper=ChiliPiperClient(
@@ -100,7 +105,7 @@ class TrialistServices:
                 else SchedulingLink.parse(c.scheduling_link),
                 c.base_url,
                 booking_url=c.booking_url,
-                options=options,
+                options=capped(limits.chilipiper),
                 session=session,
             )
             if c.configured

@@ -80,7 +80,7 @@ async def find_crm_record(
         except (NotFound, InvalidRequest):
             answered_not_found = True
         except ToolError:
-            logger.info("Salesforce unavailable, falling back to HubSpot")
+            logger.debug("Salesforce unavailable, falling back to HubSpot")  # per call
         else:
             return person
     if hs is not None and rt.retry_clock() < deadline_at:

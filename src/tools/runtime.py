@@ -16,9 +16,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from livekit.agents.llm import ToolError
 
-from src.error_recovery import ErrorRecoveryMixin
+from src import metrics
+from src.error_recovery import CircuitState, ErrorRecoveryMixin
 from src.outbox import Outbox
-from src.phrases import FILLER
+from src.phrases import ACCOUNT_FALLBACK, FILLER, SLOTS_FALLBACK, USAGE_FALLBACK
 from src.redaction import get_logger
 from src.services.wiring import TrialistServices
 from src.settings import Settings
@@ -30,6 +31,16 @@ logger = get_logger("pandadoc.agent")
 
 T = TypeVar("T")
 MIN_ATTEMPT_S = 0.5  # no request starts with less time than this left in the tool budget
+
+# Read-only tools whose every source is one of these services, and the sentence they
+# answer with when all of those services' circuits are open. While a service is down such
+# a tool answers at once: no state snapshot, no filler, no log line per call (the
+# breaker logs its state changes; the refusals are counted in metrics).
+FAIL_FAST: dict[str, tuple[tuple[str, ...], str]] = {
+    "get_trial_usage": (("amplitude",), USAGE_FALLBACK),
+    "lookup_account": (("salesforce", "hubspot"), ACCOUNT_FALLBACK),
+    "check_demo_availability": (("chilipiper",), SLOTS_FALLBACK),
+}
 
 
 class ToolRuntime(ErrorRecoveryMixin):
@@ -60,7 +71,13 @@ class ToolRuntime(ErrorRecoveryMixin):
     ) -> str:
         """Every tool: error recovery (change set, natural phrase), a deadline inside the
         turn's budget, and the turn's one filler sentence if the caller would otherwise
-        wait in silence."""
+        wait in silence. A read-only tool whose services' circuits are all open answers
+        its fallback first (:data:`FAIL_FAST`)."""
+        fallback = self.refused_by_open_circuits(tool_name)
+        if fallback is not None and not await self._cache_may_answer(tool_name, context):
+            _, _, fallbacks = metrics.tool_metrics(tool_name)
+            fallbacks.inc()
+            raise ToolError(fallback)
         r = self.settings.resilience
         turn = self.turns.turn_for(context, r.turn_deadline)
         deadline_at = min(turn.deadline_at, self.retry_clock() + r.tool_deadline)
@@ -70,6 +87,40 @@ class ToolRuntime(ErrorRecoveryMixin):
                 return await self.handle_tool_with_error_recovery(context, tool_name, body)
         finally:
             CURRENT_DEADLINE.reset(token)
+
+    def refused_by_open_circuits(self, tool_name: str) -> str | None:
+        """The fallback sentence when every configured service of a :data:`FAIL_FAST`
+        tool is refused by an open circuit (not yet due for its probe), else ``None``.
+        Asks the breakers only: nothing is called, copied or logged."""
+        entry = FAIL_FAST.get(tool_name)
+        if entry is None:
+            return None
+        names, fallback = entry
+        refused = 0
+        for name in names:
+            if getattr(self.services, name, None) is None:
+                continue  # not configured: the tool body says so itself
+            breaker = self.circuit_breakers.get(name)
+            if breaker is None or breaker.state is not CircuitState.OPEN or not breaker.retry_in():
+                return None
+            refused += 1
+        if not refused:
+            return None
+        for name in names:
+            if getattr(self.services, name, None) is not None:
+                metrics.fallback_counter(name, "circuit_open").inc()
+        return fallback
+
+    async def _cache_may_answer(self, tool_name: str, context: Any) -> bool:
+        """Whether the usage cache holds the verified caller's usage: then the tool body
+        answers from it (no request) even while Amplitude's circuit is open."""
+        client = self.services.amplitude
+        if tool_name != "get_trial_usage" or client is None:
+            return False
+        identity = getattr(getattr(context, "userdata", None), "identity", None)
+        if identity is None or not identity.verified or not identity.email:
+            return False
+        return await client.cached_usage(identity.email) is not None
 
     async def protected(
         self,
