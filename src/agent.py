@@ -24,10 +24,11 @@ if __name__ == "__main__":
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from livekit import rtc
 from livekit.agents import (
     Agent,
     AgentServer,
@@ -57,6 +58,7 @@ from src.store import StoreGuard, open_store
 from src.tools import crm, demo, usage
 from src.tools.policy import record_identity
 from src.tools.runtime import ToolRuntime
+from src.watchdogs import watch_llm, watch_tts
 
 __all__ = ["INSTRUCTIONS", "PandaDocTrialistAgent", "server"]
 
@@ -123,6 +125,8 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         self.retry_clock = clock
         self.retry_sleep = sleep
         self.now = now
+        # Played instead of a TTS stream that stalls (the entry point's pre-rendered apology).
+        self.tts_rescue: SpokenApology | None = None
         self.outbox = Outbox(
             services,
             self.call_with_retry_and_circuit_breaker,
@@ -151,8 +155,33 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         tools: list[llm.Tool],
         model_settings: ModelSettings,
     ) -> Any:
-        """LiveKit's default LLM node, fed a context without technical tool errors."""
-        return Agent.default.llm_node(self, caller_safe_context(chat_ctx), tools, model_settings)
+        """LiveKit's default LLM node, fed a context without technical tool errors, its
+        stream watched for stalls (:func:`~src.watchdogs.watch_llm`)."""
+        r = self.settings.resilience
+        return watch_llm(
+            Agent.default.llm_node(self, caller_safe_context(chat_ctx), tools, model_settings),
+            first_token_timeout=r.llm_first_token_timeout,
+            stall_timeout=r.llm_stall_timeout,
+        )
+
+    def tts_node(
+        self, text: AsyncIterable[str], model_settings: ModelSettings
+    ) -> AsyncIterator[rtc.AudioFrame]:
+        """LiveKit's default TTS node, watched: a stream that owes audio and sends none
+        for ``TTS_NO_AUDIO_TIMEOUT`` is replaced by the pre-rendered apology
+        (:attr:`tts_rescue`, set by the entry point)."""
+        rescue = self.tts_rescue
+
+        def rescue_audio() -> AsyncIterator[rtc.AudioFrame]:
+            assert rescue is not None
+            return rescue.audio()
+
+        return watch_tts(
+            text,
+            lambda forwarded: Agent.default.tts_node(self, forwarded, model_settings),
+            no_audio_timeout=self.settings.resilience.tts_no_audio_timeout,
+            rescue=rescue_audio if rescue is not None and rescue.frames else None,
+        )
 
     # -- tools ---------------------------------------------------------------------------
     @function_tool()
@@ -259,6 +288,7 @@ async def entrypoint(ctx: JobContext) -> None:
     store = StoreGuard(open_store(settings.fleet.store_url))  # shared by the fleet's jobs
     agent = PandaDocTrialistAgent(services, settings, store=store)
     apology = SpokenApology(f"{agent.get_error_response('service_unavailable')} {APOLOGY}")
+    agent.tts_rescue = apology
     goodbye = SpokenApology(GOODBYE)
     session = build_session(
         settings,

@@ -295,3 +295,17 @@ def demo_link_from_sales(when: str, *, queued: bool) -> str:
 NOTE_WILL_CONFIRM = (
     "Our records were slow to confirm that note, so I'll make sure that's saved, and only once."
 )
+
+
+# --------------------------------------------------------------------------------------
+# Turn scope: model watchdogs (src/watchdogs.py)
+# --------------------------------------------------------------------------------------
+
+MODEL_WAIT_FILLER = "Just a second."
+"""Said when the model has not started its answer after ``LLM_FIRST_TOKEN_TIMEOUT``."""
+MODEL_STALL_REPAIR = "Sorry, I lost my train of thought there. Could you say that again?"
+"""Ends a reply whose model stream stopped mid-sentence: the caller hears a natural close,
+and the model, reading the history, sees an unfinished answer, not a finished one."""
+TROUBLE_HEARING = "I'm having trouble hearing you right now. Please say that again in a moment."
+"""Said (before the spec's apology) when speech recognition fails: the agent can still
+speak, so it says what is wrong instead of waiting in silence."""

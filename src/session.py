@@ -31,7 +31,7 @@ from livekit.agents.voice.events import (
 from livekit.plugins import deepgram, openai
 
 from src.error_recovery import ERROR_RESPONSES, ErrorRecoveryMixin
-from src.phrases import APOLOGY, BAD_TOOL_ARGUMENTS, GOODBYE, UNKNOWN_TOOL
+from src.phrases import APOLOGY, BAD_TOOL_ARGUMENTS, GOODBYE, TROUBLE_HEARING, UNKNOWN_TOOL
 from src.redaction import get_logger
 from src.settings import Settings
 from src.state import TrialistData
@@ -170,7 +170,8 @@ def on_session_error(
     """The spec's session ``"error"`` handler. Recoverable errors are logged (LiveKit is
     retrying); an unrecoverable one makes the agent apologise out loud instead of going
     silent. When the TTS is what failed and ``apology`` holds pre-rendered audio, that
-    audio is played (the failing TTS is not asked again). Returns the speaking task."""
+    audio is played (the failing TTS is not asked again); when the STT failed, the agent
+    says it is having trouble hearing. Returns the speaking task."""
     error = event.error
     source = type(event.source).__name__
     cause = type(getattr(error, "error", error)).__name__
@@ -180,6 +181,8 @@ def on_session_error(
     logger.error("Unrecoverable %s error: %s", source, cause)
     if isinstance(event.source, tts.TTS) and apology is not None and apology.frames:
         return _speak(session, apology.text, apology)
+    if isinstance(event.source, stt.STT):  # the agent can still speak: say what is wrong
+        return _speak(session, f"{TROUBLE_HEARING} {APOLOGY}")
     agent = session.current_agent if _has_agent(session) else None
     if isinstance(agent, ErrorRecoveryMixin):
         phrase = agent.get_error_response("service_unavailable")

@@ -60,8 +60,18 @@ class ResilienceSettings:
         service_timeout: seconds for one HTTP attempt to a vendor (2.5).
         tool_deadline: seconds a tool may take in all, retries included (6.0). Past it
             the caller hears a fallback sentence.
-        filler_delay: seconds of silence before filler speech during a slow tool (1.5).
+        filler_delay: seconds of silence before filler speech during a slow tool (1.0, so
+            that with the model round trip the caller hears it within 1.5 s).
+        turn_deadline: seconds all tool calls of one model reply share, counted from the
+            first (6.0; from the environment it defaults to TOOL_DEADLINE). A tool started
+            late in the turn gets what is left; at most one filler sentence per turn.
         llm_timeout / tts_timeout / stt_timeout: seconds per model attempt (6.0/5.0/5.0).
+        llm_first_token_timeout: seconds without a first chunk from the model before the
+            caller hears a short filler (1.0; the model keeps going).
+        llm_stall_timeout: seconds without a chunk once the answer started before the
+            reply is closed with a natural sentence (1.0).
+        tts_no_audio_timeout: seconds a TTS stream that owes audio may send none before
+            the pre-rendered apology is played instead (1.5).
         llm_max_retry / tts_max_retry / stt_max_retry: LiveKit-level retries (1/1/2),
             instead of LiveKit's 3 retries x 2 s, which can leave a caller in silence
             for over half a minute.
@@ -78,8 +88,12 @@ class ResilienceSettings:
     jitter: bool = True
     service_timeout: float = 2.5
     tool_deadline: float = 6.0
-    filler_delay: float = 1.5
+    filler_delay: float = 1.0
+    turn_deadline: float = 6.0
     llm_timeout: float = 6.0
+    llm_first_token_timeout: float = 1.0
+    llm_stall_timeout: float = 1.0
+    tts_no_audio_timeout: float = 1.5
     tts_timeout: float = 5.0
     stt_timeout: float = 5.0
     llm_max_retry: int = 1
@@ -101,6 +115,9 @@ class ResilienceSettings:
             raise SettingsError("SERVICE_TIMEOUT must be > 0 and <= TOOL_DEADLINE")
         for name, value in (
             ("LLM_TIMEOUT", self.llm_timeout),
+            ("LLM_FIRST_TOKEN_TIMEOUT", self.llm_first_token_timeout),
+            ("LLM_STALL_TIMEOUT", self.llm_stall_timeout),
+            ("TTS_NO_AUDIO_TIMEOUT", self.tts_no_audio_timeout),
             ("TTS_TIMEOUT", self.tts_timeout),
             ("STT_TIMEOUT", self.stt_timeout),
         ):
@@ -110,6 +127,8 @@ class ResilienceSettings:
             raise SettingsError("LLM/TTS/STT_MAX_RETRY must be >= 0")
         if self.model_retry_interval < 0:
             raise SettingsError("MODEL_RETRY_INTERVAL must be >= 0 seconds")
+        if self.turn_deadline <= 0:
+            raise SettingsError("TURN_DEADLINE must be > 0 seconds")
         if self.filler_delay < 0:  # >= TOOL_DEADLINE is allowed: it turns the filler off
             raise SettingsError("FILLER_DELAY must be >= 0 seconds")
         if self.max_unrecoverable_errors < 1:
@@ -400,6 +419,7 @@ def _scheduling_link(env: Mapping[str, str]) -> tuple[str, str]:
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Build :class:`Settings` from a mapping (``os.environ`` or a test dict)."""
     d = DEFAULT_RESILIENCE
+    tool_deadline = _float(env, "TOOL_DEADLINE", d.tool_deadline)
     resilience = ResilienceSettings(
         failure_threshold=_int(env, "CIRCUIT_FAILURE_THRESHOLD", d.failure_threshold),
         recovery_timeout=_float(env, "CIRCUIT_RECOVERY_TIMEOUT", d.recovery_timeout),
@@ -408,9 +428,13 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         max_delay=_float(env, "RETRY_MAX_DELAY", d.max_delay),
         jitter=_bool(env, "RETRY_JITTER", d.jitter),
         service_timeout=_float(env, "SERVICE_TIMEOUT", d.service_timeout),
-        tool_deadline=_float(env, "TOOL_DEADLINE", d.tool_deadline),
+        tool_deadline=tool_deadline,
         filler_delay=_float(env, "FILLER_DELAY", d.filler_delay),
+        turn_deadline=_float(env, "TURN_DEADLINE", tool_deadline),
         llm_timeout=_float(env, "LLM_TIMEOUT", d.llm_timeout),
+        llm_first_token_timeout=_float(env, "LLM_FIRST_TOKEN_TIMEOUT", d.llm_first_token_timeout),
+        llm_stall_timeout=_float(env, "LLM_STALL_TIMEOUT", d.llm_stall_timeout),
+        tts_no_audio_timeout=_float(env, "TTS_NO_AUDIO_TIMEOUT", d.tts_no_audio_timeout),
         tts_timeout=_float(env, "TTS_TIMEOUT", d.tts_timeout),
         stt_timeout=_float(env, "STT_TIMEOUT", d.stt_timeout),
         llm_max_retry=_int(env, "LLM_MAX_RETRY", d.llm_max_retry),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from src.error_recovery.changeset import WriteTracked
 from src.identity import CallerIdentity
 from src.services.amplitude import TrialUsage
 from src.services.chilipiper import BookedMeeting, BookingSession, DemoSlot
@@ -12,9 +13,11 @@ __all__ = ["TrialistData"]
 
 
 @dataclass
-class TrialistData:
-    """What this conversation knows. The error-recovery wrapper snapshots it before each
-    tool and restores it when a tool fails, so a failure never leaves half-written state.
+class TrialistData(WriteTracked):
+    """What this conversation knows. The error-recovery wrapper opens a change set over it
+    for each tool (:mod:`src.error_recovery.changeset`; ``WriteTracked`` says which tool
+    assigned a field) and rolls back a failed tool's changes, so a failure never leaves
+    half-written state, even while sibling tools of the same reply run.
 
     Attributes:
         email: the trialist's work email (participant attributes, job metadata, console

@@ -3,6 +3,7 @@ the real production tuning (``ResilienceSettings`` defaults: 2.5 s per HTTP atte
 per tool, 2 retries from 0.5 s with jitter, circuit 3 failures / 30 s).
 
     uv run python -m src.drill                 # every scenario, a table, exit 1 on a miss
+    uv run python -m src.drill --scenario load --conversations 50   # only the load drill
     uv run python -m src.drill --list
     uv run python -m src.drill --scenario amplitude-hang --json drill.json
 
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from src.drill.load import LoadReport, run_load
 from src.drill.scenarios import DEFAULTS, SCENARIOS, ScenarioReport, run_all
 
 __all__ = ["main", "render"]
@@ -55,7 +57,8 @@ def render(reports: Sequence[ScenarioReport]) -> str:
             _fmt(r.turn_s),
             f"{r.failing or '-'} {'/'.join(map(str, r.requests))}",
             _cut(", ".join(t.split(":", 1)[1] for t in r.transitions) or "-", 40),
-            f"{r.verdict} (<= {r.budget_s:g}s)",
+            f"{r.verdict} (<= {r.budget_s:g}s"
+            + (f" / {r.turn_budget_s:g}s)" if r.turn_budget_s is not None else ")"),
         )
         for r in reports
     ]
@@ -71,6 +74,20 @@ def render(reports: Sequence[ScenarioReport]) -> str:
     return "\n".join(lines)
 
 
+LOAD = "load"
+
+
+def render_load(r: LoadReport) -> str:
+    return (
+        f"load: {r.conversations} concurrent conversations x {r.turns // max(r.conversations, 1)}"
+        f" turns, every vendor failing every other request: turn p50 {r.p50_turn_s:.2f}s, "
+        f"p99 {r.p99_turn_s:.2f}s; worst first words {r.worst_first_words_s:.2f}s; worst "
+        f"event-loop lag {r.worst_loop_lag_s * 1000:.0f}ms (of it on the CPU: "
+        f"{r.worst_loop_busy_s * 1000:.0f}ms); {r.failures} failed, {r.silent_turns} silent"
+        f" -> {r.verdict}" + "".join(f"\nMISS load: {p}" for p in r.problems)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="uv run python -m src.drill", description=__doc__.split("\n")[0]
@@ -79,23 +96,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", help="run only this scenario (repeatable)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="show agent logs")
+    parser.add_argument(
+        "--conversations", type=int, default=50, help="conversations in the load drill (50)"
+    )
     args = parser.parse_args(argv)
     by_name = {s.name: s for s in SCENARIOS}
     if args.list:
         for s in SCENARIOS:
             print(f"{s.name:22} {s.what}")
+        print(f"{LOAD:22} concurrent conversations against flapping vendors (--conversations)")
         return 0
     chosen = list(SCENARIOS)
+    with_load = True
     if args.scenario:
-        unknown = [n for n in args.scenario if n not in by_name]
+        unknown = [n for n in args.scenario if n not in by_name and n != LOAD]
         if unknown:
             parser.error(f"unknown scenario(s): {', '.join(unknown)}; see --list")
-        chosen = [by_name[n] for n in args.scenario]
+        chosen = [by_name[n] for n in args.scenario if n != LOAD]
+        with_load = LOAD in args.scenario
     logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL)
     started = time.perf_counter()
-    reports = asyncio.run(run_all(chosen))
+    reports = asyncio.run(run_all(chosen)) if chosen else []
+    load = asyncio.run(run_load(args.conversations)) if with_load else None
     elapsed = time.perf_counter() - started
-    print(render(reports))
+    if reports:
+        print(render(reports))
+    if load is not None:
+        print(render_load(load))
     r = DEFAULTS
     print(
         f"\n{len(reports)} scenario(s) in {elapsed:.1f}s; tuning: service_timeout "
@@ -109,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "elapsed_s": elapsed,
             "settings": asdict(DEFAULTS),
             "scenarios": [asdict(rep) for rep in reports],
+            "load": asdict(load) if load is not None else None,
         }
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=2)
-    return 1 if any(rep.verdict != "ok" for rep in reports) else 0
+    missed = any(rep.verdict != "ok" for rep in reports) or (
+        load is not None and load.verdict != "ok"
+    )
+    return 1 if missed else 0

@@ -59,6 +59,7 @@ async def run_fleet_outage(scenario: Scenario) -> ScenarioReport:
         failing="amplitude",
         transitions=[f"amplitude:open in {open_in}/{CONVERSATIONS} processes"],
         budget_s=scenario.budget_s,
+        turn_budget_s=scenario.turn_budget_s,
         verdict="MISS" if problems else "ok",
         problems=sorted(set(problems)),
         note=(

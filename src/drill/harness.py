@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from livekit import rtc
 from livekit.agents import AgentSession
 from livekit.agents.llm import ChatMessage
+from livekit.agents.voice import io
 from livekit.agents.voice.run_result import (
     ChatMessageEvent,
     FunctionCallEvent,
@@ -39,11 +41,12 @@ from src.agent import PandaDocTrialistAgent
 from src.error_recovery import CircuitState
 from src.sandbox import Sandbox
 from src.services.wiring import TrialistServices
-from src.session import build_session
+from src.session import SpokenApology, build_session, connect_options
 from src.settings import Settings, settings_from_env
 from src.state import TrialistData
 
 __all__ = [
+    "AudioSink",
     "Conversation",
     "HarnessClock",
     "StandInRunContext",
@@ -154,6 +157,7 @@ class TurnResult:
     data_before: TrialistData | None = None
     data_after: TrialistData | None = None
     failure: str | None = None  # the turn itself raised (class name only)
+    first_audio_s: float | None = None  # end of user turn -> first audio frame (audio=True)
 
     @property
     def spoken(self) -> str:
@@ -163,6 +167,43 @@ class TurnResult:
         """Leaks in what was said and in every tool output of this turn."""
         texts = [*self.said, *(t.output for t in self.tools)]
         return [leak for text in texts for leak in technical_leaks(text)]
+
+
+# --------------------------------------------------------------------------------------
+# Audio
+# --------------------------------------------------------------------------------------
+
+
+class AudioSink(io.AudioOutput):
+    """The session's audio output without a room: frames are "played" at once and their
+    arrival times kept (``perf_counter``), so the drill can measure the caller's silence."""
+
+    def __init__(self) -> None:
+        super().__init__(label="drill-sink", capabilities=io.AudioOutputCapabilities(pause=False))
+        self.arrivals: list[float] = []
+        self._segment = 0.0
+        self._capturing = False
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+        if not self._capturing:
+            self._capturing = True
+            self.on_playback_started(created_at=time.time())
+        self.arrivals.append(time.perf_counter())
+        self._segment += frame.duration
+
+    def _finish(self, interrupted: bool) -> None:
+        if self._capturing:
+            self._capturing = False
+            played, self._segment = self._segment, 0.0
+            self.on_playback_finished(playback_position=played, interrupted=interrupted)
+
+    def flush(self) -> None:
+        super().flush()
+        asyncio.get_running_loop().call_soon(self._finish, False)
+
+    def clear_buffer(self) -> None:
+        self._finish(True)
 
 
 # --------------------------------------------------------------------------------------
@@ -179,6 +220,11 @@ class Conversation:
         skip_sleeps: see :class:`HarnessClock`.
         env: extra environment entries layered over ``sandbox.env()``.
         sandbox: an already constructed (not started) :class:`Sandbox` to use.
+        shared_sandbox: ``sandbox`` is already started and shared with other
+            conversations (the load drill): it is neither started, cleared nor stopped.
+        audio: give the session the production TTS (against the stand-in) and an
+            :class:`AudioSink`, pre-render the apology as the agent's TTS rescue, and
+            measure ``first_audio_s``.
         tts_model / stt_model: passed to :func:`build_session` (default: text only);
             ``"default"`` builds the production model against the stand-in.
     """
@@ -193,7 +239,13 @@ class Conversation:
         sandbox: Sandbox | None = None,
         tts_model: Any = None,
         stt_model: Any = None,
+        shared_sandbox: bool = False,
+        audio: bool = False,
     ) -> None:
+        self.shared_sandbox = shared_sandbox
+        self.audio_sink = AudioSink() if audio else None
+        if audio and tts_model is None:
+            tts_model = "default"
         self.tts_model = tts_model
         self.stt_model = stt_model
         self.sandbox = sandbox or Sandbox()
@@ -233,7 +285,8 @@ class Conversation:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> Conversation:
-        await self.sandbox.start()
+        if not self.shared_sandbox:
+            await self.sandbox.start()
         try:
             env = {**self.sandbox.env(), **self.extra_env}
             base = settings_from_env(env)
@@ -253,6 +306,12 @@ class Conversation:
                 stt_model=self.stt_model,
             )
             await self._session.start(self._agent)
+            if self.audio_sink is not None:
+                self._session.output.audio = self.audio_sink
+                rescue = SpokenApology()
+                options = connect_options(self._settings).tts_conn_options
+                await rescue.prerender(self._session.tts, options)
+                self._agent.tts_rescue = rescue
         except BaseException:
             await self._teardown()
             raise
@@ -267,13 +326,15 @@ class Conversation:
         await self._teardown()
 
     async def _teardown(self) -> None:
-        self.sandbox.clear()
+        if not self.shared_sandbox:
+            self.sandbox.clear()
         if self._session is not None:
             with contextlib.suppress(TimeoutError, RuntimeError):
                 await asyncio.wait_for(self._session.aclose(), 5.0)
         if self._services is not None:
             await self._services.aclose()
-        await self.sandbox.stop()
+        if not self.shared_sandbox:
+            await self.sandbox.stop()
 
     def _on_transition(self, name: str, old: CircuitState, new: CircuitState) -> None:
         self.transitions.append(Transition(name, old, new, self.clock()))
@@ -299,6 +360,7 @@ class Conversation:
         counts_before = self.request_counts()
         transitions_before = len(self.transitions)
         history_before = len(self.assistant_history())
+        frames_before = len(self.audio_sink.arrivals) if self.audio_sink else 0
         started_wall = time.time()
         started = time.perf_counter()
         events: Sequence[Any] = ()
@@ -334,6 +396,9 @@ class Conversation:
                 spoke_at = event.item.metrics.get("started_speaking_at")
                 at = spoke_at if isinstance(spoke_at, float) else event.item.created_at
                 result.first_words_s = max(0.0, at - started_wall)
+        if self.audio_sink is not None:
+            arrivals = self.audio_sink.arrivals[frames_before:]
+            result.first_audio_s = arrivals[0] - started if arrivals else None
         # Anything spoken outside the run's events (the error handler's session.say).
         result.said = self.assistant_history()[history_before:]
         if result.first_words_s is None and result.said:

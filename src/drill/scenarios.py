@@ -8,13 +8,15 @@ defaults), injects its :class:`Fault` s and measures the turns against a budget;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from src.drill.harness import Conversation, TurnResult, technical_leaks
+from src.drill.model_faults import stt_down_turn
 from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.chilipiper import ChiliPiperServer
 from src.sandbox.data import TRIAL_USERS
+from src.sandbox.openai_server import ToolCall, Turn
 from src.settings import ResilienceSettings
 
 __all__ = [
@@ -32,6 +34,14 @@ MARIA = next(u.email for u in TRIAL_USERS if not u.in_salesforce and u.in_hubspo
 DEFAULTS = ResilienceSettings()
 VOICE_BUDGET = DEFAULTS.tool_deadline + 1.0  # a tool's deadline plus the model round trips
 LLM_BUDGET = DEFAULTS.llm_timeout * (DEFAULTS.llm_max_retry + 1) + 1.0
+FIRST_WORDS = 1.5  # every scenario: the caller hears something within this
+FIRST_AUDIO = 2.0  # a stalled TTS: at most about 2 s of silence (TTS_NO_AUDIO_TIMEOUT 1.5 s)
+TURN_BUDGET = DEFAULTS.turn_deadline + 1.0  # a reply's tools answered within this
+
+
+def _calls(*names: str) -> tuple[Turn, ...]:
+    """The stand-in model's script: one reply calling ``names`` together."""
+    return (Turn(tool_calls=[ToolCall(name, {"email": ""}) for name in names]),)
 
 
 # ChiliPiper's own conditions, set up on its stand-in (not HTTP faults).
@@ -44,7 +54,8 @@ CHILIPIPER_CONDITIONS: dict[str, Callable[[ChiliPiperServer], None]] = {
 
 @dataclass(frozen=True)
 class Fault:
-    """``kind``: ``down`` (connection refused) or a :class:`FaultKind` value."""
+    """``kind``: ``down`` (connection refused), ``stall`` / ``speech-stall`` (the model's
+    chat / speech stream stops after its first chunk) or a :class:`FaultKind` value."""
 
     service: str
     kind: str
@@ -52,6 +63,7 @@ class Fault:
     retry_after: float = 1.0
     delay_ms: int = 0
     every: int = 2
+    count: int | None = None  # requests the fault applies to (None: until cleared)
 
     async def apply(self, server: SandboxServer) -> None:
         if self.kind in CHILIPIPER_CONDITIONS:
@@ -60,11 +72,14 @@ class Fault:
             CHILIPIPER_CONDITIONS[self.kind](server)
         elif self.kind == "down":
             await server.go_down()
-        elif self.kind == "stall":
+        elif self.kind in ("stall", "speech-stall"):
             stall = getattr(server, "stall_after_first_chunk", None)
             if stall is None:
                 raise ValueError(f"{self.service} cannot stall")
-            stall()
+            if self.kind == "speech-stall":
+                stall(endpoint="/v1/audio/speech")
+            else:
+                stall()
         else:
             server.inject(
                 self.endpoint,
@@ -72,25 +87,31 @@ class Fault:
                 retry_after=self.retry_after,
                 delay_ms=self.delay_ms,
                 every=self.every,
+                count=self.count,
             )
 
 
 @dataclass(frozen=True)
 class Scenario:
     """One drill: ``warmup`` turns run healthy, then ``faults`` are injected and
-    ``turns`` are measured against ``budget_s`` (end of user turn -> first words)."""
+    ``turns`` are measured against ``budget_s`` (end of user turn -> first words, 1.5 s
+    for every scenario) and ``turn_budget_s`` (the whole turn)."""
 
     name: str
     what: str
     faults: tuple[Fault, ...]
     turns: tuple[str, ...]
-    budget_s: float = VOICE_BUDGET
+    budget_s: float = FIRST_WORDS
     email: str = JANE
     warmup: tuple[str, ...] = ()
     failing: str = ""  # service whose requests are counted (default: first fault's)
     recovery: bool = False  # after the turns: heal, skip the recovery timeout, one more turn
     flush: bool = False  # after the turns: heal and flush queued CRM writes
     fleet: bool = False  # conversations in separate processes (src/drill/fleet_outage.py)
+    script: tuple[Turn, ...] = ()  # the stand-in model's replies for the measured turns
+    turn_budget_s: float | None = VOICE_BUDGET  # whole turn (user text -> reply done)
+    action: Callable[[Conversation], Awaitable[TurnResult]] | None = None  # replaces turns
+    audio: bool = False  # production TTS + an audio sink; first words = first audio frame
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -184,14 +205,61 @@ SCENARIOS: tuple[Scenario, ...] = (
         "model endpoint refuses connections",
         (Fault("openai", "down"),),
         ("how is my trial usage?",),
-        budget_s=LLM_BUDGET,
+        turn_budget_s=LLM_BUDGET,
     ),
     Scenario(
         "llm-stall",
         "model stream stops after its first chunk",
         (Fault("openai", "stall"),),
         ("hello there",),
-        budget_s=LLM_BUDGET,
+        turn_budget_s=LLM_BUDGET,
+    ),
+    # -- turn scope ---------------------------------------------------------------------
+    Scenario(
+        "two-tools-outage",
+        "one reply asks usage + account while Amplitude and both CRMs hang",
+        (Fault("amplitude", "hang"), Fault("salesforce", "hang"), Fault("hubspot", "hang")),
+        ("how is my trial and my account?",),
+        script=_calls("get_trial_usage", "lookup_account"),
+        turn_budget_s=TURN_BUDGET,
+    ),
+    Scenario(
+        "parallel-tools",
+        "one reply makes 20 tool calls (usage + account) while Amplitude and Salesforce hang",
+        (Fault("amplitude", "hang"), Fault("salesforce", "hang")),
+        ("tell me everything",),
+        script=_calls(*("get_trial_usage", "lookup_account") * 10),
+        turn_budget_s=TURN_BUDGET,
+    ),
+    Scenario(
+        "llm-first-token-stall",
+        "model accepts every request and sends nothing (dead): filler, then the apology",
+        (Fault("openai", "hang", endpoint="/v1/chat/completions"),),
+        ("hello there",),
+        turn_budget_s=LLM_BUDGET,
+    ),
+    Scenario(
+        "llm-mid-stream-stall",
+        "model stream stops mid-sentence: the reply is closed naturally",
+        (Fault("openai", "stall"),),
+        ("hello there",),
+        turn_budget_s=FIRST_WORDS + DEFAULTS.llm_stall_timeout,
+    ),
+    Scenario(
+        "tts-stall",
+        "speech stream accepted, stops after its first chunk: the pre-rendered apology plays",
+        (Fault("openai", "speech-stall"),),
+        ("hello there",),
+        budget_s=FIRST_AUDIO,
+        audio=True,
+    ),
+    Scenario(
+        "stt-down",
+        "speech recognition endpoint down: real STT fails, the session hears of it",
+        (Fault("openai", "down"),),
+        (),
+        failing="openai",
+        action=stt_down_turn,
     ),
     Scenario(
         "fleet-outage",
@@ -215,6 +283,7 @@ class ScenarioReport:
     failing: str
     transitions: list[str]
     budget_s: float
+    turn_budget_s: float | None
     verdict: str
     problems: list[str] = field(default_factory=list)
     note: str = ""
@@ -228,12 +297,15 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
     failing = scenario.failing or (scenario.faults[0].service if scenario.faults else "")
     problems: list[str] = []
     note = ""
-    async with Conversation(email=scenario.email) as conv:
+    async with Conversation(email=scenario.email, audio=scenario.audio) as conv:
         for text in scenario.warmup:
             await conv.turn(text)
         for fault in scenario.faults:
             await fault.apply(conv.sandbox.servers[fault.service])
+        conv.sandbox.openai.say(*scenario.script)
         turns: list[TurnResult] = [await conv.turn(text) for text in scenario.turns]
+        if scenario.action is not None:
+            turns.append(await scenario.action(conv))
         if scenario.flush or scenario.recovery:
             for server in conv.sandbox.servers.values():
                 server.clear()
@@ -249,6 +321,12 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
             conv.clock.advance(recovery + 1)
             note = f"clock jumped {recovery:g} s (recovery timeout) before the last turn"
             turns.append(await conv.turn(scenario.turns[-1]))
+        if scenario.audio and conv.audio_sink is not None:
+            rescue = conv.agent.tts_rescue
+            frames = len(rescue.frames) if rescue is not None else 0
+            note = (
+                f"audio: the TTS stream stalled; the pre-rendered apology ({frames} frames) played"
+            )
         history = conv.assistant_history()
         transitions = [str(t) for t in conv.transitions]
     for turn in turns:
@@ -258,13 +336,17 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
             problems.append("silence")
         problems.extend(turn.leaks())
     problems.extend(leak for text in history for leak in technical_leaks(text))
-    first = [t.first_words_s for t in turns]
+    first = [t.first_audio_s if scenario.audio else t.first_words_s for t in turns]
     measured = [f for f in first if f is not None]
     worst_first = max(measured) if measured and len(measured) == len(first) else None
     if worst_first is None:
         problems.append("no first words measured")
     elif worst_first > scenario.budget_s:
         problems.append(f"first words {worst_first:.2f}s > budget {scenario.budget_s:g}s")
+    if scenario.turn_budget_s is not None and turns:
+        slowest = max(t.total_s for t in turns)
+        if slowest > scenario.turn_budget_s:
+            problems.append(f"turn {slowest:.2f}s > budget {scenario.turn_budget_s:g}s")
     tool_times = [t.tool_resolution_s for t in turns if t.tool_resolution_s is not None]
     tool_limit = DEFAULTS.tool_deadline + 0.5
     if tool_times and max(tool_times) > tool_limit:
@@ -280,6 +362,7 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
         failing=failing,
         transitions=transitions,
         budget_s=scenario.budget_s,
+        turn_budget_s=scenario.turn_budget_s,
         verdict="MISS" if problems else "ok",
         problems=problems,
         note=note,

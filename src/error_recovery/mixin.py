@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from ..errors import CircuitOpenError
 from ..phrases import ERROR_RESPONSES
 from ..redaction import get_logger
 from .breaker import CircuitBreaker, CircuitState, Clock
+from .changeset import ToolChanges, tracks
 from .policies import error_type_for, is_retryable
 from .retry import DEFAULT_VOICE_RETRY, Sleep, VoiceRetryPolicy, retry_with_exponential_backoff
 
@@ -29,13 +29,19 @@ T = TypeVar("T")
 
 
 def _snapshot(context: Any) -> tuple[bool, Any]:
-    """(found, deep copy) of the session userdata behind a RunContext-like object."""
+    """(found, undo record) for the session userdata behind a RunContext-like object.
+
+    Dicts and dataclasses (the real session state) get a :class:`ToolChanges` change set:
+    no deep copy, and sibling tools may run meanwhile. Any other userdata falls back to a
+    deep copy, restored as a whole."""
     try:
         data = context.userdata
     except (AttributeError, ValueError):  # no session userdata set
         return False, None
     if data is None:
         return False, None
+    if tracks(data):
+        return True, ToolChanges(data)
     try:
         return True, copy.deepcopy(data)
     except Exception as exc:
@@ -44,16 +50,18 @@ def _snapshot(context: Any) -> tuple[bool, Any]:
 
 
 def _restore(context: Any, snapshot: Any) -> None:
-    """Put ``snapshot`` back into the live userdata object, keeping its identity so code
-    holding a reference (the agent, other tools) sees the restored state."""
+    """Undo a failed tool: roll back its change set (keeping the state's identity and
+    what sibling tools saved), or put a deep copy back."""
+    if isinstance(snapshot, ToolChanges):
+        session = getattr(context, "session", None)
+        if session is not None and getattr(session, "userdata", None) is not snapshot.data:
+            session.userdata = snapshot.data  # the tool replaced the state object itself
+        snapshot.rollback()
+        return
     live = context.userdata
     if isinstance(live, dict) and isinstance(snapshot, dict):
         live.clear()
         live.update(snapshot)
-        return
-    if type(live) is type(snapshot) and dataclasses.is_dataclass(live):
-        for f in dataclasses.fields(live):  # works with slots=True too
-            setattr(live, f.name, getattr(snapshot, f.name))
         return
     if hasattr(live, "__dict__") and type(live) is type(snapshot):
         live.__dict__.clear()
@@ -80,7 +88,6 @@ class ErrorRecoveryMixin:
     retry_policy: VoiceRetryPolicy = DEFAULT_VOICE_RETRY
     retry_sleep: Sleep = staticmethod(asyncio.sleep)
     retry_clock: Clock = staticmethod(time.monotonic)
-    _recovery_lock: asyncio.Lock | None = None
 
     def get_error_response(self, error_type: str) -> str:
         """A natural spoken sentence for ``error_type`` (one of :data:`ERROR_RESPONSES`);
@@ -97,23 +104,19 @@ class ErrorRecoveryMixin:
     ) -> T:
         """Run ``tool_func()`` so that a failure never breaks the conversation.
 
-        Snapshots the session userdata (deep copy) first; on any failure restores it,
-        logs a warning naming the tool and error class, and raises livekit's
+        Opens a change set over the session userdata first (see
+        :mod:`~src.error_recovery.changeset`); on any failure rolls back what this tool
+        changed, logs a warning naming the tool and error class, and raises livekit's
         ``ToolError`` whose message is a natural phrase (from ``error_type`` when given,
         else derived from the exception by :func:`error_type_for`). A ``ToolError``
         raised by the tool itself is already caller-safe and is kept; ``StopResponse``
-        and cancellation pass through after the restore. Success returns the result.
+        and cancellation pass through after the rollback. Success returns the result and
+        commits the change set.
 
-        Wrapped tools of one agent run one at a time: LiveKit runs the tool calls of one
-        model reply concurrently, and a failed tool's rollback must never erase what a
-        sibling tool saved meanwhile. (So a wrapped tool must not call another one.)
+        Wrapped tools run concurrently (LiveKit runs the tool calls of one model reply
+        together): a failed tool's rollback never erases what a sibling tool saved.
         """
-        lock: asyncio.Lock | None = getattr(self, "_recovery_lock", None)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._recovery_lock = lock
-        async with lock:
-            return await self._run_recovering(context, tool_name, tool_func, error_type)
+        return await self._run_recovering(context, tool_name, tool_func, error_type)
 
     async def _run_recovering(
         self,
@@ -161,6 +164,8 @@ class ErrorRecoveryMixin:
                 extra={"tool": tool_name, "error_class": type(exc).__name__},
             )
             raise ToolError(self.get_error_response(phrase_type)) from exc
+        if isinstance(snapshot, ToolChanges):
+            snapshot.commit()
         duration, successes, _ = metrics.tool_metrics(tool_name)
         duration.observe(time.perf_counter() - started)
         successes.inc()

@@ -60,7 +60,7 @@ async def find_crm_record(
     rt: ToolRuntime, email: str, deadline_at: float | None = None
 ) -> CrmContact | None:
     """Salesforce first, HubSpot when Salesforce fails or has no record, all inside one
-    tool deadline (``deadline_at`` on the retry clock; default: a fresh one). ``None``
+    deadline (``deadline_at`` on the retry clock; default: the running tool's). ``None``
     when neither CRM has the person; ``ToolError`` with a spoken fallback when no CRM
     could answer."""
     if deadline_at is None:
@@ -69,7 +69,7 @@ async def find_crm_record(
     sf, hs = rt.services.salesforce, rt.services.hubspot
     if sf is not None:
         # A slow Salesforce must leave HubSpot a fair share of the budget.
-        reserve = rt.reserve() if hs is not None else 0.0
+        reserve = rt.reserve(deadline_at) if hs is not None else 0.0
         try:
             person = await rt.protected(
                 "salesforce",

@@ -1,5 +1,6 @@
-"""What every tool body runs on: the protected service call inside one tool deadline,
-and the filler sentence. Whose data a tool may read is decided in :mod:`.policy`.
+"""What every tool body runs on: the protected service call inside the tool's deadline
+(its share of the turn, :mod:`src.tools.turn`), and the filler sentence. Whose data a tool
+may read is decided in :mod:`.policy`.
 
 :class:`ToolRuntime` is the base of :class:`~src.agent.PandaDocTrialistAgent`; the tool
 modules take it as their first argument, so a tool body reads as plain steps.
@@ -22,6 +23,7 @@ from src.phrases import ACCOUNT_FALLBACK, FILLER, SLOTS_FALLBACK, USAGE_FALLBACK
 from src.redaction import get_logger
 from src.services.wiring import TrialistServices
 from src.settings import Settings
+from src.tools.turn import CURRENT_DEADLINE, Turn, TurnBook
 
 __all__ = ["MIN_ATTEMPT_S", "ToolRuntime", "zone"]
 
@@ -50,6 +52,15 @@ class ToolRuntime(ErrorRecoveryMixin):
     outbox: Outbox
     now: Callable[[], datetime]
 
+    _turn_book: TurnBook | None = None
+
+    @property
+    def turns(self) -> TurnBook:
+        """The open turns of this agent (one per model reply that called tools)."""
+        if self._turn_book is None:
+            self._turn_book = TurnBook(lambda: self.retry_clock())
+        return self._turn_book
+
     async def run_tool(
         self,
         context: Any,
@@ -58,16 +69,24 @@ class ToolRuntime(ErrorRecoveryMixin):
         *,
         filler: str = FILLER,
     ) -> str:
-        """Every tool: error recovery (state snapshot, natural phrase) and one filler
-        sentence if the caller would otherwise wait in silence. A read-only tool whose
-        services' circuits are all open answers its fallback first (:data:`FAIL_FAST`)."""
+        """Every tool: error recovery (change set, natural phrase), a deadline inside the
+        turn's budget, and the turn's one filler sentence if the caller would otherwise
+        wait in silence. A read-only tool whose services' circuits are all open answers
+        its fallback first (:data:`FAIL_FAST`)."""
         fallback = self.refused_by_open_circuits(tool_name)
         if fallback is not None and not await self._cache_may_answer(tool_name, context):
             _, _, fallbacks = metrics.tool_metrics(tool_name)
             fallbacks.inc()
             raise ToolError(fallback)
-        async with self.filler(context, filler):
-            return await self.handle_tool_with_error_recovery(context, tool_name, body)
+        r = self.settings.resilience
+        turn = self.turns.turn_for(context, r.turn_deadline)
+        deadline_at = min(turn.deadline_at, self.retry_clock() + r.tool_deadline)
+        token = CURRENT_DEADLINE.set(deadline_at)
+        try:
+            async with self.filler(context, filler, turn=turn):
+                return await self.handle_tool_with_error_recovery(context, tool_name, body)
+        finally:
+            CURRENT_DEADLINE.reset(token)
 
     def refused_by_open_circuits(self, tool_name: str) -> str | None:
         """The fallback sentence when every configured service of a :data:`FAIL_FAST`
@@ -135,25 +154,34 @@ class ToolRuntime(ErrorRecoveryMixin):
             raise ToolError(fallback)
         return result  # type: ignore[return-value]
 
-    def reserve(self) -> float:
-        """Seconds of a tool's budget kept back for a fallback step (one attempt's worth,
-        at most a third of the deadline)."""
+    def reserve(self, deadline_at: float | None = None) -> float:
+        """Seconds of a tool's budget kept back for a fallback step: one attempt's worth,
+        at most a third of what is left until ``deadline_at`` (default: the tool's)."""
         r = self.settings.resilience
-        return min(r.service_timeout, r.tool_deadline / 3)
+        left = (self.deadline() if deadline_at is None else deadline_at) - self.retry_clock()
+        return max(0.0, min(r.service_timeout, left / 3))
 
     def deadline(self) -> float:
-        """When a tool started now must have answered, on the retry clock."""
+        """When the running tool must have answered, on the retry clock: its share of
+        the turn inside :meth:`run_tool`, else a fresh tool deadline from now."""
+        current = CURRENT_DEADLINE.get()
+        if current is not None:
+            return current
         return self.retry_clock() + self.settings.resilience.tool_deadline
 
     @asynccontextmanager
-    async def filler(self, context: Any, sentence: str = FILLER) -> AsyncIterator[None]:
+    async def filler(
+        self, context: Any, sentence: str = FILLER, *, turn: Turn | None = None
+    ) -> AsyncIterator[None]:
         """Speak ``sentence`` once if the work inside leaves the caller waiting for
-        ``FILLER_DELAY`` seconds."""
+        ``FILLER_DELAY`` seconds; with ``turn``, only if no other tool of the turn has
+        spoken its filler."""
         with_filler = getattr(context, "with_filler", None)
         if with_filler is None:
             yield
             return
-        async with with_filler(sentence, delay=self.settings.resilience.filler_delay):
+        source: Any = sentence if turn is None else turn.claim_filler(sentence)
+        async with with_filler(source, delay=self.settings.resilience.filler_delay):
             yield
 
 
