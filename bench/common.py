@@ -46,7 +46,7 @@ class Budget:
 
     @classmethod
     def for_mode(cls, quick: bool) -> Budget:
-        return cls(quick=True, rounds=4, calls_per_round=1_000) if quick else cls()
+        return cls(quick=True, rounds=3, calls_per_round=300, warmup=50) if quick else cls()
 
     @property
     def calls(self) -> int:
@@ -117,15 +117,15 @@ async def time_cases(makes: Sequence[Callable[[], Factory]], budget: Budget) -> 
     one protector (breaker, agent, state) serves all of a case's calls and any growth with
     the call count shows; after ``budget.warmup`` calls, ``budget.rounds`` rounds of
     ``budget.calls_per_round`` calls are timed, interleaved case by case so machine drift
-    affects them all alike."""
+    (and the garbage collector's pauses) affect them all alike."""
     calls = [make() for make in makes]
     for call in calls:
         for _ in range(budget.warmup):  # warm-up (open-circuit cases: opens the circuit)
             await call()
     per_round: list[list[float]] = [[] for _ in calls]
+    gc.collect()  # once: a full collection of this big heap takes ~0.1-0.5 s
     for _ in range(budget.rounds):
         for i, call in enumerate(calls):
-            gc.collect()
             start = time.perf_counter_ns()
             for _ in range(budget.calls_per_round):
                 await call()
