@@ -25,6 +25,7 @@ from bench.common import Budget, Factory, Report, Rows, Timing, swallow, time_ca
 from bench.peer_stacks import BREAKERS, no_sleep, peer_tool
 from bench.peers import peer_versions
 from bench.workload import InstantAmplitude, agent, realistic_state, run_context, usage
+from src.agent import PandaDocTrialistAgent
 from src.drill.harness import StandInRunContext
 from src.phrases import FILLER
 from src.settings import ResilienceSettings
@@ -37,17 +38,33 @@ TARGET_OPEN_US = 20.0
 TARGET_STATE_GROWTH = 1.10
 
 
-def ours(scale: int = 1, *, down: bool = False, filler: bool = True) -> Callable[[], Factory]:
+class ToolCase:
+    """One case of ours: the agent's ``get_trial_usage`` tool method on ``ctx``. While the
+    vendor is down the spoken fallback arrives as a ``ToolError``; its sentence is
+    returned so the timing loop goes on (and a test can check what the caller hears)."""
+
+    def __init__(self, bot: PandaDocTrialistAgent, ctx: Any, client: InstantAmplitude) -> None:
+        self.bot = bot
+        self.ctx = ctx
+        self.client = client
+
+    async def __call__(self) -> str:
+        try:
+            return await self.bot.get_trial_usage(self.ctx)
+        except ToolError as exc:
+            return str(exc)
+
+
+def ours(scale: int = 1, *, down: bool = False, filler: bool = True) -> Callable[[], ToolCase]:
     """The production tool call (see module doc); ``filler=False`` uses a stand-in context
     without ``with_filler``, to show what LiveKit's filler scheduler costs."""
 
-    def make() -> Factory:
+    def make() -> ToolCase:
         data = realistic_state(scale)
         client = InstantAmplitude(usage(scale), down=down)
         bot = agent(client, sleep=no_sleep(), recovery_timeout=OPEN_FOR)
         ctx: Any = run_context(data) if filler else StandInRunContext(data)
-        call: Factory = lambda: bot.get_trial_usage(ctx)  # noqa: E731
-        return swallow(call, ToolError) if down else call
+        return ToolCase(bot, ctx, client)
 
     return make
 
