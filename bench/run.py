@@ -4,6 +4,7 @@ Run from the repository root (peers live in the ``bench`` dependency group only)
 
     uv run --group bench python bench/run.py           # full, a few minutes
     uv run --group bench python bench/run.py --quick   # few calls, no long hangs, < 60 s
+    uv run --group bench python bench/run.py --update-readme   # also refresh README tables
 
 It prints Markdown tables (paste them into the README's Performance section) and writes
 ``bench/results.json``: every figure, the machine (CPU, cores, load, Python, date), the
@@ -37,6 +38,8 @@ from bench.peers import peer_versions
 from src.settings import ResilienceSettings
 
 RESULTS = Path(__file__).with_name("results.json")
+README = Path(__file__).resolve().parent.parent / "README.md"
+BEGIN, END = "<!-- bench tables: begin -->", "<!-- bench tables: end -->"
 
 # In order: CPU-bound loops first (nothing else on the loop), then the wall-clock ones.
 MEASUREMENTS = (
@@ -49,8 +52,9 @@ MEASUREMENTS = (
 )
 
 
-async def main(quick: bool) -> dict[str, Any]:
-    """Run every measurement, write ``RESULTS`` and print the tables."""
+async def main(quick: bool, update_readme: bool = False) -> dict[str, Any]:
+    """Run every measurement, write ``RESULTS``, print the tables (and with
+    ``update_readme`` put them between the README's bench markers)."""
     production_logging()
     budget = Budget.for_mode(quick)
     started = time.perf_counter()
@@ -65,9 +69,14 @@ async def main(quick: bool) -> dict[str, Any]:
         "full_stack_vs_peer_stack": None,
     }
     notes: list[str] = []
-    print(f"Machine: {info['cpu']}, {info['cores']} cores, load {info['load_average_at_start']}")
-    print(f"Python {info['python']}, {info['date']}, mode {results['mode']}")
-    print("Peers: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    markdown = [
+        f"Run of {info['date'][:10]} ({results['mode']} mode): {info['cpu']}, "
+        f"{info['cores']} cores, load average {info['load_average_at_start']} at start, "
+        f"CPython {info['python']}; peers "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + "."
+    ]
+    print(markdown[0])
     for name in MEASUREMENTS:
         module = importlib.import_module(name)
         step = time.perf_counter()
@@ -76,15 +85,33 @@ async def main(quick: bool) -> dict[str, Any]:
         results.update(report.extra)
         notes.extend(report.notes)
         for title, rows in report.tables:
-            print(table(title, rows), flush=True)
+            markdown.append(table(title, rows))
+            print(markdown[-1], flush=True)
         print(f"\n({name}: {time.perf_counter() - step:.1f} s)", flush=True)
     results["notes"] = notes
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.write_text(json.dumps(results, indent=2, default=str, ensure_ascii=False) + "\n")
-    print("\nNotes:\n" + "\n".join(f"- {n}" for n in notes))
-    print(f"\nfull_stack_vs_peer_stack = {results['full_stack_vs_peer_stack']}")
-    print(f"Total bench time: {results['bench_seconds']} s; results in {RESULTS}")
+    markdown.append("\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes))
+    markdown.append(
+        f"\n`full_stack_vs_peer_stack` = {results['full_stack_vs_peer_stack']}; "
+        f"total bench time {results['bench_seconds']} s."
+    )
+    print("\n".join(markdown[-2:]))
+    print(f"Results in {RESULTS}")
+    if update_readme:
+        refresh_readme("\n".join(markdown))
+        print(f"README tables refreshed: {README}")
     return results
+
+
+def refresh_readme(markdown: str) -> None:
+    """Replace the text between the README's bench markers with ``markdown``."""
+    text = README.read_text()
+    head, sep1, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not (sep1 and sep2):
+        raise SystemExit(f"README has no {BEGIN} ... {END} block")
+    README.write_text(f"{head}{BEGIN}\n{markdown}\n{END}{tail}")
 
 
 if __name__ == "__main__":
@@ -92,4 +119,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--quick", action="store_true", help="few calls, only ours against the hang (< 60 s)"
     )
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument(
+        "--update-readme", action="store_true", help="write the tables into README.md"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.update_readme))
