@@ -133,6 +133,14 @@ async def time_cases(makes: Sequence[Callable[[], Factory]], budget: Budget) -> 
     return [Timing(statistics.median(r), r[0], r[-1]) for r in per_round]
 
 
+def growth_vs_table(timings: Sequence[Timing]) -> list[float]:
+    """Each case's last ÷ first round, divided by the median of that ratio over the table:
+    machine drift (load rising or falling during the run) moves every case alike and
+    cancels out; a case whose cost grows with its own call count stands above 1."""
+    middle = statistics.median(t.growth for t in timings) or 1.0
+    return [round(t.growth / middle, 2) for t in timings]
+
+
 def us(ns: float) -> float:
     """ns -> µs, rounded for the tables."""
     return round(ns / 1000, 2)

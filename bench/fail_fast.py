@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.common import BenchAgent, Budget, Factory, Report, Rows, swallow, time_cases, us
+from bench.common import (
+    BenchAgent,
+    Budget,
+    Factory,
+    Report,
+    Rows,
+    growth_vs_table,
+    swallow,
+    time_cases,
+    us,
+)
 from bench.peers import (
     aiobreaker_call,
     circuitbreaker_call,
@@ -90,9 +100,12 @@ async def measure(budget: Budget) -> Report:
             "case": name,
             "µs to fallback": us(t.median_ns),
             "last ÷ first round": round(t.growth, 2),
+            "growth vs table": growth,
             "logging": logging,
         }
-        for (name, _, logging), t in zip(cases, timings, strict=True)
+        for (name, _, logging), t, growth in zip(
+            cases, timings, growth_vs_table(timings), strict=True
+        )
     ]
     return Report(
         key="layer_open_circuit",

@@ -21,7 +21,17 @@ from typing import Any
 
 from livekit.agents.llm import ToolError
 
-from bench.common import Budget, Factory, Report, Rows, Timing, swallow, time_cases, us
+from bench.common import (
+    Budget,
+    Factory,
+    Report,
+    Rows,
+    Timing,
+    growth_vs_table,
+    swallow,
+    time_cases,
+    us,
+)
 from bench.peer_stacks import BREAKERS, no_sleep, peer_tool
 from bench.peers import peer_versions
 from bench.workload import InstantAmplitude, agent, realistic_state, run_context, usage
@@ -103,13 +113,15 @@ def filler_alone() -> Factory:
 
 def _rows(cases: list[tuple[str, str]], timings: list[Timing], ref: float | None) -> Rows:
     rows: Rows = []
-    for (name, leaves_out), t in zip(cases, timings, strict=True):
+    drift_free = growth_vs_table(timings)
+    for (name, leaves_out), t, growth in zip(cases, timings, drift_free, strict=True):
         rows.append(
             {
                 "case": name,
                 "µs/call": us(t.median_ns),
                 "x best peer": round(t.median_ns / ref, 2) if ref else "",
                 "last ÷ first round": round(t.growth, 2),
+                "growth vs table": growth,
                 "leaves out": leaves_out,
             }
         )

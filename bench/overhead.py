@@ -12,7 +12,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.common import BenchAgent, Budget, Factory, Report, Rows, time_cases, us, work
+from bench.common import (
+    BenchAgent,
+    Budget,
+    Factory,
+    Report,
+    Rows,
+    growth_vs_table,
+    time_cases,
+    us,
+    work,
+)
 from bench.peers import (
     aiobreaker_call,
     circuitbreaker_call,
@@ -108,9 +118,12 @@ async def measure(budget: Budget) -> Report:
             "µs/call": us(t.median_ns),
             "x bare await": round(t.median_ns / bare, 1),
             "last ÷ first round": round(t.growth, 2),
+            "growth vs table": growth,
             "leaves out": leaves_out,
         }
-        for (name, _, leaves_out), t in zip(cases, timings, strict=True)
+        for (name, _, leaves_out), t, growth in zip(
+            cases, timings, growth_vs_table(timings), strict=True
+        )
     ]
     return Report(
         key="layer_overhead",
