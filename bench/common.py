@@ -100,16 +100,17 @@ def production_logging() -> Path:
 
 @dataclass(frozen=True)
 class Timing:
-    """One timed case: median ns per call over the rounds, and the first and last round,
-    so a cost that grows with the number of calls shows as ``growth`` > 1."""
+    """One timed case: median ns per call over all rounds, and over the early and the late
+    half of the rounds, so a cost that grows with the number of calls shows as
+    ``growth`` > 1 (medians of halves, so one disturbed round does not fake it)."""
 
     median_ns: float
-    first_ns: float
-    last_ns: float
+    early_ns: float
+    late_ns: float
 
     @property
     def growth(self) -> float:
-        return self.last_ns / self.first_ns if self.first_ns else 0.0
+        return self.late_ns / self.early_ns if self.early_ns else 0.0
 
 
 async def time_cases(makes: Sequence[Callable[[], Factory]], budget: Budget) -> list[Timing]:
@@ -130,11 +131,15 @@ async def time_cases(makes: Sequence[Callable[[], Factory]], budget: Budget) -> 
             for _ in range(budget.calls_per_round):
                 await call()
             per_round[i].append((time.perf_counter_ns() - start) / budget.calls_per_round)
-    return [Timing(statistics.median(r), r[0], r[-1]) for r in per_round]
+    half = max(1, budget.rounds // 2)
+    return [
+        Timing(statistics.median(r), statistics.median(r[:half]), statistics.median(r[half:]))
+        for r in per_round
+    ]
 
 
 def growth_vs_table(timings: Sequence[Timing]) -> list[float]:
-    """Each case's last ÷ first round, divided by the median of that ratio over the table:
+    """Each case's late ÷ early rounds, divided by the median of that ratio over the table:
     machine drift (load rising or falling during the run) moves every case alike and
     cancels out; a case whose cost grows with its own call count stands above 1."""
     middle = statistics.median(t.growth for t in timings) or 1.0

@@ -99,7 +99,7 @@ async def measure(budget: Budget) -> Report:
         {
             "case": name,
             "µs to fallback": us(t.median_ns),
-            "last ÷ first round": round(t.growth, 2),
+            "late ÷ early rounds": round(t.growth, 2),
             "growth vs table": growth,
             "logging": logging,
         }

@@ -120,7 +120,7 @@ def _rows(cases: list[tuple[str, str]], timings: list[Timing], ref: float | None
                 "case": name,
                 "µs/call": us(t.median_ns),
                 "x best peer": round(t.median_ns / ref, 2) if ref else "",
-                "last ÷ first round": round(t.growth, 2),
+                "late ÷ early rounds": round(t.growth, 2),
                 "growth vs table": growth,
                 "leaves out": leaves_out,
             }

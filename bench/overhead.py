@@ -117,7 +117,7 @@ async def measure(budget: Budget) -> Report:
             "case": name,
             "µs/call": us(t.median_ns),
             "x bare await": round(t.median_ns / bare, 1),
-            "last ÷ first round": round(t.growth, 2),
+            "late ÷ early rounds": round(t.growth, 2),
             "growth vs table": growth,
             "leaves out": leaves_out,
         }
