@@ -1,10 +1,14 @@
-"""Measurement 4: requests reaching a dead service over many sequential conversations.
+"""Requests reaching a dead service over many sequential conversations, in one process.
 
 A breaker is meant to spare a dead service (and the caller's wait); this counts how much it
-does, with and without it, over ``CONVERSATIONS`` conversations. Each conversation gets a
-fresh agent, and so fresh breakers, as in LiveKit's process-per-job model. Backoff sleeps
-are recorded instead of slept; "waiting" is the measured request time plus the recorded
-backoff.
+does over ``CONVERSATIONS`` conversations. Each conversation gets a fresh production agent,
+and so fresh breakers, as in LiveKit's process-per-job model, and calls the
+``get_trial_usage`` tool method (stand-in ``RunContext``, real ``AmplitudeClient`` over
+HTTP to the sandbox). The "retries only" rows are the counterfactual without a breaker
+(``retry_with_exponential_backoff`` alone, same settings). Backoff sleeps are recorded
+instead of slept; "waiting" is the measured request time plus the recorded backoff.
+
+Left out: real processes and a breaker state shared between them (the fleet benchmark).
 """
 
 from __future__ import annotations
@@ -12,17 +16,20 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.common import EMAIL
+from livekit.agents.llm import ToolError
+
+from bench.common import EMAIL, Budget, Report
 from src.agent import PandaDocTrialistAgent
+from src.drill.harness import StandInRunContext
 from src.error_recovery import retry_with_exponential_backoff
-from src.errors import InvalidRequest, NotFound, ServiceError
-from src.phrases import USAGE_FALLBACK
+from src.errors import ServiceError
 from src.sandbox import FaultKind, Sandbox
-from src.services.amplitude import AmplitudeClient
 from src.services.wiring import TrialistServices
 from src.settings import Settings, settings_from_env
+from src.state import TrialistData
 
 CONVERSATIONS = 20
 LOOKUPS = (3, 6)  # usage lookups per conversation (3 asked; 6 shows when the breaker pays)
@@ -56,21 +63,19 @@ async def conversations(
         client = services.amplitude
         assert client is not None
 
-        async def lookup(client: AmplitudeClient = client) -> Any:
+        async def lookup(
+            email: str = EMAIL, get: Callable[[str], Awaitable[Any]] = client.get_trial_usage
+        ) -> Any:
             nonlocal attempts
             attempts += 1
-            return await client.get_trial_usage(EMAIL)
+            return await get(email)
 
+        client.get_trial_usage = lookup  # type: ignore[method-assign]
+        ctx = StandInRunContext(TrialistData(email=EMAIL))
         for _ in range(lookups):
             if breaker:
-                await agent.call_with_retry_and_circuit_breaker(
-                    "amplitude",
-                    lookup,
-                    USAGE_FALLBACK,
-                    max_retries=r.max_retries,
-                    deadline=r.tool_deadline,
-                    reraise=(NotFound, InvalidRequest),
-                )
+                with contextlib.suppress(ToolError):
+                    await agent.get_trial_usage(ctx)
             else:
                 with contextlib.suppress(ServiceError):
                     await retry_with_exponential_backoff(
@@ -93,7 +98,7 @@ async def conversations(
     }
 
 
-async def bench_dead_service() -> list[dict[str, Any]]:
+async def measure(budget: Budget) -> Report:
     """One row per fault (503 / refused) x lookups per conversation x with / without breaker,
     each against its own sandbox so the request counts do not mix."""
     rows: list[dict[str, Any]] = []
@@ -113,8 +118,19 @@ async def bench_dead_service() -> list[dict[str, Any]]:
                     {
                         "fault": fault,
                         "lookups_per_conversation": lookups,
-                        "policy": "per-agent breaker + retries" if breaker else "retries only",
+                        "policy": "tool path (per-agent breaker)"
+                        if breaker
+                        else "retries only (no breaker)",
                         **result,
                     }
                 )
-    return rows
+    return Report(
+        key="dead_service_conversations",
+        data={"conversations": CONVERSATIONS, "rows": rows},
+        tables=[(f"7. Dead vendor, {CONVERSATIONS} conversations in one process", rows)],
+        notes=[
+            "dead service: a fresh agent per conversation (closed breakers); backoff "
+            "recorded, not slept; refused requests never reach the sandbox journal, so "
+            "'attempts' counts them"
+        ],
+    )

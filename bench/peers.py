@@ -1,9 +1,10 @@
-"""Adapters for the peer libraries: aiobreaker, purgatory, circuitbreaker, tenacity, pybreaker.
+"""Adapters for the peer libraries at layer level (breaker and retry alone, no tool):
+aiobreaker, purgatory, circuitbreaker, tenacity, pybreaker. The full peer tool stacks are
+in :mod:`bench.peer_stacks`.
 
 Each adapter returns a factory (a zero-argument coroutine function), the same shape as our
-own cases, so the overhead and fail-fast measurements time every library through one loop.
-An adapter raises, with the reason, when its library cannot be used. Peers are imported
-inside the adapters because they live in the optional ``bench`` dependency group.
+own cases, so the layer measurements time every library through one loop. Peers are
+imported inside the adapters because they live in the optional ``bench`` dependency group.
 """
 
 from __future__ import annotations
@@ -87,30 +88,15 @@ def tenacity_aiobreaker_call() -> Factory:
     return tenacity_call(inner)
 
 
-def pybreaker_call() -> Factory:
+def pybreaker_call(fail_max: int = 3, func: Factory = work) -> Factory:
+    """pybreaker's ``calling()`` context manager around the await: its ``call_async``
+    needs tornado, but the context manager records the awaited outcome on asyncio."""
     import pybreaker
 
-    breaker = pybreaker.CircuitBreaker(fail_max=3, reset_timeout=3600)
+    breaker = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=3600)
 
     async def call() -> Any:
-        return await breaker.call_async(work)
+        with breaker.calling():
+            return await func()
 
     return call
-
-
-async def pybreaker_verdict() -> str | None:
-    """``None`` if pybreaker can protect a coroutine on asyncio, else the reason."""
-    import pybreaker
-
-    if not getattr(pybreaker, "HAS_TORNADO_SUPPORT", False):
-        try:
-            await pybreaker_call()()
-        except Exception as exc:
-            return (
-                "pybreaker's call_async is built on tornado.gen.coroutine; tornado is not "
-                f"installed, so it fails with {type(exc).__name__}: {exc}. Its sync call() "
-                "on an async def only creates the coroutine (counted as a success before "
-                "it runs), so it gives no protection on asyncio."
-            )
-        return "pybreaker call_async ran without tornado (unexpected); not compared"
-    return None

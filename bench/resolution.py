@@ -1,14 +1,18 @@
-"""Measurement 3: time to resolution when Amplitude hangs or refuses connections.
+"""Time to resolution when Amplitude hangs, refuses connections, or is slow but healthy.
 
 What the caller hears depends on how long the agent waits before it answers or falls back.
-Three policies, each against a sandbox Amplitude that hangs and one that refuses:
+Three policies, each against a sandbox Amplitude (real HTTP on 127.0.0.1) that hangs, one
+that refuses, and one that answers every request after 2 s (slow but healthy: every
+policy must answer, none may fall back):
 
-* ours: the real tool path (real ``AmplitudeClient``, defaults of ``ResilienceSettings``);
+* ours: the ``get_trial_usage`` tool method of the production agent (real
+  ``AmplitudeClient``, defaults of ``ResilienceSettings``), with a stand-in ``RunContext``
+  (no filler: the session is not running);
 * LiveKit's default ``APIConnectOptions`` retry loop;
 * a naive ``asyncio.wait_for`` pattern.
 
-Wall clock of the real event loop; the six cases run concurrently so the ~44 s LiveKit hang
-case overlaps the others.
+Wall clock of the real event loop; all cases run concurrently. ``--quick`` leaves out the
+LiveKit (~44 s) and naive (~15 s) hang cases.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from bench.common import EMAIL
+from livekit.agents.llm import ToolError
+
+from bench.common import EMAIL, Budget, Report
 from src.agent import PandaDocTrialistAgent
 from src.drill.harness import StandInRunContext
 from src.errors import ServiceError
@@ -29,11 +35,11 @@ from src.services.http import HttpOptions
 from src.services.wiring import TrialistServices
 from src.settings import Settings, settings_from_env
 from src.state import TrialistData
-from src.tools import usage
 
 
 async def policy_ours(settings: Settings) -> tuple[str, int]:
-    """The real tool path: handle_tool -> usage.trial_usage -> breaker + retries in budget."""
+    """The production tool method: run_tool -> handle_tool -> usage.trial_usage ->
+    protected -> breaker + retries inside the tool deadline."""
     services = TrialistServices.from_settings(settings)
     agent = PandaDocTrialistAgent(services, settings)
     agent.error_rng = random.Random(3)
@@ -50,12 +56,10 @@ async def policy_ours(settings: Settings) -> tuple[str, int]:
     client.get_trial_usage = counted  # type: ignore[method-assign]
     ctx = StandInRunContext(TrialistData(email=EMAIL))
     try:
-        await agent.handle_tool_with_error_recovery(
-            ctx, "get_trial_usage", lambda: usage.trial_usage(agent, ctx.userdata, "")
-        )
+        await agent.get_trial_usage(ctx)
         return "answered", attempts
-    except Exception as exc:
-        return f"fallback ({type(exc).__name__})", attempts
+    except ToolError:
+        return "fallback (spoken sentence)", attempts
     finally:
         await services.aclose()
 
@@ -128,26 +132,42 @@ async def timed(label: str, fault: str, coro: Awaitable[tuple[str, int]]) -> dic
     }
 
 
-async def bench_resolution() -> list[dict[str, Any]]:
-    """Six rows (three policies x hang / refused), all run concurrently."""
-    async with Sandbox() as hang, Sandbox() as down:
+SLOW_MS = 2_000
+
+
+async def measure(budget: Budget) -> Report:
+    """Three policies x hang / refused / slow, all run concurrently (quick: only ours
+    against the hang)."""
+    async with Sandbox() as hang, Sandbox() as down, Sandbox() as slow:
         hang.amplitude.inject("*", FaultKind.HANG)
         await down.amplitude.go_down()
-        hs, ds = settings_from_env(hang.env()), settings_from_env(down.env())
-        r = hs.resilience
+        slow.amplitude.inject("*", FaultKind.SLOW, delay_ms=SLOW_MS)
+        r = settings_from_env(hang.env()).resilience
         ours = (
             f"ours ({r.service_timeout}s/attempt, {r.max_retries} retries, "
             f"{r.tool_deadline}s deadline)"
         )
         lk = "LiveKit APIConnectOptions default (10s, 3 retries)"
         naive = "naive wait_for(5s), 2 retries"
-        rows = await asyncio.gather(
-            timed(ours, "hang", policy_ours(hs)),
-            timed(lk, "hang", policy_livekit(hang.amplitude.base_url)),
-            timed(naive, "hang", policy_naive(hang.amplitude.base_url)),
-            timed(ours, "refused", policy_ours(ds)),
-            timed(lk, "refused", policy_livekit(down.amplitude.base_url)),
-            timed(naive, "refused", policy_naive(down.amplitude.base_url)),
-        )
+        slow_label = f"slow ({SLOW_MS / 1000:g} s, healthy)"
+        cases: list[Awaitable[dict[str, Any]]] = []
+        for fault, sandbox in (("hang", hang), ("refused", down), (slow_label, slow)):
+            url = sandbox.amplitude.base_url
+            cases.append(timed(ours, fault, policy_ours(settings_from_env(sandbox.env()))))
+            if not (budget.quick and fault == "hang"):
+                cases.append(timed(lk, fault, policy_livekit(url)))
+                cases.append(timed(naive, fault, policy_naive(url)))
+        rows = list(await asyncio.gather(*cases))
         hang.amplitude.clear()
-    return list(rows)
+    notes = ["all cases ran concurrently, one run each"]
+    if budget.quick:
+        notes.append("--quick: LiveKit (~44 s) and naive (~15 s) hang cases left out")
+    false_fallbacks = [
+        row["policy"] for row in rows if row["fault"] == slow_label and row["outcome"] != "answered"
+    ]
+    return Report(
+        key="time_to_resolution",
+        data={"rows": rows, "false_fallbacks_on_slow_vendor": false_fallbacks},
+        tables=[("6. Time to resolution (wall clock, sandbox Amplitude over HTTP)", rows)],
+        notes=notes,
+    )

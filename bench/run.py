@@ -1,115 +1,127 @@
-"""Benchmark of the error-recovery layer against peer libraries, all measured in one run.
+"""Benchmarks of what production runs, against peer libraries doing the same work.
 
 Run from the repository root (peers live in the ``bench`` dependency group only)::
 
-    uv run --group bench python bench/run.py
+    uv run --group bench python bench/run.py           # full, a few minutes
+    uv run --group bench python bench/run.py --quick   # few calls, no long hangs, < 60 s
+    uv run --group bench python bench/run.py --update-readme   # also refresh README tables
 
-It prints a table and writes ``bench/results.json`` (with CPU model, cores, Python version
-and date). Every figure is measured in this run; nothing is typed in by hand.
+It prints Markdown tables (paste them into the README's Performance section) and writes
+``bench/results.json``: every figure, the machine (CPU, cores, load, Python, date), the
+peer versions and ``full_stack_vs_peer_stack`` (our µs ÷ the best peer stack's µs per
+successful tool call). Every figure is measured in this run; nothing is typed in by hand.
 
-1. Overhead per successful call: ns/call (median of repeated runs) and the ratio to a bare
-   ``await`` of the same coroutine, for our breaker, our retry + breaker call, our tool
-   wrapper around it, and the same protection built from aiobreaker, purgatory,
-   circuitbreaker, tenacity and (if it can run on asyncio) pybreaker.
-2. Fail-fast latency while the circuit is open (call to fallback / rejection).
-3. Time to resolution when Amplitude hangs or refuses connections: our voice budget
-   (real ``AmplitudeClient`` against the sandbox, defaults of ``ResilienceSettings``),
-   LiveKit's default ``APIConnectOptions`` retry loop, and a naive ``asyncio.wait_for``
-   pattern. Wall clock of the real event loop; the hang cases run concurrently so the
-   ~44 s LiveKit case overlaps the others.
-4. Requests reaching a dead service over 20 sequential conversations (a fresh agent, and
-   so fresh breakers, per conversation as in LiveKit's process-per-job model), with and
-   without the breaker. Backoff sleeps are recorded instead of slept; "waiting" is the
-   measured request time plus the recorded backoff.
-5. Memory per agent instance and per 1,000 ``CircuitBreaker`` objects (tracemalloc).
+Logging is set up as a worker runs it (INFO to a real handler, redaction filter on) for
+every measurement, and Prometheus metrics are on. Each row is the production path or says
+what it leaves out.
 
-Library log records are dropped (a ``NullHandler``) so warnings do not flood the output.
-
-Layout: this file only orders the measurements and reports them. Each measurement has its
-own module (``overhead``, ``fail_fast``, ``resolution``, ``dead_service``, ``memory``); the
-peer-library adapters are in ``peers`` and the shared timing loop and table in ``common``.
-They are imported as ``bench.<module>``, found like ``src`` through the repository root on
-``sys.path`` (the editable install adds it), so ``python bench/run.py`` and
-``python -m bench.run`` both work.
+Layout: this file only runs the measurement modules in ``MEASUREMENTS`` and reports them.
+A module exposes ``async def measure(budget: Budget) -> Report`` (``bench/common.py``);
+adding one is one line below. Modules are imported as ``bench.<module>``, found like
+``src`` through the repository root on ``sys.path`` (the editable install adds it), so
+``python bench/run.py`` and ``python -m bench.run`` both work.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
+import importlib
 import json
-import logging
 import time
 from pathlib import Path
+from typing import Any
 
-from bench.common import machine, table
-from bench.dead_service import CONVERSATIONS, bench_dead_service
-from bench.fail_fast import bench_fail_fast
-from bench.memory import bench_memory
-from bench.overhead import bench_overhead
+from bench.common import Budget, machine, production_logging, table
 from bench.peers import peer_versions
-from bench.resolution import bench_resolution
 from src.settings import ResilienceSettings
 
 RESULTS = Path(__file__).with_name("results.json")
+README = Path(__file__).resolve().parent.parent / "README.md"
+BEGIN, END = "<!-- bench tables: begin -->", "<!-- bench tables: end -->"
+
+# In order: CPU-bound loops first (nothing else on the loop), then the wall-clock ones.
+MEASUREMENTS = (
+    "bench.fullstack",  # 1-3: full stack vs peer stack, open circuit, state size
+    "bench.overhead",  # 4: layer breakdown, successful call
+    "bench.fail_fast",  # 5: layer breakdown, circuit open
+    "bench.resolution",  # 6: hang / refused / slow-but-healthy against the sandbox
+    "bench.dead_service",  # 7: dead vendor over 20 conversations, one process
+    "bench.memory",  # 8-9: job process RSS, bytes per agent
+    "bench.fleet",  # 10: dead vendor over 20 real processes, per resilience store
+)
 
 
-async def main() -> None:
-    """Run the five measurements, write ``RESULTS`` and print the tables."""
-    for name in ("pandadoc", "aiohttp", "circuitbreaker", "purgatory", "aiobreaker"):
-        log = logging.getLogger(name)
-        log.addHandler(logging.NullHandler())
-        log.propagate = False
+async def main(quick: bool, update_readme: bool = False) -> dict[str, Any]:
+    """Run every measurement, write ``RESULTS``, print the tables (and with
+    ``update_readme`` put them between the README's bench markers)."""
+    production_logging()
+    budget = Budget.for_mode(quick)
     started = time.perf_counter()
-    dropped: dict[str, str] = {}
     info = machine()
     versions = peer_versions()
-    for name, version in versions.items():
-        if version == "not installed":
-            dropped[name] = "not installed (run with --group bench)"
-
-    # CPU-bound loops first, alone on the loop; then the ~44 s hang waits overlap with the
-    # (I/O-bound) dead-service conversations.
-    overhead = await bench_overhead(dropped)
-    fail_fast = await bench_fail_fast()
-    resolution, dead = await asyncio.gather(bench_resolution(), bench_dead_service())
-    memory = bench_memory()
-    elapsed = round(time.perf_counter() - started, 1)
-
-    results = {
+    results: dict[str, Any] = {
         "machine": info,
+        "mode": "quick" if quick else "full",
+        "budget": dataclasses.asdict(budget),
         "peers": versions,
-        "dropped": dropped,
         "resilience_defaults": dataclasses.asdict(ResilienceSettings()),
-        "overhead_ns_per_call": overhead,
-        "fail_fast_ns": fail_fast,
-        "time_to_resolution_s": resolution,
-        "dead_service_conversations": dead,
-        "memory": memory,
-        "bench_seconds": elapsed,
-        "notes": [
-            "overhead and fail-fast: median of 9 interleaved rounds, nothing else on the loop",
-            "time to resolution: all six policy/fault cases ran concurrently (one run each), "
-            "overlapping the dead-service conversations",
-            "dead service: each conversation is a new agent with closed breakers "
-            "(LiveKit runs each job in its own process); backoff sleeps are recorded, "
-            "not slept; waiting = measured request time + recorded backoff",
-            "refused: requests never reach the sandbox journal, so 'attempts' counts them",
-        ],
+        "full_stack_vs_peer_stack": None,
     }
-    RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    notes: list[str] = []
+    markdown = [
+        f"Run of {info['date'][:10]} ({results['mode']} mode): {info['cpu']}, "
+        f"{info['cores']} cores, load average {info['load_average_at_start']} at start, "
+        f"CPython {info['python']}; peers "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + "."
+    ]
+    print(markdown[0])
+    for name in MEASUREMENTS:
+        module = importlib.import_module(name)
+        step = time.perf_counter()
+        report = await module.measure(budget)
+        results[report.key] = report.data
+        results.update(report.extra)
+        notes.extend(report.notes)
+        for title, rows in report.tables:
+            markdown.append(table(title, rows))
+            print(markdown[-1], flush=True)
+        print(f"\n({name}: {time.perf_counter() - step:.1f} s)", flush=True)
+    results["notes"] = notes
+    results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    RESULTS.write_text(json.dumps(results, indent=2, default=str, ensure_ascii=False) + "\n")
+    markdown.append("\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes))
+    markdown.append(
+        f"\n`full_stack_vs_peer_stack` = {results['full_stack_vs_peer_stack']}; "
+        f"total bench time {results['bench_seconds']} s."
+    )
+    print("\n".join(markdown[-2:]))
+    print(f"Results in {RESULTS}")
+    if update_readme:
+        refresh_readme("\n".join(markdown))
+        print(f"README tables refreshed: {README}")
+    return results
 
-    print(f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['date']}")
-    print("Peers: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    print(table("1. Overhead per successful call", overhead))
-    print(table("2. Fail-fast while open", fail_fast))
-    print(table("3. Time to resolution (wall clock, sandbox Amplitude)", resolution))
-    print(table(f"4. Dead service, {CONVERSATIONS} conversations (fresh agent each)", dead))
-    print(table("5. Memory (tracemalloc)", [memory]))
-    for name, reason in dropped.items():
-        print(f"\nDropped {name}: {reason}")
-    print(f"\nTotal bench time: {elapsed} s; results in {RESULTS.relative_to(Path.cwd())}")
+
+def refresh_readme(markdown: str) -> None:
+    """Replace the text between the README's bench markers with ``markdown``."""
+    text = README.read_text()
+    head, sep1, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not (sep1 and sep2):
+        raise SystemExit(f"README has no {BEGIN} ... {END} block")
+    README.write_text(f"{head}{BEGIN}\n{markdown}\n{END}{tail}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="few calls, only ours against the hang (< 60 s)"
+    )
+    parser.add_argument(
+        "--update-readme", action="store_true", help="write the tables into README.md"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.update_readme))
