@@ -81,6 +81,10 @@ class InstantAmplitude:
             raise ConnectionFailed("amplitude", "connection refused")
         return self.result
 
+    async def cached_usage(self, email: str) -> TrialUsage | None:
+        """The usage cache's answer: always a miss, so every call is the full path."""
+        return None
+
     async def aclose(self) -> None:
         return None
 

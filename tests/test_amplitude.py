@@ -30,7 +30,7 @@ from src.services.http import HttpOptions
 from tests.fault_helpers import down_then_up, flapping_outcomes
 
 NOW = datetime(2025, 3, 12, 15, 0, tzinfo=UTC)
-OPTIONS = HttpOptions(timeout=0.5, connect_timeout=0.3)
+OPTIONS = HttpOptions(timeout=1.0, connect_timeout=1.0)
 API_KEY = SANDBOX_CREDENTIALS["AMPLITUDE_API_KEY"]
 SECRET_KEY = SANDBOX_CREDENTIALS["AMPLITUDE_SECRET_KEY"]
 JANE = TRIAL_USERS[0]

@@ -47,7 +47,7 @@ from tests.fault_helpers import down_then_up
 
 API_KEY = SANDBOX_CREDENTIALS["CHILIPIPER_API_KEY"]
 SLUG = SANDBOX_CREDENTIALS["CHILIPIPER_SCHEDULING_LINK"]
-FAST = HttpOptions(timeout=0.5, connect_timeout=0.3)
+FAST = HttpOptions(timeout=1.0, connect_timeout=1.0)
 MONDAY = datetime(2030, 1, 7, 12, tzinfo=UTC)
 JANE = Guest(TRIAL_USERS[0].email, "America/New_York", "Jane Doe", "Acme Corp")
 SCHEDULES = "*/schedule-simple"

@@ -30,7 +30,7 @@ from src.services.hubspot import HubSpotClient, write_outcome_is_ambiguous
 from tests.fault_helpers import down_then_up, flapping_outcomes
 
 NOW = datetime(2025, 3, 12, 15, 0, 7, 250_000, tzinfo=UTC)
-OPTIONS = HttpOptions(timeout=0.5, connect_timeout=0.3)
+OPTIONS = HttpOptions(timeout=1.0, connect_timeout=1.0)
 TOKEN = SANDBOX_CREDENTIALS["HUBSPOT_ACCESS_TOKEN"]
 IN_HUBSPOT = [u for u in TRIAL_USERS if u.in_hubspot]
 NOT_IN_HUBSPOT = [u for u in TRIAL_USERS if not u.in_hubspot]

@@ -37,7 +37,7 @@ from tests.fault_helpers import down_then_up, flapping_outcomes
 
 CLIENT_ID = SANDBOX_CREDENTIALS["SALESFORCE_CLIENT_ID"]
 CLIENT_SECRET = SANDBOX_CREDENTIALS["SALESFORCE_CLIENT_SECRET"]
-FAST = HttpOptions(timeout=0.5, connect_timeout=0.3)
+FAST = HttpOptions(timeout=1.0, connect_timeout=1.0)
 TOKEN_PATH = "/services/oauth2/token"
 QUERY = "/services/data/*/query"
 TASK = "/services/data/*/sobjects/Task"

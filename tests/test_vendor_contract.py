@@ -45,7 +45,7 @@ from src.state import TrialistData
 from src.validation import is_valid_salesforce_id, salesforce_id_checksum
 from tests.test_agent import NoSleep, fast_settings, tool_output
 
-FAST = HttpOptions(timeout=0.5, connect_timeout=0.3)
+FAST = HttpOptions(timeout=1.0, connect_timeout=1.0)
 SF_ID = SANDBOX_CREDENTIALS["SALESFORCE_CLIENT_ID"]
 SF_SECRET = SANDBOX_CREDENTIALS["SALESFORCE_CLIENT_SECRET"]
 JANE = next(u for u in TRIAL_USERS if u.email.startswith("jane."))
