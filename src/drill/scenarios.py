@@ -38,7 +38,9 @@ DEFAULTS = ResilienceSettings()
 VOICE_BUDGET = DEFAULTS.tool_deadline + 1.0  # a tool's deadline plus the model round trips
 LLM_BUDGET = DEFAULTS.llm_timeout * (DEFAULTS.llm_max_retry + 1) + 1.0
 FIRST_WORDS = 1.5  # every scenario: the caller hears something within this
-FIRST_AUDIO = 2.0  # a stalled TTS: at most about 2 s of silence (TTS_NO_AUDIO_TIMEOUT 1.5 s)
+FIRST_AUDIO = (
+    1.5  # a stalled TTS: first audio (the apology) within 1.5 s (TTS_NO_AUDIO_TIMEOUT 1.2 s)
+)
 TURN_BUDGET = DEFAULTS.turn_deadline + 1.0  # a reply's tools answered within this
 
 

@@ -46,7 +46,7 @@ class ResilienceSettings:
         llm_stall_timeout: seconds without a chunk once the answer started before the
             reply is closed with a natural sentence (1.0).
         tts_no_audio_timeout: seconds a TTS stream that owes audio may send none before
-            the pre-rendered apology is played instead (1.5).
+            the pre-rendered apology is played instead (1.2).
         llm_max_retry / tts_max_retry / stt_max_retry: LiveKit-level retries (1/1/2),
             instead of LiveKit's 3 retries x 2 s, which can leave a caller in silence
             for over half a minute.
@@ -68,7 +68,7 @@ class ResilienceSettings:
     llm_timeout: float = 6.0
     llm_first_token_timeout: float = 1.0
     llm_stall_timeout: float = 1.0
-    tts_no_audio_timeout: float = 1.5
+    tts_no_audio_timeout: float = 1.2
     tts_timeout: float = 5.0
     stt_timeout: float = 5.0
     llm_max_retry: int = 1
