@@ -57,10 +57,13 @@ class ToolCase:
         self.bot = bot
         self.ctx = ctx
         self.client = client
+        # Bound once, as LiveKit's tool context does when the agent starts: reading the
+        # attribute on every call would time LiveKit's descriptor, not the call.
+        self.tool = bot.get_trial_usage
 
     async def __call__(self) -> str:
         try:
-            return await self.bot.get_trial_usage(self.ctx)
+            return await self.tool(self.ctx)
         except ToolError as exc:
             return str(exc)
 

@@ -44,10 +44,15 @@ def tracks(data: Any) -> bool:
     return isinstance(data, dict) or (dataclasses.is_dataclass(data) and not isinstance(data, type))
 
 
-def _names(data: Any) -> list[Any]:
-    if isinstance(data, dict):
-        return list(data)
-    return [f.name for f in dataclasses.fields(data)]
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, read once per class (they never change)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 _MISSING = object()
@@ -102,10 +107,13 @@ def _put_entries(value: Any, entries: Any) -> None:
         value.update(entries)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Field:
     value: Any  # the object the field held when the tool started
     entries: Any  # shallow copy of a container's entries, else None
+
+
+_ABSENT = _Field(_MISSING, None)  # a field (dict key) the state did not have at the start
 
 
 @dataclass
@@ -167,10 +175,17 @@ class ToolChanges:
         ledger.active += 1
         self._ledger = ledger
         self._started = ledger.version
-        self._before: dict[Any, _Field] = {}
-        for name in _names(data):
-            value = _get(data, name)
-            self._before[name] = _Field(value, _entries(value))
+        self._is_dict = isinstance(data, dict)
+        items = (
+            list(data.items())
+            if self._is_dict
+            else [(name, getattr(data, name, _MISSING)) for name in _field_names(type(data))]
+        )
+        # One reference per field; a container's entries only when it is one.
+        self._before: dict[Any, _Field] = {
+            name: _Field(value, _entries(value) if isinstance(value, _CONTAINERS) else None)
+            for name, value in items
+        }
         self._closed = False
         self._token = _CURRENT.set(self)
 
@@ -182,10 +197,12 @@ class ToolChanges:
 
     def changed(self) -> Iterator[Any]:
         """Fields whose value or container entries differ from when the tool started."""
-        names = set(self._before) | set(_names(self.data))
+        data, before_all = self.data, self._before
+        # A dataclass has the same fields throughout; a dict may gain or lose keys.
+        names = before_all.keys() | data.keys() if self._is_dict else before_all.keys()
         for name in names:
-            before = self._before.get(name, _Field(_MISSING, None))
-            now = _get(self.data, name)
+            before = before_all.get(name, _ABSENT)
+            now = _get(data, name)
             if now is not before.value or (
                 before.entries is not None and not _same_entries(now, before.entries)
             ):
@@ -208,7 +225,7 @@ class ToolChanges:
     def _left_by_failed_sibling(self, name: Any, pending: _Pending) -> bool:
         """Whether ``name`` still holds what a failed sibling left and we started before
         that value was there (so we did not write it)."""
-        before = self._before.get(name, _Field(_MISSING, None))
+        before = self._before.get(name, _ABSENT)
         return _holds(_get(self.data, name), pending) and before.value is not pending.left
 
     def rollback(self) -> None:
@@ -219,7 +236,7 @@ class ToolChanges:
                 continue  # assigned by a sibling: not ours to undo
             if ledger.committed.get(name, -1) > self._started:
                 continue  # a sibling saved this field after we started: keep it
-            before = self._before.get(name, _Field(_MISSING, None))
+            before = self._before.get(name, _ABSENT)
             if ledger.active > 1 and ledger.writer.get(name) is not self:
                 # Seen, not known to be ours, while siblings run: decide when they end.
                 now = _get(self.data, name)
