@@ -71,7 +71,6 @@ SLOTS_FALLBACK = (
     "I can't see the demo calendar right now. I can try again in a moment, or we can keep chatting."
 )
 NO_SLOTS = "There are no open demo times in the next few days. Want me to check further out?"
-SLOT_TAKEN = "Someone just took that time. Shall I check what else is open?"
 BOOK_FALLBACK = (
     "I couldn't lock in that time just now, so it isn't booked yet. Shall I try again in a moment?"
 )
