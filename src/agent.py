@@ -45,7 +45,7 @@ from livekit.agents import (
 from livekit.plugins import silero
 
 from src import metrics, quickstart
-from src.error_recovery import CircuitBreaker, VoiceRetryPolicy
+from src.error_recovery import CircuitBreaker, RateRule, VoiceRetryPolicy, process_window
 from src.identity import identity_at_start, trusted_attributes
 from src.outbox import Outbox, PendingWrite
 from src.phrases import APOLOGY, FILLER_WRITE, GOODBYE, greeting
@@ -106,6 +106,14 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         self.settings = settings or Settings()
         r = self.settings.resilience
         self.services = services
+        rate_rule = RateRule(
+            failure_rate_threshold=r.failure_rate_threshold,
+            slow_call_rate_threshold=r.slow_call_rate_threshold,
+            slow_call_duration=r.slow_call_duration,
+            minimum_calls=r.minimum_calls,
+            window_size=r.window_size,
+            window_seconds=r.window_seconds,
+        )
         self.circuit_breakers: dict[str, CircuitBreaker] = {
             name: CircuitBreaker(
                 failure_threshold=r.failure_threshold,
@@ -113,6 +121,8 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
                 name=name,
                 clock=clock,
                 store=store,  # shared with every conversation of the fleet when given
+                rate_rule=rate_rule,
+                window=process_window(name, rate_rule),
             )
             for name in SERVICE_NAMES
         }

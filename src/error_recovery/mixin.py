@@ -232,22 +232,27 @@ class ErrorRecoveryMixin:
         policy = self.retry_policy
         counted: BaseException | None = None  # the last failure already told the breaker
         attempts = 0
+        took: float | None = None  # seconds the last attempt took (the slow-call rule)
+        clock = self.retry_clock
 
         async def attempt() -> T:
-            nonlocal counted, attempts
+            nonlocal counted, attempts, took
             attempts += 1
             if attempts > 1:
                 # Before a retry, see what other conversations learned meanwhile.
                 await breaker.refresh()
                 if breaker.state is not CircuitState.CLOSED:
                     raise CircuitOpenError(service_name, breaker.retry_in())
+            started = clock()
             try:
-                return await func()
+                result = await func()
             except Exception as exc:
                 if not probe:  # every failed attempt counts, whoever made it
                     counted = exc
-                    await breaker.on_failure(exc)
+                    await breaker.on_failure(exc, duration=clock() - started)
                 raise
+            took = clock() - started
+            return result
 
         def _retryable(exc: BaseException) -> bool:
             # Stop retrying if other callers opened the circuit meanwhile.
@@ -283,5 +288,5 @@ class ErrorRecoveryMixin:
                 extra={"service": service_name, "error_class": type(exc).__name__},
             )
             return fallback_response
-        await breaker.on_success(probe=probe)
+        await breaker.on_success(probe=probe, duration=took)
         return result

@@ -53,6 +53,12 @@ class ResilienceSettings:
         model_retry_interval: seconds between model retries (0.3).
         max_unrecoverable_errors: consecutive model failures before the session ends
             after a spoken goodbye (3).
+        failure_rate_threshold / slow_call_rate_threshold: shares (0-1] of the calls in
+            a circuit's sliding window that open it (0.5 / 1.0), besides the
+            consecutive rule; slow_call_duration: seconds from which a call is slow (0 =
+            slow-call rule off); window_size: calls in the window (20);
+            minimum_calls: calls before a rate is judged (10); window_seconds: only
+            calls this recent count (60.0; 0 = count-based only).
     """
 
     failure_threshold: int = 3
@@ -76,6 +82,12 @@ class ResilienceSettings:
     stt_max_retry: int = 2
     model_retry_interval: float = 0.3
     max_unrecoverable_errors: int = 3
+    failure_rate_threshold: float = 0.5
+    slow_call_rate_threshold: float = 1.0
+    slow_call_duration: float = 0.0
+    minimum_calls: int = 10
+    window_size: int = 20
+    window_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
@@ -108,6 +120,20 @@ class ResilienceSettings:
             raise SettingsError("FILLER_DELAY must be >= 0 seconds")
         if self.max_unrecoverable_errors < 1:
             raise SettingsError("MAX_UNRECOVERABLE_ERRORS must be >= 1")
+        self._check_adaptive()
+
+    def _check_adaptive(self) -> None:
+        """Issue #15's settings (rate rule, bulkhead, retry budget, adaptive timeouts)."""
+        for name, rate in (
+            ("CIRCUIT_FAILURE_RATE_THRESHOLD", self.failure_rate_threshold),
+            ("CIRCUIT_SLOW_CALL_RATE_THRESHOLD", self.slow_call_rate_threshold),
+        ):
+            if not 0 < rate <= 1:
+                raise SettingsError(f"{name} must be > 0 and <= 1")
+        if self.slow_call_duration < 0 or self.window_seconds < 0:
+            raise SettingsError("CIRCUIT_SLOW_CALL_DURATION/WINDOW_SECONDS must be >= 0")
+        if not 1 <= self.minimum_calls <= self.window_size:
+            raise SettingsError("need 1 <= CIRCUIT_MINIMUM_CALLS <= CIRCUIT_WINDOW_SIZE")
 
 
 DEFAULT_RESILIENCE = ResilienceSettings()
