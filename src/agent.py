@@ -46,6 +46,7 @@ from livekit.plugins import silero
 
 from src import metrics, quickstart
 from src.error_recovery import CircuitBreaker, RateRule, VoiceRetryPolicy, process_window
+from src.error_recovery.bulkhead import process_bulkhead
 from src.identity import identity_at_start, trusted_attributes
 from src.outbox import Outbox, PendingWrite
 from src.phrases import APOLOGY, FILLER_WRITE, GOODBYE, greeting
@@ -124,6 +125,10 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
                 rate_rule=rate_rule,
                 window=process_window(name, rate_rule),
             )
+            for name in SERVICE_NAMES
+        }
+        self.bulkheads = {
+            name: process_bulkhead(name, r.bulkhead_max_concurrent, r.bulkhead_max_wait)
             for name in SERVICE_NAMES
         }
         self.retry_policy = VoiceRetryPolicy(

@@ -4,6 +4,7 @@ session state intact when a tool fails, and the combined retry + breaker + fallb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import random
 import time
@@ -17,6 +18,7 @@ from ..errors import CircuitOpenError
 from ..phrases import ERROR_RESPONSES
 from ..redaction import get_logger
 from .breaker import CircuitBreaker, CircuitState, Clock
+from .bulkhead import Bulkhead, BulkheadFull
 from .changeset import ToolChanges, tracks
 from .policies import error_type_for, is_retryable
 from .retry import DEFAULT_VOICE_RETRY, Sleep, VoiceRetryPolicy, retry_with_exponential_backoff
@@ -84,6 +86,7 @@ class ErrorRecoveryMixin:
     """
 
     circuit_breakers: dict[str, CircuitBreaker]
+    bulkheads: dict[str, Bulkhead] = {}  # noqa: RUF012 - read-only default: none
     error_rng: random.Random | None = None
     retry_policy: VoiceRetryPolicy = DEFAULT_VOICE_RETRY
     retry_sleep: Sleep = staticmethod(asyncio.sleep)
@@ -206,6 +209,10 @@ class ErrorRecoveryMixin:
             reraise: exception types to raise instead of falling back (e.g. ``NotFound``
                 when "no record" needs its own answer).
 
+        With ``self.bulkheads[service_name]`` (issue #15) the call first takes a slot of
+        the vendor's bulkhead; when none frees up in time the caller gets the fallback
+        without the vendor being called.
+
         Raises:
             KeyError: ``service_name`` is not one of ``self.circuit_breakers`` (the
                 message lists the known names).
@@ -217,6 +224,47 @@ class ErrorRecoveryMixin:
         if breaker is None:
             known = ", ".join(sorted(breakers)) or "none"
             raise KeyError(f"unknown service {service_name!r}; known services: {known}")
+        bulkhead = self.bulkheads.get(service_name)
+        async with contextlib.AsyncExitStack() as stack:
+            if bulkhead is not None:
+                try:
+                    await stack.enter_async_context(bulkhead.slot())
+                except BulkheadFull:
+                    metrics.fallback_counter(service_name, "bulkhead_full").inc()
+                    logger.warning(
+                        "Bulkhead for %s full (%d calls in flight); using the fallback",
+                        service_name,
+                        bulkhead.max_concurrent,
+                        extra={"service": service_name},
+                    )
+                    return fallback_response
+            return await self._breaker_call(
+                breaker,
+                service_name,
+                func,
+                fallback_response,
+                max_retries,
+                deadline=deadline,
+                attempt_timeout=attempt_timeout,
+                min_attempt=min_attempt,
+                reraise=reraise,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover - mypy: the stack may swallow
+
+    async def _breaker_call(
+        self,
+        breaker: CircuitBreaker,
+        service_name: str,
+        func: Callable[[], Awaitable[T]],
+        fallback_response: str,
+        max_retries: int,
+        *,
+        deadline: float | None,
+        attempt_timeout: float | None,
+        min_attempt: float,
+        reraise: tuple[type[BaseException], ...],
+    ) -> T | str:
+        """The call inside its bulkhead slot: breaker, retries, fallback."""
         try:
             probe = await breaker.admit()
         except CircuitOpenError:

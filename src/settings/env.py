@@ -209,6 +209,8 @@ def _adaptive(env: Mapping[str, str]) -> dict[str, Any]:
         "minimum_calls": _int(env, "CIRCUIT_MINIMUM_CALLS", d.minimum_calls),
         "window_size": _int(env, "CIRCUIT_WINDOW_SIZE", d.window_size),
         "window_seconds": _float(env, "CIRCUIT_WINDOW_SECONDS", d.window_seconds),
+        "bulkhead_max_concurrent": _int(env, "BULKHEAD_MAX_CONCURRENT", d.bulkhead_max_concurrent),
+        "bulkhead_max_wait": _float(env, "BULKHEAD_MAX_WAIT", d.bulkhead_max_wait),
     }
 
 

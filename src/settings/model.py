@@ -59,6 +59,9 @@ class ResilienceSettings:
             slow-call rule off); window_size: calls in the window (20);
             minimum_calls: calls before a rate is judged (10); window_seconds: only
             calls this recent count (60.0; 0 = count-based only).
+        bulkhead_max_concurrent: calls to one vendor a worker process has in flight at
+            once (10); bulkhead_max_wait: seconds a caller over it waits for a slot
+            before hearing the fallback (0.5).
     """
 
     failure_threshold: int = 3
@@ -88,6 +91,8 @@ class ResilienceSettings:
     minimum_calls: int = 10
     window_size: int = 20
     window_seconds: float = 60.0
+    bulkhead_max_concurrent: int = 10
+    bulkhead_max_wait: float = 0.5
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
@@ -134,6 +139,10 @@ class ResilienceSettings:
             raise SettingsError("CIRCUIT_SLOW_CALL_DURATION/WINDOW_SECONDS must be >= 0")
         if not 1 <= self.minimum_calls <= self.window_size:
             raise SettingsError("need 1 <= CIRCUIT_MINIMUM_CALLS <= CIRCUIT_WINDOW_SIZE")
+        if self.bulkhead_max_concurrent < 1:
+            raise SettingsError("BULKHEAD_MAX_CONCURRENT must be >= 1")
+        if self.bulkhead_max_wait < 0:
+            raise SettingsError("BULKHEAD_MAX_WAIT must be >= 0 seconds")
 
 
 DEFAULT_RESILIENCE = ResilienceSettings()
