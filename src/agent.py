@@ -46,6 +46,7 @@ from livekit.plugins import silero
 
 from src import metrics, quickstart
 from src.error_recovery import CircuitBreaker, RateRule, VoiceRetryPolicy, process_window
+from src.error_recovery.budget import process_budget
 from src.error_recovery.bulkhead import process_bulkhead
 from src.identity import identity_at_start, trusted_attributes
 from src.outbox import Outbox, PendingWrite
@@ -124,6 +125,12 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
                 store=store,  # shared with every conversation of the fleet when given
                 rate_rule=rate_rule,
                 window=process_window(name, rate_rule),
+            )
+            for name in SERVICE_NAMES
+        }
+        self.retry_budgets = {
+            name: process_budget(
+                name, r.retry_budget_max_tokens, r.retry_budget_token_ratio, guard=store
             )
             for name in SERVICE_NAMES
         }

@@ -18,9 +18,10 @@ from ..errors import CircuitOpenError
 from ..phrases import ERROR_RESPONSES
 from ..redaction import get_logger
 from .breaker import CircuitBreaker, CircuitState, Clock
+from .budget import RetryBudget
 from .bulkhead import Bulkhead, BulkheadFull
 from .changeset import ToolChanges, tracks
-from .policies import error_type_for, is_retryable
+from .policies import counts_as_failure, error_type_for, is_retryable
 from .retry import DEFAULT_VOICE_RETRY, Sleep, VoiceRetryPolicy, retry_with_exponential_backoff
 
 __all__ = ["ErrorRecoveryMixin"]
@@ -87,6 +88,7 @@ class ErrorRecoveryMixin:
 
     circuit_breakers: dict[str, CircuitBreaker]
     bulkheads: dict[str, Bulkhead] = {}  # noqa: RUF012 - read-only default: none
+    retry_budgets: dict[str, RetryBudget] = {}  # noqa: RUF012 - read-only default: none
     error_rng: random.Random | None = None
     retry_policy: VoiceRetryPolicy = DEFAULT_VOICE_RETRY
     retry_sleep: Sleep = staticmethod(asyncio.sleep)
@@ -211,7 +213,9 @@ class ErrorRecoveryMixin:
 
         With ``self.bulkheads[service_name]`` (issue #15) the call first takes a slot of
         the vendor's bulkhead; when none frees up in time the caller gets the fallback
-        without the vendor being called.
+        without the vendor being called. With ``self.retry_budgets[service_name]`` a
+        retry starts only while the vendor's retry budget allows it
+        (:mod:`~.budget`).
 
         Raises:
             KeyError: ``service_name`` is not one of ``self.circuit_breakers`` (the
@@ -282,6 +286,7 @@ class ErrorRecoveryMixin:
         attempts = 0
         took: float | None = None  # seconds the last attempt took (the slow-call rule)
         clock = self.retry_clock
+        budget = self.retry_budgets.get(service_name)
 
         async def attempt() -> T:
             nonlocal counted, attempts, took
@@ -291,6 +296,8 @@ class ErrorRecoveryMixin:
                 await breaker.refresh()
                 if breaker.state is not CircuitState.CLOSED:
                     raise CircuitOpenError(service_name, breaker.retry_in())
+            if budget is not None:
+                budget.started(retry=attempts > 1)
             started = clock()
             try:
                 result = await func()
@@ -298,13 +305,27 @@ class ErrorRecoveryMixin:
                 if not probe:  # every failed attempt counts, whoever made it
                     counted = exc
                     await breaker.on_failure(exc, duration=clock() - started)
+                if budget is not None and counts_as_failure(exc):
+                    await budget.on_failure()
                 raise
             took = clock() - started
+            if budget is not None:
+                await budget.on_success()
             return result
 
         def _retryable(exc: BaseException) -> bool:
             # Stop retrying if other callers opened the circuit meanwhile.
-            return is_retryable(exc) and breaker.state is CircuitState.CLOSED
+            if not is_retryable(exc) or breaker.state is not CircuitState.CLOSED:
+                return False
+            if budget is not None and not budget.may_retry():
+                budget.refuse()
+                logger.info(
+                    "Retry budget for %s spent; not retrying",
+                    service_name,
+                    extra={"service": service_name},
+                )
+                return False
+            return True
 
         try:
             result = await retry_with_exponential_backoff(
@@ -325,6 +346,8 @@ class ErrorRecoveryMixin:
         except BaseException as exc:
             if exc is not counted and not isinstance(exc, CircuitOpenError):
                 await breaker.on_failure(exc, probe=probe)  # e.g. the attempt's time ran out
+                if budget is not None and counts_as_failure(exc):
+                    await budget.on_failure()
             if isinstance(exc, reraise) or not isinstance(exc, Exception):
                 raise
             reason = "circuit_open" if isinstance(exc, CircuitOpenError) else "failed"

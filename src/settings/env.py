@@ -211,6 +211,12 @@ def _adaptive(env: Mapping[str, str]) -> dict[str, Any]:
         "window_seconds": _float(env, "CIRCUIT_WINDOW_SECONDS", d.window_seconds),
         "bulkhead_max_concurrent": _int(env, "BULKHEAD_MAX_CONCURRENT", d.bulkhead_max_concurrent),
         "bulkhead_max_wait": _float(env, "BULKHEAD_MAX_WAIT", d.bulkhead_max_wait),
+        "retry_budget_max_tokens": _float(
+            env, "RETRY_BUDGET_MAX_TOKENS", d.retry_budget_max_tokens
+        ),
+        "retry_budget_token_ratio": _float(
+            env, "RETRY_BUDGET_TOKEN_RATIO", d.retry_budget_token_ratio
+        ),
     }
 
 

@@ -62,6 +62,9 @@ class ResilienceSettings:
         bulkhead_max_concurrent: calls to one vendor a worker process has in flight at
             once (10); bulkhead_max_wait: seconds a caller over it waits for a slot
             before hearing the fallback (0.5).
+        retry_budget_max_tokens / retry_budget_token_ratio: each vendor's retry budget
+            (10 / 0.2): a failed attempt takes a token, a success gives back the ratio,
+            retries only while more than half the tokens are left.
     """
 
     failure_threshold: int = 3
@@ -93,6 +96,8 @@ class ResilienceSettings:
     window_seconds: float = 60.0
     bulkhead_max_concurrent: int = 10
     bulkhead_max_wait: float = 0.5
+    retry_budget_max_tokens: float = 10.0
+    retry_budget_token_ratio: float = 0.2
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
@@ -143,6 +148,10 @@ class ResilienceSettings:
             raise SettingsError("BULKHEAD_MAX_CONCURRENT must be >= 1")
         if self.bulkhead_max_wait < 0:
             raise SettingsError("BULKHEAD_MAX_WAIT must be >= 0 seconds")
+        if self.retry_budget_max_tokens < 1:
+            raise SettingsError("RETRY_BUDGET_MAX_TOKENS must be >= 1")
+        if not 0 < self.retry_budget_token_ratio <= 1:
+            raise SettingsError("RETRY_BUDGET_TOKEN_RATIO must be > 0 and <= 1")
 
 
 DEFAULT_RESILIENCE = ResilienceSettings()
