@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from livekit.agents.llm import StopResponse, ToolError
 
 from .. import metrics
-from ..errors import CircuitOpenError
+from ..errors import CircuitOpenError, ServiceTimeout
 from ..phrases import ERROR_RESPONSES
 from ..redaction import get_logger
 from .breaker import CircuitBreaker, CircuitState, Clock
@@ -187,6 +187,7 @@ class ErrorRecoveryMixin:
         attempt_timeout: float | None = None,
         min_attempt: float = 0.0,
         reraise: tuple[type[BaseException], ...] = (),
+        retry_timeouts: bool = True,
     ) -> T | str:
         """Call a service through its breaker with voice-tuned retries.
 
@@ -210,6 +211,9 @@ class ErrorRecoveryMixin:
             min_attempt: no retry starts with less than this left of ``deadline``.
             reraise: exception types to raise instead of falling back (e.g. ``NotFound``
                 when "no record" needs its own answer).
+            retry_timeouts: False inside a voice turn (issue #15): an attempt that timed
+                out is a hang signal and is not retried, so a hung vendor costs the
+                caller one attempt, not two.
 
         With ``self.bulkheads[service_name]`` (issue #15) the call first takes a slot of
         the vendor's bulkhead; when none frees up in time the caller gets the fallback
@@ -252,6 +256,7 @@ class ErrorRecoveryMixin:
                 attempt_timeout=attempt_timeout,
                 min_attempt=min_attempt,
                 reraise=reraise,
+                retry_timeouts=retry_timeouts,
             )
         raise AssertionError("unreachable")  # pragma: no cover - mypy: the stack may swallow
 
@@ -267,6 +272,7 @@ class ErrorRecoveryMixin:
         attempt_timeout: float | None,
         min_attempt: float,
         reraise: tuple[type[BaseException], ...],
+        retry_timeouts: bool = True,
     ) -> T | str:
         """The call inside its bulkhead slot: breaker, retries, fallback."""
         try:
@@ -316,6 +322,13 @@ class ErrorRecoveryMixin:
         def _retryable(exc: BaseException) -> bool:
             # Stop retrying if other callers opened the circuit meanwhile.
             if not is_retryable(exc) or breaker.state is not CircuitState.CLOSED:
+                return False
+            if not retry_timeouts and isinstance(exc, ServiceTimeout | TimeoutError):
+                logger.info(
+                    "%s timed out: a hang, not retried inside the turn",
+                    service_name,
+                    extra={"service": service_name},
+                )
                 return False
             if budget is not None and not budget.may_retry():
                 budget.refuse()

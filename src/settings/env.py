@@ -217,6 +217,16 @@ def _adaptive(env: Mapping[str, str]) -> dict[str, Any]:
         "retry_budget_token_ratio": _float(
             env, "RETRY_BUDGET_TOKEN_RATIO", d.retry_budget_token_ratio
         ),
+        "adaptive_timeout_percentile": _float(
+            env, "ADAPTIVE_TIMEOUT_PERCENTILE", d.adaptive_timeout_percentile
+        ),
+        "adaptive_timeout_factor": _float(
+            env, "ADAPTIVE_TIMEOUT_FACTOR", d.adaptive_timeout_factor
+        ),
+        "adaptive_timeout_floor": _float(env, "ADAPTIVE_TIMEOUT_FLOOR", d.adaptive_timeout_floor),
+        "adaptive_timeout_min_samples": _int(
+            env, "ADAPTIVE_TIMEOUT_MIN_SAMPLES", d.adaptive_timeout_min_samples
+        ),
     }
 
 

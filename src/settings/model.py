@@ -65,6 +65,10 @@ class ResilienceSettings:
         retry_budget_max_tokens / retry_budget_token_ratio: each vendor's retry budget
             (10 / 0.2): a failed attempt takes a token, a success gives back the ratio,
             retries only while more than half the tokens are left.
+        adaptive_timeout_percentile / _factor / _floor / _min_samples: a vendor's request
+            timeout in a voice tool is this quantile of its recent answer times times the
+            factor, between the floor and service_timeout, once it answered min_samples
+            times (0.99 / 3.0 / 1.0 s / 20).
     """
 
     failure_threshold: int = 3
@@ -98,6 +102,10 @@ class ResilienceSettings:
     bulkhead_max_wait: float = 0.5
     retry_budget_max_tokens: float = 10.0
     retry_budget_token_ratio: float = 0.2
+    adaptive_timeout_percentile: float = 0.99
+    adaptive_timeout_factor: float = 3.0
+    adaptive_timeout_floor: float = 1.0
+    adaptive_timeout_min_samples: int = 20
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
@@ -152,6 +160,14 @@ class ResilienceSettings:
             raise SettingsError("RETRY_BUDGET_MAX_TOKENS must be >= 1")
         if not 0 < self.retry_budget_token_ratio <= 1:
             raise SettingsError("RETRY_BUDGET_TOKEN_RATIO must be > 0 and <= 1")
+        if not 0 < self.adaptive_timeout_percentile <= 1:
+            raise SettingsError("ADAPTIVE_TIMEOUT_PERCENTILE must be > 0 and <= 1")
+        if self.adaptive_timeout_factor < 1:
+            raise SettingsError("ADAPTIVE_TIMEOUT_FACTOR must be >= 1")
+        if self.adaptive_timeout_floor <= 0:
+            raise SettingsError("ADAPTIVE_TIMEOUT_FLOOR must be > 0 seconds")
+        if self.adaptive_timeout_min_samples < 1:
+            raise SettingsError("ADAPTIVE_TIMEOUT_MIN_SAMPLES must be >= 1")
 
 
 DEFAULT_RESILIENCE = ResilienceSettings()
