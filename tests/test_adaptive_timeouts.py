@@ -137,3 +137,43 @@ def test_tracker_percentile_and_settings() -> None:
         {"ADAPTIVE_TIMEOUT_FACTOR": "4", "ADAPTIVE_TIMEOUT_FLOOR": "0.8"}
     ).resilience
     assert (r.adaptive_timeout_factor, r.adaptive_timeout_floor) == (4.0, 0.8)
+
+
+@pytest.mark.parametrize(("tool_deadline", "attempts"), [(2.0, 1), (3.0, 2)])
+async def test_a_retry_starts_only_if_its_adapted_timeout_fits(
+    tool_deadline: float, attempts: int
+) -> None:
+    from livekit.agents.llm import ToolError
+
+    from src.error_recovery import VoiceRetryPolicy
+    from src.errors import ServiceUnavailable
+
+    now = [100.0]
+    base = settings_from_env({})
+    settings = dataclasses.replace(
+        base,
+        resilience=dataclasses.replace(
+            base.resilience, service_timeout=1.0, tool_deadline=tool_deadline
+        ),
+    )
+    agent = PandaDocTrialistAgent(
+        TrialistServices(), settings, clock=lambda: now[0], sleep=no_sleep
+    )
+    agent.retry_policy = VoiceRetryPolicy(base_delay=0.0, max_delay=0.0, jitter=False)
+    calls = 0
+
+    async def slow_failure() -> str:
+        nonlocal calls
+        calls += 1
+        now[0] += 1.2  # the attempt took 1.2 s of the tool's budget, then a 503
+        if calls == 1:
+            raise ServiceUnavailable("amplitude", status=503)
+        return "data"
+
+    # no history: the adapted timeout is SERVICE_TIMEOUT, 1.0 s
+    if attempts == 1:  # 1.2 s used + 1.0 s > the 2.0 s budget (0.5 s would have fit)
+        with pytest.raises(ToolError):
+            await agent.protected("amplitude", slow_failure, USAGE_FALLBACK)
+    else:
+        assert await agent.protected("amplitude", slow_failure, USAGE_FALLBACK) == "data"
+    assert calls == attempts
