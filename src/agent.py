@@ -56,7 +56,7 @@ from src.services.wiring import SERVICE_NAMES, TrialistServices
 from src.session import SpokenApology, build_session, caller_safe_context, connect_options
 from src.settings import Settings, SettingsError, load_settings
 from src.state import TrialistData
-from src.store import StoreGuard, open_store
+from src.store import FleetQuotaStore, FleetUsageCache, StoreGuard, open_store
 from src.tools import crm, demo, usage
 from src.tools.degraded import Capability, DegradedLog, degraded_request, down_capabilities
 from src.tools.policy import record_identity
@@ -323,10 +323,13 @@ server.setup_fnc = prewarm
 async def entrypoint(ctx: JobContext) -> None:
     settings = SETTINGS
     install_redaction()  # the job's log handlers exist now; attach the filter to them
-    services = TrialistServices.from_settings(settings)
+    store = StoreGuard(open_store(settings.fleet.store_url))  # shared by the fleet's jobs
+    # Amplitude's hourly budget, concurrency cap and usage cache hold fleet-wide.
+    services = TrialistServices.from_settings(
+        settings, quota_store=FleetQuotaStore(store), usage_cache=FleetUsageCache(store)
+    )
     # Nobody until the dispatch is read below; the identity is decided once, there.
     data = TrialistData(name=settings.agent.trialist_name or None, timezone=settings.agent.timezone)
-    store = StoreGuard(open_store(settings.fleet.store_url))  # shared by the fleet's jobs
     agent = PandaDocTrialistAgent(services, settings, store=store)
     apology = SpokenApology(f"{agent.get_error_response('service_unavailable')} {APOLOGY}")
     agent.tts_rescue = apology

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from src.outbox import PendingWrite
 from src.redaction import redact
 from src.settings import Settings, SettingsError, load_settings
 from src.store import StoreError, StoreGuard, open_store
@@ -26,8 +27,6 @@ __all__ = ["main"]
 
 
 async def _list(url: str) -> int:
-    from src.outbox import PendingWrite
-
     store = open_store(url)
     try:
         items = await store.outbox_list()
@@ -51,6 +50,7 @@ async def _list(url: str) -> int:
 
 
 async def _drain(settings: Settings) -> int:
+    # Imported here: `list` must not pay for loading LiveKit and its plugins.
     from src.agent import PandaDocTrialistAgent
     from src.services.wiring import TrialistServices
 

@@ -81,8 +81,8 @@ async def inject(server: SandboxServer, fault: str, endpoint: str = "*") -> None
         server.inject(endpoint, FaultKind.RATE_LIMITED, retry_after=0.2)
     elif fault == "hang":
         server.inject(endpoint, FaultKind.HANG)
-    elif fault == "slow":  # just under the per-attempt timeout
-        delay = int(OVERRIDES["service_timeout"] * 1000 * 0.7)
+    elif fault == "slow":  # well inside the per-attempt timeout, with room for a busy host
+        delay = int(OVERRIDES["service_timeout"] * 1000 * 0.4)
         server.inject(endpoint, FaultKind.SLOW, delay_ms=delay)
     elif fault == "malformed":
         server.inject(endpoint, FaultKind.MALFORMED)

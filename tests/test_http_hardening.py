@@ -29,7 +29,7 @@ from src.sandbox.amplitude import AmplitudeServer
 from src.sandbox.base import FaultKind, SandboxServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from src.sandbox.hubspot import HubSpotServer
-from src.services.amplitude import AmplitudeClient
+from src.services.amplitude import AmplitudeClient, parse_activity
 from src.services.http import HttpOptions, ServiceHttp, write_outcome_is_ambiguous
 from src.services.hubspot import HubSpotClient
 from src.settings import ResponseLimits, SettingsError, settings_from_env
@@ -159,7 +159,7 @@ async def test_error_answer_with_a_huge_body_is_not_read() -> None:
 def test_response_limits_are_settings() -> None:
     s = settings_from_env({"HUBSPOT_MAX_RESPONSE_BYTES": "2048"})
     assert s.response_limits.hubspot == 2048
-    assert s.response_limits.amplitude == 4 * 1024 * 1024
+    assert s.response_limits.amplitude == 3 * 1024 * 1024
     with pytest.raises(SettingsError, match="AMPLITUDE_MAX_RESPONSE_BYTES"):
         settings_from_env({"AMPLITUDE_MAX_RESPONSE_BYTES": "10"})
     with pytest.raises(ValueError):
@@ -323,3 +323,31 @@ async def test_cli_sets_a_huge_body_fault(tmp_path: Path) -> None:
         assert code == 0
         (fault,) = sb.amplitude.faults
     assert (fault.kind, fault.size_bytes) == (FaultKind.HUGE_STREAM, 123_456)
+
+
+async def test_a_large_activity_page_is_validated_in_steps_that_yield_to_the_loop() -> None:
+    """Validation of a page near the cap is cut into batches with a yield between them:
+    a concurrent task gets turns while it runs (the conversation's audio would too)."""
+    event = {"event_type": "document_created", "event_time": "2026-11-20 12:00:00.123456"}
+    page = {"userData": {"properties": {}}, "events": [event] * 5_000}
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    started = turns
+    activity = await parse_activity(page)
+    task.cancel()
+    assert len(activity.events) == 5_000
+    assert turns - started >= 5_000 // 250 - 1  # a turn for the loop between batches
+
+    broken = {"userData": {}, "events": [event] * 300 + [{"event_type": 7}]}
+    with pytest.raises(BadResponse):
+        await parse_activity(broken)
+    with pytest.raises(BadResponse):
+        await parse_activity({"events": "not a list"})

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from typing import Any
 
 from src.drill.adaptive import ADAPTIVE, run_adaptive
-from src.drill.load import LoadReport, run_load
+from src.drill.load import THINK_S, LoadReport, run_load
 from src.drill.scenarios import DEFAULTS, SCENARIOS, ScenarioReport, run_all
 
 __all__ = ["main", "render"]
@@ -81,7 +81,8 @@ LOAD = "load"
 def render_load(r: LoadReport) -> str:
     return (
         f"load: {r.conversations} concurrent conversations x {r.turns // max(r.conversations, 1)}"
-        f" turns, every vendor failing every other request: turn p50 {r.p50_turn_s:.2f}s, "
+        f" turns (a pause of up to {THINK_S:g} s before each)"
+        f", every vendor failing every other request: turn p50 {r.p50_turn_s:.2f}s, "
         f"p99 {r.p99_turn_s:.2f}s; worst first words {r.worst_first_words_s:.2f}s; worst "
         f"event-loop lag {r.worst_loop_lag_s * 1000:.0f}ms (of it on the CPU: "
         f"{r.worst_loop_busy_s * 1000:.0f}ms); {r.failures} failed, {r.silent_turns} silent"

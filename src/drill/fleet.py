@@ -3,10 +3,11 @@ job in a process of its own, so this is how a fleet meets a dead vendor. Used by
 ``fleet-outage`` drill, ``bench/fleet.py`` and the fleet tests.
 
 Each conversation is a real :class:`~src.agent.PandaDocTrialistAgent` with real clients
-(HTTP to the sandbox), its breakers shared through ``RESILIENCE_STORE_URL``, running the
-real tool bodies. Processes come from a ``forkserver`` (as LiveKit's worker does on
-Linux) that imports the agent once, so a new conversation process starts in
-milliseconds, and each process runs exactly one conversation.
+(HTTP to the sandbox), its breakers, Amplitude quota and usage cache shared through
+``RESILIENCE_STORE_URL``, running the real tool bodies. Processes come from a
+``forkserver`` (as LiveKit's worker does on Linux) that imports the agent once, so a new
+conversation process starts in milliseconds, and each process runs exactly one
+conversation.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from src.agent import PandaDocTrialistAgent
 from src.services.wiring import TrialistServices
 from src.settings import settings_from_env
 from src.state import TrialistData
-from src.store import StoreGuard, open_store
+from src.store import FleetQuotaStore, FleetUsageCache, StoreGuard, open_store
 from src.tools import crm, usage
 
 __all__ = ["ConversationResult", "FleetJob", "conversation", "run_fleet"]
@@ -68,8 +69,10 @@ async def _recorded_sleep(_seconds: float) -> None:
 async def conversation(job: FleetJob) -> ConversationResult:
     """One conversation, start to end, in this process."""
     settings = settings_from_env(job.env)
-    services = TrialistServices.from_settings(settings)
     guard = StoreGuard(open_store(settings.fleet.store_url))
+    services = TrialistServices.from_settings(  # as the entry point: fleet-wide quota, cache
+        settings, quota_store=FleetQuotaStore(guard), usage_cache=FleetUsageCache(guard)
+    )
     agent = PandaDocTrialistAgent(
         services, settings, store=guard, sleep=asyncio.sleep if job.real_sleep else _recorded_sleep
     )

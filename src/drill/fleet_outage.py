@@ -8,26 +8,38 @@ conversation) and on each tool's time against its deadline."""
 from __future__ import annotations
 
 import tempfile
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from src.drill.fleet import FleetJob, run_fleet_async
 from src.drill.harness import technical_leaks
 from src.sandbox import FaultKind, Sandbox
+from src.settings import ResilienceSettings
 
-if TYPE_CHECKING:
-    from src.drill.scenarios import Scenario, ScenarioReport
-
-__all__ = ["CONVERSATIONS", "run_fleet_outage"]
+__all__ = ["CONVERSATIONS", "FleetOutage", "run_fleet_outage"]
 
 CONVERSATIONS = 6
 AT_ONCE = 3
 LOOKUPS = 2
 MAX_REQUESTS = 2 * 3  # at most two conversations' attempts before every one sees it open
+NOTE = (
+    f"{CONVERSATIONS} conversations x {LOOKUPS} lookups, {AT_ONCE} processes at a "
+    "time, one SQLite store; tool seconds are the callers' waits"
+)
 
 
-async def run_fleet_outage(scenario: Scenario) -> ScenarioReport:
-    from src.drill.scenarios import DEFAULTS, ScenarioReport
+@dataclass(frozen=True)
+class FleetOutage:
+    """What the fleet's callers heard and what the dead vendor saw."""
 
+    heard: list[str]
+    max_tool_s: float | None
+    requests: int
+    open_in: int
+    problems: list[str]
+
+
+async def run_fleet_outage(defaults: ResilienceSettings) -> FleetOutage:
+    """Run the fleet against a dead Amplitude with ``defaults`` (production tuning)."""
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="fleet-outage-") as tmp:
         async with Sandbox() as sandbox:
@@ -44,26 +56,10 @@ async def run_fleet_outage(scenario: Scenario) -> ScenarioReport:
     if requests > MAX_REQUESTS:
         problems.append(f"{requests} requests reached the dead vendor (> {MAX_REQUESTS})")
     tool_times = [t for r in results for t in r.tool_seconds]
-    limit = DEFAULTS.tool_deadline + 0.5
+    limit = defaults.tool_deadline + 0.5
     if tool_times and max(tool_times) > limit:
         problems.append(f"tool took {max(tool_times):.2f}s > deadline {limit:g}s")
     open_in = sum(r.states.get("amplitude") == "open" for r in results)
-    return ScenarioReport(
-        name=scenario.name,
-        what=scenario.what,
-        heard=" | ".join(heard),
-        first_words_s=None,
-        tool_s=max(tool_times) if tool_times else None,
-        turn_s=max(tool_times) if tool_times else 0.0,
-        requests=[requests],
-        failing="amplitude",
-        transitions=[f"amplitude:open in {open_in}/{CONVERSATIONS} processes"],
-        budget_s=scenario.budget_s,
-        turn_budget_s=scenario.turn_budget_s,
-        verdict="MISS" if problems else "ok",
-        problems=sorted(set(problems)),
-        note=(
-            f"{CONVERSATIONS} conversations x {LOOKUPS} lookups, {AT_ONCE} processes at a "
-            f"time, one SQLite store; tool seconds are the callers' waits"
-        ),
+    return FleetOutage(
+        heard, max(tool_times) if tool_times else None, requests, open_in, sorted(set(problems))
     )

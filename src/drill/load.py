@@ -2,7 +2,10 @@
 
 One sandbox is shared by ``conversations`` production-assembled agent sessions (the
 stand-in model's keyword script, no scripted replies), every vendor failing every other
-request. Each conversation plays :data:`LOAD_TURNS`. Reported: p50/p99 turn time, the worst
+request. Each conversation plays :data:`LOAD_TURNS`, each turn after a pause of up to
+:data:`THINK_S` (seeded; people on different calls do not speak in the same millisecond,
+and a drill where fifty model requests start at one instant measures that artefact, not
+the agent). Reported: p50/p99 turn time, the worst
 first-words gap, and the worst event-loop lag (a monitor that asks to wake every 10 ms and
 records how late it woke) while the conversations talk; sessions are started and play
 their turns once, healthy, before (one-time client set-up is not measured).
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -28,6 +32,7 @@ DEFAULTS = ResilienceSettings()
 TURN_BUDGET = DEFAULTS.turn_deadline + 1.0
 FIRST_WORDS = 1.5
 LAG_BUDGET = 0.050
+THINK_S = 3.0  # a caller's pause before each turn: uniform in [0, THINK_S), seeded
 
 
 @dataclass
@@ -83,13 +88,17 @@ async def run_load(conversations: int = 50) -> LoadReport:
             for i in range(conversations)
         ]
 
-        async def play(conv: Conversation) -> None:
+        rng = random.Random(7)
+
+        async def play(conv: Conversation, *, think: bool = True) -> None:
             for text in LOAD_TURNS:
+                if think:
+                    await asyncio.sleep(rng.uniform(0.0, THINK_S))
                 results.append(await conv.turn(text))
 
         # Each conversation plays its turns once healthy first, so one-time set-up
         # (clients, TLS contexts, time zones) is not measured; then vendors flap.
-        await asyncio.gather(*(play(conv) for conv in convs))
+        await asyncio.gather(*(play(conv, think=False) for conv in convs))
         results.clear()
         for name in ("amplitude", "salesforce", "hubspot", "chilipiper"):
             sandbox.servers[name].inject("*", FaultKind.FLAPPING, every=2)

@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from src.drill.fleet_outage import CONVERSATIONS as FLEET_CONVERSATIONS
+from src.drill.fleet_outage import NOTE as FLEET_NOTE
+from src.drill.fleet_outage import run_fleet_outage
 from src.drill.harness import Conversation, TurnResult, technical_leaks
 from src.drill.model_faults import stt_down_turn
 from src.sandbox import FaultKind, SandboxServer
@@ -35,7 +38,9 @@ DEFAULTS = ResilienceSettings()
 VOICE_BUDGET = DEFAULTS.tool_deadline + 1.0  # a tool's deadline plus the model round trips
 LLM_BUDGET = DEFAULTS.llm_timeout * (DEFAULTS.llm_max_retry + 1) + 1.0
 FIRST_WORDS = 1.5  # every scenario: the caller hears something within this
-FIRST_AUDIO = 2.0  # a stalled TTS: at most about 2 s of silence (TTS_NO_AUDIO_TIMEOUT 1.5 s)
+FIRST_AUDIO = (
+    1.5  # a stalled TTS: first audio (the apology) within 1.5 s (TTS_NO_AUDIO_TIMEOUT 1.2 s)
+)
 TURN_BUDGET = DEFAULTS.turn_deadline + 1.0  # a reply's tools answered within this
 
 
@@ -291,9 +296,7 @@ class ScenarioReport:
 
 async def run_scenario(scenario: Scenario) -> ScenarioReport:
     if scenario.fleet:
-        from src.drill.fleet_outage import run_fleet_outage
-
-        return await run_fleet_outage(scenario)
+        return await _fleet_report(scenario)
     failing = scenario.failing or (scenario.faults[0].service if scenario.faults else "")
     problems: list[str] = []
     note = ""
@@ -371,3 +374,24 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
 
 async def run_all(scenarios: Sequence[Scenario]) -> list[ScenarioReport]:
     return [await run_scenario(s) for s in scenarios]
+
+
+async def _fleet_report(scenario: Scenario) -> ScenarioReport:
+    """The ``fleet-outage`` scenario: conversations in separate processes."""
+    outcome = await run_fleet_outage(DEFAULTS)
+    return ScenarioReport(
+        name=scenario.name,
+        what=scenario.what,
+        heard=" | ".join(outcome.heard),
+        first_words_s=None,
+        tool_s=outcome.max_tool_s,
+        turn_s=outcome.max_tool_s or 0.0,
+        requests=[outcome.requests],
+        failing="amplitude",
+        transitions=[f"amplitude:open in {outcome.open_in}/{FLEET_CONVERSATIONS} processes"],
+        budget_s=scenario.budget_s,
+        turn_budget_s=scenario.turn_budget_s,
+        verdict="MISS" if outcome.problems else "ok",
+        problems=outcome.problems,
+        note=FLEET_NOTE,
+    )

@@ -44,6 +44,7 @@ idempotent and safe to retry whenever the raised error says ``retryable``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ INTEGRATION_PROPERTY = "integration"
 TRIAL_END_PROPERTY = "trial_end_date"
 
 _EVENT_PAGE = 1000  # the API's maximum page size
+# Events validated between two yields to the event loop: about a millisecond of work, so a
+# page at the size cap never holds the loop (and every conversation's audio) for long.
+_VALIDATE_BATCH = 250
 QUERIES_PER_LOOKUP = 2  # usersearch + useractivity, against the hourly budget
 
 logger = get_logger("pandadoc.services.amplitude")
@@ -170,6 +174,25 @@ class _UserData(pydantic.BaseModel):
 class _UserActivity(pydantic.BaseModel):
     user_data: _UserData = pydantic.Field(default_factory=_UserData, alias="userData")
     events: list[_Event]
+
+
+class _Events(pydantic.RootModel[list[_Event]]):
+    pass
+
+
+async def parse_activity(data: Any) -> _UserActivity:
+    """Validate a user-activity page in batches of events, yielding to the event loop
+    between batches; a mismatch is :class:`BadResponse`, as with :func:`parse_model`."""
+    events = data.get("events") if isinstance(data, dict) else None
+    if not isinstance(events, list):
+        return parse_model(SERVICE, _UserActivity, data)  # the precise BadResponse
+    page = parse_model(SERVICE, _UserActivity, {**data, "events": []})
+    for start in range(0, len(events), _VALIDATE_BATCH):
+        await asyncio.sleep(0)
+        page.events.extend(
+            parse_model(SERVICE, _Events, events[start : start + _VALIDATE_BATCH]).root
+        )
+    return page
 
 
 def _utc_now() -> datetime:
@@ -350,9 +373,7 @@ class AmplitudeClient(ServiceClient):
             raise NotFound(SERVICE, "amplitude: no user with that id")
 
         params = {"user": match.amplitude_id, "offset": 0, "limit": _EVENT_PAGE}
-        activity = parse_model(
-            SERVICE, _UserActivity, await self._get("/api/2/useractivity", params)
-        )
+        activity = await parse_activity(await self._get("/api/2/useractivity", params))
         trial_end = parse_trial_end(activity.user_data.properties.trial_end_date)
         facts = _facts(activity.events, trial_end)
         usage = _as_of(facts, self._clock())

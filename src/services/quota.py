@@ -18,11 +18,12 @@ Both sit on protocols so a fleet store can back them:
   ``lease_s``, so a crashed worker cannot hold a slot forever);
 * :class:`UsageCache`: ``get``/``put`` of JSON-able dicts with a time to live.
 
-:class:`MemoryQuotaStore` and :class:`MemoryUsageCache` implement them in memory. They
-make the limits hold only for the conversations that share one instance (by default one
-conversation: LiveKit runs each job in its own process). Fleet-wide limits need a
-shared store (Redis, SQLite) behind the protocols; until then the hourly budget guards
-against one conversation's runaway loop, not against the fleet's total.
+:class:`MemoryQuotaStore` and :class:`MemoryUsageCache` implement them in memory, for
+the conversations that share one instance (tests, the drill harness).
+:class:`src.store.FleetQuotaStore` and :class:`src.store.FleetUsageCache` implement them
+on the resilience store (``RESILIENCE_STORE_URL``: SQLite for one host, Redis for
+several), which is what the worker's entry point uses: the budget, the concurrency cap
+and the cache then hold for the whole fleet.
 
 Keys never hold an email: :func:`cache_key` hashes it.
 """

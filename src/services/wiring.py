@@ -50,8 +50,9 @@ class TrialistServices:
     ) -> TrialistServices:
         """The clients for ``settings``. ``quota_store`` / ``usage_cache`` back
         Amplitude's client-side quota and usage cache; default: fresh in-memory ones,
-        which hold for this conversation only (LiveKit runs each job in its own process):
-        pass a fleet store to share them across conversations and workers."""
+        which hold for this conversation only (LiveKit runs each job in its own process).
+        The entry point passes :class:`src.store.FleetQuotaStore` /
+        :class:`src.store.FleetUsageCache`, shared across conversations and workers."""
         r, limits = settings.resilience, settings.response_limits
         base = HttpOptions(timeout=r.service_timeout, connect_timeout=min(1.0, r.service_timeout))
 

@@ -46,7 +46,7 @@ class ResilienceSettings:
         llm_stall_timeout: seconds without a chunk once the answer started before the
             reply is closed with a natural sentence (1.0).
         tts_no_audio_timeout: seconds a TTS stream that owes audio may send none before
-            the pre-rendered apology is played instead (1.5).
+            the pre-rendered apology is played instead (1.2).
         llm_max_retry / tts_max_retry / stt_max_retry: LiveKit-level retries (1/1/2),
             instead of LiveKit's 3 retries x 2 s, which can leave a caller in silence
             for over half a minute.
@@ -84,7 +84,7 @@ class ResilienceSettings:
     llm_timeout: float = 6.0
     llm_first_token_timeout: float = 1.0
     llm_stall_timeout: float = 1.0
-    tts_no_audio_timeout: float = 1.5
+    tts_no_audio_timeout: float = 1.2
     tts_timeout: float = 5.0
     stt_timeout: float = 5.0
     llm_max_retry: int = 1
@@ -303,10 +303,11 @@ class AgentSettings:
 class ResponseLimits:
     """Largest response body accepted from each vendor, in bytes; a larger one is refused
     while it streams (the caller hears the service's fallback). Amplitude's activity page
-    (up to 1000 events) is the only large answer we ask for: 4 MiB parses in about 20 ms;
+    (up to 1000 events, well under 1 MB) is the only large answer we ask for: 3 MiB decodes in
+    about 10 ms and its events are validated in batches that yield to the event loop;
     the others answer one record, a note or a few slots: 1 MiB."""
 
-    amplitude: int = 4 * 1024 * 1024
+    amplitude: int = 3 * 1024 * 1024
     salesforce: int = 1024 * 1024
     hubspot: int = 1024 * 1024
     chilipiper: int = 1024 * 1024

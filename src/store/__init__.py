@@ -1,5 +1,6 @@
 """The resilience store: what every conversation of a fleet shares (circuit breaker
-state, the durable CRM outbox), chosen by ``RESILIENCE_STORE_URL``.
+state, the durable CRM outbox, vendor quotas and the usage cache), chosen by
+``RESILIENCE_STORE_URL``.
 
 * ``sqlite:///path/to/file.db``: the default for one host (every job process of a worker
   shares the file); default path under the system temp dir (:data:`DEFAULT_STORE_URL`).
@@ -16,12 +17,15 @@ from pathlib import Path
 
 from .base import BreakerView, OutboxItem, ResilienceStore, StoreError
 from .guard import StoreGuard
+from .limits import FleetQuotaStore, FleetUsageCache
 from .memory import MemoryStore
 from .sqlite import SqliteStore
 
 __all__ = [
     "DEFAULT_STORE_URL",
     "BreakerView",
+    "FleetQuotaStore",
+    "FleetUsageCache",
     "MemoryStore",
     "OutboxItem",
     "ResilienceStore",

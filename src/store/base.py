@@ -6,7 +6,10 @@ A store holds two things shared by every conversation (job process) of a fleet:
   ``failures``, ``opened_at`` and the half-open probe's lease (``probe`` token and
   ``probe_until``), all times on the store's own clock;
 * the durable outbox: CRM writes (an id and a JSON payload) with a claim lease, so two
-  drains never send the same write at once.
+  drains never send the same write at once;
+* vendor quotas and the usage cache (issue #18): a sliding-window budget per key, leases
+  on concurrency slots that expire by themselves, and JSON answers with a time to live,
+  so an hourly vendor budget and a cached usage hold for the whole fleet.
 
 The breaker rules are written once here as plain functions over a record dict; each
 backend only has to run them atomically (a lock, a SQLite transaction, a Redis WATCH
@@ -16,6 +19,7 @@ transaction) with its own clock.
 from __future__ import annotations
 
 import abc
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +63,17 @@ class OutboxItem:
     payload: str
     created: float
     claimed_until: float
+
+
+def parse_cached(raw: str | bytes | None) -> dict[str, Any] | None:
+    """A stored cache value back as a dict; ``None`` when absent or not a JSON object."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def new_record() -> Record:
@@ -175,6 +190,29 @@ class ResilienceStore(abc.ABC):
     @abc.abstractmethod
     async def outbox_list(self) -> list[OutboxItem]:
         """Every write, oldest first (operator view)."""
+
+    # -- vendor quotas and the usage cache (backing src.services.quota's protocols) ----
+    @abc.abstractmethod
+    async def quota_charge(self, key: str, cost: int, limit: int, window_s: float) -> bool:
+        """Atomically add ``cost`` to ``key``'s sliding window of ``window_s`` seconds if
+        the total stays within ``limit``; ``False`` (and nothing added) otherwise."""
+
+    @abc.abstractmethod
+    async def quota_acquire(self, key: str, limit: int, lease_s: float) -> str | None:
+        """A lease on one of ``limit`` slots of ``key`` (expires after ``lease_s``), or
+        ``None`` when all are taken; expired leases are dropped first."""
+
+    @abc.abstractmethod
+    async def quota_release(self, key: str, lease: str) -> None:
+        """Give a lease back (a no-op when it already expired)."""
+
+    @abc.abstractmethod
+    async def cache_get(self, key: str) -> dict[str, Any] | None:
+        """The live entry of ``key``, or ``None`` (absent, expired or unreadable)."""
+
+    @abc.abstractmethod
+    async def cache_put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        """Keep ``value`` (JSON-able) for ``ttl_s`` seconds; ``ttl_s <= 0`` keeps nothing."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from typing import Any
 
+from ..services.quota import MemoryQuotaStore, MemoryUsageCache
 from .base import Mutation, OutboxItem, R, Record, ResilienceStore, StoreError, new_record
 
 __all__ = ["MemoryStore"]
@@ -23,6 +25,8 @@ class MemoryStore(ResilienceStore):
         self._clock = clock
         self._records: dict[str, Record] = {}
         self._outbox: dict[str, OutboxItem] = {}
+        self._quota = MemoryQuotaStore(clock)
+        self._cache = MemoryUsageCache(clock)
         self.fail = False
 
     def _check(self) -> None:
@@ -73,3 +77,24 @@ class MemoryStore(ResilienceStore):
     async def outbox_list(self) -> list[OutboxItem]:
         self._check()
         return sorted(self._outbox.values(), key=lambda i: i.created)
+
+    # -- vendor quotas and the usage cache: the in-process implementations ----------
+    async def quota_charge(self, key: str, cost: int, limit: int, window_s: float) -> bool:
+        self._check()
+        return await self._quota.charge(key, cost, limit, window_s)
+
+    async def quota_acquire(self, key: str, limit: int, lease_s: float) -> str | None:
+        self._check()
+        return await self._quota.acquire(key, limit, lease_s)
+
+    async def quota_release(self, key: str, lease: str) -> None:
+        self._check()
+        await self._quota.release(key, lease)
+
+    async def cache_get(self, key: str) -> dict[str, Any] | None:
+        self._check()
+        return await self._cache.get(key)
+
+    async def cache_put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        self._check()
+        await self._cache.put(key, value, ttl_s)

@@ -1,20 +1,31 @@
 """``redis://host:port/db`` (``rediss://`` for TLS): the store for several workers or
 LiveKit Cloud replicas, on redis-py's asyncio client. Every timestamp is the Redis
 server's ``TIME``, so hosts whose clocks disagree still agree on when a circuit may be
-probed. Breaker records change in WATCH/MULTI transactions; outbox claims run in one Lua
-script. Short socket timeouts: a slow or dead Redis is a :class:`StoreError` in a
-fraction of a second, and the client reconnects by itself on the next call."""
+probed. Breaker records change in WATCH/MULTI transactions; outbox claims and vendor
+quota checks each run in one Lua script. Short socket timeouts: a slow or dead Redis is a
+:class:`StoreError` in a fraction of a second, and the client reconnects by itself on the
+next call."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
-from .base import Mutation, OutboxItem, R, Record, ResilienceStore, StoreError, new_record
+from .base import (
+    Mutation,
+    OutboxItem,
+    R,
+    Record,
+    ResilienceStore,
+    StoreError,
+    new_record,
+    parse_cached,
+)
 
 __all__ = ["RedisStore"]
 
@@ -48,6 +59,35 @@ end
 return out
 """
 
+# Quotas: a sorted set per key. Charges are members "<token>:<cost>" scored by when they
+# were made; leases are members "<token>" scored by when they expire. Server time only.
+_CHARGE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local cost, limit, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local used = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  used = used + (tonumber(string.match(member, ':(%d+)$')) or 0)
+end
+if used + cost > limit then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+return 1
+"""
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < math.ceil(lease * 1000) then redis.call('PEXPIRE', KEYS[1], math.ceil(lease * 1000)) end
+return 1
+"""
+
 
 def _num(value: Any) -> float:
     return float(value.decode() if isinstance(value, bytes) else value)
@@ -75,6 +115,8 @@ class RedisStore(ResilienceStore):
         )
         self._put = self._redis.register_script(_PUT)
         self._claim = self._redis.register_script(_CLAIM)
+        self._charge = self._redis.register_script(_CHARGE)
+        self._acquire = self._redis.register_script(_ACQUIRE)
 
     async def _guard(self, coro: Any) -> Any:
         try:
@@ -163,6 +205,38 @@ class RedisStore(ResilienceStore):
             return items
 
         return await self._guard(listing())  # type: ignore[no-any-return]
+
+    # -- vendor quotas and the usage cache: Lua on the server's clock; cache TTLs are
+    # Redis expiries (also the server's clock) --------------------------------------
+    async def quota_charge(self, key: str, cost: int, limit: int, window_s: float) -> bool:
+        ok = await self._guard(
+            self._charge(
+                keys=[f"{self._prefix}quota:{key}"],
+                args=[cost, limit, window_s, uuid.uuid4().hex],
+            )
+        )
+        return bool(int(ok))
+
+    async def quota_acquire(self, key: str, limit: int, lease_s: float) -> str | None:
+        lease = uuid.uuid4().hex
+        ok = await self._guard(
+            self._acquire(keys=[f"{self._prefix}quota:{key}"], args=[limit, lease_s, lease])
+        )
+        return lease if int(ok) else None
+
+    async def quota_release(self, key: str, lease: str) -> None:
+        await self._guard(self._redis.zrem(f"{self._prefix}quota:{key}", lease))
+
+    async def cache_get(self, key: str) -> dict[str, Any] | None:
+        return parse_cached(await self._guard(self._redis.get(f"{self._prefix}cache:{key}")))
+
+    async def cache_put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        ttl_ms = int(ttl_s * 1000)
+        if ttl_ms <= 0:
+            return
+        await self._guard(
+            self._redis.set(f"{self._prefix}cache:{key}", json.dumps(value), px=ttl_ms)
+        )
 
     async def aclose(self) -> None:
         with contextlib.suppress(RedisError, OSError):

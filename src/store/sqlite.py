@@ -10,12 +10,22 @@ import asyncio
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from .base import Mutation, OutboxItem, R, Record, ResilienceStore, StoreError, new_record
+from .base import (
+    Mutation,
+    OutboxItem,
+    R,
+    Record,
+    ResilienceStore,
+    StoreError,
+    new_record,
+    parse_cached,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -27,6 +37,16 @@ CREATE TABLE IF NOT EXISTS breakers (name TEXT PRIMARY KEY, record TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT PRIMARY KEY, payload TEXT NOT NULL, created REAL NOT NULL,
     claimed_until REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS quota_charges (
+    key TEXT NOT NULL, at REAL NOT NULL, cost INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quota_charges_by_key ON quota_charges(key, at);
+CREATE TABLE IF NOT EXISTS quota_leases (
+    key TEXT NOT NULL, lease TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (key, lease)
+);
+CREATE TABLE IF NOT EXISTS usage_cache (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL
 );
 """
 
@@ -145,6 +165,72 @@ class SqliteStore(ResilienceStore):
             ).fetchall()
         )
         return [OutboxItem(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # -- vendor quotas and the usage cache: each check-and-write is one transaction ----
+    async def quota_charge(self, key: str, cost: int, limit: int, window_s: float) -> bool:
+        def body(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            conn.execute("DELETE FROM quota_charges WHERE key=? AND at<=?", (key, now - window_s))
+            (used,) = conn.execute(
+                "SELECT COALESCE(SUM(cost), 0) FROM quota_charges WHERE key=?", (key,)
+            ).fetchone()
+            if int(used) + cost > limit:
+                return False
+            conn.execute(
+                "INSERT INTO quota_charges(key, at, cost) VALUES(?, ?, ?)", (key, now, cost)
+            )
+            return True
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def quota_acquire(self, key: str, limit: int, lease_s: float) -> str | None:
+        def body(conn: sqlite3.Connection) -> str | None:
+            now = self._clock()
+            conn.execute("DELETE FROM quota_leases WHERE key=? AND expires<=?", (key, now))
+            (held,) = conn.execute(
+                "SELECT COUNT(*) FROM quota_leases WHERE key=?", (key,)
+            ).fetchone()
+            if int(held) >= limit:
+                return None
+            lease = uuid.uuid4().hex
+            conn.execute(
+                "INSERT INTO quota_leases(key, lease, expires) VALUES(?, ?, ?)",
+                (key, lease, now + lease_s),
+            )
+            return lease
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def quota_release(self, key: str, lease: str) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM quota_leases WHERE key=? AND lease=?", (key, lease)
+            )
+        )
+
+    async def cache_get(self, key: str) -> dict[str, Any] | None:
+        row = await self._run(
+            lambda conn: conn.execute(
+                "SELECT value FROM usage_cache WHERE key=? AND expires>?", (key, self._clock())
+            ).fetchone()
+        )
+        return parse_cached(row[0]) if row else None
+
+    async def cache_put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        if ttl_s <= 0:
+            return
+        raw = json.dumps(value)
+
+        def body(conn: sqlite3.Connection) -> None:
+            now = self._clock()
+            conn.execute("DELETE FROM usage_cache WHERE expires<=?", (now,))  # stays small
+            conn.execute(
+                "INSERT INTO usage_cache(key, value, expires) VALUES(?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value, expires=excluded.expires",
+                (key, raw, now + ttl_s),
+            )
+
+        await self._run(lambda conn: self._tx(conn, body))
 
     async def aclose(self) -> None:
         def close(_: sqlite3.Connection | None = None) -> None:

@@ -1,5 +1,5 @@
-"""The CRM: Salesforce first, HubSpot when Salesforce fails or has no record, and the
-writes (call summaries, demo hand-offs) that go to the record found."""
+"""The CRM tools: who the caller is (the record found by :mod:`src.tools.records`), and
+the writes (call summaries, demo hand-offs) that go to that record."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from typing import Literal
 
 from livekit.agents.llm import ToolError
 
-from src.errors import InvalidRequest, NotFound
 from src.outbox import PendingWrite, WriteOutcome
 from src.phrases import (
-    ACCOUNT_FALLBACK,
     ACCOUNT_NOT_FOUND,
     ASK_EMAIL,
     NOTE_EMPTY,
@@ -23,12 +21,12 @@ from src.phrases import (
     NOTE_WILL_CONFIRM,
 )
 from src.redaction import get_logger
-from src.services.crm import CrmContact
 from src.state import TrialistData
 from src.tools.policy import Refusal, readable_address
+from src.tools.records import find_crm_record
 from src.tools.runtime import ToolRuntime
 
-__all__ = ["crm_write", "find_crm_record", "log_summary", "lookup_account"]
+__all__ = ["crm_write", "log_summary", "lookup_account"]
 
 logger = get_logger("pandadoc.agent")
 
@@ -54,51 +52,6 @@ async def lookup_account(rt: ToolRuntime, data: TrialistData, email: str) -> str
     data.company = data.company or found.company
     rt.outbox.flush_soon()  # the CRM answers again: send what waited, in the background
     return found.for_model()
-
-
-async def find_crm_record(
-    rt: ToolRuntime, email: str, deadline_at: float | None = None
-) -> CrmContact | None:
-    """Salesforce first, HubSpot when Salesforce fails or has no record, all inside one
-    deadline (``deadline_at`` on the retry clock; default: the running tool's). ``None``
-    when neither CRM has the person; ``ToolError`` with a spoken fallback when no CRM
-    could answer."""
-    if deadline_at is None:
-        deadline_at = rt.deadline()
-    answered_not_found = False
-    sf, hs = rt.services.salesforce, rt.services.hubspot
-    if sf is not None:
-        # A slow Salesforce must leave HubSpot a fair share of the budget.
-        reserve = rt.reserve(deadline_at) if hs is not None else 0.0
-        try:
-            person = await rt.protected(
-                "salesforce",
-                lambda: sf.find_person(email),
-                ACCOUNT_FALLBACK,
-                reraise=(NotFound, InvalidRequest),
-                deadline_at=deadline_at - reserve,
-            )
-        except (NotFound, InvalidRequest):
-            answered_not_found = True
-        except ToolError:
-            logger.debug("Salesforce unavailable, falling back to HubSpot")  # per call
-        else:
-            return person
-    if hs is not None and rt.retry_clock() < deadline_at:
-        try:
-            contact = await rt.protected(
-                "hubspot",
-                lambda: hs.find_contact(email),
-                ACCOUNT_FALLBACK,
-                reraise=(NotFound, InvalidRequest),
-                deadline_at=deadline_at,
-            )
-        except (NotFound, InvalidRequest):
-            return None
-        return contact
-    if answered_not_found:
-        return None
-    raise ToolError(ACCOUNT_FALLBACK)
 
 
 async def log_summary(rt: ToolRuntime, data: TrialistData, summary: str, interest: str) -> str:

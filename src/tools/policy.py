@@ -26,6 +26,7 @@ from src.phrases import ASK_EMAIL, BAD_EMAIL, ONLY_THIS_CALL, PRIVACY_CLAIMED
 from src.redaction import get_logger, mask_email
 from src.services.crm import CrmContact
 from src.state import TrialistData
+from src.tools.records import find_crm_record
 from src.tools.runtime import ToolRuntime
 from src.validation import is_valid_email
 
@@ -101,7 +102,7 @@ async def readable_address(
     if identity.caller_number and (
         address not in identity.sip_checked and len(identity.sip_checked) < MAX_SIP_CHECKS
     ):
-        record = await _crm_record(rt, address)
+        record = await find_crm_record(rt, address)
         identity = identity.checked(address)
         if record is not None and same_phone(record.phone, identity.caller_number):
             data.identity = identity.verify_by_phone(address)
@@ -123,10 +124,3 @@ async def readable_address(
     data.identity = identity
     data.email = address
     return _refuse(tool, "unverified", address, identity)
-
-
-async def _crm_record(rt: ToolRuntime, address: str) -> CrmContact | None:
-    # Imported here: src.tools.crm imports this module for its own lookups.
-    from src.tools.crm import find_crm_record
-
-    return await find_crm_record(rt, address)
