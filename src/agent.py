@@ -45,10 +45,12 @@ from livekit.agents import (
 from livekit.plugins import silero
 
 from src import metrics, quickstart
-from src.error_recovery import CircuitBreaker, VoiceRetryPolicy
+from src.error_recovery import CircuitBreaker, RateRule, VoiceRetryPolicy, process_window
+from src.error_recovery.budget import process_budget
+from src.error_recovery.bulkhead import process_bulkhead
 from src.identity import identity_at_start, trusted_attributes
 from src.outbox import Outbox, PendingWrite
-from src.phrases import APOLOGY, FILLER_WRITE, GOODBYE, greeting
+from src.phrases import APOLOGY, BOOKING_DOWN_OPENING, FILLER_WRITE, GOODBYE, greeting
 from src.redaction import get_logger, install_redaction
 from src.services.wiring import SERVICE_NAMES, TrialistServices
 from src.session import SpokenApology, build_session, caller_safe_context, connect_options
@@ -56,6 +58,7 @@ from src.settings import Settings, SettingsError, load_settings
 from src.state import TrialistData
 from src.store import FleetQuotaStore, FleetUsageCache, StoreGuard, open_store
 from src.tools import crm, demo, usage
+from src.tools.degraded import Capability, DegradedLog, degraded_request, down_capabilities
 from src.tools.policy import record_identity
 from src.tools.runtime import ToolRuntime
 from src.watchdogs import watch_llm, watch_tts
@@ -106,6 +109,14 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         self.settings = settings or Settings()
         r = self.settings.resilience
         self.services = services
+        rate_rule = RateRule(
+            failure_rate_threshold=r.failure_rate_threshold,
+            slow_call_rate_threshold=r.slow_call_rate_threshold,
+            slow_call_duration=r.slow_call_duration,
+            minimum_calls=r.minimum_calls,
+            window_size=r.window_size,
+            window_seconds=r.window_seconds,
+        )
         self.circuit_breakers: dict[str, CircuitBreaker] = {
             name: CircuitBreaker(
                 failure_threshold=r.failure_threshold,
@@ -113,7 +124,19 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
                 name=name,
                 clock=clock,
                 store=store,  # shared with every conversation of the fleet when given
+                rate_rule=rate_rule,
+                window=process_window(name, rate_rule),
             )
+            for name in SERVICE_NAMES
+        }
+        self.retry_budgets = {
+            name: process_budget(
+                name, r.retry_budget_max_tokens, r.retry_budget_token_ratio, guard=store
+            )
+            for name in SERVICE_NAMES
+        }
+        self.bulkheads = {
+            name: process_bulkhead(name, r.bulkhead_max_concurrent, r.bulkhead_max_wait)
             for name in SERVICE_NAMES
         }
         self.retry_policy = VoiceRetryPolicy(
@@ -127,6 +150,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         self.now = now
         # Played instead of a TTS stream that stalls (the entry point's pre-rendered apology).
         self.tts_rescue: SpokenApology | None = None
+        self._degraded_log = DegradedLog()
         self.outbox = Outbox(
             services,
             self.call_with_retry_and_circuit_breaker,
@@ -134,6 +158,19 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             service_timeout=r.service_timeout,
             store=store,
         )
+
+    def down_capabilities(self) -> list[Capability]:
+        """What the model is told is unavailable now (open circuits, issue #15)."""
+        configured = [n for n in SERVICE_NAMES if getattr(self.services, n, None) is not None]
+        return down_capabilities(self.circuit_breakers, configured)
+
+    async def opening_words(self, name: str | None) -> str:
+        """The greeting; when booking is down as the conversation starts (the fleet's
+        view of the circuit), it sets expectations once, naturally."""
+        await self.circuit_breakers["chilipiper"].refresh(force=True)
+        if any(cap.name == "booking" for cap in self.down_capabilities()):
+            return f"{greeting(name)} {BOOKING_DOWN_OPENING}"
+        return greeting(name)
 
     @property
     def pending_writes(self) -> list[PendingWrite]:
@@ -155,11 +192,15 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         tools: list[llm.Tool],
         model_settings: ModelSettings,
     ) -> Any:
-        """LiveKit's default LLM node, fed a context without technical tool errors, its
-        stream watched for stalls (:func:`~src.watchdogs.watch_llm`)."""
+        """LiveKit's default LLM node, fed a context without technical tool errors and
+        told what is down right now (:mod:`src.tools.degraded`: a note, and no tools that
+        cannot answer), its stream watched for stalls (:func:`~src.watchdogs.watch_llm`)."""
         r = self.settings.resilience
+        down = self.down_capabilities()
+        self._degraded_log.update(down)
+        chat_ctx, tools = degraded_request(caller_safe_context(chat_ctx), tools, down)
         return watch_llm(
-            Agent.default.llm_node(self, caller_safe_context(chat_ctx), tools, model_settings),
+            Agent.default.llm_node(self, chat_ctx, tools, model_settings),
             first_token_timeout=r.llm_first_token_timeout,
             stall_timeout=r.llm_stall_timeout,
         )
@@ -325,7 +366,7 @@ async def entrypoint(ctx: JobContext) -> None:
     record_identity(identity)
     data.identity, data.email = identity, identity.email
     data.name = name or data.name
-    await session.say(greeting(data.name), allow_interruptions=True)
+    await session.say(await agent.opening_words(data.name), allow_interruptions=True)
     await prerender  # keep a reference until done; failures are logged inside
 
 

@@ -312,3 +312,30 @@ and the model, reading the history, sees an unfinished answer, not a finished on
 TROUBLE_HEARING = "I'm having trouble hearing you right now. Please say that again in a moment."
 """Said (before the spec's apology) when speech recognition fails: the agent can still
 speak, so it says what is wrong instead of waiting in silence."""
+
+
+# --------------------------------------------------------------------------------------
+# Adaptive protection: degraded capabilities (issue #15, src/tools/degraded.py)
+# --------------------------------------------------------------------------------------
+
+BOOKING_DOWN_OPENING = (
+    "Just so you know, I can't book demo times directly today, but I can pass your "
+    "preferred times to our team and they'll follow up."
+)
+"""Added to the greeting when a conversation starts while booking is down: expectations
+are set once, and the rest of the call the model knows not to offer booking."""
+
+# What the model is told (never spoken as such) while a capability's circuit is open.
+BOOKING_DOWN_NOTE = (
+    "Right now demo times cannot be checked or booked. Do not offer, promise or try to "
+    "book a demo time. If the caller wants a demo, say you can't book times directly "
+    "today and offer to pass their preferred times to the team, who will follow up."
+)
+USAGE_DOWN_NOTE = (
+    "Right now the caller's trial usage cannot be looked up. Do not promise to check it; "
+    "help with anything else."
+)
+ACCOUNT_DOWN_NOTE = (
+    "Right now the caller's account record cannot be looked up. Do not promise to check "
+    "it; help with anything else."
+)

@@ -17,3 +17,14 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_protection() -> Iterator[None]:
+    """Issue #15: each test starts as a fresh worker process (no shared sliding windows,
+    bulkheads or retry budgets left over from another test)."""
+    from src.error_recovery.protection import reset_process_protection
+
+    reset_process_protection()
+    yield
+    reset_process_protection()

@@ -249,8 +249,14 @@ async def test_circuit_opens_then_single_probe(service: str) -> None:
         open_turn = await conv.turn(cell.says)
         assert open_turn.requests[service] == 0
         assert open_turn.said
-        assert open_turn.tool_resolution_s is not None
-        assert open_turn.tool_resolution_s < 0.5  # fails fast, no waiting
+        if service == "chilipiper":
+            # Issue #15: while booking is down the model is not offered its tools (it is
+            # told booking is unavailable), so no tool runs at all.
+            offered = {t["function"]["name"] for t in conv.sandbox.openai.last_request["tools"]}
+            assert cell.tool not in offered and open_turn.tool_resolution_s is None
+        else:
+            assert open_turn.tool_resolution_s is not None
+            assert open_turn.tool_resolution_s < 0.5  # fails fast, no waiting
         assert_no_leaks(conv, open_turn)
 
         conv.clock.advance(RECOVERY + 1)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from src.drill.adaptive import ADAPTIVE, run_adaptive
 from src.drill.load import THINK_S, LoadReport, run_load
 from src.drill.scenarios import DEFAULTS, SCENARIOS, ScenarioReport, run_all
 
@@ -106,18 +107,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in SCENARIOS:
             print(f"{s.name:22} {s.what}")
         print(f"{LOAD:22} concurrent conversations against flapping vendors (--conversations)")
+        for name in ADAPTIVE:
+            print(f"{name:22} adaptive protection (issue #15, src/drill/adaptive.py)")
         return 0
     chosen = list(SCENARIOS)
     with_load = True
+    adaptive: list[str] = list(ADAPTIVE)
     if args.scenario:
-        unknown = [n for n in args.scenario if n not in by_name and n != LOAD]
+        unknown = [n for n in args.scenario if n not in by_name and n != LOAD and n not in ADAPTIVE]
         if unknown:
             parser.error(f"unknown scenario(s): {', '.join(unknown)}; see --list")
-        chosen = [by_name[n] for n in args.scenario if n != LOAD]
+        chosen = [by_name[n] for n in args.scenario if n in by_name]
+        adaptive = [n for n in args.scenario if n in ADAPTIVE]
         with_load = LOAD in args.scenario
     logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL)
     started = time.perf_counter()
     reports = asyncio.run(run_all(chosen)) if chosen else []
+    if adaptive:
+        reports += asyncio.run(run_adaptive(adaptive))
     load = asyncio.run(run_load(args.conversations)) if with_load else None
     elapsed = time.perf_counter() - started
     if reports:

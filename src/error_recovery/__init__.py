@@ -24,6 +24,7 @@ from .breaker import CircuitBreaker, CircuitState
 from .mixin import ErrorRecoveryMixin
 from .policies import backoff_delay, counts_as_failure, error_type_for, is_retryable
 from .retry import DEFAULT_VOICE_RETRY, VoiceRetryPolicy, retry_with_exponential_backoff
+from .window import RateRule, SlidingWindow, process_window
 
 __all__ = [
     "DEFAULT_VOICE_RETRY",
@@ -31,10 +32,13 @@ __all__ = [
     "CircuitBreaker",
     "CircuitState",
     "ErrorRecoveryMixin",
+    "RateRule",
+    "SlidingWindow",
     "VoiceRetryPolicy",
     "backoff_delay",
     "counts_as_failure",
     "error_type_for",
     "is_retryable",
+    "process_window",
     "retry_with_exponential_backoff",
 ]

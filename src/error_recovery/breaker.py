@@ -13,7 +13,11 @@ closed-circuit success path does not touch the store (the shared view is cached 
 ``share_ttl``). When the store fails, the breaker carries on with its local state.
 Use the async :meth:`CircuitBreaker.admit` / :meth:`~CircuitBreaker.on_failure` /
 :meth:`~CircuitBreaker.on_success` (or :meth:`~CircuitBreaker.call`) to share; the sync
-``acquire``/``record_*`` only ever change local state."""
+``acquire``/``record_*`` only ever change local state.
+
+With a :class:`~.window.RateRule` the circuit also opens on the failure rate or the
+slow-call rate over a sliding window of recent calls (:mod:`.window`, per process); an
+opening by that rule is written to the store like any other, so the fleet follows."""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from ..errors import CircuitOpenError
 from ..redaction import get_logger
 from ..store import BreakerView, StoreError, StoreGuard
 from .policies import counts_as_failure
+from .window import RateRule, SlidingWindow
 
 __all__ = ["CircuitBreaker", "CircuitState", "Clock", "TransitionListener"]
 
@@ -61,6 +66,10 @@ class CircuitBreaker:
         share_ttl: seconds a shared view is trusted before the store is read again.
             Default 0.25.
         probe_lease: seconds the fleet's one half-open probe holds its lease. Default 10.
+        rate_rule: failure-rate / slow-call-rate thresholds over a sliding window (None:
+            only the consecutive rule, as in the spec).
+        window: the sliding window to judge it on (default: a window of this breaker's
+            own; :func:`~.window.process_window` shares one per service).
 
     No lock is held across the awaited call: state changes happen between awaits, which
     asyncio makes atomic, so any number of concurrent tasks may share one breaker.
@@ -78,6 +87,8 @@ class CircuitBreaker:
         store: StoreGuard | None = None,
         share_ttl: float = 0.25,
         probe_lease: float = 10.0,
+        rate_rule: RateRule | None = None,
+        window: SlidingWindow | None = None,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be >= 1")
@@ -99,6 +110,10 @@ class CircuitBreaker:
         self.probe_lease = probe_lease
         self._synced_at: float | None = None
         self._shared_probe: dict[int, str] = {}  # local probe token -> fleet lease token
+        self.rate_rule = rate_rule
+        if window is None and rate_rule is not None:
+            window = SlidingWindow(rate_rule)
+        self._window = window
 
     # -- read-only view ----------------------------------------------------------------
     @property
@@ -134,12 +149,13 @@ class CircuitBreaker:
         raises whatever ``func`` does, after recording the outcome.
         """
         probe = await self.admit()
+        started = self._clock()
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            await self.on_failure(exc, probe=probe)
+            await self.on_failure(exc, probe=probe, duration=self._clock() - started)
             raise
-        await self.on_success(probe=probe)
+        await self.on_success(probe=probe, duration=self._clock() - started)
         return result
 
     # -- fleet-wide (async; local only when there is no store) --------------------------
@@ -190,9 +206,12 @@ class CircuitBreaker:
             self._shared_probe[local] = token
         return local
 
-    async def on_failure(self, exc: BaseException, *, probe: int = 0) -> None:
+    async def on_failure(
+        self, exc: BaseException, *, probe: int = 0, duration: float | None = None
+    ) -> None:
         """:meth:`record_failure`, counted fleet-wide: this failure and those of every
-        other conversation add up to the threshold."""
+        other conversation add up to the threshold. ``duration`` (seconds the attempt
+        took) feeds the rate rule."""
         guard = self.store
         if probe:
             token = self._shared_probe.pop(probe, None)
@@ -202,28 +221,31 @@ class CircuitBreaker:
                 await self._probe_done(guard, token, ok)
             return
         if guard is None or self._state is not CircuitState.CLOSED:
-            self.record_failure(exc)
+            self.record_failure(exc, duration=duration)
             return
         if not self._is_failure(exc):
             return
+        by_rate = self._observe(failed=True, duration=duration)
+        threshold = 1 if by_rate else self.failure_threshold  # the rate rule opens it now
         try:
             opened, view = await guard.run(
-                lambda: guard.store.breaker_failure(
-                    self.name, self.failure_threshold, self.recovery_timeout
-                ),
+                lambda: guard.store.breaker_failure(self.name, threshold, self.recovery_timeout),
                 "failure",
             )
         except StoreError:
-            self.record_failure(exc)
+            self._count_failure(by_rate)
             return
         self._synced_at = self._clock()
         if opened and self._state is CircuitState.CLOSED:
             self._failure_count = view.failures
-            self._open(reason="threshold")
+            if by_rate:
+                self._open_by_rate(by_rate)
+            else:
+                self._open(reason="threshold")
         else:
             self._adopt(view)
 
-    async def on_success(self, *, probe: int = 0) -> None:
+    async def on_success(self, *, probe: int = 0, duration: float | None = None) -> None:
         """:meth:`record_success`, shared: a probe's success closes the circuit for the
         fleet; a success after counted failures clears the shared count."""
         guard = self.store
@@ -234,7 +256,15 @@ class CircuitBreaker:
                 await self._probe_done(guard, token, True)
             return
         had_failures = self._failure_count > 0
-        self.record_success()
+        self.record_success(duration=duration)
+        if guard is not None and self._state is not CircuitState.CLOSED:
+            # the slow-call rule opened it: tell the fleet (threshold 1 opens at once)
+            with contextlib.suppress(StoreError):
+                await guard.run(
+                    lambda: guard.store.breaker_failure(self.name, 1, self.recovery_timeout),
+                    "slow calls",
+                )
+            return
         if guard is not None and had_failures and self._state is CircuitState.CLOSED:
             with contextlib.suppress(StoreError):
                 await guard.run(lambda: guard.store.breaker_success(self.name), "success")
@@ -299,16 +329,22 @@ class CircuitBreaker:
         self._probe_token = 0
         return True
 
-    def record_success(self, *, probe: int = 0) -> None:
-        """Record a successful call (or an answer that is not a health failure)."""
+    def record_success(self, *, probe: int = 0, duration: float | None = None) -> None:
+        """Record a successful call (or an answer that is not a health failure);
+        ``duration`` lets the slow-call rule judge it."""
         if probe:
             if self._end_probe(probe) and self._state is CircuitState.HALF_OPEN:
                 self._close()
             return
         if self._state is CircuitState.CLOSED:
             self._failure_count = 0
+            by_rate = self._observe(failed=False, duration=duration)
+            if by_rate:
+                self._open_by_rate(by_rate)
 
-    def record_failure(self, exc: BaseException, *, probe: int = 0) -> None:
+    def record_failure(
+        self, exc: BaseException, *, probe: int = 0, duration: float | None = None
+    ) -> None:
         """Record a failed call; exceptions the predicate does not count are neutral,
         except that a probe which merely got an uncounted answer (e.g. not found) proves
         the service is up, and a probe ended by cancellation or another ``BaseException``
@@ -324,9 +360,20 @@ class CircuitBreaker:
             return
         if self._state is not CircuitState.CLOSED or not self._is_failure(exc):
             return
+        self._count_failure(self._observe(failed=True, duration=duration))
+
+    def _count_failure(self, by_rate: str | None) -> None:
         self._failure_count += 1
         if self._failure_count >= self.failure_threshold:
             self._open(reason="threshold")
+        elif by_rate:
+            self._open_by_rate(by_rate)
+
+    def _observe(self, *, failed: bool, duration: float | None) -> str | None:
+        """Feed the rate rule's window; why it says to open, else ``None``."""
+        if self._window is None:
+            return None
+        return self._window.record(self._clock(), failed=failed, duration=duration)
 
     def reset(self) -> None:
         """Force the circuit closed (operator action); counts and probe are cleared."""
@@ -346,8 +393,25 @@ class CircuitBreaker:
             extra={"breaker": self.name, "reason": reason},
         )
 
+    def _open_by_rate(self, reason: str) -> None:
+        window = self._window
+        assert window is not None
+        rate = window.failure_rate() if reason == "failure rate" else window.slow_rate()
+        calls = len(window)
+        self._opened_at = self._clock()
+        self._transition(CircuitState.OPEN)
+        logger.warning(
+            "Circuit breaker: Opening circuit on %s %.0f%% over the last %d calls",
+            reason,
+            rate * 100,
+            calls,
+            extra={"breaker": self.name, "reason": reason},
+        )
+
     def _close(self) -> None:
         self._failure_count = 0
+        if self._window is not None:
+            self._window.clear()
         self._opened_at = None
         self._transition(CircuitState.CLOSED)
         logger.info(

@@ -4,6 +4,7 @@ session state intact when a tool fails, and the combined retry + breaker + fallb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import random
 import time
@@ -13,12 +14,14 @@ from typing import Any, TypeVar
 from livekit.agents.llm import StopResponse, ToolError
 
 from .. import metrics
-from ..errors import CircuitOpenError
+from ..errors import CircuitOpenError, ServiceTimeout
 from ..phrases import ERROR_RESPONSES
 from ..redaction import get_logger
 from .breaker import CircuitBreaker, CircuitState, Clock
+from .budget import RetryBudget
+from .bulkhead import Bulkhead, BulkheadFull
 from .changeset import ToolChanges, tracks
-from .policies import error_type_for, is_retryable
+from .policies import counts_as_failure, error_type_for, is_retryable
 from .retry import DEFAULT_VOICE_RETRY, Sleep, VoiceRetryPolicy, retry_with_exponential_backoff
 
 __all__ = ["ErrorRecoveryMixin"]
@@ -84,6 +87,8 @@ class ErrorRecoveryMixin:
     """
 
     circuit_breakers: dict[str, CircuitBreaker]
+    bulkheads: dict[str, Bulkhead] = {}  # noqa: RUF012 - read-only default: none
+    retry_budgets: dict[str, RetryBudget] = {}  # noqa: RUF012 - read-only default: none
     error_rng: random.Random | None = None
     retry_policy: VoiceRetryPolicy = DEFAULT_VOICE_RETRY
     retry_sleep: Sleep = staticmethod(asyncio.sleep)
@@ -182,6 +187,7 @@ class ErrorRecoveryMixin:
         attempt_timeout: float | None = None,
         min_attempt: float = 0.0,
         reraise: tuple[type[BaseException], ...] = (),
+        retry_timeouts: bool = True,
     ) -> T | str:
         """Call a service through its breaker with voice-tuned retries.
 
@@ -205,6 +211,15 @@ class ErrorRecoveryMixin:
             min_attempt: no retry starts with less than this left of ``deadline``.
             reraise: exception types to raise instead of falling back (e.g. ``NotFound``
                 when "no record" needs its own answer).
+            retry_timeouts: False inside a voice turn (issue #15): an attempt that timed
+                out is a hang signal and is not retried, so a hung vendor costs the
+                caller one attempt, not two.
+
+        With ``self.bulkheads[service_name]`` (issue #15) the call first takes a slot of
+        the vendor's bulkhead; when none frees up in time the caller gets the fallback
+        without the vendor being called. With ``self.retry_budgets[service_name]`` a
+        retry starts only while the vendor's retry budget allows it
+        (:mod:`~.budget`).
 
         Raises:
             KeyError: ``service_name`` is not one of ``self.circuit_breakers`` (the
@@ -217,6 +232,49 @@ class ErrorRecoveryMixin:
         if breaker is None:
             known = ", ".join(sorted(breakers)) or "none"
             raise KeyError(f"unknown service {service_name!r}; known services: {known}")
+        bulkhead = self.bulkheads.get(service_name)
+        async with contextlib.AsyncExitStack() as stack:
+            if bulkhead is not None:
+                try:
+                    await stack.enter_async_context(bulkhead.slot())
+                except BulkheadFull:
+                    metrics.fallback_counter(service_name, "bulkhead_full").inc()
+                    logger.warning(
+                        "Bulkhead for %s full (%d calls in flight); using the fallback",
+                        service_name,
+                        bulkhead.max_concurrent,
+                        extra={"service": service_name},
+                    )
+                    return fallback_response
+            return await self._breaker_call(
+                breaker,
+                service_name,
+                func,
+                fallback_response,
+                max_retries,
+                deadline=deadline,
+                attempt_timeout=attempt_timeout,
+                min_attempt=min_attempt,
+                reraise=reraise,
+                retry_timeouts=retry_timeouts,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover - mypy: the stack may swallow
+
+    async def _breaker_call(
+        self,
+        breaker: CircuitBreaker,
+        service_name: str,
+        func: Callable[[], Awaitable[T]],
+        fallback_response: str,
+        max_retries: int,
+        *,
+        deadline: float | None,
+        attempt_timeout: float | None,
+        min_attempt: float,
+        reraise: tuple[type[BaseException], ...],
+        retry_timeouts: bool = True,
+    ) -> T | str:
+        """The call inside its bulkhead slot: breaker, retries, fallback."""
         try:
             probe = await breaker.admit()
         except CircuitOpenError:
@@ -232,26 +290,55 @@ class ErrorRecoveryMixin:
         policy = self.retry_policy
         counted: BaseException | None = None  # the last failure already told the breaker
         attempts = 0
+        took: float | None = None  # seconds the last attempt took (the slow-call rule)
+        clock = self.retry_clock
+        budget = self.retry_budgets.get(service_name)
 
         async def attempt() -> T:
-            nonlocal counted, attempts
+            nonlocal counted, attempts, took
             attempts += 1
             if attempts > 1:
                 # Before a retry, see what other conversations learned meanwhile.
                 await breaker.refresh()
                 if breaker.state is not CircuitState.CLOSED:
                     raise CircuitOpenError(service_name, breaker.retry_in())
+            if budget is not None:
+                budget.started(retry=attempts > 1)
+            started = clock()
             try:
-                return await func()
+                result = await func()
             except Exception as exc:
                 if not probe:  # every failed attempt counts, whoever made it
                     counted = exc
-                    await breaker.on_failure(exc)
+                    await breaker.on_failure(exc, duration=clock() - started)
+                if budget is not None and counts_as_failure(exc):
+                    await budget.on_failure()
                 raise
+            took = clock() - started
+            if budget is not None:
+                await budget.on_success()
+            return result
 
         def _retryable(exc: BaseException) -> bool:
             # Stop retrying if other callers opened the circuit meanwhile.
-            return is_retryable(exc) and breaker.state is CircuitState.CLOSED
+            if not is_retryable(exc) or breaker.state is not CircuitState.CLOSED:
+                return False
+            if not retry_timeouts and isinstance(exc, ServiceTimeout | TimeoutError):
+                logger.info(
+                    "%s timed out: a hang, not retried inside the turn",
+                    service_name,
+                    extra={"service": service_name},
+                )
+                return False
+            if budget is not None and not budget.may_retry():
+                budget.refuse()
+                logger.info(
+                    "Retry budget for %s spent; not retrying",
+                    service_name,
+                    extra={"service": service_name},
+                )
+                return False
+            return True
 
         try:
             result = await retry_with_exponential_backoff(
@@ -272,6 +359,8 @@ class ErrorRecoveryMixin:
         except BaseException as exc:
             if exc is not counted and not isinstance(exc, CircuitOpenError):
                 await breaker.on_failure(exc, probe=probe)  # e.g. the attempt's time ran out
+                if budget is not None and counts_as_failure(exc):
+                    await budget.on_failure()
             if isinstance(exc, reraise) or not isinstance(exc, Exception):
                 raise
             reason = "circuit_open" if isinstance(exc, CircuitOpenError) else "failed"
@@ -283,5 +372,5 @@ class ErrorRecoveryMixin:
                 extra={"service": service_name, "error_class": type(exc).__name__},
             )
             return fallback_response
-        await breaker.on_success(probe=probe)
+        await breaker.on_success(probe=probe, duration=took)
         return result

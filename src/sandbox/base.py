@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,7 @@ class FaultKind(StrEnum):
     MALFORMED = "malformed"  # 200 with a body that is not the documented JSON
     UNAUTHORIZED = "401"
     FLAPPING = "flapping"  # every ``every``-th matching request fails with 503
+    RANDOM = "random"  # each matching request fails with 503 with chance 1/``every`` (#15)
     # 200 with a valid JSON body of ``size_bytes``, streamed in chunks (never held in
     # memory here); HUGE_BODY declares its Content-Length, HUGE_STREAM is chunked.
     HUGE_BODY = "huge"
@@ -79,6 +81,7 @@ class Fault:
     size_bytes: int = 10_000_000  # HUGE_BODY / HUGE_STREAM
     sent_bytes: int = 0  # HUGE_*: body bytes the client actually accepted
     seen: int = 0  # matching requests so far (FLAPPING counts all, others count hits)
+    rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     # HANG: requests held by this fault wait for it; set when the fault is cleared.
     released: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
@@ -259,6 +262,8 @@ class SandboxServer:
             fault.seen += 1
             if fault.kind is FaultKind.FLAPPING and fault.seen % fault.every != 0:
                 continue  # this one lets the request pass; older faults may still apply
+            if fault.kind is FaultKind.RANDOM and fault.rng.random() * fault.every >= 1:
+                continue
             if fault.count is not None:
                 fault.count -= 1
                 if fault.count <= 0:
@@ -310,7 +315,7 @@ class SandboxServer:
             raise asyncio.CancelledError  # nothing more to send on an aborted connection
         if kind in (FaultKind.SERVER_ERROR,):
             return json_error(500, "Internal Server Error")
-        if kind in (FaultKind.SERVICE_UNAVAILABLE, FaultKind.FLAPPING):
+        if kind in (FaultKind.SERVICE_UNAVAILABLE, FaultKind.FLAPPING, FaultKind.RANDOM):
             return json_error(503, "Service Unavailable")
         if kind is FaultKind.RATE_LIMITED:
             resp = json_error(429, "Too Many Requests")

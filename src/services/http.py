@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pydantic
 
+from .. import latency
 from ..attempt import current_attempt_timer
 from ..errors import (
     AuthenticationFailed,
@@ -291,6 +292,9 @@ class ServiceHttp:
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be > 0 seconds")
         total = min(timeout, self.options.timeout) if timeout else self.options.timeout
+        adapted = latency.REQUEST_LIMIT.get()  # issue #15: the vendor's adaptive timeout
+        if adapted is not None and adapted > 0:
+            total = min(total, adapted)
         if idempotent is None:
             idempotent = method.upper() in IDEMPOTENT_METHODS
         url = f"{self.base_url}{path}"
@@ -371,6 +375,8 @@ class ServiceHttp:
                 raise BadResponse(self.service, f"{self.service} sent a non-JSON body") from exc
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
+            if isinstance(status, int):  # answered: how long an answer takes (issue #15)
+                latency.observe(self.service, elapsed_ms / 1000)
             logger.debug(  # the logger's redacting filter masks the path when it logs
                 "%s %s %s -> %s in %.0f ms",
                 self.service,

@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..redaction import register_secret
@@ -139,6 +140,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         stt_max_retry=_int(env, "STT_MAX_RETRY", d.stt_max_retry),
         model_retry_interval=_float(env, "MODEL_RETRY_INTERVAL", d.model_retry_interval),
         max_unrecoverable_errors=_int(env, "MAX_UNRECOVERABLE_ERRORS", d.max_unrecoverable_errors),
+        **_adaptive(env),
     )
     for name in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
         _secret(env, name)
@@ -191,6 +193,41 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         response_limits=_response_limits(env),
         fleet=_fleet(env),
     )
+
+
+def _adaptive(env: Mapping[str, str]) -> dict[str, Any]:
+    """Issue #15's settings: rate rule, bulkhead, retry budget, adaptive timeouts."""
+    d = DEFAULT_RESILIENCE
+    return {
+        "failure_rate_threshold": _float(
+            env, "CIRCUIT_FAILURE_RATE_THRESHOLD", d.failure_rate_threshold
+        ),
+        "slow_call_rate_threshold": _float(
+            env, "CIRCUIT_SLOW_CALL_RATE_THRESHOLD", d.slow_call_rate_threshold
+        ),
+        "slow_call_duration": _float(env, "CIRCUIT_SLOW_CALL_DURATION", d.slow_call_duration),
+        "minimum_calls": _int(env, "CIRCUIT_MINIMUM_CALLS", d.minimum_calls),
+        "window_size": _int(env, "CIRCUIT_WINDOW_SIZE", d.window_size),
+        "window_seconds": _float(env, "CIRCUIT_WINDOW_SECONDS", d.window_seconds),
+        "bulkhead_max_concurrent": _int(env, "BULKHEAD_MAX_CONCURRENT", d.bulkhead_max_concurrent),
+        "bulkhead_max_wait": _float(env, "BULKHEAD_MAX_WAIT", d.bulkhead_max_wait),
+        "retry_budget_max_tokens": _float(
+            env, "RETRY_BUDGET_MAX_TOKENS", d.retry_budget_max_tokens
+        ),
+        "retry_budget_token_ratio": _float(
+            env, "RETRY_BUDGET_TOKEN_RATIO", d.retry_budget_token_ratio
+        ),
+        "adaptive_timeout_percentile": _float(
+            env, "ADAPTIVE_TIMEOUT_PERCENTILE", d.adaptive_timeout_percentile
+        ),
+        "adaptive_timeout_factor": _float(
+            env, "ADAPTIVE_TIMEOUT_FACTOR", d.adaptive_timeout_factor
+        ),
+        "adaptive_timeout_floor": _float(env, "ADAPTIVE_TIMEOUT_FLOOR", d.adaptive_timeout_floor),
+        "adaptive_timeout_min_samples": _int(
+            env, "ADAPTIVE_TIMEOUT_MIN_SAMPLES", d.adaptive_timeout_min_samples
+        ),
+    }
 
 
 def _response_limits(env: Mapping[str, str]) -> ResponseLimits:

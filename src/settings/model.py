@@ -53,6 +53,22 @@ class ResilienceSettings:
         model_retry_interval: seconds between model retries (0.3).
         max_unrecoverable_errors: consecutive model failures before the session ends
             after a spoken goodbye (3).
+        failure_rate_threshold / slow_call_rate_threshold: shares (0-1] of the calls in
+            a circuit's sliding window that open it (0.5 / 1.0), besides the
+            consecutive rule; slow_call_duration: seconds from which a call is slow (0 =
+            slow-call rule off); window_size: calls in the window (20);
+            minimum_calls: calls before a rate is judged (10); window_seconds: only
+            calls this recent count (60.0; 0 = count-based only).
+        bulkhead_max_concurrent: calls to one vendor a worker process has in flight at
+            once (10); bulkhead_max_wait: seconds a caller over it waits for a slot
+            before hearing the fallback (0.5).
+        retry_budget_max_tokens / retry_budget_token_ratio: each vendor's retry budget
+            (10 / 0.2): a failed attempt takes a token, a success gives back the ratio,
+            retries only while more than half the tokens are left.
+        adaptive_timeout_percentile / _factor / _floor / _min_samples: a vendor's request
+            timeout in a voice tool is this quantile of its recent answer times times the
+            factor, between the floor and service_timeout, once it answered min_samples
+            times (0.99 / 3.0 / 1.0 s / 20).
     """
 
     failure_threshold: int = 3
@@ -76,6 +92,20 @@ class ResilienceSettings:
     stt_max_retry: int = 2
     model_retry_interval: float = 0.3
     max_unrecoverable_errors: int = 3
+    failure_rate_threshold: float = 0.5
+    slow_call_rate_threshold: float = 1.0
+    slow_call_duration: float = 0.0
+    minimum_calls: int = 10
+    window_size: int = 20
+    window_seconds: float = 60.0
+    bulkhead_max_concurrent: int = 10
+    bulkhead_max_wait: float = 0.5
+    retry_budget_max_tokens: float = 10.0
+    retry_budget_token_ratio: float = 0.2
+    adaptive_timeout_percentile: float = 0.99
+    adaptive_timeout_factor: float = 3.0
+    adaptive_timeout_floor: float = 1.0
+    adaptive_timeout_min_samples: int = 20
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
@@ -108,6 +138,36 @@ class ResilienceSettings:
             raise SettingsError("FILLER_DELAY must be >= 0 seconds")
         if self.max_unrecoverable_errors < 1:
             raise SettingsError("MAX_UNRECOVERABLE_ERRORS must be >= 1")
+        self._check_adaptive()
+
+    def _check_adaptive(self) -> None:
+        """Issue #15's settings (rate rule, bulkhead, retry budget, adaptive timeouts)."""
+        for name, rate in (
+            ("CIRCUIT_FAILURE_RATE_THRESHOLD", self.failure_rate_threshold),
+            ("CIRCUIT_SLOW_CALL_RATE_THRESHOLD", self.slow_call_rate_threshold),
+        ):
+            if not 0 < rate <= 1:
+                raise SettingsError(f"{name} must be > 0 and <= 1")
+        if self.slow_call_duration < 0 or self.window_seconds < 0:
+            raise SettingsError("CIRCUIT_SLOW_CALL_DURATION/WINDOW_SECONDS must be >= 0")
+        if not 1 <= self.minimum_calls <= self.window_size:
+            raise SettingsError("need 1 <= CIRCUIT_MINIMUM_CALLS <= CIRCUIT_WINDOW_SIZE")
+        if self.bulkhead_max_concurrent < 1:
+            raise SettingsError("BULKHEAD_MAX_CONCURRENT must be >= 1")
+        if self.bulkhead_max_wait < 0:
+            raise SettingsError("BULKHEAD_MAX_WAIT must be >= 0 seconds")
+        if self.retry_budget_max_tokens < 1:
+            raise SettingsError("RETRY_BUDGET_MAX_TOKENS must be >= 1")
+        if not 0 < self.retry_budget_token_ratio <= 1:
+            raise SettingsError("RETRY_BUDGET_TOKEN_RATIO must be > 0 and <= 1")
+        if not 0 < self.adaptive_timeout_percentile <= 1:
+            raise SettingsError("ADAPTIVE_TIMEOUT_PERCENTILE must be > 0 and <= 1")
+        if self.adaptive_timeout_factor < 1:
+            raise SettingsError("ADAPTIVE_TIMEOUT_FACTOR must be >= 1")
+        if self.adaptive_timeout_floor <= 0:
+            raise SettingsError("ADAPTIVE_TIMEOUT_FLOOR must be > 0 seconds")
+        if self.adaptive_timeout_min_samples < 1:
+            raise SettingsError("ADAPTIVE_TIMEOUT_MIN_SAMPLES must be >= 1")
 
 
 DEFAULT_RESILIENCE = ResilienceSettings()

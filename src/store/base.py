@@ -247,3 +247,26 @@ class ResilienceStore(abc.ABC):
 
     async def breaker_reset(self, name: str) -> None:
         await self._mutate(name, rule_reset)
+
+    # -- issue #15: the fleet's retry budget (one token bucket per vendor) --------------
+    async def budget_add(self, name: str, delta: float, max_tokens: float) -> float:
+        """Add ``delta`` tokens to ``name``'s retry budget (negative: take); the tokens
+        after. Kept under its own key, beside the breaker records."""
+        tokens, _, _ = await self._mutate(
+            f"retry-budget:{name}", rule_budget_add(delta, max_tokens)
+        )
+        return tokens
+
+
+# -- issue #15: the fleet's retry budget ----------------------------------------------
+def rule_budget_add(delta: float, max_tokens: float) -> Mutation[float]:
+    """Add ``delta`` tokens (negative: take), kept in ``[0, max_tokens]``; a bucket never
+    written is full. Result: the tokens after."""
+
+    def apply(rec: Record, now: float) -> tuple[float, bool]:
+        tokens = float(rec.get("tokens", max_tokens))
+        after = min(max_tokens, max(0.0, tokens + delta))
+        rec["tokens"] = after
+        return after, after != tokens
+
+    return apply

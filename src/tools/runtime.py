@@ -18,6 +18,7 @@ from livekit.agents.llm import ToolError
 
 from src import metrics
 from src.error_recovery import CircuitState, ErrorRecoveryMixin
+from src.latency import REQUEST_LIMIT, AdaptiveTimeout, adaptive_timeout
 from src.outbox import Outbox
 from src.phrases import ACCOUNT_FALLBACK, FILLER, SLOTS_FALLBACK, USAGE_FALLBACK
 from src.redaction import get_logger
@@ -53,6 +54,17 @@ class ToolRuntime(ErrorRecoveryMixin):
     now: Callable[[], datetime]
 
     _turn_book: TurnBook | None = None
+
+    @property
+    def adaptive_rule(self) -> AdaptiveTimeout:
+        """How vendors' request timeouts follow their latency (settings, issue #15)."""
+        r = self.settings.resilience
+        return AdaptiveTimeout(
+            percentile=r.adaptive_timeout_percentile,
+            factor=r.adaptive_timeout_factor,
+            floor=r.adaptive_timeout_floor,
+            min_samples=r.adaptive_timeout_min_samples,
+        )
 
     @property
     def turns(self) -> TurnBook:
@@ -135,21 +147,31 @@ class ToolRuntime(ErrorRecoveryMixin):
         becomes a ``ToolError`` carrying the spoken sentence."""
         if deadline_at is None:
             deadline_at = self.deadline()
+        r = self.settings.resilience
         remaining = deadline_at - self.retry_clock()
-        min_attempt = min(MIN_ATTEMPT_S, self.settings.resilience.service_timeout)
+        min_attempt = min(MIN_ATTEMPT_S, r.service_timeout)
         if remaining < min_attempt:
             # Too late for a useful attempt: answer now, and don't blame the service.
             logger.info("No time left in the tool budget for %s", service)
             raise ToolError(fallback)
-        result = await self.call_with_retry_and_circuit_breaker(
-            service,
-            func,
-            fallback,
-            max_retries=self.retry_policy.max_retries,
-            deadline=remaining,
-            min_attempt=min_attempt,
-            reraise=reraise,
-        )
+        # Issue #15: each request is cut to the vendor's adaptive timeout; a retry starts
+        # only if that timeout fits in what is left; a timed-out attempt (a hang) is not
+        # retried inside the turn.
+        adapted = adaptive_timeout(service, self.adaptive_rule, r.service_timeout)
+        token = REQUEST_LIMIT.set(adapted)
+        try:
+            result = await self.call_with_retry_and_circuit_breaker(
+                service,
+                func,
+                fallback,
+                max_retries=self.retry_policy.max_retries,
+                deadline=remaining,
+                min_attempt=max(min_attempt, adapted),
+                reraise=reraise,
+                retry_timeouts=False,
+            )
+        finally:
+            REQUEST_LIMIT.reset(token)
         if isinstance(result, str) and result == fallback:
             raise ToolError(fallback)
         return result  # type: ignore[return-value]

@@ -1,0 +1,31 @@
+"""Issue #15's drill scenarios that need no long real waits: the rate rule opening a
+circuit the consecutive rule never would, and a total outage under load (connections
+refused, so nothing waits) staying inside the retry budget and the bulkhead."""
+
+from __future__ import annotations
+
+from src.drill.adaptive import _outage_load, _random
+from src.sandbox import FaultKind, Sandbox
+
+
+async def test_every_other_attempt_failing_opens_through_the_rate_rule() -> None:
+    report = await _random(50, 40)
+    assert report.verdict == "ok", report.problems
+    assert "openings by rate 1, consecutive 0" in report.note
+    assert report.transitions[-1] == "salesforce:closed->open"
+
+
+async def test_outage_under_load_keeps_retries_and_concurrency_bounded() -> None:
+    report = await _outage_load(conversations=30)
+    assert report.verdict == "ok", report.problems
+    assert "first attempts" in report.note and "peak in flight" in report.note
+
+
+async def test_the_random_fault_is_seeded_and_fails_about_its_share() -> None:
+    async with Sandbox() as sandbox:
+        fault = sandbox.amplitude.inject("*", FaultKind.RANDOM, every=10)
+        fault.rng.seed(15)
+        picks = [
+            sandbox.amplitude._match_fault("/api/2/usersearch") is not None for _ in range(1000)
+        ]
+        assert 70 <= sum(picks) <= 130
