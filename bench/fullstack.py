@@ -63,6 +63,11 @@ class ToolCase:
 
     async def __call__(self) -> str:
         try:
+            # Every call is a new model reply, as in production (one speech handle per
+            # reply); the case reuses one RunContext, so it starts the reply's turn
+            # afresh. Without this the turn's 6 s budget runs out mid-bench and every
+            # later call times the "no time left" fallback instead of the tool.
+            self.bot._turn_book = None
             return await self.tool(self.ctx)
         except ToolError as exc:
             return str(exc)

@@ -39,3 +39,15 @@ async def test_open_circuit_case_times_an_open_circuit() -> None:
     for _ in range(5):
         assert await case() == USAGE_FALLBACK
     assert case.client.calls == seen
+
+
+async def test_full_stack_case_stays_on_the_tool_path_past_a_turn_deadline() -> None:
+    # The case reuses one RunContext; each call must still be a fresh reply, or after
+    # TURN_DEADLINE the bench would time the "no time left" fallback, not the tool.
+    case = fullstack.ours()()
+    clock = case.bot.retry_clock
+    skew = [0.0]
+    case.bot.retry_clock = lambda: clock() + skew[0]  # type: ignore[method-assign]
+    assert await case() == usage().spoken_summary()
+    skew[0] = 60.0  # a minute later, same context
+    assert await case() == usage().spoken_summary()
