@@ -16,6 +16,7 @@ from src.drill.fleet_outage import NOTE as FLEET_NOTE
 from src.drill.fleet_outage import run_fleet_outage
 from src.drill.harness import Conversation, TurnResult, technical_leaks
 from src.drill.model_faults import stt_down_turn
+from src.error_recovery.protection import reset_process_protection
 from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.chilipiper import ChiliPiperServer
 from src.sandbox.data import TRIAL_USERS
@@ -295,6 +296,10 @@ class ScenarioReport:
 
 
 async def run_scenario(scenario: Scenario) -> ScenarioReport:
+    # Each scenario is a new call, and LiveKit runs each call in a job process of its own:
+    # what a process shares (rate windows, bulkheads, retry budget, latency history) must
+    # not carry over from the scenario before.
+    reset_process_protection()
     if scenario.fleet:
         return await _fleet_report(scenario)
     failing = scenario.failing or (scenario.faults[0].service if scenario.faults else "")
