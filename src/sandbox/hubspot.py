@@ -172,13 +172,20 @@ class HubSpotServer(SandboxServer):
         return _error(404, "OBJECT_NOT_FOUND", "Resource not found")
 
     async def _search_notes(self, request: web.Request) -> web.Response:
+        body = await self._authorized_body(request)
+        if isinstance(body, web.Response):
+            return body
+        return note_search(self.notes, body)
+
+    async def _authorized_body(self, request: web.Request) -> Any:
+        """The request's JSON body, or the vendor's answer when the token is wrong or the
+        body is not JSON."""
         if (denied := self._unauthorized(request)) is not None:
             return denied
         try:
-            body = await request.json()
+            return await request.json()
         except ValueError:
             return _bad_request("Invalid JSON body")
-        return note_search(self.notes, body)
 
     def malformed_body(self, request: web.Request) -> web.Response:
         if request.path.endswith("/search"):
@@ -232,12 +239,9 @@ class HubSpotServer(SandboxServer):
 
     # -- handlers ------------------------------------------------------------------------------
     async def _search_contacts(self, request: web.Request) -> web.Response:
-        if (denied := self._unauthorized(request)) is not None:
-            return denied
-        try:
-            body = await request.json()
-        except ValueError:
-            return _bad_request("Invalid JSON body")
+        body = await self._authorized_body(request)
+        if isinstance(body, web.Response):
+            return body
         if not isinstance(body, dict):
             return _bad_request("Request body must be an object")
         groups = body.get("filterGroups", [])
@@ -277,12 +281,9 @@ class HubSpotServer(SandboxServer):
         return web.json_response(response)
 
     async def _create_note(self, request: web.Request) -> web.Response:
-        if (denied := self._unauthorized(request)) is not None:
-            return denied
-        try:
-            body = await request.json()
-        except ValueError:
-            return _bad_request("Invalid JSON body")
+        body = await self._authorized_body(request)
+        if isinstance(body, web.Response):
+            return body
         props = body.get("properties") if isinstance(body, dict) else None
         if not isinstance(props, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in props.items()
