@@ -2,7 +2,8 @@
 
 Run from the repository root::
 
-    uv run python bench/fleet.py            # writes bench/fleet_results.json
+    uv run python bench/fleet.py            # prints the rows; bench/run.py keeps them in
+                                            # bench/results.json (key "fleet")
 
 20 conversations x 3 usage lookups against an Amplitude that answers every request with
 503, production defaults (real backoff sleeps, real timeouts), one process per
@@ -140,7 +141,4 @@ async def main(quick: bool = False) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    results = asyncio.run(main())
-    out = ROOT / "bench" / "fleet_results.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    asyncio.run(main())  # each row is printed as it is measured
