@@ -19,6 +19,18 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A shared resilience store of each kind that spans hosts or processes: a SQLite file,
+    and a real redis-server (stopped after the test)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    request.addfinalizer(server.stop)
+    return server.url
+
+
 @pytest.fixture(autouse=True)
 def fresh_process_protection() -> Iterator[None]:
     """Issue #15: each test starts as a fresh worker process (no shared sliding windows,

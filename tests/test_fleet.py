@@ -14,7 +14,7 @@ from src.drill.fleet import FleetJob, run_fleet_async
 from src.phrases import NOTE_QUEUED, USAGE_FALLBACK
 from src.sandbox import FaultKind, Sandbox
 from src.store import open_store
-from tests.fleet_helpers import RedisServer, free_port
+from tests.fleet_helpers import free_port
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,17 +31,6 @@ def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 async def sandbox() -> AsyncIterator[Sandbox]:
     async with Sandbox() as s:
         yield s
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Both stores: the claim is that either one is shared across processes."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fleet.db'}"
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    request.addfinalizer(server.stop)
-    return server.url
 
 
 async def test_two_processes_share_a_circuit(sandbox: Sandbox, store_url: str) -> None:

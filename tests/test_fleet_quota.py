@@ -133,16 +133,6 @@ class Conversation:
         await self.guard.store.aclose()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fleet.db'}"
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    request.addfinalizer(server.stop)
-    return server.url
-
-
 async def test_two_conversations_share_the_hourly_budget_and_the_cache(
     sandbox: Sandbox, store_url: str
 ) -> None:
