@@ -82,7 +82,9 @@ class PendingWrite:
 
 
 CLAIM_LEASE_S = 120.0  # a drain holds a claimed write this long (its process may die)
-CLAIM_BATCH = 20
+# One write per claim: a batch shares one lease, and a slow CRM could outlast it while the
+# batch's last writes wait, letting another drain claim and send them too.
+CLAIM_BATCH = 1
 
 
 class ProtectedCall(Protocol):
@@ -317,6 +319,17 @@ class Outbox:
             logger.error("Outbox item %s is not a write; removed", item_id[:8])
             await self._quiet(lambda st: st.outbox_done(item_id))
             return
+        if not write.verify:
+            # Written ahead: the stored copy says "it may have applied" before anything is
+            # sent, so whoever claims it next (our done or release lost to a store blip,
+            # this process killed mid-send) looks it up in the CRM, never sends it blind.
+            ahead = dataclasses.replace(write, verify=True, sent_at=self._wall())
+            try:
+                await self._store_op(lambda st: st.outbox_mark(item_id, ahead.to_json()))
+            except StoreError:
+                logger.warning("Outbox store update failed; the write waits for the next drain")
+                await self._release(item_id)
+                return
         try:
             outcome = await self.send(write)
         except BaseException:

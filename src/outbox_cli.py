@@ -81,5 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_list(settings.fleet.store_url))
         return asyncio.run(_drain(settings))
     except StoreError as exc:
-        print(f"The resilience store did not answer ({exc}).", file=sys.stderr)
+        print(f"The resilience store did not answer ({redact(str(exc))}).", file=sys.stderr)
         return 1
+    except ValueError:
+        # The client library parses the URL and may quote parts of it (a password).
+        print(
+            "RESILIENCE_STORE_URL could not be used (check its form; a password with / or #"
+            " must be percent-encoded).",
+            file=sys.stderr,
+        )
+        return 2

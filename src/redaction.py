@@ -58,7 +58,7 @@ _SECRET_PAIR = re.compile(
     r"""["']?)(?!<secret>)(?:(?:bearer|basic|digest|token|api-key)\s+)?[^\s"'&,;}]+"""
 )
 # user:password@ in a URL.
-_URL_USERINFO = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
+_URL_USERINFO = re.compile(r"(?<=://)[^/\s:@]*:[^/\s@]+@")  # user may be empty
 _HAS_DIGITS = re.compile(r"\d")
 _MIN_SECRET_LEN = 4
 

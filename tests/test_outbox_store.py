@@ -21,7 +21,7 @@ from src.sandbox import FaultKind, Sandbox
 from src.sandbox.data import TRIAL_USERS
 from src.services.wiring import TrialistServices
 from src.settings import settings_from_env
-from src.store import MemoryStore, StoreGuard, open_store
+from src.store import MemoryStore, StoreError, StoreGuard, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,3 +166,37 @@ async def test_hubspot_absent_is_trusted_only_after_the_search_index_settles(
         assert write.write_id in note.body
     finally:
         await agent.services.aclose()
+
+
+class LosesDone(MemoryStore):
+    """A store whose first ``outbox_done`` is lost (a blip just after the CRM saved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 0
+
+    async def outbox_done(self, item_id: str) -> None:
+        if not self.lost:
+            self.lost += 1
+            raise StoreError("blip")
+        await super().outbox_done(item_id)
+
+
+async def test_a_saved_write_whose_removal_is_lost_is_not_sent_again(sandbox: Sandbox) -> None:
+    """Written ahead: before a stored write is sent, its stored copy is marked as 'may
+    have applied', so the next claimer looks it up in the CRM instead of re-sending."""
+    store = LosesDone()
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    await store.outbox_put(write.write_id, write.to_json())
+    agent = agent_on(sandbox, store)
+    try:
+        await agent.flush_pending_writes()  # sent and saved; the removal is lost
+        assert len(sandbox.salesforce.tasks) == 1
+        [left] = await store.outbox_list()
+        assert PendingWrite.from_json(left.payload).verify  # marked before the send
+        await store.outbox_release(left.id)  # as if its lease had expired
+        agent.outbox.store._down_until = 0.0  # type: ignore[union-attr]  # skip the cool-down
+        assert await agent.flush_pending_writes() == 0  # found in the CRM: done
+    finally:
+        await agent.services.aclose()
+    assert len(sandbox.salesforce.tasks) == 1  # exactly once

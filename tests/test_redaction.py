@@ -103,3 +103,9 @@ def test_json_logs_redact_tracebacks_and_extras() -> None:
     assert "ValueError" in text  # the traceback is still there, redacted
     for personal in ("jane.doe@acme.example.com", "555 0132", "a.b@c.example.com"):
         assert personal not in text
+
+
+def test_a_url_password_without_a_user_is_masked() -> None:
+    # Redis URLs carry the password with an empty user: redis://:password@host
+    assert "hunter2pw" not in redact("store at redis://:hunter2pw@cache.internal:6379/0")
+    assert "s3cr3t" not in redact("https://admin:s3cr3t@example.org/x")

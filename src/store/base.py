@@ -184,6 +184,11 @@ class ResilienceStore(abc.ABC):
         """Remove a delivered (or given up) write."""
 
     @abc.abstractmethod
+    async def outbox_mark(self, item_id: str, payload: str) -> None:
+        """Replace a claimed write's payload and keep the claim (written ahead of a send,
+        so a later claimer knows the write may have applied)."""
+
+    @abc.abstractmethod
     async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
         """Give a claimed write back (optionally with an updated payload)."""
 

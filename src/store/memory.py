@@ -66,6 +66,12 @@ class MemoryStore(ResilienceStore):
         self._check()
         self._outbox.pop(item_id, None)
 
+    async def outbox_mark(self, item_id: str, payload: str) -> None:
+        self._check()
+        item = self._outbox.get(item_id)
+        if item is not None:
+            self._outbox[item_id] = OutboxItem(item_id, payload, item.created, item.claimed_until)
+
     async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
         self._check()
         item = self._outbox.get(item_id)

@@ -180,6 +180,14 @@ class RedisStore(ResilienceStore):
 
         await self._guard(done())
 
+    async def outbox_mark(self, item_id: str, payload: str) -> None:
+        async def mark() -> None:
+            # Only while the write is still there (a delivered one is not brought back).
+            if await self._redis.hexists(self._items, item_id):
+                await self._redis.hset(self._items, item_id, payload)
+
+        await self._guard(mark())
+
     async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
         async def release() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:

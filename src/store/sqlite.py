@@ -150,6 +150,11 @@ class SqliteStore(ResilienceStore):
     async def outbox_done(self, item_id: str) -> None:
         await self._run(lambda conn: conn.execute("DELETE FROM outbox WHERE id=?", (item_id,)))
 
+    async def outbox_mark(self, item_id: str, payload: str) -> None:
+        await self._run(
+            lambda conn: conn.execute("UPDATE outbox SET payload=? WHERE id=?", (payload, item_id))
+        )
+
     async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
         await self._run(
             lambda conn: conn.execute(
