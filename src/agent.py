@@ -203,6 +203,9 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             Agent.default.llm_node(self, chat_ctx, tools, model_settings),
             first_token_timeout=r.llm_first_token_timeout,
             stall_timeout=r.llm_stall_timeout,
+            # Closed before LiveKit's own timeout (LLM_TIMEOUT after the last byte) turns
+            # the stall into an error event, which would add the apology to the repair.
+            give_up_timeout=max(0.0, r.llm_timeout - r.llm_stall_timeout) * 0.8,
         )
 
     def tts_node(

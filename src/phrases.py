@@ -306,6 +306,8 @@ NOTE_WILL_CONFIRM = (
 
 MODEL_WAIT_FILLER = "Just a second."
 """Said when the model has not started its answer after ``LLM_FIRST_TOKEN_TIMEOUT``."""
+MODEL_STALL_BRIDGE = "One moment."
+"""Said when the model's answer goes quiet mid-way (it may be preparing an action)."""
 MODEL_STALL_REPAIR = "Sorry, I lost my train of thought there. Could you say that again?"
 """Ends a reply whose model stream stopped mid-sentence: the caller hears a natural close,
 and the model, reading the history, sees an unfinished answer, not a finished one."""

@@ -9,14 +9,19 @@ would keep the caller waiting that long. :func:`watch_llm` sits in the agent's
   caller hears :data:`~src.phrases.MODEL_WAIT_FILLER` while the model (and LiveKit's retry
   or ``FallbackAdapter``) keeps going. A model that stays dead ends, as before, in
   LiveKit's error event and the spoken apology (``SessionErrorHandler``).
-* **stall**: after the first chunk, no chunk for ``LLM_STALL_TIMEOUT`` seconds ends the
-  reply: the stream is closed and :data:`~src.phrases.MODEL_STALL_REPAIR` is said, so the
-  half sentence is closed naturally and reads to the model as unfinished.
+* **stall**: after the first chunk, no chunk for ``LLM_STALL_TIMEOUT`` seconds and the
+  caller hears :data:`~src.phrases.MODEL_STALL_BRIDGE`; the stream is given up to
+  ``LLM_TIMEOUT`` more (LiveKit's OpenAI stream is silent while a tool call's arguments
+  arrive, and such a call must not be dropped). Still nothing: the stream is closed and
+  :data:`~src.phrases.MODEL_STALL_REPAIR` is said, so the half sentence is closed
+  naturally and reads to the model as unfinished.
 
 :func:`watch_tts` sits in the agent's ``tts_node``: once the TTS owes audio (it has text
 and has not finished) and sends none for ``TTS_NO_AUDIO_TIMEOUT`` seconds, the stalled
 stream is dropped and the ``rescue`` audio is played instead (the pre-rendered apology),
-rather than waiting for the plugin's own read timeout (30 s for OpenAI).
+rather than waiting for the plugin's own read timeout (30 s for OpenAI). Without rescue
+audio (not rendered yet) the stream is left to the TTS's own timeout and fallback, since
+dropping it would be silence LiveKit takes for a finished reply.
 
 The clock is the event loop's (``asyncio.wait`` timeouts); tests shrink the timeouts.
 """
@@ -28,7 +33,7 @@ import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from src.phrases import MODEL_STALL_REPAIR, MODEL_WAIT_FILLER
+from src.phrases import MODEL_STALL_BRIDGE, MODEL_STALL_REPAIR, MODEL_WAIT_FILLER
 from src.redaction import get_logger
 
 __all__ = ["watch_llm", "watch_tts"]
@@ -43,23 +48,33 @@ async def watch_llm(
     *,
     first_token_timeout: float,
     stall_timeout: float,
+    give_up_timeout: float | None = None,
     filler: str = MODEL_WAIT_FILLER,
+    bridge: str = MODEL_STALL_BRIDGE,
     repair: str = MODEL_STALL_REPAIR,
 ) -> AsyncIterator[T | str]:
-    """``chunks`` passed through, with a spoken filler when the first one is late and a
-    spoken close when the stream stalls after it started (see the module doc)."""
+    """``chunks`` passed through, with a spoken filler when the first one is late; when
+    the stream goes quiet after it started, a short bridge ("One moment.") and a further
+    wait of ``give_up_timeout`` seconds (default: ``stall_timeout``) before the reply is
+    closed with ``repair`` (see the module doc). The wait matters: LiveKit's OpenAI
+    stream sends nothing while a tool call's arguments arrive, so a quiet stream may be a
+    long tool call on its way, which must not be dropped."""
     iterator = aiter(chunks)
     pending: asyncio.Task[Any] | None = None
     started = False
     filled = False
+    bridged = False
     try:
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(anext(iterator))
-            timeout = stall_timeout if started else first_token_timeout
-            done, _ = await asyncio.wait(
-                {pending}, timeout=None if filled and not started else timeout
-            )
+            if not started:
+                timeout: float | None = None if filled else first_token_timeout
+            elif bridged:
+                timeout = stall_timeout if give_up_timeout is None else give_up_timeout
+            else:
+                timeout = stall_timeout
+            done, _ = await asyncio.wait({pending}, timeout=timeout)
             if not done:
                 if not started:
                     logger.warning(
@@ -68,9 +83,15 @@ async def watch_llm(
                     filled = True
                     yield filler + " "
                     continue
-                logger.warning(
-                    "Model stream stalled for %.1fs mid-answer; the reply is closed", timeout
-                )
+                if not bridged:
+                    logger.warning(
+                        "Model stream quiet for %.1fs mid-answer; the caller hears a bridge",
+                        timeout,
+                    )
+                    bridged = True
+                    yield " " + bridge
+                    continue
+                logger.warning("Model stream stalled mid-answer; the reply is closed")
                 yield " " + repair
                 return
             task, pending = pending, None
@@ -78,7 +99,16 @@ async def watch_llm(
                 chunk = task.result()
             except StopAsyncIteration:
                 return
+            except Exception as exc:
+                if not bridged:
+                    raise
+                # The caller heard "One moment." and the model then failed (LiveKit's own
+                # timeout): close the half answer naturally rather than leave it hanging.
+                logger.warning("Model stream failed after a stall (%s)", type(exc).__name__)
+                yield " " + repair
+                return
             started = True
+            bridged = False  # it came back: a later pause gets its own bridge
             yield chunk
     finally:
         if pending is not None and not pending.done():
@@ -103,11 +133,17 @@ async def watch_tts(
 ) -> AsyncIterator[F]:
     """Frames of ``synthesize(text)``; when the TTS owes audio and sends none for
     ``no_audio_timeout`` seconds, the rest of its stream is dropped and ``rescue()``'s
-    frames are played instead (nothing, when there is no rescue audio).
+    frames are played instead. Without rescue audio the stream passes through untouched.
 
     "Owes audio": text has arrived and the stream has not ended. The timer restarts on
     every frame and every piece of text, so a slow model (its own watchdog speaks) or a
     pause between sentences does not trip it."""
+    if rescue is None:
+        # Nothing to play instead: dropping the stream would be silence that LiveKit takes
+        # for a finished reply. The TTS's own timeout (and fallback adapter) decide.
+        async for frame in synthesize(text):
+            yield frame
+        return
     loop = asyncio.get_running_loop()
     last_activity = loop.time()
     got_text = False

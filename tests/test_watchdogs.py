@@ -15,7 +15,13 @@ from livekit.agents.voice.events import ErrorEvent
 from livekit.plugins import openai
 
 from src.drill.harness import Conversation
-from src.phrases import GOODBYE, MODEL_STALL_REPAIR, MODEL_WAIT_FILLER, TROUBLE_HEARING
+from src.phrases import (
+    GOODBYE,
+    MODEL_STALL_BRIDGE,
+    MODEL_STALL_REPAIR,
+    MODEL_WAIT_FILLER,
+    TROUBLE_HEARING,
+)
 from src.sandbox import FaultKind
 from src.sandbox.data import SANDBOX_CREDENTIALS
 from src.watchdogs import watch_llm, watch_tts
@@ -70,8 +76,25 @@ async def test_mid_stream_stall_closes_the_reply_naturally() -> None:
     src = Source("Let me check th", "at for you.")
     src.release[0].set()  # the second chunk never comes
     out = await asyncio.wait_for(collect(watch_llm(src.stream(), **FAST)), 5.0)
-    assert out == ["Let me check th", " " + MODEL_STALL_REPAIR]
+    assert out == ["Let me check th", " " + MODEL_STALL_BRIDGE, " " + MODEL_STALL_REPAIR]
     assert src.closed  # the stalled model stream was closed, not left running
+
+
+async def test_a_quiet_stream_that_resumes_is_not_cut() -> None:
+    """LiveKit's OpenAI stream is silent while a tool call's arguments arrive: a pause
+    after the first words gets a bridge, and what follows (the tool call) still comes."""
+    src = Source("Let me save that for you.", "<tool call>")
+    src.release[0].set()
+    out: list[Any] = []
+
+    async def read() -> None:
+        async for chunk in watch_llm(src.stream(), **FAST, give_up_timeout=5.0):
+            out.append(chunk)
+            if chunk == " " + MODEL_STALL_BRIDGE:
+                src.release[1].set()  # the arguments are complete: the call arrives
+
+    await asyncio.wait_for(read(), 5.0)
+    assert out == ["Let me save that for you.", " " + MODEL_STALL_BRIDGE, "<tool call>"]
 
 
 async def test_model_errors_still_surface() -> None:

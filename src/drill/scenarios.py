@@ -249,7 +249,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "model stream stops mid-sentence: the reply is closed naturally",
         (Fault("openai", "stall"),),
         ("hello there",),
-        turn_budget_s=FIRST_WORDS + DEFAULTS.llm_stall_timeout,
+        turn_budget_s=DEFAULTS.llm_timeout + 1.0,  # bridge at 1 s, repair before LLM_TIMEOUT
     ),
     Scenario(
         "tts-stall",
