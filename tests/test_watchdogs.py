@@ -215,6 +215,21 @@ async def test_stalled_tts_is_replaced_by_the_rescue_audio() -> None:
     assert asyncio.get_running_loop().time() - started < 2.0  # upper bound only
 
 
+async def test_without_rescue_audio_a_slow_tts_is_not_cut_into_silence() -> None:
+    """No pre-rendered audio yet (the greeting, or a failed pre-render): dropping the
+    stream would be silence LiveKit takes for a finished reply, so it is left alone."""
+
+    async def slow(text: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for piece in text:
+            await asyncio.sleep(0.2)  # twice the watchdog's timeout, then audio
+            yield f"a:{piece}"
+
+    out = await asyncio.wait_for(
+        collect(watch_tts(text_stream("Hi.", " There."), slow, no_audio_timeout=0.1)), 5.0
+    )
+    assert out == ["a:Hi.", "a: There."]
+
+
 async def test_slow_text_does_not_trip_the_tts_watchdog() -> None:
     """No text yet (the model is thinking) is not a TTS stall."""
     out = await asyncio.wait_for(
