@@ -307,6 +307,24 @@ def test_tools_of_one_reply_share_the_turn_deadline() -> None:
     assert book.turn_for(SimpleNamespace(), 6.0).deadline_at == 110.0  # no reply: fresh
 
 
+def test_a_later_step_of_the_same_reply_gets_a_fresh_turn() -> None:
+    """LiveKit keeps one SpeechHandle for a reply and the reply to its tool results
+    (``num_steps`` grows): the second step is a new model reply, with its own budget and
+    filler, not what a slow first step left over."""
+    clock = FakeClock()
+    book = TurnBook(clock)
+    reply = Handle()
+    reply.num_steps = 1  # type: ignore[attr-defined]
+    first = book.turn_for(SimpleNamespace(speech_handle=reply), 6.0)
+    first.filler_claimed = True
+    clock.now += 5.5  # the first step's tools were slow
+    reply.num_steps = 2  # type: ignore[attr-defined]
+    second = book.turn_for(SimpleNamespace(speech_handle=reply), 6.0)
+    assert second is not first and second.deadline_at == 111.5
+    assert not second.filler_claimed
+    assert book.turn_for(SimpleNamespace(speech_handle=reply), 6.0) is second
+
+
 def test_one_filler_per_turn() -> None:
     turn = TurnBook(FakeClock()).turn_for(SimpleNamespace(speech_handle=Handle()), 6.0)
     sources = [turn.claim_filler("One moment."), turn.claim_filler("Saving that now.")]

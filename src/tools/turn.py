@@ -30,6 +30,7 @@ class Turn:
 
     deadline_at: float
     filler_claimed: bool = False
+    step: int = 0  # the reply's step (LiveKit reuses one handle for its tool-reply steps)
 
     def claim_filler(self, sentence: str) -> Callable[[int], str | None]:
         """A filler source for ``RunContext.with_filler``: the first tool of the turn
@@ -58,7 +59,11 @@ class TurnBook:
         handle = getattr(context, "speech_handle", None)
         if handle is None:
             return Turn(self.clock() + turn_deadline)
+        # One speech handle carries a reply and the replies that follow its tool results
+        # (num_steps grows): each step is a new model reply, with a budget and filler of
+        # its own, or a step after a slow one would find its time already spent.
+        step = getattr(handle, "num_steps", 0)
         turn = self._turns.get(handle)
-        if turn is None:
-            turn = self._turns[handle] = Turn(self.clock() + turn_deadline)
+        if turn is None or turn.step != step:
+            turn = self._turns[handle] = Turn(self.clock() + turn_deadline, step=step)
         return turn
