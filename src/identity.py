@@ -23,6 +23,7 @@ from typing import Literal
 from livekit import rtc
 
 from src.redaction import get_logger, mask_email
+from src.services.crm import speakable
 from src.validation import is_valid_email
 
 __all__ = [
@@ -115,7 +116,9 @@ def identity_from_job(
             logger.warning("Ignoring a malformed trialist email from the job")
             email = None
     if name is not None:
-        name = " ".join(name.split())[:80] or None
+        # Spoken in the greeting: only a name that reads well aloud (not an email, markup
+        # or an id; speakable() already caps the length).
+        name = speakable(name)
     return email, name
 
 

@@ -171,6 +171,8 @@ def test_tool_schemas_describe_arguments() -> None:
         ('{"email": "nope"}', {}, (None, None)),
         ('{"email": ["x"]}', {"name": "Sam"}, (None, "Sam")),
         ('["list"]', {}, (None, None)),
+        ("", {"name": "jane.doe@acme.example.com"}, (None, None)),  # spoken in the greeting
+        ("", {"name": "<b>Jane</b>"}, (None, None)),
     ],
 )
 def test_identity_from_job_is_validated(

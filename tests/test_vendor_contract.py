@@ -682,3 +682,15 @@ async def test_cached_usage_is_spoken_while_the_circuit_is_open() -> None:
                 assert len(sandbox.amplitude.requests()) == sent
         finally:
             await services.aclose()
+
+
+async def test_a_placeholder_trial_end_is_not_spoken(amplitude: AmplitudeServer) -> None:
+    """2099-12-31 ("no end", a converted account) is not a trial: no "over twenty-six
+    thousand days left", just the usage."""
+    amplitude.trial_end_values[JANE.email] = "2099-12-31"
+    async with amp_client(amplitude) as client:
+        usage = await client.get_trial_usage(JANE.email)
+    assert usage.trial_days_left is None
+    assert usage.spoken_summary() == (
+        "You've created fourteen documents and sent nine, six of them already completed."
+    )

@@ -248,6 +248,21 @@ class _Facts(pydantic.BaseModel):
     trial_end: date | None
 
 
+# A trial end further out than this is a placeholder ("no end", a converted account), not a
+# trial: saying "over twenty-six thousand days left" would be absurd, so that fact is left out.
+MAX_TRIAL_DAYS_LEFT = 90
+
+
+def _plausible_days_left(trial_end: date | None, now: datetime) -> int | None:
+    if trial_end is None:
+        return None
+    days = (trial_end - now.date()).days
+    if days > MAX_TRIAL_DAYS_LEFT:
+        logger.info("amplitude: trial end %d days away is not a trial end; left out", days)
+        return None
+    return days
+
+
 def _as_of(facts: dict[str, Any], now: datetime) -> TrialUsage:
     """The :class:`TrialUsage` of ``facts`` as of ``now``, the relative days included."""
     f = _Facts.model_validate(facts)
@@ -260,7 +275,7 @@ def _as_of(facts: dict[str, Any], now: datetime) -> TrialUsage:
         integrations=tuple(f.integrations),
         last_active_at=last,
         last_active_days_ago=None if last is None else max(0, (now - last) // timedelta(days=1)),
-        trial_days_left=None if f.trial_end is None else (f.trial_end - now.date()).days,
+        trial_days_left=_plausible_days_left(f.trial_end, now),
     )
 
 
