@@ -44,7 +44,7 @@ from livekit.agents import (
 # Plugins must register on the main thread: import them here, not inside prewarm or jobs.
 from livekit.plugins import silero
 
-from src import metrics, quickstart
+from src import heap, metrics, quickstart
 from src.error_recovery import CircuitBreaker, RateRule, VoiceRetryPolicy, process_window
 from src.error_recovery.budget import process_budget
 from src.error_recovery.bulkhead import process_bulkhead
@@ -356,6 +356,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
     ctx.add_shutdown_callback(_shutdown)
     await session.start(agent=agent, room=ctx.room)
+    heap.freeze_after_start()  # the session lives as long as the call: out of GC scans
     tts_options = connect_options(settings).tts_conn_options
     prerender = asyncio.gather(
         apology.prerender(session.tts, tts_options), goodbye.prerender(session.tts, tts_options)

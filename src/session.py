@@ -30,6 +30,7 @@ from livekit.agents.voice.events import (
 # Plugins must register on the main thread: this module is imported by src.agent at start.
 from livekit.plugins import deepgram, openai
 
+from src import tool_schemas
 from src.error_recovery import ERROR_RESPONSES, ErrorRecoveryMixin
 from src.phrases import APOLOGY, BAD_TOOL_ARGUMENTS, GOODBYE, TROUBLE_HEARING, UNKNOWN_TOOL
 from src.redaction import get_logger
@@ -307,6 +308,7 @@ def build_session(
 ) -> AgentSession[TrialistData]:
     """The one place an ``AgentSession`` is assembled (production and tests): models,
     voice-tuned connect options, and the error handler (:class:`SessionErrorHandler`)."""
+    tool_schemas.install()  # each tool's schema once, not once per model request
     session_tts = build_tts(settings) if tts_model == "default" else tts_model
     session_stt = build_stt(settings) if stt_model == "default" else stt_model
     session: AgentSession[TrialistData] = AgentSession(

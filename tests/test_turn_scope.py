@@ -431,3 +431,38 @@ async def test_tracked_write_is_undone_at_once_while_a_sibling_runs() -> None:
     )
     assert results[0] == "ok" and isinstance(results[1], ToolError)
     assert seen == ["jane@acme.example.com"]
+
+
+def test_a_context_copied_inside_a_tool_does_not_keep_its_snapshot_alive() -> None:
+    """A task or timer started inside a tool copies the context (and the change set in
+    it); once the tool ended, that copy must not keep the tool's snapshot alive."""
+    import contextvars
+    import gc
+    import weakref
+
+    from src.error_recovery.changeset import ToolChanges
+
+    class Box:
+        pass
+
+    @dataclass
+    class State:
+        box: Any = None
+        notes: list[Any] = field(default_factory=list)
+
+    for end in ("commit", "rollback"):
+        first = Box()
+        state = State(box=first, notes=[Box()])
+        gone = weakref.ref(first)
+        changes = ToolChanges(state)
+        copied = contextvars.copy_context()  # what create_task / call_later keep
+        state.box = Box()
+        state.notes.append(Box())
+        getattr(changes, end)()
+        if end == "rollback":
+            assert state.box is first
+            state.box = Box()  # now only the snapshot could still hold `first`
+        del first
+        gc.collect()
+        assert gone() is None, f"the snapshot outlived the tool ({end})"
+        assert len(copied) >= 1  # the copy itself is still alive

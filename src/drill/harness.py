@@ -40,6 +40,7 @@ from livekit.agents.voice.run_result import (
 from src.agent import PandaDocTrialistAgent
 from src.error_recovery import CircuitState
 from src.sandbox import Sandbox
+from src.sandbox.remote import SandboxProcess
 from src.services.wiring import TrialistServices
 from src.session import SpokenApology, build_session, connect_options
 from src.settings import Settings, settings_from_env
@@ -219,12 +220,17 @@ class Conversation:
         email: the trialist's email on file (default: the sandbox's first user).
         skip_sleeps: see :class:`HarnessClock`.
         env: extra environment entries layered over ``sandbox.env()``.
-        sandbox: an already constructed (not started) :class:`Sandbox` to use.
+        sandbox: an already constructed (not started) :class:`Sandbox` to use, or a
+            running :class:`~src.sandbox.remote.SandboxProcess` (with ``shared_sandbox``;
+            then :attr:`sandbox` is not available and no request counts are measured).
         shared_sandbox: ``sandbox`` is already started and shared with other
             conversations (the load drill): it is neither started, cleared nor stopped.
         audio: give the session the production TTS (against the stand-in) and an
             :class:`AudioSink`, pre-render the apology as the agent's TTS rescue, and
             measure ``first_audio_s``.
+        snapshots: copy the session state before and after each turn into the
+            :class:`TurnResult` (the load drill turns this off: fifty conversations'
+            copies would be measurement load on the process being measured).
         tts_model / stt_model: passed to :func:`build_session` (default: text only);
             ``"default"`` builds the production model against the stand-in.
     """
@@ -236,19 +242,23 @@ class Conversation:
         email: str | None = None,
         skip_sleeps: bool = False,
         env: Mapping[str, str] | None = None,
-        sandbox: Sandbox | None = None,
+        sandbox: Sandbox | SandboxProcess | None = None,
         tts_model: Any = None,
         stt_model: Any = None,
         shared_sandbox: bool = False,
         audio: bool = False,
+        snapshots: bool = True,
     ) -> None:
         self.shared_sandbox = shared_sandbox
+        self.snapshots = snapshots
         self.audio_sink = AudioSink() if audio else None
         if audio and tts_model is None:
             tts_model = "default"
         self.tts_model = tts_model
         self.stt_model = stt_model
-        self.sandbox = sandbox or Sandbox()
+        if isinstance(sandbox, SandboxProcess) and not shared_sandbox:
+            raise ValueError("a SandboxProcess is shared: pass shared_sandbox=True")
+        self._source: Sandbox | SandboxProcess = sandbox or Sandbox()
         self.overrides = dict(overrides or {})
         self.email = email
         self.extra_env = dict(env or {})
@@ -261,6 +271,13 @@ class Conversation:
         self._session: AgentSession[TrialistData] | None = None
 
     # -- parts ---------------------------------------------------------------------------
+    @property
+    def sandbox(self) -> Sandbox:
+        """The in-process sandbox (its servers, faults and journals)."""
+        if not isinstance(self._source, Sandbox):
+            raise TypeError("this conversation's sandbox runs in another process")
+        return self._source
+
     @property
     def settings(self) -> Settings:
         assert self._settings is not None, "enter the Conversation first"
@@ -288,7 +305,7 @@ class Conversation:
         if not self.shared_sandbox:
             await self.sandbox.start()
         try:
-            env = {**self.sandbox.env(), **self.extra_env}
+            env = {**self._source.env(), **self.extra_env}
             base = settings_from_env(env)
             self._settings = dataclasses.replace(
                 base, resilience=dataclasses.replace(base.resilience, **self.overrides)
@@ -341,7 +358,7 @@ class Conversation:
 
     # -- measurement ---------------------------------------------------------------------
     def request_counts(self) -> dict[str, int]:
-        return {name: len(server.journal) for name, server in self.sandbox.servers.items()}
+        return {name: len(server.journal) for name, server in self._source.servers.items()}
 
     def assistant_history(self) -> list[str]:
         """Everything the assistant said in this session (history, including
@@ -356,7 +373,9 @@ class Conversation:
 
     async def turn(self, user_text: str, *, timeout: float = 30.0) -> TurnResult:
         """Run one user turn through ``session.run`` and measure it."""
-        result = TurnResult(user_text=user_text, data_before=self.snapshot())
+        result = TurnResult(user_text=user_text)
+        if self.snapshots:
+            result.data_before = self.snapshot()
         counts_before = self.request_counts()
         transitions_before = len(self.transitions)
         history_before = len(self.assistant_history())
@@ -408,7 +427,8 @@ class Conversation:
         counts_after = self.request_counts()
         result.requests = {k: counts_after[k] - counts_before.get(k, 0) for k in counts_after}
         result.transitions = self.transitions[transitions_before:]
-        result.data_after = self.snapshot()
+        if self.snapshots:
+            result.data_after = self.snapshot()
         self.turns.append(result)
         return result
 

@@ -20,9 +20,11 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from src import heap
 from src.drill.harness import Conversation, TurnResult
-from src.sandbox import FaultKind, Sandbox
+from src.sandbox import FaultKind
 from src.sandbox.data import TRIAL_USERS
+from src.sandbox.remote import SandboxProcess
 from src.settings import ResilienceSettings
 
 __all__ = ["LOAD_TURNS", "LoadReport", "run_load"]
@@ -80,13 +82,15 @@ async def run_load(conversations: int = 50) -> LoadReport:
     busy: list[float] = []
     stop = asyncio.Event()
     started = time.perf_counter()
-    async with Sandbox() as sandbox, contextlib.AsyncExitStack() as stack:
-        convs = [
-            await stack.enter_async_context(
-                Conversation(email=users[i % len(users)], sandbox=sandbox, shared_sandbox=True)
+    heap.freeze_preloaded()  # as LiveKit's forkserver does before any job process starts
+    async with SandboxProcess() as sandbox, contextlib.AsyncExitStack() as stack:
+        convs: list[Conversation] = []
+        for i in range(conversations):
+            conv = Conversation(
+                email=users[i % len(users)], sandbox=sandbox, shared_sandbox=True, snapshots=False
             )
-            for i in range(conversations)
-        ]
+            convs.append(await stack.enter_async_context(conv))
+            heap.freeze_after_start()  # as the entrypoint does after session.start
 
         rng = random.Random(7)
 
@@ -101,7 +105,7 @@ async def run_load(conversations: int = 50) -> LoadReport:
         await asyncio.gather(*(play(conv, think=False) for conv in convs))
         results.clear()
         for name in ("amplitude", "salesforce", "hubspot", "chilipiper"):
-            sandbox.servers[name].inject("*", FaultKind.FLAPPING, every=2)
+            await sandbox.inject(name, FaultKind.FLAPPING, every=2)
         monitor = asyncio.create_task(_monitor_lag(stop, lags, busy))
         try:
             await asyncio.gather(*(play(conv) for conv in convs))

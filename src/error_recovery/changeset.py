@@ -258,6 +258,9 @@ class ToolChanges:
         if self._closed:
             return
         self._closed = True
+        # A task or timer started inside the tool copied the context, and with it this
+        # change set: drop the snapshot now, so such a copy does not keep it alive.
+        self._before = {}
         with contextlib.suppress(ValueError):  # closed from another context: no reset there
             _CURRENT.reset(self._token)
         ledger = self._ledger
