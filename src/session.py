@@ -32,6 +32,7 @@ from livekit.plugins import deepgram, openai
 
 from src import tool_schemas
 from src.error_recovery import ERROR_RESPONSES, ErrorRecoveryMixin
+from src.openai_client import chat_client
 from src.phrases import APOLOGY, BAD_TOOL_ARGUMENTS, GOODBYE, TROUBLE_HEARING, UNKNOWN_TOOL
 from src.redaction import get_logger
 from src.settings import Settings
@@ -95,12 +96,17 @@ def connect_options(settings: Settings) -> SessionConnectOptions:
 def build_llm(settings: Settings) -> llm.LLM[Any]:
     """OpenAI chat model, with a ``FallbackAdapter`` to a second model when configured."""
     m = settings.models
-    base_url = m.openai_base_url or NOT_GIVEN
-    api_key = m.openai_api_key or NOT_GIVEN
-    primary = openai.LLM(model=m.llm_model, base_url=base_url, api_key=api_key)
+
+    def model(name: str) -> openai.LLM:
+        client = chat_client(api_key=m.openai_api_key or None, base_url=m.openai_base_url or None)
+        built = openai.LLM(model=name, client=client)
+        built._owns_client = True  # closed with the model, as LiveKit's own factories do
+        return built
+
+    primary = model(m.llm_model)
     if not m.fallback_llm_model:
         return primary
-    secondary = openai.LLM(model=m.fallback_llm_model, base_url=base_url, api_key=api_key)
+    secondary = model(m.fallback_llm_model)
     return llm.FallbackAdapter(
         [primary, secondary], attempt_timeout=settings.resilience.llm_timeout
     )

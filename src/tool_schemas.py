@@ -8,6 +8,9 @@ with this agent's tools, and each request leaves a heap of cyclic garbage (a cla
 tool) that brings on the collector's full passes, which stalled the event loop for
 200 ms and more with fifty conversations in one process.
 
+LiveKit also builds that model class again to validate the arguments of every tool
+call; it is cached the same way (the class itself, reused).
+
 A tool's schema depends only on its function (signature, type hints, docstring), whether
 it is bound to an agent, and its :class:`~livekit.agents.llm.FunctionToolInfo` (name,
 description, flags). :func:`install` wraps LiveKit's two builders with a cache on exactly
@@ -36,7 +39,14 @@ logger = logging.getLogger("src.tool_schemas")
 
 CACHE_LIMIT = 256  # distinct (tool, variant) schemas kept; an agent has about ten
 _cache: OrderedDict[tuple[Hashable, ...], dict[str, Any]] = OrderedDict()
-_stats = {"hits": 0, "misses": 0, "uncached": 0}
+_stats = {
+    "hits": 0,
+    "misses": 0,
+    "uncached": 0,
+    "model_hits": 0,
+    "model_misses": 0,
+    "model_uncached": 0,
+}
 _MARK = "__trialist_schema_cache__"
 
 
@@ -81,15 +91,47 @@ def _cached(build: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any
     return wrapper
 
 
+def _cached_model(build: Callable[..., type[Any]]) -> Callable[..., type[Any]]:
+    """The arguments model LiveKit validates a tool call's arguments with: one class per
+    tool, reused (a pydantic model class is not changed by validating with it)."""
+    models: OrderedDict[tuple[Hashable, ...], type[Any]] = OrderedDict()
+
+    @functools.wraps(build)
+    def wrapper(func: Any) -> type[Any]:
+        key = _key(func, ("model",)) if isinstance(func, FunctionTool) else None
+        if key is None:
+            _stats["model_uncached"] += 1
+            return build(func)
+        model = models.get(key)
+        if model is None:
+            _stats["model_misses"] += 1
+            model = models[key] = build(func)
+            if len(models) > CACHE_LIMIT:
+                models.popitem(last=False)
+        else:
+            _stats["model_hits"] += 1
+        return model
+
+    setattr(wrapper, _MARK, build)
+    return wrapper
+
+
+_WRAPPERS: dict[str, Callable[[Any], Any]] = {
+    "build_strict_openai_schema": _cached,
+    "build_legacy_openai_schema": _cached,
+    "function_arguments_to_pydantic_model": _cached_model,
+}
+
+
 def install() -> None:
-    """Wrap LiveKit's schema builders with the cache (idempotent)."""
-    for name in ("build_strict_openai_schema", "build_legacy_openai_schema"):
+    """Wrap LiveKit's schema builders and arguments model with the caches (idempotent)."""
+    for name, wrap in _WRAPPERS.items():
         current = getattr(llm_utils, name, None)
         if current is None:
-            logger.warning("LiveKit has no llm.utils.%s; tool schemas are built per request", name)
+            logger.warning("LiveKit has no llm.utils.%s; it is built per request", name)
             continue
         if not hasattr(current, _MARK):
-            setattr(llm_utils, name, _cached(current))
+            setattr(llm_utils, name, wrap(current))
 
 
 def clear() -> None:
@@ -100,5 +142,6 @@ def clear() -> None:
 
 
 def cache_info() -> dict[str, int]:
-    """``hits``, ``misses``, ``uncached`` and ``size`` of the cache."""
+    """``hits``, ``misses``, ``uncached`` and ``size`` of the schema cache, and the
+    ``model_*`` counts of the arguments-model cache."""
     return {**_stats, "size": len(_cache)}

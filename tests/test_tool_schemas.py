@@ -126,3 +126,22 @@ def test_cache_is_bounded(cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
     openai_format.to_fnc_ctx(ctx)
     assert tool_schemas.cache_info()["size"] == 2
+
+
+def test_tool_call_arguments_are_validated_with_one_model_per_tool(cache: None) -> None:
+    from livekit.agents.llm import ToolError
+
+    (lookup, many) = _Twins().tools
+    before = tool_schemas.cache_info()
+    for n in range(3):
+        args, _ = llm_utils.prepare_function_arguments(
+            fnc=many, json_arguments={"count": n, "exact": True}
+        )
+        assert args == (n, True)
+    args, _ = llm_utils.prepare_function_arguments(fnc=lookup, json_arguments='{"email": "a"}')
+    assert args == ("a",)
+    with pytest.raises(ToolError):  # still validated: a word is not a count
+        llm_utils.prepare_function_arguments(fnc=many, json_arguments={"count": "many"})
+    after = tool_schemas.cache_info()
+    assert after["model_misses"] - before["model_misses"] <= 2  # one per tool, at most
+    assert after["model_hits"] - before["model_hits"] >= 3
