@@ -122,10 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with_load = LOAD in args.scenario
     logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL)
     started = time.perf_counter()
+    # The load drill first: it measures one process hosting many conversations, and a
+    # job process is fresh (LiveKit runs each job in its own), not one that already
+    # played every other scenario.
+    load = asyncio.run(run_load(args.conversations)) if with_load else None
     reports = asyncio.run(run_all(chosen)) if chosen else []
     if adaptive:
         reports += asyncio.run(run_adaptive(adaptive))
-    load = asyncio.run(run_load(args.conversations)) if with_load else None
     elapsed = time.perf_counter() - started
     if reports:
         print(render(reports))
