@@ -356,7 +356,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
     ctx.add_shutdown_callback(_shutdown)
     await session.start(agent=agent, room=ctx.room)
-    heap.freeze_after_start()  # the session lives as long as the call: out of GC scans
+    heap.freeze_call_state()  # the session lives as long as the call: out of GC scans
     tts_options = connect_options(settings).tts_conn_options
     prerender = asyncio.gather(
         apology.prerender(session.tts, tts_options), goodbye.prerender(session.tts, tts_options)
@@ -372,6 +372,7 @@ async def entrypoint(ctx: JobContext) -> None:
     data.name = name or data.name
     await session.say(await agent.opening_words(data.name), allow_interruptions=True)
     await prerender  # keep a reference until done; failures are logged inside
+    heap.freeze_call_state()  # the call is up: its streams and greeting out of GC scans
 
 
 if __name__ == "__main__":

@@ -55,14 +55,14 @@ def unfreeze() -> Iterator[None]:
     gc.unfreeze()
 
 
-def test_freeze_after_start_takes_the_session_out_of_collection(unfreeze: None) -> None:
+def test_freeze_call_state_takes_the_session_out_of_collection(unfreeze: None) -> None:
     class Session:
         pass
 
     session = Session()
     session.me = session  # type: ignore[attr-defined]  # a cycle, as sessions have
     assert any(o is session for o in gc.get_objects())
-    frozen = heap.freeze_after_start()
+    frozen = heap.freeze_call_state()
     assert frozen == gc.get_freeze_count() > 0
     assert not any(o is session for o in gc.get_objects())
 

@@ -1,14 +1,21 @@
 """The load drill: many concurrent conversations in one process against flapping vendors.
 
-One sandbox is shared by ``conversations`` production-assembled agent sessions (the
-stand-in model's keyword script, no scripted replies), every vendor failing every other
-request. Each conversation plays :data:`LOAD_TURNS`, each turn after a pause of up to
-:data:`THINK_S` (seeded; people on different calls do not speak in the same millisecond,
-and a drill where fifty model requests start at one instant measures that artefact, not
-the agent). Reported: p50/p99 turn time, the worst
-first-words gap, and the worst event-loop lag (a monitor that asks to wake every 10 ms and
-records how late it woke) while the conversations talk; sessions are started and play
-their turns once, healthy, before (one-time client set-up is not measured).
+One sandbox, in a process of its own (:class:`~src.sandbox.remote.SandboxProcess`: in
+production the vendors and the model are elsewhere, and stand-ins on this loop would be
+measured as the agent's own work), is shared by ``conversations`` production-assembled
+agent sessions (the stand-in model's keyword script, no scripted replies), every vendor
+failing every other request. Each conversation plays :data:`LOAD_TURNS`, each turn after
+a pause of up to :data:`THINK_S` (seeded; people on different calls do not speak in the
+same millisecond, and a drill where fifty model requests start at one instant measures
+that artefact, not the agent). Reported: p50/p99 turn time, the worst first-words gap,
+and the worst event-loop lag (a monitor that asks to wake every 10 ms and records how
+late it woke) while the conversations talk; sessions are started and play their turns
+once, healthy, before (one-time client set-up is not measured).
+
+The process is prepared as a job process is (:mod:`src.heap`): the imports frozen as
+LiveKit's forkserver freezes them, each conversation's state frozen after its
+``session.start`` and again once its healthy round (this drill's greeting) is over, as
+the entrypoint does after the greeting.
 """
 
 from __future__ import annotations
@@ -90,7 +97,7 @@ async def run_load(conversations: int = 50) -> LoadReport:
                 email=users[i % len(users)], sandbox=sandbox, shared_sandbox=True, snapshots=False
             )
             convs.append(await stack.enter_async_context(conv))
-            heap.freeze_after_start()  # as the entrypoint does after session.start
+            heap.freeze_call_state()  # as the entrypoint does after session.start
 
         rng = random.Random(7)
 
@@ -99,6 +106,8 @@ async def run_load(conversations: int = 50) -> LoadReport:
                 if think:
                     await asyncio.sleep(rng.uniform(0.0, THINK_S))
                 results.append(await conv.turn(text))
+            if not think:  # the healthy round is this drill's greeting: the call is up
+                heap.freeze_call_state()  # as the entrypoint does after the greeting
 
         # Each conversation plays its turns once healthy first, so one-time set-up
         # (clients, TLS contexts, time zones) is not measured; then vendors flap.
