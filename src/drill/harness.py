@@ -269,6 +269,8 @@ class Conversation:
         self._services: TrialistServices | None = None
         self._agent: PandaDocTrialistAgent | None = None
         self._session: AgentSession[TrialistData] | None = None
+        # After the last turn: (history length, its last item, assistant texts).
+        self._spoken_mark: tuple[int, object, int] = (-1, None, 0)
 
     # -- parts ---------------------------------------------------------------------------
     @property
@@ -360,6 +362,15 @@ class Conversation:
     def request_counts(self) -> dict[str, int]:
         return {name: len(server.journal) for name, server in self._source.servers.items()}
 
+    def _assistant_count(self) -> int:
+        """``len(self.assistant_history())``, from the last turn's end when nothing was
+        added to the history since."""
+        length, last, count = self._spoken_mark
+        items = self.session.history.items
+        if length == len(items) and (items[-1] if items else None) is last:
+            return count
+        return len(self.assistant_history())
+
     def assistant_history(self) -> list[str]:
         """Everything the assistant said in this session (history, including
         ``session.say`` from the error handler)."""
@@ -378,7 +389,7 @@ class Conversation:
             result.data_before = self.snapshot()
         counts_before = self.request_counts()
         transitions_before = len(self.transitions)
-        history_before = len(self.assistant_history())
+        history_before = self._assistant_count()
         frames_before = len(self.audio_sink.arrivals) if self.audio_sink else 0
         started_wall = time.time()
         started = time.perf_counter()
@@ -419,7 +430,12 @@ class Conversation:
             arrivals = self.audio_sink.arrivals[frames_before:]
             result.first_audio_s = arrivals[0] - started if arrivals else None
         # Anything spoken outside the run's events (the error handler's session.say).
-        result.said = self.assistant_history()[history_before:]
+        spoken = self.assistant_history()
+        result.said = spoken[history_before:]
+        # Remembered for the next turn's start, so it need not read the whole history
+        # again (in the load drill that history has gone cold while the caller paused).
+        items = self.session.history.items
+        self._spoken_mark = (len(items), items[-1] if items else None, len(spoken))
         if result.first_words_s is None and result.said:
             result.first_words_s = result.total_s
         durations = [t.seconds for t in result.tools if t.seconds is not None]
