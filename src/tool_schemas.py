@@ -13,11 +13,12 @@ call; it is cached the same way (the class itself, reused).
 
 A tool's schema depends only on its function (signature, type hints, docstring), whether
 it is bound to an agent, and its :class:`~livekit.agents.llm.FunctionToolInfo` (name,
-description, flags). :func:`install` wraps LiveKit's two builders with a cache on exactly
-that key; every provider format (OpenAI, Anthropic, Google, AWS, realtime) reads the
-builders through the module, so all of them get the cached schema. Each call returns a
-deep copy, so a caller that edits its schema cannot change the next request's. Tools the
-key cannot describe (no ``__wrapped__`` function) are built as before, uncached.
+description, flags). :func:`install` wraps LiveKit's two builders and the model function
+with a cache each (:class:`_Memo`) on exactly that key; every provider format (OpenAI,
+Anthropic, Google, AWS, realtime) reads the builders through the module, so all of them
+get the cached schema. Each schema call returns a deep copy, so a caller that edits its
+schema cannot change the next request's. Tools the key cannot describe (no
+``__wrapped__`` function) are built as before, uncached.
 """
 
 from __future__ import annotations
@@ -37,22 +38,13 @@ __all__ = ["CACHE_LIMIT", "cache_info", "clear", "install"]
 
 logger = logging.getLogger("src.tool_schemas")
 
-CACHE_LIMIT = 256  # distinct (tool, variant) schemas kept; an agent has about ten
-_cache: OrderedDict[tuple[Hashable, ...], dict[str, Any]] = OrderedDict()
-_stats = {
-    "hits": 0,
-    "misses": 0,
-    "uncached": 0,
-    "model_hits": 0,
-    "model_misses": 0,
-    "model_uncached": 0,
-}
+CACHE_LIMIT = 256  # distinct entries kept per cache; an agent has about ten tools
 _MARK = "__trialist_schema_cache__"
 
 
-def _key(
-    tool: FunctionTool[..., Any], variant: tuple[Hashable, ...]
-) -> tuple[Hashable, ...] | None:
+def _key(tool: Any, variant: tuple[Hashable, ...]) -> tuple[Hashable, ...] | None:
+    if not isinstance(tool, FunctionTool):
+        return None
     func = getattr(tool, "__wrapped__", None)
     info = getattr(tool, "info", None)
     if func is None or not dataclasses.is_dataclass(info) or isinstance(info, type):
@@ -67,81 +59,75 @@ def _key(
     return key
 
 
-def _cached(build: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-    @functools.wraps(build)
-    def wrapper(function_tool: FunctionTool[..., Any], **kwargs: Any) -> dict[str, Any]:
-        variant = (build.__name__, *sorted(kwargs.items()))
-        key = _key(function_tool, variant)
+class _Memo:
+    """One bounded LRU cache of what ``build`` makes of a tool, with counters."""
+
+    def __init__(self, build: Callable[..., Any], hand_out: Callable[[Any], Any]) -> None:
+        self.build = build
+        self.hand_out = hand_out  # what each caller gets of the cached value
+        self.entries: OrderedDict[tuple[Hashable, ...], Any] = OrderedDict()
+        self.stats = {"hits": 0, "misses": 0, "uncached": 0}
+
+    def __call__(self, tool: Any, **kwargs: Any) -> Any:
+        key = _key(tool, tuple(sorted(kwargs.items())))
         if key is None:
-            _stats["uncached"] += 1
-            return build(function_tool, **kwargs)
-        schema = _cache.get(key)
-        if schema is None:
-            _stats["misses"] += 1
-            schema = build(function_tool, **kwargs)
-            _cache[key] = schema
-            if len(_cache) > CACHE_LIMIT:
-                _cache.popitem(last=False)
+            self.stats["uncached"] += 1
+            return self.build(tool, **kwargs)
+        value = self.entries.get(key)
+        if value is None:
+            self.stats["misses"] += 1
+            value = self.entries[key] = self.build(tool, **kwargs)
+            if len(self.entries) > CACHE_LIMIT:
+                self.entries.popitem(last=False)
         else:
-            _stats["hits"] += 1
-            _cache.move_to_end(key)
-        return copy.deepcopy(schema)
-
-    setattr(wrapper, _MARK, build)
-    return wrapper
+            self.stats["hits"] += 1
+            self.entries.move_to_end(key)
+        return self.hand_out(value)
 
 
-def _cached_model(build: Callable[..., type[Any]]) -> Callable[..., type[Any]]:
-    """The arguments model LiveKit validates a tool call's arguments with: one class per
-    tool, reused (a pydantic model class is not changed by validating with it)."""
-    models: OrderedDict[tuple[Hashable, ...], type[Any]] = OrderedDict()
-
-    @functools.wraps(build)
-    def wrapper(func: Any) -> type[Any]:
-        key = _key(func, ("model",)) if isinstance(func, FunctionTool) else None
-        if key is None:
-            _stats["model_uncached"] += 1
-            return build(func)
-        model = models.get(key)
-        if model is None:
-            _stats["model_misses"] += 1
-            model = models[key] = build(func)
-            if len(models) > CACHE_LIMIT:
-                models.popitem(last=False)
-        else:
-            _stats["model_hits"] += 1
-        return model
-
-    setattr(wrapper, _MARK, build)
-    return wrapper
-
-
-_WRAPPERS: dict[str, Callable[[Any], Any]] = {
-    "build_strict_openai_schema": _cached,
-    "build_legacy_openai_schema": _cached,
-    "function_arguments_to_pydantic_model": _cached_model,
+# LiveKit function -> what a caller gets: a schema is a private deep copy (a caller may
+# edit it); the arguments model is the class itself (validating with it changes nothing).
+_HAND_OUT: dict[str, Callable[[Any], Any]] = {
+    "build_strict_openai_schema": copy.deepcopy,
+    "build_legacy_openai_schema": copy.deepcopy,
+    "function_arguments_to_pydantic_model": lambda model: model,
 }
+_memos: dict[str, _Memo] = {}
 
 
 def install() -> None:
     """Wrap LiveKit's schema builders and arguments model with the caches (idempotent)."""
-    for name, wrap in _WRAPPERS.items():
+    for name, hand_out in _HAND_OUT.items():
         current = getattr(llm_utils, name, None)
         if current is None:
             logger.warning("LiveKit has no llm.utils.%s; it is built per request", name)
             continue
-        if not hasattr(current, _MARK):
-            setattr(llm_utils, name, wrap(current))
+        if hasattr(current, _MARK):
+            continue
+        memo = _memos[name] = _Memo(current, hand_out)
+
+        @functools.wraps(current)
+        def wrapper(tool: Any, _memo: _Memo = memo, **kwargs: Any) -> Any:
+            return _memo(tool, **kwargs)
+
+        setattr(wrapper, _MARK, current)
+        setattr(llm_utils, name, wrapper)
 
 
 def clear() -> None:
-    """Forget every cached schema and the counters (tests)."""
-    _cache.clear()
-    for name in _stats:
-        _stats[name] = 0
+    """Forget every cached value and the counters (tests)."""
+    for memo in _memos.values():
+        memo.entries.clear()
+        memo.stats = dict.fromkeys(memo.stats, 0)
 
 
 def cache_info() -> dict[str, int]:
-    """``hits``, ``misses``, ``uncached`` and ``size`` of the schema cache, and the
-    ``model_*`` counts of the arguments-model cache."""
-    return {**_stats, "size": len(_cache)}
+    """``hits``, ``misses``, ``uncached`` and ``size`` of the two schema caches together,
+    and the same counts of the arguments-model cache as ``model_*``."""
+    info = dict.fromkeys(("hits", "misses", "uncached", "size"), 0)
+    for name, memo in _memos.items():
+        prefix = "model_" if name == "function_arguments_to_pydantic_model" else ""
+        counts = {**memo.stats, "size": len(memo.entries)}
+        for stat, value in counts.items():
+            info[prefix + stat] = info.get(prefix + stat, 0) + value
+    return info

@@ -101,3 +101,24 @@ async def test_requests_reach_the_model_through_the_fast_path(
             assert plain.choices and walked == [True]
         finally:
             await client.close()
+
+
+async def test_the_client_is_configured_as_livekits_plugin_would_configure_its_own() -> None:
+    """chat_client repeats the plugin's client settings; this fails if LiveKit's change."""
+    from livekit.plugins import openai as lk_openai
+
+    theirs = lk_openai.LLM(model="gpt-4o-mini", api_key="sk-x", base_url="http://127.0.0.1:9/v1")
+    ours = chat_client(api_key="sk-x", base_url="http://127.0.0.1:9/v1")
+    try:
+        mine, plugin = ours._client, theirs._client._client
+        assert ours.max_retries == theirs._client.max_retries == 0
+        assert mine.timeout == plugin.timeout
+        assert mine.follow_redirects == plugin.follow_redirects
+        pool, plugin_pool = mine._transport._pool, plugin._transport._pool
+        assert pool._max_connections == plugin_pool._max_connections
+        assert pool._max_keepalive_connections == plugin_pool._max_keepalive_connections
+        assert pool._keepalive_expiry == plugin_pool._keepalive_expiry
+        assert str(ours.base_url) == str(theirs._client.base_url)
+    finally:
+        await ours.close()
+        await theirs.aclose()
