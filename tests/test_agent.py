@@ -37,7 +37,7 @@ from src.phrases import (
     USAGE_FALLBACK,
     USAGE_NOT_FOUND,
 )
-from src.registry import VENDORS
+from src.registry import READ, VENDORS
 from src.sandbox import Sandbox
 from src.sandbox.base import FaultKind
 from src.sandbox.chilipiper import SANDBOX_ENV as CHILIPIPER_ENV
@@ -698,6 +698,7 @@ async def test_no_request_starts_without_time_for_it(rig: Rig) -> None:
             "amplitude",
             lambda: client.get_trial_usage(JANE),
             USAGE_FALLBACK,
+            kind=READ,
             deadline_at=rig.agent.retry_clock() + 0.05,
         )
     assert info.value.message == USAGE_FALLBACK
