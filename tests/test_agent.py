@@ -134,8 +134,9 @@ def assistant_text(result: RunResult[Any]) -> str:
 
 def test_agent_has_the_spec_breakers() -> None:
     agent = PandaDocTrialistAgent(TrialistServices())
-    assert set(agent.circuit_breakers) == {"amplitude", "salesforce", "chilipiper", "hubspot"}
+    # one per registered vendor; the spec's four among them
     assert tuple(agent.circuit_breakers) == VENDORS.names()
+    assert {"amplitude", "salesforce", "chilipiper", "hubspot"} <= set(agent.circuit_breakers)
     for name, breaker in agent.circuit_breakers.items():
         assert (breaker.failure_threshold, breaker.recovery_timeout) == (3, 30.0)
         assert breaker.name == name
