@@ -15,12 +15,12 @@ vendors' circuits are open and whether the model is offered it meanwhile
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..phrases import FILLER, FILLER_WRITE
+from ..redaction import get_logger
 from .kinds import OperationKind
 from .vendors import VENDORS
 
@@ -157,7 +157,7 @@ def load_agent_tools() -> tuple[ToolDeclaration, ...]:
         try:
             importlib.import_module(AGENT_MODULE)
         except Exception as exc:  # the sandbox must run whatever the agent's settings say
-            logging.getLogger("pandadoc.sandbox").warning(
+            get_logger("pandadoc.sandbox").warning(
                 "Could not read the agent's tool declarations (%s)", type(exc).__name__
             )
     return declared_tools()

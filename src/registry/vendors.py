@@ -1,7 +1,7 @@
 """One declaration per vendor: everything the agent, the settings, the sandbox and the
 console know about a vendor is here, and everything else iterates over :data:`VENDORS`.
 
-Per vendor: its name (the breaker, bulkhead, retry budget and metric label), its settings
+Per vendor: its name (the breaker, bulkhead, retry budget, metric and log label), its settings
 section and env prefix (``AMPLITUDE_API_KEY`` ...), its client factory, its sandbox
 stand-in (ports follow registry order), its response cap, and the capability the model
 is told is down while its circuit is open. Resilience4j configures every aspect of
@@ -136,7 +136,9 @@ class Vendor:
             (``<PREFIX>_MAX_RESPONSE_BYTES`` overrides it).
         capability: what the model is told is down while its circuit is open.
         url_key: the variable of its address (default ``<PREFIX>_BASE_URL``).
-        label: its metric label (default: ``name``).
+
+    Its metrics carry ``name`` as their ``service`` label (breaker transitions, open
+    circuits, fallbacks), as do its log lines.
     """
 
     name: str
@@ -148,15 +150,12 @@ class Vendor:
     max_response_bytes: int = MIB
     capability: Capability | None = None
     url_key: str = ""
-    label: str = ""
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or not self.name.islower():
             raise ValueError(f"vendor name {self.name!r} must be a lower-case identifier")
         if not self.url_key:
             object.__setattr__(self, "url_key", f"{self.env_prefix}_BASE_URL")
-        if not self.label:
-            object.__setattr__(self, "label", self.name)
 
     def settings_from_env(self, env: Mapping[str, str]) -> Any:
         return self.section(VendorEnv(env, self.env_prefix))

@@ -18,6 +18,7 @@ import asyncio
 from typing import Any
 
 from ..registry import VENDORS
+from ..registry.tools import load_agent_tools
 from .base import FaultKind, SandboxServer
 from .data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from .openai_server import OpenAIServer, ToolCall, ToolOutput, Turn
@@ -106,6 +107,7 @@ class Sandbox:
     async def start(self) -> Sandbox:
         """Start every server. If one cannot listen (port taken), the others are stopped
         again and the ``OSError`` is raised, naming the service and port."""
+        load_agent_tools()  # the model's keyword table, read now rather than mid-turn
         try:
             for name, server in self.servers.items():
                 port = service_port(name, self.port_base)

@@ -20,6 +20,12 @@ __all__ = ["TrialistServices"]
 logger = get_logger("pandadoc.agent")
 
 
+def __getattr__(name: str) -> Any:
+    if name == "SERVICE_NAMES":  # kept for older callers: the registry's names, as of now
+        return VENDORS.names()
+    raise AttributeError(name)
+
+
 class TrialistServices(VendorClients):
     """The vendor clients, by registry name (``services.<vendor>``); a vendor without
     configuration is ``None`` and its tools answer with a spoken fallback instead of

@@ -40,6 +40,12 @@ class Capability:
     note: str
 
 
+def __getattr__(name: str) -> Any:
+    if name == "CAPABILITIES":  # kept for older callers: capabilities(), as of now
+        return capabilities()
+    raise AttributeError(name)
+
+
 def capabilities() -> tuple[Capability, ...]:
     """Every capability of the registered vendors, with the declared tools it hides."""
     tools = declared_tools()
