@@ -48,6 +48,7 @@ from src.settings import Settings, SettingsError, settings_from_env
 from src.state import TrialistData
 from src.store import MemoryStore, StoreGuard, open_store
 from src.tools.degraded import degraded_request
+from src.tools.unknown import UnknownWrites, write_key
 
 # -- what a new vendor brings: client, settings section, stand-in (here, not in src/) -----
 
@@ -422,3 +423,26 @@ def test_only_the_registry_names_every_vendor() -> None:
         and all(name in path.read_text().lower() for name in names)
     )
     assert naming_all == ["registry/vendors.py"]
+
+
+class DownStore(MemoryStore):
+    async def cache_get(self, key: str) -> dict[str, Any] | None:
+        raise OSError("store down")
+
+    async def cache_put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        raise OSError("store down")
+
+
+async def test_unknown_writes_are_kept_in_the_process_while_the_store_is_down() -> None:
+    now = [0.0]
+    guard = StoreGuard(DownStore(), cool_down=0.0)
+    writes = UnknownWrites(guard, ttl_s=10.0, clock=lambda: now[0])
+    key = write_key("extend_trial", " Jane.Doe@Acme.example.com ")
+    assert key == write_key("extend_trial", JANE)  # who, normalised; never the address
+    assert JANE not in key and len(key) == 32
+    assert not await writes.seen(key)
+    await writes.remember(key)  # the store fails: remembered here only
+    assert await writes.seen(key)
+    now[0] = 11.0  # past the TTL
+    assert not await writes.seen(key)
+    assert not await UnknownWrites().seen(key)  # no store, nothing remembered
