@@ -107,7 +107,7 @@ def default_turn(body: Mapping[str, Any]) -> Turn:
     """What the stand-in model says when the script is empty, from the request ``body``.
 
     After tool results: a short spoken sentence built from them. After a user message:
-    a tool call picked with :data:`KEYWORD_TOOLS` (only tools the request offers), or a
+    a tool call picked with :func:`keyword_tools` (only tools the request offers), or a
     text reply saying this is the stand-in and what one can ask. Otherwise a greeting.
     """
     messages = [m for m in body.get("messages") or () if isinstance(m, Mapping)]
