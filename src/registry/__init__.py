@@ -1,14 +1,16 @@
 """One declaration per vendor and per tool: protection is stated once, the rest derived.
 
-* :mod:`.vendors`: :data:`VENDORS`, each vendor's settings section, client, sandbox
-  stand-in, response cap and capability; breakers, bulkheads, retry budgets, clients,
-  settings, the sandbox and the degraded notice are loops over it.
+* :mod:`.vendors`: :data:`VENDORS` (what a declaration is: :mod:`.base`), each vendor's
+  settings section, client, sandbox stand-in, response cap and capability; breakers,
+  bulkheads, retry budgets, clients, settings, the sandbox and the degraded notice are
+  loops over it.
 * :mod:`.kinds`: the operation kinds (read, write with a lookup, write without one),
   each with its one retry rule.
 * :mod:`.tools`: :func:`declared`, the declaration written next to each
   ``@function_tool`` (vendors used, kind, filler, capability, fallback, keywords).
 """
 
+from .base import Capability, ClientContext, Registry, Vendor, VendorEnv
 from .kinds import (
     READ,
     WRITE_WITH_LOOKUP,
@@ -21,7 +23,7 @@ from .kinds import (
     retry_rule,
 )
 from .tools import ToolDeclaration, declaration_of, declared, declared_tools, undeclare
-from .vendors import VENDORS, Capability, ClientContext, Registry, Vendor, VendorEnv
+from .vendors import VENDORS
 
 __all__ = [
     "READ",
