@@ -446,3 +446,26 @@ async def test_unknown_writes_are_kept_in_the_process_while_the_store_is_down() 
     now[0] = 11.0  # past the TTL
     assert not await writes.seen(key)
     assert not await UnknownWrites().seen(key)  # no store, nothing remembered
+
+
+async def test_a_write_cut_off_in_flight_is_remembered(rig: Rig) -> None:
+    """The caller interrupts while the write is in flight: it may have applied, so it
+    is not sent again, in this conversation or (through the store) the next."""
+    import asyncio
+
+    store = StoreGuard(MemoryStore())
+    rig.server.inject("*", FaultKind.HANG)
+    agent = rig.agent(store)
+    task = asyncio.create_task(call_extend(agent))
+    for _ in range(500):  # until the request reached the stand-in (at most 5 s)
+        if rig.server.journal:
+            break
+        await asyncio.sleep(0.01)
+    assert rig.server.journal
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    rig.server.clear()
+    await asyncio.sleep(0.05)  # the store write runs in the background
+    assert await call_extend(rig.agent(store)) == WRITE_NOT_CONFIRMED
+    assert len(rig.server.journal) == 1

@@ -8,6 +8,7 @@ modules take it as their first argument, so a tool body reads as plain steps.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -170,6 +171,9 @@ class ToolRuntime(ErrorRecoveryMixin):
             except OutcomeUnknown:
                 await self.unknown_writes.remember(key)
                 raise ToolError(WRITE_NOT_CONFIRMED) from None
+            except asyncio.CancelledError:  # cut off in flight: it may have applied
+                self.unknown_writes.remember_soon(key)
+                raise
         return await self._protected(service, func, fallback, kind, deadline_at)
 
     async def _protected(

@@ -5,6 +5,7 @@ this process; a store failure falls back to this process's memory."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ class UnknownWrites:
         self.ttl_s = ttl_s
         self._clock = clock
         self._local: dict[str, float] = {}  # key -> expiry (wall clock)
+        self._background: set[asyncio.Task[None]] = set()
 
     async def seen(self, key: str) -> bool:
         expiry = self._local.get(key)
@@ -62,3 +64,13 @@ class UnknownWrites:
             await guard.run(lambda: guard.store.unknown_write_put(key, self.ttl_s), "unknown write")
         except StoreError:
             logger.warning("An unknown write outcome is remembered in this process only")
+
+    def remember_soon(self, key: str) -> None:
+        """:meth:`remember` from a task being cancelled (the write was in flight): at once
+        in this process, in the store in the background."""
+        self._local[key] = self._clock() + self.ttl_s
+        if self.store is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.remember(key))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
