@@ -2,11 +2,14 @@
 
 Run it with ``python src/agent.py console|console --text|dev|start|download-files``.
 
-The agent looks up a trialist's product usage (Amplitude) and CRM record (Salesforce, then
-HubSpot), offers and books demo times (ChiliPiper) and logs a call summary to the CRM.
-Every service call goes through the service's circuit breaker and voice-tuned retries
-inside one per-tool deadline; every tool is wrapped so a failure restores the session
-state and the caller hears a short natural sentence (:mod:`src.error_recovery`). Tool
+The agent looks up a trialist's product usage and CRM record, offers and books demo
+times and logs a call summary to the CRM. Each tool is declared next to its
+``@function_tool`` (:func:`~src.registry.declared`: vendors used, operation kind,
+filler, what it answers while its vendors are down, the sandbox model's keywords); each
+vendor once in :data:`src.registry.VENDORS`. Every service call goes through the
+service's circuit breaker and its kind's retry rule inside one per-tool deadline; every
+tool is wrapped so a failure restores the session state and the caller hears a short
+natural sentence (:mod:`src.error_recovery`). Tool
 bodies live in :mod:`src.tools`, sentences in :mod:`src.phrases`, session assembly in
 :mod:`src.session`, CRM writes that must not be lost in :mod:`src.outbox`.
 """
@@ -50,9 +53,18 @@ from src.error_recovery.budget import process_budget
 from src.error_recovery.bulkhead import process_bulkhead
 from src.identity import identity_at_start, trusted_attributes
 from src.outbox import Outbox, PendingWrite
-from src.phrases import APOLOGY, BOOKING_DOWN_OPENING, FILLER_WRITE, GOODBYE, greeting
+from src.phrases import (
+    ACCOUNT_FALLBACK,
+    APOLOGY,
+    BOOKING_DOWN_OPENING,
+    GOODBYE,
+    SLOTS_FALLBACK,
+    USAGE_FALLBACK,
+    greeting,
+)
 from src.redaction import get_logger, install_redaction
-from src.services.wiring import SERVICE_NAMES, TrialistServices
+from src.registry import READ, VENDORS, WRITE_WITH_LOOKUP, declared
+from src.services.wiring import TrialistServices
 from src.session import SpokenApology, build_session, caller_safe_context, connect_options
 from src.settings import Settings, SettingsError, load_settings
 from src.state import TrialistData
@@ -61,6 +73,7 @@ from src.tools import crm, demo, usage
 from src.tools.degraded import Capability, DegradedLog, degraded_request, down_capabilities
 from src.tools.policy import record_identity
 from src.tools.runtime import ToolRuntime
+from src.tools.unknown import UnknownWrites
 from src.watchdogs import watch_llm, watch_tts
 
 __all__ = ["INSTRUCTIONS", "PandaDocTrialistAgent", "server"]
@@ -117,6 +130,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             window_size=r.window_size,
             window_seconds=r.window_seconds,
         )
+        names = VENDORS.names()  # one of each per registered vendor
         self.circuit_breakers: dict[str, CircuitBreaker] = {
             name: CircuitBreaker(
                 failure_threshold=r.failure_threshold,
@@ -127,17 +141,17 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
                 rate_rule=rate_rule,
                 window=process_window(name, rate_rule),
             )
-            for name in SERVICE_NAMES
+            for name in names
         }
         self.retry_budgets = {
             name: process_budget(
                 name, r.retry_budget_max_tokens, r.retry_budget_token_ratio, guard=store
             )
-            for name in SERVICE_NAMES
+            for name in names
         }
         self.bulkheads = {
             name: process_bulkhead(name, r.bulkhead_max_concurrent, r.bulkhead_max_wait)
-            for name in SERVICE_NAMES
+            for name in names
         }
         self.retry_policy = VoiceRetryPolicy(
             max_retries=r.max_retries,
@@ -151,6 +165,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         # Played instead of a TTS stream that stalls (the entry point's pre-rendered apology).
         self.tts_rescue: SpokenApology | None = None
         self._degraded_log = DegradedLog()
+        self.unknown_writes = UnknownWrites(store)  # writes never to repeat (fleet-wide)
         self.outbox = Outbox(
             services,
             self.call_with_retry_and_circuit_breaker,
@@ -161,13 +176,13 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
 
     def down_capabilities(self) -> list[Capability]:
         """What the model is told is unavailable now (open circuits, issue #15)."""
-        configured = [n for n in SERVICE_NAMES if getattr(self.services, n, None) is not None]
-        return down_capabilities(self.circuit_breakers, configured)
+        return down_capabilities(self.circuit_breakers, self.services.configured())
 
     async def opening_words(self, name: str | None) -> str:
         """The greeting; when booking is down as the conversation starts (the fleet's
         view of the circuit), it sets expectations once, naturally."""
-        await self.circuit_breakers["chilipiper"].refresh(force=True)
+        for vendor in VENDORS.behind("booking"):
+            await self.circuit_breakers[vendor].refresh(force=True)
         if any(cap.name == "booking" for cap in self.down_capabilities()):
             return f"{greeting(name)} {BOOKING_DOWN_OPENING}"
         return greeting(name)
@@ -229,6 +244,13 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
 
     # -- tools ---------------------------------------------------------------------------
     @function_tool()
+    @declared(
+        uses=("usage",),
+        kind=READ,
+        fallback=USAGE_FALLBACK,  # the usage cache may still answer: the tool stays offered
+        keywords=("usage", "documents", "trial"),
+        ask_about="your trial usage",
+    )
     async def get_trial_usage(self, context: RunContext[TrialistData], email: str = "") -> str:
         """Look up how the caller has used their PandaDoc trial so far: documents created,
         sent and completed, templates, integrations and days left in the trial.
@@ -242,6 +264,14 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         )
 
     @function_tool()
+    @declared(
+        uses=("account",),
+        kind=READ,
+        fallback=ACCOUNT_FALLBACK,
+        hidden_while_down=True,
+        keywords=("account", "record", "crm", "who"),
+        ask_about="your account record",
+    )
     async def lookup_account(self, context: RunContext[TrialistData], email: str = "") -> str:
         """Find the caller's account in our CRM: their name, role and company.
 
@@ -254,6 +284,14 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         )
 
     @function_tool()
+    @declared(
+        uses=("booking",),
+        kind=READ,
+        fallback=SLOTS_FALLBACK,
+        hidden_while_down=True,
+        keywords=("demo", "available", "availability", "times", "slots"),
+        ask_about="demo availability",
+    )
     async def check_demo_availability(self, context: RunContext[TrialistData]) -> str:
         """Find open times for a short PandaDoc demo with our sales team over the next few
         business days. Call this before offering any demo time."""
@@ -262,6 +300,13 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         )
 
     @function_tool()
+    @declared(
+        uses=("booking",),
+        kind=WRITE_WITH_LOOKUP,  # each attempt first looks an in-doubt booking up
+        hidden_while_down=True,
+        keywords=("book", "schedule", "option", "first", "second", "third"),
+        ask_about="booking a demo option",
+    )
     async def book_demo(self, context: RunContext[TrialistData], option: int) -> str:
         """Book the demo time the caller chose.
 
@@ -273,10 +318,16 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             context,
             "book_demo",
             lambda: demo.book_demo(self, context.userdata, option),
-            filler=FILLER_WRITE,
         )
 
     @function_tool()
+    @declared(
+        uses=("account",),
+        kind=WRITE_WITH_LOOKUP,  # found again by its write reference (src.outbox)
+        capability="",  # not withheld while accounts cannot be looked up: it queues
+        keywords=("summary", "note", "log"),
+        ask_about="logging a call summary",
+    )
     async def log_call_summary(
         self,
         context: RunContext[TrialistData],
@@ -293,7 +344,6 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             context,
             "log_call_summary",
             lambda: crm.log_summary(self, context.userdata, summary, interest),
-            filler=FILLER_WRITE,
         )
 
 
@@ -327,7 +377,7 @@ async def entrypoint(ctx: JobContext) -> None:
     settings = SETTINGS
     install_redaction()  # the job's log handlers exist now; attach the filter to them
     store = StoreGuard(open_store(settings.fleet.store_url))  # shared by the fleet's jobs
-    # Amplitude's hourly budget, concurrency cap and usage cache hold fleet-wide.
+    # Vendor quotas (hourly budget, concurrency cap) and the usage cache hold fleet-wide.
     services = TrialistServices.from_settings(
         settings, quota_store=FleetQuotaStore(store), usage_cache=FleetUsageCache(store)
     )

@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 from src import metrics
 from src.errors import CircuitOpenError, InvalidRequest, NotFound
 from src.redaction import get_logger
-from src.services.http import write_outcome_is_ambiguous
+from src.registry.kinds import READ, WRITE_WITH_LOOKUP, OperationKind, OutcomeUnknown
 from src.services.wiring import TrialistServices
 from src.store import StoreError, StoreGuard
 
@@ -98,7 +98,7 @@ class ProtectedCall(Protocol):
         max_retries: int = 2,
         *,
         deadline: float | None = None,
-        reraise: tuple[type[BaseException], ...] = (),
+        kind: OperationKind | None = None,
     ) -> Awaitable[Any]: ...
 
 
@@ -183,8 +183,10 @@ class Outbox:
             raise CircuitOpenError(write.source)  # not configured: nothing was sent
 
         try:
+            # Sent once per flush (the outbox is its retry); its kind ends an unknown
+            # outcome in OutcomeUnknown, and a certain failure in the fallback "".
             result = await self._call(
-                write.source, send, "", max_retries=0, deadline=deadline, reraise=(Exception,)
+                write.source, send, "", max_retries=0, deadline=deadline, kind=WRITE_WITH_LOOKUP
             )
         except asyncio.CancelledError:
             write.verify = True  # it may have applied: look before sending again
@@ -193,19 +195,17 @@ class Outbox:
         except (InvalidRequest, NotFound) as exc:
             logger.error("CRM write rejected (%s); not saved", type(exc).__name__)
             return "rejected"
-        except Exception as exc:
-            if not write_outcome_is_ambiguous(exc):
-                logger.warning("CRM write not applied (%s); queued", type(exc).__name__)
-                return "queued"
+        except OutcomeUnknown as exc:
             write.verify = True
             logger.warning(
                 "CRM write outcome unknown after %s; it will be looked for in the CRM by "
                 "its write id before it is sent again",
-                type(exc).__name__,
+                type(exc.__cause__ or exc).__name__,
                 extra={"service": write.source, "write_id": write.write_id[:8]},
             )
             return "checking"
-        if result == "":  # the circuit was open: nothing was sent
+        if result == "":  # circuit open, or certainly not applied: nothing was sent
+            logger.warning("CRM write not applied; queued")
             return "queued"
         return "saved"
 
@@ -223,7 +223,7 @@ class Outbox:
 
         try:
             found = await self._call(
-                write.source, search, "", max_retries=1, deadline=deadline, reraise=(Exception,)
+                write.source, search, "", max_retries=1, deadline=deadline, kind=READ
             )
         except Exception as exc:
             logger.warning("Could not look for a CRM write yet (%s)", type(exc).__name__)

@@ -83,6 +83,12 @@ NOTE_QUEUED = (
 # error log line to check the CRM by hand).
 NOTE_UNCONFIRMED = "I couldn't confirm that the note was saved, so please don't count on it."
 NOTE_FAILED = "I couldn't save that note, so please don't count on it."
+# A write the vendor cannot be asked about (src.registry.kinds.WRITE_WITHOUT_LOOKUP) whose
+# outcome is unknown: not repeated (now or on a later call), and said so honestly.
+WRITE_NOT_CONFIRMED = (
+    "I couldn't confirm that went through, and I won't try again in case it did. "
+    "The team will check it and follow up with you."
+)
 NOTE_NO_CRM = "I can't reach our records right now, so I couldn't save that note."
 NOTE_NO_RECORD = "There's no account on file to attach that note to yet, so I haven't saved it."
 NOTE_SAVED = "Thanks, I've saved a note of our call for the team."

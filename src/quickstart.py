@@ -91,13 +91,18 @@ def missing_for_worker(env: MutableMapping[str, str], argv: Sequence[str]) -> li
 def nothing_configured(settings: Settings) -> bool:
     """No model key or endpoint and no vendor credentials: a fresh clone."""
     models = settings.models
-    vendors = (settings.amplitude, settings.salesforce, settings.hubspot, settings.chilipiper)
+    vendors = settings.vendors.values()  # every registered vendor's section
     return not (
         models.openai_api_key
         or models.openai_base_url
         or models.deepgram_api_key
         or any(vendor.configured for vendor in vendors)
     )
+
+
+def _count(n: int) -> str:
+    words = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    return words[n] if 0 <= n < len(words) else str(n)
 
 
 def _portaudio_missing() -> bool:
@@ -250,11 +255,12 @@ def prepare(
             settings = reload()
         except SettingsError as exc:
             raise ConfigurationRefused(f"Configuration error: {exc}") from None
-        port = running.sandbox.amplitude.port
+        ports = [server.port for server in running.sandbox.servers.values()]
+        vendors = len(ports) - 1  # every registered vendor, and the model
         print(
             f"Nothing configured, so the built-in sandbox (local stand-ins on ports "
-            f"{port}-{port + 4}) answers for the model and all four vendors; for real "
-            "services, copy .env.example to .env and fill it in.",
+            f"{min(ports)}-{max(ports)}) answers for the model and all {_count(vendors)} "
+            "vendors; for real services, copy .env.example to .env and fill it in.",
             flush=True,
         )
     text = _has_option(argv, "--text")

@@ -16,6 +16,7 @@ from src.agent import PandaDocTrialistAgent
 from src.errors import ServiceTimeout
 from src.latency import AdaptiveTimeout, LatencyTracker, adaptive_timeout
 from src.phrases import USAGE_FALLBACK
+from src.registry import READ
 from src.sandbox import Sandbox
 from src.sandbox.base import FaultKind
 from src.services.http import HttpOptions, ServiceHttp
@@ -173,7 +174,7 @@ async def test_a_retry_starts_only_if_its_adapted_timeout_fits(
     # no history: the adapted timeout is SERVICE_TIMEOUT, 1.0 s
     if attempts == 1:  # 1.2 s used + 1.0 s > the 2.0 s budget (0.5 s would have fit)
         with pytest.raises(ToolError):
-            await agent.protected("amplitude", slow_failure, USAGE_FALLBACK)
+            await agent.protected("amplitude", slow_failure, USAGE_FALLBACK, kind=READ)
     else:
-        assert await agent.protected("amplitude", slow_failure, USAGE_FALLBACK) == "data"
+        assert await agent.protected("amplitude", slow_failure, USAGE_FALLBACK, kind=READ) == "data"
     assert calls == attempts

@@ -37,6 +37,7 @@ from src.phrases import (
     NOTE_WILL_CONFIRM,
     TROUBLE_HEARING,
 )
+from src.registry import READ, VENDORS, declaration_of
 from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from src.session import on_session_error
@@ -124,6 +125,17 @@ CELLS = {
         "chilipiper", JANE, "any demo times?", "check_demo_availability", lambda d: d.offered_slots
     ),
 }
+
+
+def test_the_matrix_covers_every_vendor_with_a_read_tool() -> None:
+    """The matrix's contract ("succeeds after healing") holds for reads: each registered
+    vendor has a row, exercised through a tool declared as a read that uses it. Writes
+    are held to their kind's contract instead (tests/test_registry.py, the outbox)."""
+    assert set(CELLS) == set(VENDORS.names())
+    for name, cell in CELLS.items():
+        declaration = declaration_of(cell.tool)
+        assert declaration is not None and declaration.kind is READ
+        assert name in declaration.vendors()
 
 
 def conversation(email: str = JANE, **kwargs: Any) -> Conversation:

@@ -25,8 +25,14 @@ from src.errors import (
     ServiceUnavailable,
 )
 from src.sandbox.base import FaultKind
-from src.sandbox.chilipiper import CONCIERGE_ROUTER, LINK_ID, ChiliPiperServer, parse_duration
-from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
+from src.sandbox.chilipiper import (
+    CONCIERGE_ROUTER,
+    LINK_ID,
+    SANDBOX_ENV,
+    ChiliPiperServer,
+    parse_duration,
+)
+from src.sandbox.data import TRIAL_USERS
 from src.services.chilipiper import (
     CONCIERGE_INIT_PATH,
     INIT_PATH,
@@ -45,8 +51,8 @@ from src.services.wiring import TrialistServices
 from src.settings import SettingsError, settings_from_env
 from tests.fault_helpers import down_then_up
 
-API_KEY = SANDBOX_CREDENTIALS["CHILIPIPER_API_KEY"]
-SLUG = SANDBOX_CREDENTIALS["CHILIPIPER_SCHEDULING_LINK"]
+API_KEY = SANDBOX_ENV["CHILIPIPER_API_KEY"]
+SLUG = SANDBOX_ENV["CHILIPIPER_SCHEDULING_LINK"]
 FAST = HttpOptions(timeout=1.0, connect_timeout=1.0)
 MONDAY = datetime(2030, 1, 7, 12, tzinfo=UTC)
 JANE = Guest(TRIAL_USERS[0].email, "America/New_York", "Jane Doe", "Acme Corp")

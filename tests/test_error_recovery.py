@@ -20,13 +20,19 @@ from src.error_recovery import (
     CircuitBreaker,
     CircuitState,
     ErrorRecoveryMixin,
+    RateRule,
+    SlidingWindow,
     VoiceRetryPolicy,
     backoff_delay,
     counts_as_failure,
     error_type_for,
     is_retryable,
+    process_window,
     retry_with_exponential_backoff,
 )
+from src.error_recovery.budget import FleetRetryBudget, RetryBudget, process_budget
+from src.error_recovery.bulkhead import Bulkhead, BulkheadFull, process_bulkhead
+from src.error_recovery.protection import reset_process_protection
 from src.errors import (
     AuthenticationFailed,
     BadResponse,
@@ -38,8 +44,17 @@ from src.errors import (
     ServiceTimeout,
     ServiceUnavailable,
 )
+from src.registry import (
+    READ,
+    WRITE_WITH_LOOKUP,
+    WRITE_WITHOUT_LOOKUP,
+    OutcomeUnknown,
+    outcome_unknown,
+    retry_rule,
+)
 from src.sandbox.base import FaultKind, SandboxServer
 from src.services.http import HttpOptions, ServiceHttp
+from src.store import MemoryStore, StoreGuard
 
 # ---------------------------------------------------------------------------------------
 # fixtures
@@ -890,11 +905,13 @@ async def test_base_exceptions_pass_through_untouched(agent: RecoveringAgent) ->
 
 async def test_agent_integration_uses_the_recovery_layer(clock: FakeClock) -> None:
     from src.agent import PandaDocTrialistAgent
+    from src.registry import VENDORS
     from src.services.wiring import TrialistServices
 
     agent = PandaDocTrialistAgent(TrialistServices(), clock=clock, sleep=RecordingSleep(clock))
     assert isinstance(agent, ErrorRecoveryMixin)
-    assert sorted(agent.circuit_breakers) == ["amplitude", "chilipiper", "hubspot", "salesforce"]
+    assert {"amplitude", "chilipiper", "hubspot", "salesforce"} <= set(agent.circuit_breakers)
+    assert tuple(agent.circuit_breakers) == VENDORS.names()  # one per registered vendor
     assert agent.retry_policy == VoiceRetryPolicy(max_retries=2, base_delay=0.5, max_delay=3.0)
     func = Flaky(*(unavailable() for _ in range(9)))
     for _ in range(3):
@@ -1024,3 +1041,438 @@ async def test_parallel_tools_never_erase_a_siblings_success(agent: RecoveringAg
     assert isinstance(results[0], ToolError) and results[1] == "ok"
     assert state.email == "saved@example.com"  # the sibling's save survived the rollback
     assert state.facts == []  # and the failed tool left nothing behind
+
+
+# ---------------------------------------------------------------------------------------
+# The package's other parts, covered here too (the spec's coverage command): the shared
+# breaker, the rate rule's window, the retry budget, the bulkhead, the change set, and
+# the operation kinds' retry rules (src/registry/kinds.py).
+# ---------------------------------------------------------------------------------------
+
+
+class BrokenStore(MemoryStore):
+    """A store that fails every operation (the guard turns it into StoreError)."""
+
+    async def _mutate(self, name: str, fn: Any) -> Any:
+        raise OSError("store down")
+
+    async def _read(self, name: str) -> Any:
+        raise OSError("store down")
+
+
+def _guard(store: Any, clock: FakeClock) -> StoreGuard:
+    return StoreGuard(store, clock=clock, cool_down=0.0)
+
+
+def _shared(name: str, guard: StoreGuard, clock: FakeClock, **kw: Any) -> CircuitBreaker:
+    return CircuitBreaker(
+        failure_threshold=3, recovery_timeout=30.0, name=name, clock=clock, store=guard, **kw
+    )
+
+
+async def test_shared_breaker_opens_probes_and_closes_for_the_fleet(clock: FakeClock) -> None:
+    guard = _guard(MemoryStore(clock=clock), clock)
+    first, second = _shared("amplitude", guard, clock), _shared("amplitude", guard, clock)
+    for _ in range(3):
+        assert await first.admit() == 0
+        await first.on_failure(unavailable())
+    assert first.state is CircuitState.OPEN
+    await second.refresh(force=True)
+    assert second.state is CircuitState.OPEN and second.retry_in() > 0
+    with pytest.raises(CircuitOpenError):
+        await second.admit()
+    clock.advance(31.0)
+    probe = await first.admit()
+    assert probe  # one probe for the fleet
+    with pytest.raises(CircuitOpenError):
+        await second.admit()
+    await first.on_success(probe=probe)
+    assert first.state is CircuitState.CLOSED
+    await second.refresh(force=True)
+    assert second.state is CircuitState.CLOSED
+    # a success after counted failures clears the shared count
+    await second.on_failure(unavailable())
+    await second.on_success()
+    await first.refresh(force=True)
+    assert first.failure_count == 0
+    # an uncounted answer does not count fleet-wide
+    await first.on_failure(NotFound("amplitude"))
+    assert first.failure_count == 0
+    assert "amplitude" in repr(first)
+
+
+async def test_shared_breaker_failed_probe_reopens_for_everyone(clock: FakeClock) -> None:
+    guard = _guard(MemoryStore(clock=clock), clock)
+    breaker = _shared("hubspot", guard, clock)
+    for _ in range(3):
+        await breaker.on_failure(unavailable())
+    clock.advance(31.0)
+    probe = await breaker.admit()
+    await breaker.on_failure(unavailable(), probe=probe)
+    assert breaker.state is CircuitState.OPEN
+    other = _shared("hubspot", guard, clock)
+    await other.refresh(force=True)
+    assert other.state is CircuitState.OPEN
+    # a probe that only got an uncounted answer proves the service is up
+    clock.advance(31.0)
+    probe = await breaker.admit()
+    await breaker.on_failure(NotFound("hubspot"), probe=probe)
+    assert breaker.state is CircuitState.CLOSED
+
+
+async def test_shared_breaker_keeps_working_when_the_store_is_down(clock: FakeClock) -> None:
+    breaker = _shared("salesforce", _guard(BrokenStore(clock=clock), clock), clock)
+    await breaker.refresh(force=True)  # nothing to adopt: local state stays
+    for _ in range(3):
+        assert await breaker.admit() == 0
+        await breaker.on_failure(unavailable())
+    assert breaker.state is CircuitState.OPEN  # counted locally
+    with pytest.raises(CircuitOpenError):
+        await breaker.admit()
+    clock.advance(31.0)
+    probe = await breaker.admit()  # this process decides alone
+    assert probe
+    await breaker.on_success(probe=probe)
+    assert breaker.state is CircuitState.CLOSED
+
+
+async def test_shared_breaker_slow_calls_open_it_for_the_fleet(clock: FakeClock) -> None:
+    guard = _guard(MemoryStore(clock=clock), clock)
+    rule = RateRule(slow_call_duration=1.0, slow_call_rate_threshold=0.5, minimum_calls=2)
+    breaker = _shared("chilipiper", guard, clock, rate_rule=rule)
+    await breaker.on_success(duration=2.0)
+    await breaker.on_success(duration=2.0)
+    assert breaker.state is CircuitState.OPEN
+    other = _shared("chilipiper", guard, clock)
+    await other.refresh(force=True)
+    assert other.state is CircuitState.OPEN
+    # the failure rate opens it through the store at once
+    rated = _shared("amplitude", guard, clock, rate_rule=RateRule(minimum_calls=2))
+    await rated.on_success(duration=0.1)
+    await rated.on_failure(unavailable(), duration=0.1)
+    assert rated.state is CircuitState.OPEN
+
+
+def test_breaker_rate_rule_and_listeners_locally(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def broken(name: str, old: Any, new: Any) -> None:
+        raise RuntimeError("metrics hook broke")
+
+    breaker = CircuitBreaker(
+        failure_threshold=10,
+        recovery_timeout=30.0,
+        name="amplitude",
+        clock=clock,
+        rate_rule=RateRule(minimum_calls=4, window_size=4),
+        listeners=[broken],
+    )
+    breaker.add_listener(lambda name, old, new: seen.append((str(old), str(new))))
+    caplog.set_level(logging.WARNING)
+    breaker.record_success()
+    breaker.record_success()
+    breaker.record_failure(unavailable())
+    breaker.record_failure(unavailable())  # 2 of 4 failed: the 50 % rate opens it
+    assert breaker.state is CircuitState.OPEN
+    assert seen == [("closed", "open")]
+    assert "failure rate 50% over the last 4 calls" in caplog.text
+    assert "listener failed" in caplog.text
+    stale = 0
+    clock.advance(31.0)
+    stale = breaker.acquire()
+    breaker.reset()  # an operator closed it while the probe was out
+    breaker.record_failure(unavailable(), probe=stale)  # the stale probe decides nothing
+    assert breaker.state is CircuitState.CLOSED
+    breaker.record_success(probe=stale)
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_rate_rule_window_judges_recent_calls_only() -> None:
+    for bad in (
+        {"failure_rate_threshold": 0.0},
+        {"slow_call_rate_threshold": 1.5},
+        {"slow_call_duration": -1.0},
+        {"minimum_calls": 30, "window_size": 20},
+    ):
+        with pytest.raises(ValueError):
+            RateRule(**bad)
+    rule = RateRule(minimum_calls=2, window_size=4, window_seconds=10.0, slow_call_duration=1.0)
+    window = SlidingWindow(rule)
+    assert window.failure_rate() == 0.0 and window.slow_rate() == 0.0
+    assert window.record(0.0, failed=True, duration=0.1) is None  # below minimum_calls
+    assert window.record(20.0, failed=False, duration=0.1) is None  # the old one expired
+    assert len(window) == 1
+    assert window.record(21.0, failed=False, duration=5.0) is None
+    assert window.record(22.0, failed=False, duration=5.0) is None  # 2 of 3 slow < 100 %
+    assert window.slow_rate() == pytest.approx(2 / 3)
+    assert window.record(23.0, failed=True, duration=0.1) is None  # 1 of 4 failed
+    assert window.record(24.0, failed=True, duration=0.1) == "failure rate"  # 2 of 4
+    window.clear()
+    assert len(window) == 0
+    assert process_window("amplitude", rule) is process_window("amplitude", rule)
+    reset_process_protection()
+    assert process_window("amplitude", rule) is not window
+
+
+async def test_retry_budgets_local_and_fleet(clock: FakeClock) -> None:
+    with pytest.raises(ValueError):
+        RetryBudget("amplitude", max_tokens=0.5)
+    with pytest.raises(ValueError):
+        RetryBudget("amplitude", token_ratio=0.0)
+    budget = RetryBudget("amplitude", max_tokens=2.0, token_ratio=0.5)
+    budget.started(retry=False)
+    budget.started(retry=True)
+    await budget.on_failure()
+    assert not budget.may_retry()  # 1 of 2 tokens: not more than half
+    budget.refuse()
+    await budget.on_success()
+    assert budget.may_retry() and (budget.firsts, budget.retries, budget.refused) == (1, 1, 1)
+
+    guard = _guard(MemoryStore(clock=clock), clock)
+    fleet = process_budget("hubspot", 4.0, 0.5, guard=guard)
+    assert isinstance(fleet, FleetRetryBudget)
+    assert process_budget("hubspot", 4.0, 0.5, guard=guard) is fleet
+    other = FleetRetryBudget("hubspot", guard, 4.0, 0.5)
+    await fleet.on_failure()
+    await other.on_failure()  # the fleet's bucket: two tokens gone
+    assert other.tokens == 2.0
+    await other.on_success()
+    assert other.tokens == 2.5
+    broken = FleetRetryBudget("hubspot", _guard(BrokenStore(clock=clock), clock), 4.0, 0.5)
+    await broken.on_failure()  # the store is down: the local bucket goes on
+    await broken.on_success()
+    assert broken.tokens == 3.5
+    assert isinstance(process_budget("salesforce", 4.0, 0.5), RetryBudget)
+
+
+async def test_bulkhead_limits_and_refuses() -> None:
+    with pytest.raises(ValueError):
+        Bulkhead("amplitude", max_concurrent=0)
+    with pytest.raises(ValueError):
+        Bulkhead("amplitude", max_wait=-1.0)
+    at_once = Bulkhead("amplitude", max_concurrent=1, max_wait=0.0)
+    async with at_once.slot():
+        assert at_once.in_flight == 1
+        with pytest.raises(BulkheadFull):
+            async with at_once.slot():
+                pass
+    waiting = Bulkhead("amplitude", max_concurrent=1, max_wait=0.01)
+    async with waiting.slot():
+        with pytest.raises(BulkheadFull):
+            async with waiting.slot():
+                pass
+    assert waiting.peak == 1 and waiting.in_flight == 0
+    shared = process_bulkhead("amplitude", 2, 0.1)
+    assert process_bulkhead("amplitude", 2, 0.1) is shared
+    assert process_bulkhead("amplitude", 3, 0.1) is not shared  # reconfigured
+
+
+async def test_call_with_retry_uses_the_fallback_when_the_bulkhead_is_full(
+    agent: RecoveringAgent,
+) -> None:
+    bulkhead = Bulkhead("amplitude", max_concurrent=1, max_wait=0.0)
+    agent.bulkheads = {"amplitude": bulkhead}
+    async with bulkhead.slot():
+        func = Flaky()
+        assert await agent.call_with_retry_and_circuit_breaker("amplitude", func, FALLBACK) == (
+            FALLBACK
+        )
+    assert func.calls == 0
+
+
+async def test_call_with_retry_spends_and_respects_the_retry_budget(
+    agent: RecoveringAgent,
+) -> None:
+    budget = RetryBudget("amplitude", max_tokens=2.0, token_ratio=1.0)
+    agent.retry_budgets = {"amplitude": budget}
+    func = Flaky(unavailable(), unavailable(), unavailable())
+    assert await agent.call_with_retry_and_circuit_breaker("amplitude", func, FALLBACK) == (
+        FALLBACK
+    )
+    assert func.calls == 1  # a token gone: the budget refused the retry
+    assert budget.refused == 1
+    func = Flaky(value="data")
+    assert await agent.call_with_retry_and_circuit_breaker("amplitude", func, FALLBACK) == "data"
+    assert budget.tokens == 2.0
+
+
+async def test_operation_kinds_decide_what_is_sent_again(agent: RecoveringAgent) -> None:
+    """One rule per kind (src/registry/kinds.py): a read retries but not a hang; a
+    write re-sends only what certainly did not apply and ends an unknown outcome in
+    OutcomeUnknown; a write without a lookup is retried once at most."""
+    call = agent.call_with_retry_and_circuit_breaker
+    hang = Flaky(ServiceTimeout("amplitude"), value="data")
+    assert await call("amplitude", hang, FALLBACK, kind=READ) == FALLBACK
+    assert hang.calls == 1
+    blip = Flaky(unavailable(), value="data")
+    assert await call("amplitude", blip, FALLBACK, kind=READ) == "data"
+    with pytest.raises(NotFound):  # an answer goes to the tool body
+        await call("amplitude", Flaky(NotFound("amplitude")), FALLBACK, kind=READ)
+
+    err500 = ServiceUnavailable("salesforce", status=500)
+    write = Flaky(err500, value="saved")
+    with pytest.raises(OutcomeUnknown) as info:
+        await call("salesforce", write, FALLBACK, kind=WRITE_WITH_LOOKUP)
+    assert write.calls == 1 and info.value.__cause__ is err500
+    write = Flaky(ServiceUnavailable("salesforce", status=503), value="saved")
+    assert await call("salesforce", write, FALLBACK, kind=WRITE_WITH_LOOKUP) == "saved"
+
+    once = Flaky(*(ServiceUnavailable("hubspot", status=503) for _ in range(3)))
+    assert await call("hubspot", once, FALLBACK, kind=WRITE_WITHOUT_LOOKUP) == FALLBACK
+    assert once.calls == 2  # the first attempt and one retry
+    reset = Flaky(ConnectionFailed("hubspot"))
+    with pytest.raises(OutcomeUnknown):
+        await call("hubspot", reset, FALLBACK, kind=WRITE_WITHOUT_LOOKUP)
+    assert reset.calls == 1
+    assert retry_rule(READ).retries(2) == 2 and retry_rule(WRITE_WITHOUT_LOOKUP).retries(2) == 1
+    assert WRITE_WITH_LOOKUP.is_write is not False
+    assert outcome_unknown(ServiceTimeout("x")) and not outcome_unknown(RateLimited("x"))
+
+
+class PlainState:
+    """Userdata that is neither a dict nor a dataclass: deep-copied, restored whole."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+
+class Uncopyable:
+    def __deepcopy__(self, memo: Any) -> Any:
+        raise TypeError("no copies")
+
+
+async def test_tool_wrapper_restores_any_kind_of_userdata(agent: RecoveringAgent) -> None:
+    async def fail_after(change: Any) -> None:
+        change()
+        raise unavailable()
+
+    plain = PlainState()
+    ctx = StandInRunContext(plain)
+    with pytest.raises(ToolError):
+        await agent.handle_tool_with_error_recovery(
+            ctx, "t", lambda: fail_after(lambda: plain.notes.append("x"))
+        )
+    assert plain.notes == [] and ctx.userdata is plain
+
+    listed: list[str] = []
+    ctx = StandInRunContext(listed)
+    with pytest.raises(ToolError):
+        await agent.handle_tool_with_error_recovery(
+            ctx, "t", lambda: fail_after(lambda: listed.append("x"))
+        )
+    assert ctx.userdata == []
+
+    none_ctx = StandInRunContext(None)  # no userdata: nothing to restore
+    with pytest.raises(ToolError):
+        await agent.handle_tool_with_error_recovery(none_ctx, "t", lambda: fail_after(list))
+
+    odd = StandInRunContext(Uncopyable())  # cannot be copied: run anyway
+    with pytest.raises(ToolError):
+        await agent.handle_tool_with_error_recovery(odd, "t", lambda: fail_after(list))
+
+
+async def test_change_set_restores_dict_keys_and_set_entries(agent: RecoveringAgent) -> None:
+    state: dict[str, Any] = {"tags": {"a"}, "kept": 1}
+    ctx = StandInRunContext(state)
+
+    async def fail() -> None:
+        state["new"] = "added"
+        state["tags"].add("b")
+        raise unavailable()
+
+    with pytest.raises(ToolError):
+        await agent.handle_tool_with_error_recovery(ctx, "t", fail)
+    assert state == {"tags": {"a"}, "kept": 1}
+
+    async def replace() -> None:
+        state["tags"] = {"z"}
+        raise unavailable()
+
+    tags = state["tags"]
+    with pytest.raises(ToolError):
+        await agent.handle_tool_with_error_recovery(ctx, "t", replace)
+    assert state["tags"] is tags and tags == {"a"}
+
+
+async def test_change_set_siblings_keep_each_others_saves(agent: RecoveringAgent) -> None:
+    """Two tools of one reply on one state: the failed one's rollback keeps what the
+    successful sibling saved, and undoes only its own change."""
+    state: dict[str, Any] = {"usage": None, "record": None, "slots": ["old"]}
+    ctx = StandInRunContext(state)
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def failing() -> None:
+        state["record"] = "half-written"
+        state["slots"].append("partial")
+        started.set()
+        await release.wait()
+        raise unavailable()
+
+    async def succeeding() -> str:
+        await started.wait()
+        state["usage"] = "14 documents"
+        release.set()
+        return "ok"
+
+    results = await asyncio.gather(
+        agent.handle_tool_with_error_recovery(ctx, "fail", failing),
+        agent.handle_tool_with_error_recovery(ctx, "ok", succeeding),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], ToolError) and results[1] == "ok"
+    assert state == {"usage": "14 documents", "record": None, "slots": ["old"]}
+
+
+async def _let_others_run() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("tracked", [False, True])
+async def test_change_set_a_failure_while_a_sibling_runs(
+    agent: RecoveringAgent, tracked: bool
+) -> None:
+    """The failing tool ends first, while its sibling still runs: what it left is undone
+    when the last tool of the reply ends, unless the sibling saved over it."""
+    from src.state import TrialistData
+
+    data: Any = TrialistData() if tracked else {"name": None, "company": None, "email": None}
+
+    def put(name: str, value: Any) -> None:
+        if tracked:
+            setattr(data, name, value)
+        else:
+            data[name] = value
+
+    def get(name: str) -> Any:
+        return getattr(data, name) if tracked else data[name]
+
+    ctx = StandInRunContext(data)
+    started, failed = asyncio.Event(), asyncio.Event()
+
+    async def failing() -> None:
+        put("name", "Half Written")
+        put("company", "Left Behind")
+        started.set()
+        raise unavailable()
+
+    async def succeeding() -> str:
+        await started.wait()
+        await _let_others_run()  # the sibling failed and rolled back meanwhile
+        put("company", "Acme")  # a save over what the failed sibling left
+        put("email", "jane@acme.example.com")
+        return "ok"
+
+    results = await asyncio.gather(
+        agent.handle_tool_with_error_recovery(ctx, "fail", failing),
+        agent.handle_tool_with_error_recovery(ctx, "ok", succeeding),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], ToolError) and results[1] == "ok"
+    assert get("name") is None  # the failed tool's own change: undone
+    assert get("company") == "Acme"  # the sibling's save: kept
+    assert get("email") == "jane@acme.example.com"
+    assert not failed.is_set()

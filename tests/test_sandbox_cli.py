@@ -15,25 +15,17 @@ import aiohttp
 import pytest
 from dotenv import dotenv_values
 
-from src.sandbox import SERVICES, OpenAIServer, Sandbox, service_port
+from src.registry import VENDORS
+from src.sandbox import MODEL, OpenAIServer, Sandbox, service_names, service_port
 from src.sandbox.__main__ import main, merge_env_file, service_urls_from_env
 from src.sandbox.base import FaultKind
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 
 REPO = Path(__file__).resolve().parents[1]
+# Every registered vendor's address and credentials, and the model's (from the registry).
 ENV_KEYS = {
-    "AMPLITUDE_BASE_URL",
-    "AMPLITUDE_API_KEY",
-    "AMPLITUDE_SECRET_KEY",
-    "SALESFORCE_INSTANCE_URL",
-    "SALESFORCE_CLIENT_ID",
-    "SALESFORCE_CLIENT_SECRET",
-    "HUBSPOT_BASE_URL",
-    "HUBSPOT_ACCESS_TOKEN",
-    "CHILIPIPER_BASE_URL",
-    "CHILIPIPER_API_KEY",
-    "CHILIPIPER_SCHEDULING_LINK",
-    "CHILIPIPER_BOOKING_URL",
+    *(vendor.url_key for vendor in VENDORS),
+    *(key for vendor in VENDORS for key in vendor.sandbox_env()),
     "OPENAI_BASE_URL",
     "OPENAI_API_KEY",
     "TRIALIST_EMAIL",
@@ -86,7 +78,8 @@ async def test_env_points_at_every_running_server(sandbox: Sandbox) -> None:
     assert env["TRIALIST_EMAIL"] in {u.email for u in TRIAL_USERS}
     assert service_urls_from_env(env) == {n: s.base_url for n, s in sandbox.servers.items()}
     assert isinstance(sandbox.openai, OpenAIServer)
-    assert len({s.port for s in sandbox.servers.values()}) == len(SERVICES)
+    assert len({s.port for s in sandbox.servers.values()}) == len(service_names())
+    assert set(sandbox.servers) == {*VENDORS.names(), MODEL}
 
 
 async def test_env_before_start_and_bad_port_base_are_errors() -> None:
@@ -96,14 +89,16 @@ async def test_env_before_start_and_bad_port_base_are_errors() -> None:
         Sandbox(port_base=-1)
     with pytest.raises(ValueError, match="unknown service"):
         service_port("pandadoc", 8701)
-    assert [service_port(s, 8701) for s in SERVICES] == [8701, 8702, 8703, 8704, 8705]
+    names = service_names()
+    assert [service_port(s, 8701) for s in names] == list(range(8701, 8701 + len(names)))
+    assert service_port(MODEL, 8701) == 8705  # the model keeps its port whatever is added
 
 
 async def test_taken_port_names_the_service_and_stops_the_rest() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        base = taken.getsockname()[1] - SERVICES.index("hubspot")
+        base = taken.getsockname()[1] - service_names().index("hubspot")
         assert base >= 1  # ephemeral ports start far above 1024 on every OS we run on
         sandbox = Sandbox(port_base=base)
         # hubspot's port is taken (a neighbour of an ephemeral port could be, too)

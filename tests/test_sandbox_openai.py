@@ -27,13 +27,13 @@ from livekit.plugins import openai
 from src.sandbox.base import FaultKind
 from src.sandbox.data import SANDBOX_CREDENTIALS, TRIAL_USERS
 from src.sandbox.openai_server import (
-    KEYWORD_TOOLS,
     STAND_IN_NOTICE,
     OpenAIServer,
     ToolCall,
     ToolOutput,
     Turn,
     default_turn,
+    keyword_tools,
 )
 
 KEY = SANDBOX_CREDENTIALS["OPENAI_API_KEY"]
@@ -207,8 +207,17 @@ async def test_model_receives_tool_outputs_and_speaks_them(
 # -- the default keyword script ---------------------------------------------------------------
 
 
+# The parameters as LiveKit describes the agent's tools (the script reads types from them).
+_PARAMETERS: dict[str, dict[str, Any]] = {
+    "email": {"type": "string", "default": ""},
+    "option": {"type": "integer"},
+    "summary": {"type": "string"},
+    "interest": {"type": "string", "enum": ["low", "medium", "high"], "default": "medium"},
+}
+
+
 def _schema(*properties: str) -> dict[str, Any]:
-    return {"type": "object", "properties": {p: {"type": "string"} for p in properties}}
+    return {"type": "object", "properties": {p: _PARAMETERS[p] for p in properties}}
 
 
 ALL_TOOLS = [
@@ -267,7 +276,7 @@ def test_default_script_only_calls_offered_tools_and_only_declared_arguments() -
     assert _ask(f"usage for {JANE}", tools=bare).tool_calls[0].arguments == {}
 
 
-@pytest.mark.parametrize(("tool", "keywords"), KEYWORD_TOOLS)
+@pytest.mark.parametrize(("tool", "keywords"), keyword_tools())
 def test_every_keyword_reaches_its_tool(tool: str, keywords: tuple[str, ...]) -> None:
     offered = [t for t in ALL_TOOLS if t["function"]["name"] == tool]
     for word in keywords:

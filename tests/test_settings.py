@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from src.redaction import get_logger
+from src.registry import VENDORS
 from src.settings import (
     DEFAULT_RESILIENCE,
     ResilienceSettings,
@@ -26,8 +27,8 @@ def test_defaults_follow_the_spec() -> None:
     assert r == DEFAULT_RESILIENCE
     assert s.amplitude.base_url == "https://amplitude.com"
     assert s.hubspot.base_url == "https://api.hubapi.com"
-    assert not (s.amplitude.configured or s.salesforce.configured or s.hubspot.configured)
-    assert not s.chilipiper.configured
+    assert set(s.vendors) == set(VENDORS.names())  # a section per registered vendor
+    assert not any(section.configured for section in s.vendors.values())
 
 
 def test_values_are_parsed() -> None:

@@ -126,3 +126,15 @@ async def test_guard_warns_once_cools_down_and_recovers(
     assert (await guard.run(lambda: store.breaker_view("amp", 30.0))).state == "closed"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "local state" in warnings[0].getMessage()
+
+
+async def test_unknown_writes_are_remembered_with_a_ttl(store: ResilienceStore) -> None:
+    """A write without a lookup whose outcome is unknown (src/registry/kinds.py): every
+    backend remembers its key, apart from the usage cache's keys, for the TTL."""
+    assert not await store.unknown_write_seen("k1")
+    await store.unknown_write_put("k1", 60.0)
+    assert await store.unknown_write_seen("k1")
+    assert not await store.unknown_write_seen("k2")
+    assert await store.cache_get("k1") is None  # its own prefix, not a cache entry
+    await store.unknown_write_put("k3", 0.0)  # no time to live: nothing kept
+    assert not await store.unknown_write_seen("k3")

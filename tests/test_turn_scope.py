@@ -18,6 +18,7 @@ from src.error_recovery import CircuitBreaker, ErrorRecoveryMixin
 from src.error_recovery.changeset import WriteTracked
 from src.errors import ServiceUnavailable
 from src.phrases import FILLER, FILLER_WRITE
+from src.registry import declaration_of
 from src.sandbox import FaultKind
 from src.sandbox.openai_server import ToolCall, Turn
 from src.settings import SettingsError, settings_from_env
@@ -373,8 +374,11 @@ async def test_two_hanging_tools_of_one_reply_end_within_one_turn_and_one_filler
     most one filler sentence."""
     overrides = {**OVERRIDES, "filler_delay": 0.2, "tool_deadline": 1.0, "turn_deadline": 1.0}
     async with Conversation(overrides=overrides, skip_sleeps=True) as conv:
-        for name in ("amplitude", "salesforce", "hubspot"):
-            conv.sandbox.servers[name].inject("*", FaultKind.HANG)
+        for tool in ("get_trial_usage", "lookup_account"):  # every vendor they use hangs
+            declaration = declaration_of(tool)
+            assert declaration is not None
+            for name in declaration.vendors():
+                conv.sandbox.servers[name].inject("*", FaultKind.HANG)
         conv.sandbox.openai.say(
             Turn(
                 tool_calls=[

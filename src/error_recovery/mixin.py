@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 from livekit.agents.llm import StopResponse, ToolError
 
 from .. import metrics
-from ..errors import CircuitOpenError, ServiceTimeout
+from ..errors import CircuitOpenError
 from ..phrases import ERROR_RESPONSES
 from ..redaction import get_logger
+from ..registry.kinds import OperationKind, OutcomeUnknown, is_answer, retry_rule
 from .breaker import CircuitBreaker, CircuitState, Clock
 from .budget import RetryBudget
 from .bulkhead import Bulkhead, BulkheadFull
@@ -187,7 +188,7 @@ class ErrorRecoveryMixin:
         attempt_timeout: float | None = None,
         min_attempt: float = 0.0,
         reraise: tuple[type[BaseException], ...] = (),
-        retry_timeouts: bool = True,
+        kind: OperationKind | None = None,
     ) -> T | str:
         """Call a service through its breaker with voice-tuned retries.
 
@@ -211,9 +212,12 @@ class ErrorRecoveryMixin:
             min_attempt: no retry starts with less than this left of ``deadline``.
             reraise: exception types to raise instead of falling back (e.g. ``NotFound``
                 when "no record" needs its own answer).
-            retry_timeouts: False inside a voice turn (issue #15): an attempt that timed
-                out is a hang signal and is not retried, so a hung vendor costs the
-                caller one attempt, not two.
+            kind: the operation's kind (:mod:`src.registry.kinds`), which decides what
+                may be sent again: its one retry rule. With a kind, the vendor's answers
+                (``NotFound``, ``InvalidRequest``) are raised to the caller, and a write
+                whose outcome is unknown ends in
+                :class:`~src.registry.kinds.OutcomeUnknown` instead of the fallback.
+                ``None`` (the spec's call): every retryable failure is retried.
 
         With ``self.bulkheads[service_name]`` (issue #15) the call first takes a slot of
         the vendor's bulkhead; when none frees up in time the caller gets the fallback
@@ -256,7 +260,7 @@ class ErrorRecoveryMixin:
                 attempt_timeout=attempt_timeout,
                 min_attempt=min_attempt,
                 reraise=reraise,
-                retry_timeouts=retry_timeouts,
+                kind=kind,
             )
         raise AssertionError("unreachable")  # pragma: no cover - mypy: the stack may swallow
 
@@ -272,7 +276,7 @@ class ErrorRecoveryMixin:
         attempt_timeout: float | None,
         min_attempt: float,
         reraise: tuple[type[BaseException], ...],
-        retry_timeouts: bool = True,
+        kind: OperationKind | None = None,
     ) -> T | str:
         """The call inside its bulkhead slot: breaker, retries, fallback."""
         try:
@@ -288,6 +292,9 @@ class ErrorRecoveryMixin:
             )
             return fallback_response
         policy = self.retry_policy
+        rule = None if kind is None else retry_rule(kind)
+        if rule is not None:
+            max_retries = rule.retries(max_retries)
         counted: BaseException | None = None  # the last failure already told the breaker
         attempts = 0
         took: float | None = None  # seconds the last attempt took (the slow-call rule)
@@ -323,11 +330,14 @@ class ErrorRecoveryMixin:
             # Stop retrying if other callers opened the circuit meanwhile.
             if not is_retryable(exc) or breaker.state is not CircuitState.CLOSED:
                 return False
-            if not retry_timeouts and isinstance(exc, ServiceTimeout | TimeoutError):
+            if rule is not None and not rule.may_resend(exc):
                 logger.info(
-                    "%s timed out: a hang, not retried inside the turn",
+                    "%s %s failed with %s: not sent again (%s)",
                     service_name,
-                    extra={"service": service_name},
+                    rule.kind.value,
+                    type(exc).__name__,
+                    "a hang" if rule.kind is OperationKind.READ else "it may have applied",
+                    extra={"service": service_name, "kind": rule.kind.value},
                 )
                 return False
             if budget is not None and not budget.may_retry():
@@ -363,6 +373,18 @@ class ErrorRecoveryMixin:
                     await budget.on_failure()
             if isinstance(exc, reraise) or not isinstance(exc, Exception):
                 raise
+            if rule is not None and is_answer(exc):
+                raise  # the vendor's answer: the tool body knows what to say
+            if rule is not None and rule.unknown(exc):
+                metrics.fallback_counter(service_name, "outcome_unknown").inc()
+                logger.warning(
+                    "%s %s outcome unknown after %s; not sent again",
+                    service_name,
+                    rule.kind.value,
+                    type(exc).__name__,
+                    extra={"service": service_name, "error_class": type(exc).__name__},
+                )
+                raise OutcomeUnknown(service_name, rule.kind) from exc
             reason = "circuit_open" if isinstance(exc, CircuitOpenError) else "failed"
             metrics.fallback_counter(service_name, reason).inc()
             logger.warning(

@@ -1,109 +1,113 @@
 """Local stand-ins for the vendors and the model: real HTTP servers with fault injection.
 
-:class:`Sandbox` runs all five on 127.0.0.1 and tells the agent where they are::
+:class:`Sandbox` runs them all on 127.0.0.1 and tells the agent where they are::
 
     async with Sandbox() as sandbox:              # ephemeral ports
         os.environ.update(sandbox.env())          # the clients and plugins now point here
         sandbox.openai.say("Hi, I'm the stand-in model.")
-        sandbox.hubspot.inject("*", FaultKind.SERVICE_UNAVAILABLE, count=1)
+        sandbox.servers["hubspot"].inject("*", FaultKind.SERVICE_UNAVAILABLE, count=1)
 
 From a shell, ``python -m src.sandbox`` does the same on fixed ports (see ``__main__``).
+A vendor's stand-in is its registry entry's ``stand_in`` (:mod:`src.registry.vendors`).
 Nothing here is a real vendor or a real model; the credentials only open these servers.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from .amplitude import AmplitudeServer
+from ..registry import VENDORS
+from ..registry.tools import load_agent_tools
 from .base import FaultKind, SandboxServer
-from .chilipiper import ChiliPiperServer
 from .data import SANDBOX_CREDENTIALS, TRIAL_USERS
-from .hubspot import HubSpotServer
 from .openai_server import OpenAIServer, ToolCall, ToolOutput, Turn
-from .salesforce import SalesforceServer
 
 __all__ = [
     "DEFAULT_PORT_BASE",
-    "SERVICES",
-    "AmplitudeServer",
-    "ChiliPiperServer",
+    "MODEL",
     "FaultKind",
-    "HubSpotServer",
     "OpenAIServer",
-    "SalesforceServer",
     "Sandbox",
     "SandboxServer",
     "ToolCall",
     "ToolOutput",
     "Turn",
+    "service_names",
     "service_port",
 ]
 
-SERVICES: tuple[str, ...] = (
-    "amplitude",
-    "salesforce",
-    "hubspot",
-    "chilipiper",
-    "openai",
-)
-"""Service names, in port order: with port base ``N`` the i-th listens on ``N + i``."""
+MODEL = "openai"
+MODEL_SLOT = 4  # the model's stand-in keeps port base + 4 (8705) whatever vendors follow
 
 DEFAULT_PORT_BASE = 8701
-"""First port of ``python -m src.sandbox``: 8701 amplitude ... 8705 openai."""
+"""First port of ``python -m src.sandbox``: the vendors in registry order from 8701, the
+model on 8705, a fifth vendor on 8706."""
 
 _MAX_PORT = 65_535
 
 
+def service_names() -> tuple[str, ...]:
+    """Service names in port order: with port base ``N`` the i-th listens on ``N + i``.
+    The registered vendors (:data:`src.registry.VENDORS`), the model in slot 4."""
+    vendors = VENDORS.names()
+    return (*vendors[:MODEL_SLOT], MODEL, *vendors[MODEL_SLOT:])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SERVICES":  # the names as a tuple, as of now (kept for older callers)
+        return service_names()
+    raise AttributeError(name)
+
+
 def service_port(service: str, port_base: int) -> int:
     """The port ``service`` listens on for ``port_base`` (``0``: ephemeral, returns 0)."""
-    if service not in SERVICES:
-        raise ValueError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
-    return 0 if port_base == 0 else port_base + SERVICES.index(service)
+    services = service_names()
+    if service not in services:
+        raise ValueError(f"unknown service {service!r}; expected one of {', '.join(services)}")
+    return 0 if port_base == 0 else port_base + services.index(service)
 
 
 class Sandbox:
-    """All five sandbox servers, started and stopped together (an async context manager).
+    """Every sandbox server (each registered vendor's stand-in and the model's), started
+    and stopped together (an async context manager).
 
     Args:
         port_base: ``0`` (default) gives every server a free ephemeral port; otherwise the
-            servers listen on ``port_base`` .. ``port_base + 4`` in :data:`SERVICES` order.
+            servers listen on ``port_base`` + their index in :func:`service_names`.
         host: interface to bind. Default ``127.0.0.1``; the sandbox is for this machine.
 
     The servers exist from construction (script turns and inject faults before
-    :meth:`start` if you like) and are attributes: ``.amplitude``, ``.salesforce``,
-    ``.hubspot``, ``.chilipiper`` and ``.openai``.
+    :meth:`start` if you like) and are attributes by service name (``.openai``,
+    ``.<vendor>``) and in :attr:`servers`.
     """
 
     def __init__(self, *, port_base: int = 0, host: str = "127.0.0.1") -> None:
-        if port_base != 0 and not 1 <= port_base <= _MAX_PORT - len(SERVICES) + 1:
+        names = service_names()
+        if port_base != 0 and not 1 <= port_base <= _MAX_PORT - len(names) + 1:
             raise ValueError(
-                f"port_base must be 0 (ephemeral) or 1..{_MAX_PORT - len(SERVICES) + 1}, "
+                f"port_base must be 0 (ephemeral) or 1..{_MAX_PORT - len(names) + 1}, "
                 f"got {port_base}"
             )
         self.port_base = port_base
         self.host = host
-        self.amplitude = AmplitudeServer()
-        self.salesforce = SalesforceServer()
-        self.hubspot = HubSpotServer()
-        self.chilipiper = ChiliPiperServer()
         self.openai = OpenAIServer()
+        # Service name -> server, in port order.
+        self.servers: dict[str, SandboxServer] = {
+            name: self.openai if name == MODEL else VENDORS[name].stand_in() for name in names
+        }
         self._started = False
 
-    @property
-    def servers(self) -> dict[str, SandboxServer]:
-        """Service name -> server, in :data:`SERVICES` order."""
-        return {
-            "amplitude": self.amplitude,
-            "salesforce": self.salesforce,
-            "hubspot": self.hubspot,
-            "chilipiper": self.chilipiper,
-            "openai": self.openai,
-        }
+    def __getattr__(self, name: str) -> Any:
+        servers = self.__dict__.get("servers")
+        if servers is None or name not in servers:
+            raise AttributeError(name)
+        return servers[name]
 
     async def start(self) -> Sandbox:
         """Start every server. If one cannot listen (port taken), the others are stopped
         again and the ``OSError`` is raised, naming the service and port."""
+        load_agent_tools()  # the model's keyword table, read now rather than mid-turn
         try:
             for name, server in self.servers.items():
                 port = service_port(name, self.port_base)
@@ -145,21 +149,12 @@ class Sandbox:
         """
         if not self._started:
             raise RuntimeError("start the sandbox before asking for its env()")
-        creds = SANDBOX_CREDENTIALS
-        return {
-            "AMPLITUDE_BASE_URL": self.amplitude.base_url,
-            "AMPLITUDE_API_KEY": creds["AMPLITUDE_API_KEY"],
-            "AMPLITUDE_SECRET_KEY": creds["AMPLITUDE_SECRET_KEY"],
-            "SALESFORCE_INSTANCE_URL": self.salesforce.base_url,
-            "SALESFORCE_CLIENT_ID": creds["SALESFORCE_CLIENT_ID"],
-            "SALESFORCE_CLIENT_SECRET": creds["SALESFORCE_CLIENT_SECRET"],
-            "HUBSPOT_BASE_URL": self.hubspot.base_url,
-            "HUBSPOT_ACCESS_TOKEN": creds["HUBSPOT_ACCESS_TOKEN"],
-            "CHILIPIPER_BASE_URL": self.chilipiper.base_url,
-            "CHILIPIPER_API_KEY": creds["CHILIPIPER_API_KEY"],
-            "CHILIPIPER_SCHEDULING_LINK": creds["CHILIPIPER_SCHEDULING_LINK"],
-            "CHILIPIPER_BOOKING_URL": creds["CHILIPIPER_BOOKING_URL"],
-            "OPENAI_BASE_URL": f"{self.openai.base_url}/v1",
-            "OPENAI_API_KEY": creds["OPENAI_API_KEY"],
-            "TRIALIST_EMAIL": TRIAL_USERS[0].email,
-        }
+        env: dict[str, str] = {}
+        for vendor in VENDORS:
+            if vendor.name in self.servers:
+                env[vendor.url_key] = self.servers[vendor.name].base_url
+                env.update(vendor.sandbox_env())
+        env["OPENAI_BASE_URL"] = f"{self.openai.base_url}/v1"
+        env["OPENAI_API_KEY"] = SANDBOX_CREDENTIALS["OPENAI_API_KEY"]
+        env["TRIALIST_EMAIL"] = TRIAL_USERS[0].email
+        return env

@@ -32,20 +32,21 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from . import DEFAULT_PORT_BASE, SERVICES, Sandbox, service_port
+from ..registry import VENDORS
+from . import DEFAULT_PORT_BASE, MODEL, Sandbox, service_names, service_port
 from .base import ADMIN_PREFIX, FaultKind
 
 __all__ = ["main", "merge_env_file", "service_urls_from_env"]
 
 STALL = "stall"  # the OpenAI stand-in's own fault: stop a stream after its first chunk
 _KINDS = (*(kind.value for kind in FaultKind), STALL)
-_URL_KEYS = {
-    "amplitude": "AMPLITUDE_BASE_URL",
-    "salesforce": "SALESFORCE_INSTANCE_URL",
-    "hubspot": "HUBSPOT_BASE_URL",
-    "chilipiper": "CHILIPIPER_BASE_URL",
-    "openai": "OPENAI_BASE_URL",
-}
+
+
+def _url_keys() -> dict[str, str]:
+    """Service name -> the env variable of its address (the registry's, and the model's)."""
+    return {**{v.name: v.url_key for v in VENDORS}, MODEL: "OPENAI_BASE_URL"}
+
+
 _ADMIN_TIMEOUT_S = 5.0
 _CLI = "uv run python -m src.sandbox"  # as printed in hints: works verbatim from the repo root
 
@@ -90,15 +91,17 @@ def _non_negative_float(text: str) -> float:
 
 def _port_base(text: str) -> int:
     value = _int(text)
-    if not 1 <= value <= 65_535 - len(SERVICES) + 1:
-        raise argparse.ArgumentTypeError(f"must be 1..{65_535 - len(SERVICES) + 1}, got {value}")
+    top = 65_535 - len(service_names()) + 1
+    if not 1 <= value <= top:
+        raise argparse.ArgumentTypeError(f"must be 1..{top}, got {value}")
     return value
 
 
 def _parser() -> argparse.ArgumentParser:
+    SERVICES = service_names()
     parser = argparse.ArgumentParser(
         prog=_CLI,
-        description="Local stand-ins for Amplitude, Salesforce, HubSpot, ChiliPiper and an "
+        description=f"Local stand-ins for {', '.join(VENDORS.names())} and an "
         "OpenAI-compatible scripted model (no real vendor, no real model).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -109,8 +112,8 @@ def _parser() -> argparse.ArgumentParser:
         "--port-base",
         type=_port_base,
         default=DEFAULT_PORT_BASE,
-        help=f"first port; services take {DEFAULT_PORT_BASE}..+4 in the order "
-        f"{', '.join(SERVICES)} (default {DEFAULT_PORT_BASE})",
+        help=f"first port; services take {DEFAULT_PORT_BASE}..+{len(SERVICES) - 1} in the "
+        f"order {', '.join(SERVICES)} (default {DEFAULT_PORT_BASE})",
     )
     ports.add_argument("--ephemeral", action="store_true", help="let the OS pick free ports")
     serve.add_argument(
@@ -204,11 +207,11 @@ def _parser() -> argparse.ArgumentParser:
 def service_urls_from_env(env: Mapping[str, str | None]) -> dict[str, str]:
     """Service name -> server root URL, from the env lines of a running sandbox."""
     urls: dict[str, str] = {}
-    for service, key in _URL_KEYS.items():
+    for service, key in _url_keys().items():
         value = env.get(key)
         if value:
             url = value.rstrip("/")
-            urls[service] = url.removesuffix("/v1") if service == "openai" else url
+            urls[service] = url.removesuffix("/v1") if service == MODEL else url
     return urls
 
 
@@ -272,12 +275,13 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def _service_urls(args: argparse.Namespace) -> dict[str, str]:
     if args.env_file is None:
-        return {s: f"http://127.0.0.1:{service_port(s, args.port_base)}" for s in SERVICES}
+        return {s: f"http://127.0.0.1:{service_port(s, args.port_base)}" for s in service_names()}
     if not args.env_file.is_file():
         raise CommandError(f"no env file at {args.env_file}")
     urls = service_urls_from_env(dotenv_values(args.env_file))
     if not urls:
-        raise CommandError(f"{args.env_file} has no sandbox URLs ({', '.join(_URL_KEYS.values())})")
+        keys = ", ".join(_url_keys().values())
+        raise CommandError(f"{args.env_file} has no sandbox URLs ({keys})")
     return urls
 
 
@@ -314,14 +318,14 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
 
 def _url_for(urls: Mapping[str, str], service: str) -> str:
     if service not in urls:
-        raise CommandError(f"the env file has no URL for {service} ({_URL_KEYS[service]})")
+        raise CommandError(f"the env file has no URL for {service} ({_url_keys()[service]})")
     return urls[service]
 
 
 def _fault(args: argparse.Namespace) -> int:
     url = _url_for(_service_urls(args), args.service)
     if args.kind == STALL:
-        if args.service != "openai":
+        if args.service != MODEL:
             raise CommandError(f"{STALL} is an openai fault, not one for {args.service}")
         endpoint = args.endpoint or "/v1/chat/completions"
         _admin(url, "POST", "/stall", {"endpoint": endpoint, "count": args.count})
@@ -344,7 +348,8 @@ def _fault(args: argparse.Namespace) -> int:
 
 def _clear(args: argparse.Namespace) -> int:
     urls = _service_urls(args)
-    services = [s for s in SERVICES if s in urls] if args.service == "all" else [args.service]
+    names = service_names()
+    services = [s for s in names if s in urls] if args.service == "all" else [args.service]
     query = (
         "" if args.endpoint is None else "?" + urllib.parse.urlencode({"endpoint": args.endpoint})
     )

@@ -51,9 +51,9 @@ from ..services.chilipiper import (
     MEETINGS_PATH,
 )
 from .base import SandboxServer
-from .data import DEMO_SLOTS_PER_DAY, SANDBOX_CREDENTIALS
+from .data import DEMO_SLOTS_PER_DAY
 
-__all__ = ["ChiliPiperServer", "SandboxMeeting", "parse_duration"]
+__all__ = ["SANDBOX_ENV", "ChiliPiperServer", "SandboxMeeting", "parse_duration"]
 
 REP_USER_IDS = ("64ee0722-c7c6-4b48-bc89-356c99f1d25d", "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f")
 LINK_ID = "3f2b6c1e-8d4a-4e5f-9a0b-1c2d3e4f5a6b"
@@ -68,6 +68,14 @@ _FINITE_DURATION = re.compile(
 )
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _SCHEDULE_ROUTE = "/v1/org/schedulingLinks/routing/{route_id}/schedule-simple"
+
+
+# The env lines that open this stand-in (printed by the sandbox; not secrets).
+SANDBOX_ENV: dict[str, str] = {
+    "CHILIPIPER_API_KEY": "sandbox-chilipiper-api-key",
+    "CHILIPIPER_SCHEDULING_LINK": "pandadoc-demo",
+    "CHILIPIPER_BOOKING_URL": "https://pandadoc.chilipiper.invalid/book/pandadoc-demo",
+}
 
 
 class _BadBody(ValueError):
@@ -161,11 +169,11 @@ class ChiliPiperServer(SandboxServer):
     name = "chilipiper"
 
     def __init__(self) -> None:
-        self.api_key = SANDBOX_CREDENTIALS["CHILIPIPER_API_KEY"]
-        self.slug = SANDBOX_CREDENTIALS["CHILIPIPER_SCHEDULING_LINK"]
+        self.api_key = SANDBOX_ENV["CHILIPIPER_API_KEY"]
+        self.slug = SANDBOX_ENV["CHILIPIPER_SCHEDULING_LINK"]
         self.link_id = LINK_ID
         self.router = CONCIERGE_ROUTER
-        self.booking_url = SANDBOX_CREDENTIALS["CHILIPIPER_BOOKING_URL"]
+        self.booking_url = SANDBOX_ENV["CHILIPIPER_BOOKING_URL"]
         self.meetings: list[SandboxMeeting] = []
         self.form_fields: list[dict[str, Any]] = [
             {"reference": "email", "requirement": "Required", "dataType": "Email"},

@@ -139,19 +139,16 @@ SANDBOX_DISPATCHES: dict[str, SandboxDispatch] = {
     "none": SandboxDispatch(),
 }
 
-# ChiliPiper: demo slots are offered on the next business days at these UTC hours.
+# Demo slots are offered on the next business days at these UTC hours.
 DEMO_SLOTS_PER_DAY: tuple[int, ...] = (15, 17, 19)
 
 # Credentials the sandbox servers accept (and print as env lines). Not secrets: they only
-# open the local stand-ins.
+# open the local stand-ins. A stand-in may keep its own (its registry entry's sandbox_env).
 SANDBOX_CREDENTIALS: dict[str, str] = {
     "AMPLITUDE_API_KEY": "sandbox-amplitude-api-key",
     "AMPLITUDE_SECRET_KEY": "sandbox-amplitude-secret-key",
     "SALESFORCE_CLIENT_ID": "sandbox-salesforce-client-id",
     "SALESFORCE_CLIENT_SECRET": "sandbox-salesforce-client-secret",
     "HUBSPOT_ACCESS_TOKEN": "sandbox-hubspot-private-app-token",
-    "CHILIPIPER_API_KEY": "sandbox-chilipiper-api-key",
-    "CHILIPIPER_SCHEDULING_LINK": "pandadoc-demo",
-    "CHILIPIPER_BOOKING_URL": "https://pandadoc.chilipiper.invalid/book/pandadoc-demo",
     "OPENAI_API_KEY": "sandbox-openai-api-key",
 }

@@ -1,43 +1,62 @@
-"""The four vendor clients of one conversation, built from settings."""
+"""The vendor clients of one conversation, built from settings: one per registered vendor
+(:data:`src.registry.VENDORS`), ``None`` for a vendor without configuration."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from ..redaction import get_logger
+from ..registry import VENDORS, ClientContext
+from ..registry.vendors import VendorClients
 from ..settings import Settings
-from .amplitude import AmplitudeClient
-from .chilipiper import ChiliPiperClient, SchedulingLink
 from .http import HttpOptions
-from .hubspot import HubSpotClient
-from .quota import (
-    MemoryQuotaStore,
-    MemoryUsageCache,
-    QuotaStore,
-    UsageCache,
-    VendorLimiter,
-)
-from .salesforce import SalesforceClient
+from .quota import QuotaStore, UsageCache
 
-__all__ = ["SERVICE_NAMES", "TrialistServices"]
+__all__ = ["TrialistServices"]
 
 logger = get_logger("pandadoc.agent")
 
-SERVICE_NAMES = ("amplitude", "salesforce", "chilipiper", "hubspot")
+
+def __getattr__(name: str) -> Any:
+    if name == "SERVICE_NAMES":  # kept for older callers: the registry's names, as of now
+        return VENDORS.names()
+    raise AttributeError(name)
 
 
-@dataclass
-class TrialistServices:
-    """The four vendor clients; a service without configuration is ``None`` and its
-    tools answer with a spoken fallback instead of failing."""
+class TrialistServices(VendorClients):
+    """The vendor clients, by registry name (``services.<vendor>``); a vendor without
+    configuration is ``None`` and its tools answer with a spoken fallback instead of
+    failing. ``TrialistServices(hubspot=client)`` gives a set with only that client."""
 
-    amplitude: AmplitudeClient | None = None
-    salesforce: SalesforceClient | None = None
-    hubspot: HubSpotClient | None = None
-    chilipiper: ChiliPiperClient | None = None
+    def __init__(self, **clients: Any) -> None:
+        unknown = set(clients) - set(VENDORS.names())
+        if unknown:
+            raise TypeError(f"not registered vendors: {sorted(unknown)}")
+        self._clients: dict[str, Any] = dict(clients)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._clients:
+            return self._clients[name]
+        if name in VENDORS:
+            return None
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        elif name in VENDORS:
+            self._clients[name] = value
+        else:
+            raise AttributeError(name)
+
+    def configured(self) -> list[str]:
+        """The registry names of the vendors that have a client, in registry order."""
+        return [name for name in VENDORS.names() if self._clients.get(name) is not None]
 
     @classmethod
     def from_settings(
@@ -48,76 +67,34 @@ class TrialistServices:
         quota_store: QuotaStore | None = None,
         usage_cache: UsageCache | None = None,
     ) -> TrialistServices:
-        """The clients for ``settings``. ``quota_store`` / ``usage_cache`` back
-        Amplitude's client-side quota and usage cache; default: fresh in-memory ones,
+        """The clients for ``settings``. ``quota_store`` / ``usage_cache`` back a
+        vendor's client-side quota and usage cache; default: fresh in-memory ones,
         which hold for this conversation only (LiveKit runs each job in its own process).
         The entry point passes :class:`src.store.FleetQuotaStore` /
         :class:`src.store.FleetUsageCache`, shared across conversations and workers."""
         r, limits = settings.resilience, settings.response_limits
         base = HttpOptions(timeout=r.service_timeout, connect_timeout=min(1.0, r.service_timeout))
-
-        def capped(max_body_bytes: int) -> HttpOptions:
-            return dataclasses.replace(base, max_body_bytes=max_body_bytes)
-
-        a, s, h, c = (
-            settings.amplitude,
-            settings.salesforce,
-            settings.hubspot,
-            settings.chilipiper,
-        )
-        services = cls(
-            amplitude=AmplitudeClient(
-                a.api_key,
-                a.secret_key,
-                a.base_url,
-                options=capped(limits.amplitude),
+        clients: dict[str, Any] = {}
+        for vendor in VENDORS:
+            section = settings.vendors.get(vendor.name)
+            if section is None or not section.configured:
+                continue
+            cap = limits.caps.get(vendor.name, vendor.max_response_bytes)
+            context = ClientContext(
+                options=dataclasses.replace(base, max_body_bytes=cap),
                 session=session,
-                limiter=VendorLimiter(
-                    "amplitude",
-                    quota_store or MemoryQuotaStore(),
-                    hourly_budget=a.hourly_query_budget,
-                    max_concurrent=a.max_concurrent,
-                    lease_s=2 * r.tool_deadline,
-                ),
-                cache=usage_cache or MemoryUsageCache(),
-                cache_ttl=a.usage_cache_ttl,
+                resilience=r,
+                quota_store=quota_store,
+                usage_cache=usage_cache,
             )
-            if a.configured
-            else None,
-            salesforce=SalesforceClient(
-                s.instance_url,
-                s.client_id,
-                s.client_secret,
-                options=capped(limits.salesforce),
-                session=session,
-                task_owner_id=s.task_owner_id,
-            )
-            if s.configured
-            else None,
-            hubspot=HubSpotClient(
-                h.access_token, h.base_url, options=capped(limits.hubspot), session=session
-            )
-            if h.configured
-            else None,
-            chilipiper=ChiliPiperClient(
-                c.api_key,
-                SchedulingLink.concierge(c.concierge_router)
-                if c.concierge_router
-                else SchedulingLink.parse(c.scheduling_link),
-                c.base_url,
-                booking_url=c.booking_url,
-                options=capped(limits.chilipiper),
-                session=session,
-            )
-            if c.configured
-            else None,
-        )
-        missing = [name for name in SERVICE_NAMES if getattr(services, name) is None]
+            clients[vendor.name] = vendor.client(section, context)
+        services = cls(**clients)
+        missing = [name for name in VENDORS.names() if name not in clients]
         if missing:
             logger.warning("Not configured, tools will use spoken fallbacks: %s", missing)
         return services
 
     async def aclose(self) -> None:
-        for client in (self.amplitude, self.salesforce, self.hubspot, self.chilipiper):
+        for client in list(self._clients.values()):
             if client is not None:
                 await client.aclose()

@@ -10,22 +10,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..redaction import register_secret
-from ..services.chilipiper_model import SchedulingLink
 from ..store import DEFAULT_STORE_URL
 from .model import (
-    AMPLITUDE_DEFAULT_URL,
-    CHILIPIPER_DEFAULT_URL,
     DEFAULT_RESILIENCE,
-    HUBSPOT_DEFAULT_URL,
     AgentSettings,
-    ChiliPiperSettings,
     FleetSettings,
-    HubSpotSettings,
     ModelSettings,
     ResilienceSettings,
     ResponseLimits,
-    SalesforceSettings,
-    ServiceSettings,
     Settings,
     SettingsError,
 )
@@ -92,28 +84,6 @@ def _secret(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _scheduling_link(env: Mapping[str, str]) -> tuple[str, str]:
-    """``(CHILIPIPER_SCHEDULING_LINK, CHILIPIPER_CONCIERGE_ROUTER)``, exactly one set when
-    ChiliPiper has a key. A link is a slug, or an id that must be a well-formed UUID; a
-    router is a slug. A bad one stops the worker at start (the message names the
-    variable, never the value)."""
-    name, router_name = "CHILIPIPER_SCHEDULING_LINK", "CHILIPIPER_CONCIERGE_ROUTER"
-    value, router = _str(env, name), _str(env, router_name)
-    if value and router:
-        raise SettingsError(f"set {name} or {router_name}, not both")
-    if not value and not router:
-        if _str(env, "CHILIPIPER_API_KEY"):
-            raise SettingsError(f"{name} (or {router_name}) is required with CHILIPIPER_API_KEY")
-        return "", ""
-    try:
-        if router:
-            return "", SchedulingLink.concierge(router).router or ""
-        link = SchedulingLink.parse(value)
-    except ValueError as exc:
-        raise SettingsError(f"{router_name if router else name}: {exc}") from None
-    return link.id or link.slug or "", ""
-
-
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Build :class:`Settings` from a mapping (``os.environ`` or a test dict)."""
     d = DEFAULT_RESILIENCE
@@ -145,7 +115,8 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     for name in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
         _secret(env, name)
     _url(env, "LIVEKIT_URL", schemes=("ws", "wss", "http", "https"))
-    cp_link, cp_router = _scheduling_link(env)
+    from ..registry import VENDORS  # the registry's sections use the helpers above
+
     return Settings(
         agent=AgentSettings(
             agent_name=_str(env, "AGENT_NAME", "pandadoc-trialist"),
@@ -165,31 +136,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             stt_model=_str(env, "DEEPGRAM_MODEL", "nova-3"),
         ),
         resilience=resilience,
-        amplitude=ServiceSettings(
-            api_key=_secret(env, "AMPLITUDE_API_KEY"),
-            secret_key=_secret(env, "AMPLITUDE_SECRET_KEY"),
-            base_url=_url(env, "AMPLITUDE_BASE_URL", AMPLITUDE_DEFAULT_URL),
-            hourly_query_budget=_int(env, "AMPLITUDE_HOURLY_QUERY_BUDGET", 360),
-            max_concurrent=_int(env, "AMPLITUDE_MAX_CONCURRENT", 10),
-            usage_cache_ttl=_float(env, "AMPLITUDE_USAGE_CACHE_TTL", 600.0),
-        ),
-        salesforce=SalesforceSettings(
-            instance_url=_url(env, "SALESFORCE_INSTANCE_URL"),
-            client_id=_secret(env, "SALESFORCE_CLIENT_ID"),
-            client_secret=_secret(env, "SALESFORCE_CLIENT_SECRET"),
-            task_owner_id=_str(env, "SALESFORCE_TASK_OWNER_ID"),
-        ),
-        hubspot=HubSpotSettings(
-            access_token=_secret(env, "HUBSPOT_ACCESS_TOKEN"),
-            base_url=_url(env, "HUBSPOT_BASE_URL", HUBSPOT_DEFAULT_URL),
-        ),
-        chilipiper=ChiliPiperSettings(
-            api_key=_secret(env, "CHILIPIPER_API_KEY"),
-            base_url=_url(env, "CHILIPIPER_BASE_URL", CHILIPIPER_DEFAULT_URL),
-            scheduling_link=cp_link,
-            concierge_router=cp_router,
-            booking_url=_url(env, "CHILIPIPER_BOOKING_URL", schemes=("https", "http")),
-        ),
+        vendors={vendor.name: vendor.settings_from_env(env) for vendor in VENDORS},
         response_limits=_response_limits(env),
         fleet=_fleet(env),
     )
@@ -231,12 +178,13 @@ def _adaptive(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _response_limits(env: Mapping[str, str]) -> ResponseLimits:
-    d = ResponseLimits()
+    from ..registry import VENDORS
+
     return ResponseLimits(
-        amplitude=_int(env, "AMPLITUDE_MAX_RESPONSE_BYTES", d.amplitude),
-        salesforce=_int(env, "SALESFORCE_MAX_RESPONSE_BYTES", d.salesforce),
-        hubspot=_int(env, "HUBSPOT_MAX_RESPONSE_BYTES", d.hubspot),
-        chilipiper=_int(env, "CHILIPIPER_MAX_RESPONSE_BYTES", d.chilipiper),
+        {
+            vendor.name: _int(env, vendor.response_cap_key, vendor.max_response_bytes)
+            for vendor in VENDORS
+        }
     )
 
 

@@ -5,16 +5,14 @@ variable, never the value."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..store import DEFAULT_STORE_URL, validate_store_url
-from ..validation import is_valid_email, is_valid_salesforce_id
-
-AMPLITUDE_DEFAULT_URL = "https://amplitude.com"
-HUBSPOT_DEFAULT_URL = "https://api.hubapi.com"
-CHILIPIPER_DEFAULT_URL = "https://fire.chilipiper.com/api/fire-edge"
+from ..validation import is_valid_email
 
 
 class SettingsError(ValueError):
@@ -174,99 +172,6 @@ DEFAULT_RESILIENCE = ResilienceSettings()
 
 
 @dataclass(frozen=True)
-class ServiceSettings:
-    """Amplitude credentials and address, and our client-side share of its quota.
-
-    Attributes:
-        hourly_query_budget: User Search + User Activity queries per sliding hour
-            (``AMPLITUDE_HOURLY_QUERY_BUDGET``, 360: Amplitude's documented per-project
-            limit; a usage lookup costs 2). 0 turns the budget off.
-        max_concurrent: requests in flight at once (``AMPLITUDE_MAX_CONCURRENT``, 10, the
-            documented limit). 0 turns the cap off.
-        usage_cache_ttl: seconds a person's usage is reused without a request
-            (``AMPLITUDE_USAGE_CACHE_TTL``, 600). 0 turns the cache off.
-    """
-
-    api_key: str = ""
-    secret_key: str = ""
-    base_url: str = AMPLITUDE_DEFAULT_URL
-    hourly_query_budget: int = 360
-    max_concurrent: int = 10
-    usage_cache_ttl: float = 600.0
-
-    def __post_init__(self) -> None:
-        if self.hourly_query_budget < 0:
-            raise SettingsError("AMPLITUDE_HOURLY_QUERY_BUDGET must be >= 0 (0 turns it off)")
-        if self.max_concurrent < 0:
-            raise SettingsError("AMPLITUDE_MAX_CONCURRENT must be >= 0 (0 turns it off)")
-        if self.usage_cache_ttl < 0:
-            raise SettingsError("AMPLITUDE_USAGE_CACHE_TTL must be >= 0 seconds (0 turns it off)")
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.api_key and self.secret_key)
-
-
-@dataclass(frozen=True)
-class SalesforceSettings:
-    """Salesforce org and connected app. ``task_owner_id``: who owns a Task when its
-    record has no user owner (``SALESFORCE_TASK_OWNER_ID``, a 15/18-character id)."""
-
-    instance_url: str = ""
-    client_id: str = ""
-    client_secret: str = ""
-    task_owner_id: str = ""
-
-    def __post_init__(self) -> None:
-        if self.task_owner_id and not is_valid_salesforce_id(self.task_owner_id):
-            raise SettingsError(
-                "SALESFORCE_TASK_OWNER_ID must be a 15- or 18-character Salesforce id "
-                "(an 18-character id must end with its checksum)"
-            )
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.instance_url and self.client_id and self.client_secret)
-
-
-@dataclass(frozen=True)
-class HubSpotSettings:
-    access_token: str = ""
-    base_url: str = HUBSPOT_DEFAULT_URL
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.access_token)
-
-
-@dataclass(frozen=True)
-class ChiliPiperSettings:
-    """ChiliPiper demo booking through a scheduling link (``init-simple`` then
-    ``schedule-simple``).
-
-    Attributes:
-        api_key: ``CHILIPIPER_API_KEY``; its token needs the scheduling-link read and
-            schedule permissions, plus ``meeting.read`` (reconciling an unknown outcome).
-        scheduling_link: ``CHILIPIPER_SCHEDULING_LINK``, the link's slug or its id (UUID).
-        concierge_router: ``CHILIPIPER_CONCIERGE_ROUTER``, a Concierge router's slug, used
-            instead of a scheduling link (its token needs the Concierge route and schedule
-            permissions, plus ``meeting.read``).
-        booking_url: ``CHILIPIPER_BOOKING_URL``, the link's public booking page, handed to
-            sales when booking by voice is not possible (optional).
-    """
-
-    api_key: str = ""
-    base_url: str = CHILIPIPER_DEFAULT_URL
-    scheduling_link: str = ""
-    booking_url: str = ""
-    concierge_router: str = ""
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.api_key and (self.scheduling_link or self.concierge_router))
-
-
-@dataclass(frozen=True)
 class ModelSettings:
     """LLM, TTS and STT. ``openai_base_url`` empty means OpenAI's own endpoint."""
 
@@ -299,25 +204,38 @@ class AgentSettings:
             raise SettingsError("TRIALIST_EMAIL must be an email address")
 
 
+def _vendor_caps() -> dict[str, int]:
+    from ..registry import VENDORS  # the registry reads settings: imported on use
+
+    return {vendor.name: vendor.max_response_bytes for vendor in VENDORS}
+
+
+def _vendor_sections() -> dict[str, Any]:
+    from ..registry import VENDORS
+
+    return {vendor.name: vendor.default_settings() for vendor in VENDORS}
+
+
 @dataclass(frozen=True)
 class ResponseLimits:
-    """Largest response body accepted from each vendor, in bytes; a larger one is refused
-    while it streams (the caller hears the service's fallback). Amplitude's activity page
-    (up to 1000 events, well under 1 MB) is the only large answer we ask for: 3 MiB decodes in
-    about 10 ms and its events are validated in batches that yield to the event loop;
-    the others answer one record, a note or a few slots: 1 MiB."""
+    """Largest response body accepted from each vendor, in bytes (``caps``, by registry
+    name; default: each vendor's declared cap); a larger one is refused while it streams
+    (the caller hears the service's fallback). ``limits.<vendor>`` reads one."""
 
-    amplitude: int = 3 * 1024 * 1024
-    salesforce: int = 1024 * 1024
-    hubspot: int = 1024 * 1024
-    chilipiper: int = 1024 * 1024
+    caps: Mapping[str, int] = field(default_factory=_vendor_caps)
 
     def __post_init__(self) -> None:
-        for name in ("amplitude", "salesforce", "hubspot", "chilipiper"):
-            if not 1024 <= getattr(self, name) <= MAX_RESPONSE_CAP:
+        for name, cap in self.caps.items():
+            if not 1024 <= cap <= MAX_RESPONSE_CAP:
                 raise SettingsError(
                     f"{name.upper()}_MAX_RESPONSE_BYTES must be between 1024 and {MAX_RESPONSE_CAP}"
                 )
+
+    def __getattr__(self, name: str) -> int:
+        caps = self.__dict__.get("caps")
+        if name.startswith("__") or caps is None or name not in caps:
+            raise AttributeError(name)
+        return int(caps[name])
 
 
 MAX_RESPONSE_CAP = 64 * 1024 * 1024
@@ -358,12 +276,16 @@ class Settings:
     agent: AgentSettings = field(default_factory=AgentSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
-    amplitude: ServiceSettings = field(default_factory=ServiceSettings)
-    salesforce: SalesforceSettings = field(default_factory=SalesforceSettings)
-    hubspot: HubSpotSettings = field(default_factory=HubSpotSettings)
-    chilipiper: ChiliPiperSettings = field(default_factory=ChiliPiperSettings)
+    # Each vendor's section, by registry name (src/registry/vendors.py): settings.<vendor>.
+    vendors: Mapping[str, Any] = field(default_factory=_vendor_sections)
     response_limits: ResponseLimits = field(default_factory=ResponseLimits)
     fleet: FleetSettings = field(default_factory=FleetSettings)
+
+    def __getattr__(self, name: str) -> Any:
+        vendors = self.__dict__.get("vendors")
+        if name.startswith("__") or vendors is None or name not in vendors:
+            raise AttributeError(name)
+        return vendors[name]
 
 
 # -- parsing --------------------------------------------------------------------------

@@ -37,6 +37,9 @@ Record = dict[str, Any]
 Mutation = Callable[[Record, float], tuple[R, bool]]  # (result, changed)
 
 
+UNKNOWN_WRITE_PREFIX = "unknown-write:"
+
+
 class StoreError(Exception):
     """The store could not answer (down, slow, locked, refusing, corrupt)."""
 
@@ -252,6 +255,16 @@ class ResilienceStore(abc.ABC):
 
     async def breaker_reset(self, name: str) -> None:
         await self._mutate(name, rule_reset)
+
+    # -- writes without a lookup whose outcome is unknown (src.registry.kinds) ---------
+    # Kept as cache entries under their own prefix, so every backend has them as is.
+    async def unknown_write_put(self, key: str, ttl_s: float) -> None:
+        """Remember that the write ``key`` (a hash of who and what) may have applied."""
+        await self.cache_put(f"{UNKNOWN_WRITE_PREFIX}{key}", {"unknown": True}, ttl_s)
+
+    async def unknown_write_seen(self, key: str) -> bool:
+        """Whether the write ``key`` is remembered as of unknown outcome."""
+        return await self.cache_get(f"{UNKNOWN_WRITE_PREFIX}{key}") is not None
 
     # -- issue #15: the fleet's retry budget (one token bucket per vendor) --------------
     async def budget_add(self, name: str, delta: float, max_tokens: float) -> float:

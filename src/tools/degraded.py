@@ -8,8 +8,11 @@ down while every configured service behind it has an open circuit that is not ye
 for its probe, so once the recovery timeout passes the tools are offered again and the
 next call is the probe that closes the circuit; then the note goes away.
 
-Trial usage keeps its tool while Amplitude is down (the usage cache may still answer);
-the model only gets the note.
+The capabilities come from the vendor registry (:data:`src.registry.VENDORS`: each
+vendor's capability and its note); the tools a capability withholds from the model are
+those declared ``hidden_while_down`` (:func:`src.registry.declared`). Trial usage keeps
+its tool while its vendor is down (the usage cache may still answer); the model only gets
+the note.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from typing import Any
 from livekit.agents import llm
 
 from src.error_recovery import CircuitBreaker, CircuitState
-from src.phrases import ACCOUNT_DOWN_NOTE, BOOKING_DOWN_NOTE, USAGE_DOWN_NOTE
 from src.redaction import get_logger
+from src.registry import VENDORS, declared_tools
 
-__all__ = ["CAPABILITIES", "Capability", "degraded_request", "down_capabilities"]
+__all__ = ["Capability", "capabilities", "degraded_request", "down_capabilities"]
 
 logger = get_logger("pandadoc.agent")
 
@@ -37,13 +40,24 @@ class Capability:
     note: str
 
 
-CAPABILITIES = (
-    Capability(
-        "booking", ("chilipiper",), ("check_demo_availability", "book_demo"), BOOKING_DOWN_NOTE
-    ),
-    Capability("account", ("salesforce", "hubspot"), ("lookup_account",), ACCOUNT_DOWN_NOTE),
-    Capability("usage", ("amplitude",), (), USAGE_DOWN_NOTE),
-)
+def __getattr__(name: str) -> Any:
+    if name == "CAPABILITIES":  # kept for older callers: capabilities(), as of now
+        return capabilities()
+    raise AttributeError(name)
+
+
+def capabilities() -> tuple[Capability, ...]:
+    """Every capability of the registered vendors, with the declared tools it hides."""
+    tools = declared_tools()
+    return tuple(
+        Capability(
+            cap.name,
+            VENDORS.behind(cap.name),
+            tuple(t.name for t in tools if t.hidden_while_down and t.capability_name() == cap.name),
+            cap.note,
+        )
+        for cap in VENDORS.capabilities()
+    )
 
 
 def _refused(breaker: CircuitBreaker | None) -> bool:
@@ -56,7 +70,7 @@ def down_capabilities(
     """The capabilities whose every configured service is refused by an open circuit."""
     have = set(configured)
     down = []
-    for cap in CAPABILITIES:
+    for cap in capabilities():
         mine = [s for s in cap.services if s in have]
         if mine and all(_refused(breakers.get(s)) for s in mine):
             down.append(cap)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from livekit.agents.llm import ToolError
 
+from src.errors import InvalidRequest, NotFound
 from src.phrases import (
     ASK_EMAIL,
     BOOK_FALLBACK,
@@ -20,6 +21,7 @@ from src.phrases import (
     slot_taken,
 )
 from src.redaction import get_logger
+from src.registry import READ, WRITE_WITH_LOOKUP, OutcomeUnknown
 from src.services.chilipiper import (
     BookingSession,
     DemoSlot,
@@ -58,9 +60,12 @@ async def demo_slots(rt: ToolRuntime, data: TrialistData) -> str:
     if client is None:
         raise ToolError(SLOTS_FALLBACK)
     guest = _guest(data)
-    session = await rt.protected(
-        "chilipiper", lambda: client.open_session(guest, rt.now()), SLOTS_FALLBACK
-    )
+    try:
+        session = await rt.protected(
+            "chilipiper", lambda: client.open_session(guest, rt.now()), SLOTS_FALLBACK, kind=READ
+        )
+    except (NotFound, InvalidRequest):
+        raise ToolError(SLOTS_FALLBACK) from None
     offers = _offer(data, session)
     return demo_options(offers) if offers else NO_SLOTS
 
@@ -85,13 +90,15 @@ async def book_demo(rt: ToolRuntime, data: TrialistData, option: int) -> str:
         raise ToolError(BOOK_FALLBACK)
     deadline_at = rt.deadline()
     try:
-        # Safe to retry: each attempt first reconciles an unknown earlier outcome, and
-        # renews a used or expired route. The reserve leaves time for the hand-off.
+        # A write with a lookup: a failure that certainly did not apply is retried (an
+        # attempt renews a used or expired route); an unknown outcome is not re-sent now
+        # (the client looks it up before any later booking). The reserve leaves time for
+        # the hand-off.
         meeting = await rt.protected(
             "chilipiper",
             lambda: client.book(session, slot, guest, now=rt.now()),
             BOOK_FALLBACK,
-            reraise=(SlotUnavailable, FormIncomplete),
+            kind=WRITE_WITH_LOOKUP,
             deadline_at=deadline_at - rt.reserve(),
         )
     except SlotUnavailable as exc:
@@ -99,7 +106,7 @@ async def book_demo(rt: ToolRuntime, data: TrialistData, option: int) -> str:
     except FormIncomplete as exc:
         logger.info("Booking form cannot be completed by voice: %s", exc)
         return await hand_demo_to_sales(rt, data, slot, deadline_at)
-    except ToolError:
+    except (ToolError, OutcomeUnknown, InvalidRequest, NotFound):
         return await hand_demo_to_sales(rt, data, slot, deadline_at)
     data.booked_meeting = meeting
     return meeting.spoken_summary(tz)

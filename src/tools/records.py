@@ -9,6 +9,7 @@ from livekit.agents.llm import ToolError
 from src.errors import InvalidRequest, NotFound
 from src.phrases import ACCOUNT_FALLBACK
 from src.redaction import get_logger
+from src.registry import READ
 from src.services.crm import CrmContact
 from src.tools.runtime import ToolRuntime
 
@@ -36,7 +37,7 @@ async def find_crm_record(
                 "salesforce",
                 lambda: sf.find_person(email),
                 ACCOUNT_FALLBACK,
-                reraise=(NotFound, InvalidRequest),
+                kind=READ,
                 deadline_at=deadline_at - reserve,
             )
         except (NotFound, InvalidRequest):
@@ -51,7 +52,7 @@ async def find_crm_record(
                 "hubspot",
                 lambda: hs.find_contact(email),
                 ACCOUNT_FALLBACK,
-                reraise=(NotFound, InvalidRequest),
+                kind=READ,
                 deadline_at=deadline_at,
             )
         except (NotFound, InvalidRequest):

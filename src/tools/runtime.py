@@ -8,6 +8,7 @@ modules take it as their first argument, so a tool body reads as plain steps.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -20,11 +21,18 @@ from src import metrics
 from src.error_recovery import CircuitState, ErrorRecoveryMixin
 from src.latency import REQUEST_LIMIT, AdaptiveTimeout, adaptive_timeout
 from src.outbox import Outbox
-from src.phrases import ACCOUNT_FALLBACK, FILLER, SLOTS_FALLBACK, USAGE_FALLBACK
+from src.phrases import FILLER, WRITE_NOT_CONFIRMED
 from src.redaction import get_logger
+from src.registry import (
+    WRITE_WITHOUT_LOOKUP,
+    OperationKind,
+    OutcomeUnknown,
+    declaration_of,
+)
 from src.services.wiring import TrialistServices
 from src.settings import Settings
 from src.tools.turn import CURRENT_DEADLINE, Turn, TurnBook
+from src.tools.unknown import UnknownWrites, write_key
 
 __all__ = ["MIN_ATTEMPT_S", "ToolRuntime", "zone"]
 
@@ -32,16 +40,6 @@ logger = get_logger("pandadoc.agent")
 
 T = TypeVar("T")
 MIN_ATTEMPT_S = 0.5  # no request starts with less time than this left in the tool budget
-
-# Read-only tools whose every source is one of these services, and the sentence they
-# answer with when all of those services' circuits are open. While a service is down such
-# a tool answers at once: no state snapshot, no filler, no log line per call (the
-# breaker logs its state changes; the refusals are counted in metrics).
-FAIL_FAST: dict[str, tuple[tuple[str, ...], str]] = {
-    "get_trial_usage": (("amplitude",), USAGE_FALLBACK),
-    "lookup_account": (("salesforce", "hubspot"), ACCOUNT_FALLBACK),
-    "check_demo_availability": (("chilipiper",), SLOTS_FALLBACK),
-}
 
 
 class ToolRuntime(ErrorRecoveryMixin):
@@ -52,6 +50,7 @@ class ToolRuntime(ErrorRecoveryMixin):
     settings: Settings
     outbox: Outbox
     now: Callable[[], datetime]
+    unknown_writes: UnknownWrites  # with the agent's store
 
     _turn_book: TurnBook | None = None
 
@@ -79,12 +78,15 @@ class ToolRuntime(ErrorRecoveryMixin):
         tool_name: str,
         body: Callable[[], Awaitable[str]],
         *,
-        filler: str = FILLER,
+        filler: str | None = None,
     ) -> str:
         """Every tool: error recovery (change set, natural phrase), a deadline inside the
-        turn's budget, and the turn's one filler sentence if the caller would otherwise
-        wait in silence. A read-only tool whose services' circuits are all open answers
-        its fallback first (:data:`FAIL_FAST`)."""
+        turn's budget, and the turn's one filler sentence (default: the tool's declared
+        one) if the caller would otherwise wait in silence. A tool declared with a
+        ``fallback`` whose vendors' circuits are all open answers it first."""
+        if filler is None:
+            declaration = declaration_of(tool_name)
+            filler = declaration.filler if declaration is not None else FILLER
         fallback = self.refused_by_open_circuits(tool_name)
         if fallback is not None and not await self._cache_may_answer(tool_name, context):
             _, _, fallbacks = metrics.tool_metrics(tool_name)
@@ -101,13 +103,13 @@ class ToolRuntime(ErrorRecoveryMixin):
             CURRENT_DEADLINE.reset(token)
 
     def refused_by_open_circuits(self, tool_name: str) -> str | None:
-        """The fallback sentence when every configured service of a :data:`FAIL_FAST`
-        tool is refused by an open circuit (not yet due for its probe), else ``None``.
+        """The declared fallback sentence of ``tool_name`` when every configured vendor it
+        uses is refused by an open circuit (not yet due for its probe), else ``None``.
         Asks the breakers only: nothing is called, copied or logged."""
-        entry = FAIL_FAST.get(tool_name)
-        if entry is None:
+        declaration = declaration_of(tool_name)
+        if declaration is None or declaration.fallback is None:
             return None
-        names, fallback = entry
+        names, fallback = declaration.vendors(), declaration.fallback
         refused = 0
         for name in names:
             if getattr(self.services, name, None) is None:
@@ -124,15 +126,18 @@ class ToolRuntime(ErrorRecoveryMixin):
         return fallback
 
     async def _cache_may_answer(self, tool_name: str, context: Any) -> bool:
-        """Whether the usage cache holds the verified caller's usage: then the tool body
-        answers from it (no request) even while Amplitude's circuit is open."""
-        client = self.services.amplitude
-        if tool_name != "get_trial_usage" or client is None:
-            return False
+        """Whether a vendor client's cache holds the verified caller's answer (a client
+        with ``cached_usage``): then the tool body answers from it (no request) even
+        while the vendor's circuit is open."""
+        declaration = declaration_of(tool_name)
         identity = getattr(getattr(context, "userdata", None), "identity", None)
-        if identity is None or not identity.verified or not identity.email:
+        if declaration is None or identity is None or not identity.verified:
             return False
-        return await client.cached_usage(identity.email) is not None
+        for name in declaration.vendors():
+            cached = getattr(getattr(self.services, name, None), "cached_usage", None)
+            if cached is not None and identity.email and await cached(identity.email) is not None:
+                return True
+        return False
 
     async def protected(
         self,
@@ -140,11 +145,45 @@ class ToolRuntime(ErrorRecoveryMixin):
         func: Callable[[], Awaitable[T]],
         fallback: str,
         *,
-        reraise: tuple[type[BaseException], ...] = (),
+        kind: OperationKind,
         deadline_at: float | None = None,
+        once_for: tuple[str, str] | None = None,
     ) -> T:
-        """A service call through breaker + retries inside the tool deadline; a fallback
-        becomes a ``ToolError`` carrying the spoken sentence."""
+        """A service call through breaker + its ``kind``'s retry rule inside the tool
+        deadline (:mod:`src.registry.kinds`); a fallback becomes a ``ToolError`` carrying
+        the spoken sentence. The vendor's answers (``NotFound``, ``InvalidRequest``) are
+        raised to the tool body; a write with a lookup whose outcome is unknown raises
+        :class:`~src.registry.OutcomeUnknown` (the body reconciles it).
+
+        A write without a lookup names ``once_for=(operation, person)``: when its
+        outcome is unknown it is remembered (the resilience store), never sent again
+        for that person, and the caller hears :data:`~src.phrases.WRITE_NOT_CONFIRMED`
+        now and on any later request."""
+        if kind is WRITE_WITHOUT_LOOKUP:
+            if once_for is None:
+                raise ValueError("a write without a lookup needs once_for=(operation, person)")
+            key = write_key(*once_for)
+            if await self.unknown_writes.seen(key):
+                logger.info("%s write not repeated: an earlier outcome is unknown", service)
+                raise ToolError(WRITE_NOT_CONFIRMED)
+            try:
+                return await self._protected(service, func, fallback, kind, deadline_at)
+            except OutcomeUnknown:
+                await self.unknown_writes.remember(key)
+                raise ToolError(WRITE_NOT_CONFIRMED) from None
+            except asyncio.CancelledError:  # cut off in flight: it may have applied
+                self.unknown_writes.remember_soon(key)
+                raise
+        return await self._protected(service, func, fallback, kind, deadline_at)
+
+    async def _protected(
+        self,
+        service: str,
+        func: Callable[[], Awaitable[T]],
+        fallback: str,
+        kind: OperationKind,
+        deadline_at: float | None,
+    ) -> T:
         if deadline_at is None:
             deadline_at = self.deadline()
         r = self.settings.resilience
@@ -155,8 +194,7 @@ class ToolRuntime(ErrorRecoveryMixin):
             logger.info("No time left in the tool budget for %s", service)
             raise ToolError(fallback)
         # Issue #15: each request is cut to the vendor's adaptive timeout; a retry starts
-        # only if that timeout fits in what is left; a timed-out attempt (a hang) is not
-        # retried inside the turn.
+        # only if that timeout fits in what is left (what may be retried: the kind).
         adapted = adaptive_timeout(service, self.adaptive_rule, r.service_timeout)
         token = REQUEST_LIMIT.set(adapted)
         try:
@@ -167,8 +205,7 @@ class ToolRuntime(ErrorRecoveryMixin):
                 max_retries=self.retry_policy.max_retries,
                 deadline=remaining,
                 min_attempt=max(min_attempt, adapted),
-                reraise=reraise,
-                retry_timeouts=False,
+                kind=kind,
             )
         finally:
             REQUEST_LIMIT.reset(token)

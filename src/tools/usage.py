@@ -6,6 +6,7 @@ from livekit.agents.llm import ToolError
 
 from src.errors import InvalidRequest, NotFound
 from src.phrases import USAGE_FALLBACK, USAGE_NOT_FOUND
+from src.registry import READ
 from src.state import TrialistData
 from src.tools.policy import Refusal, readable_address
 from src.tools.runtime import ToolRuntime
@@ -31,7 +32,7 @@ async def trial_usage(rt: ToolRuntime, data: TrialistData, email: str) -> str:
                 "amplitude",
                 lambda: client.get_trial_usage(address),
                 USAGE_FALLBACK,
-                reraise=(NotFound, InvalidRequest),
+                kind=READ,
             )
         except (NotFound, InvalidRequest):
             raise ToolError(USAGE_NOT_FOUND) from None

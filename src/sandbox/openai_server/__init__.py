@@ -29,9 +29,9 @@ Each chat request consumes the next :class:`Turn` of :attr:`OpenAIServer.script`
     server.script.append(Turn(text="You have created 14 documents so far."))
 
 When the script is empty, :func:`default_turn` answers from the latest message with the
-keyword table :data:`KEYWORD_TOOLS`. Every request that reached the stand-in model is kept
-in :attr:`OpenAIServer.requests_seen`; :meth:`OpenAIServer.tool_outputs` reads the tool
-results the model was given.
+keyword table :func:`keyword_tools` (the tools' declared keywords). Every request that
+reached the stand-in model is kept in :attr:`OpenAIServer.requests_seen`;
+:meth:`OpenAIServer.tool_outputs` reads the tool results the model was given.
 
 Faults of :class:`~src.sandbox.base.SandboxServer` apply to every endpoint. One more, for
 streams: :meth:`OpenAIServer.stall_after_first_chunk` sends the first chunk(s) of a
@@ -47,13 +47,12 @@ state, auth, stalls, routes), :mod:`.wire` (what they share).
 """
 
 from .audio import DEFAULT_TRANSCRIPT, SAMPLE_RATE
-from .script import KEYWORD_TOOLS, STAND_IN_NOTICE, ToolCall, ToolOutput, Turn, default_turn
+from .script import STAND_IN_NOTICE, ToolCall, ToolOutput, Turn, default_turn, keyword_tools
 from .server import OpenAIServer
 from .wire import openai_error
 
 __all__ = [
     "DEFAULT_TRANSCRIPT",
-    "KEYWORD_TOOLS",
     "SAMPLE_RATE",
     "STAND_IN_NOTICE",
     "OpenAIServer",
@@ -61,5 +60,6 @@ __all__ = [
     "ToolOutput",
     "Turn",
     "default_turn",
+    "keyword_tools",
     "openai_error",
 ]

@@ -1,6 +1,7 @@
 """The script of the stand-in model: :class:`Turn` and :class:`ToolCall` (what it answers),
 :class:`ToolOutput` (the tool results it was given), and :func:`default_turn`, its answer
-when the script is empty (the keyword table :data:`KEYWORD_TOOLS`)."""
+when the script is empty (the keyword table :func:`keyword_tools`, from the tools'
+declarations: :func:`src.registry.declared`)."""
 
 from __future__ import annotations
 
@@ -10,42 +11,40 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...registry.tools import load_agent_tools
+
 __all__ = [
-    "KEYWORD_TOOLS",
     "STAND_IN_NOTICE",
     "ToolCall",
     "ToolOutput",
     "Turn",
     "content_text",
     "default_turn",
+    "keyword_tools",
 ]
 
 STAND_IN_NOTICE = "This is the sandbox stand-in model, not a real one."
 
-KEYWORD_TOOLS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # (tool name, words in the last user message that call it); the first row whose words
-    # match *and* whose tool the request offers wins, so the specific rows come first.
-    ("log_call_summary", ("summary", "note", "log")),
-    ("book_demo", ("book", "schedule", "option", "first", "second", "third")),
-    ("check_demo_availability", ("demo", "available", "availability", "times", "slots")),
-    ("lookup_account", ("account", "record", "crm", "who")),
-    ("get_trial_usage", ("usage", "documents", "trial")),
-)
-"""The default script's keyword table, matched on whole words, case-insensitively.
 
-Arguments it sends (only those the tool's JSON schema declares): ``email`` (the first
-address in the message) for ``get_trial_usage``/``lookup_account``; ``option`` (the first
-number, or first/second/third, default 1) for ``book_demo``; ``summary`` (the user
-message) and ``interest`` (``"medium"``) for ``log_call_summary``.
-"""
+def keyword_tools() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The default script's keyword table: (tool name, words in the last user message
+    that call it), from each tool's declared ``keywords``, matched on whole words,
+    case-insensitively. The first row whose words match *and* whose tool the request
+    offers wins; tools declared later are the later steps of a call (booking after
+    availability, the summary last), so they come first.
 
-_ASK_ABOUT = {
-    "get_trial_usage": "your trial usage",
-    "lookup_account": "your account record",
-    "check_demo_availability": "demo availability",
-    "book_demo": "booking a demo option",
-    "log_call_summary": "logging a call summary",
-}
+    Arguments it sends follow the tool's JSON schema: ``email`` (the first address in
+    the message), whole numbers (the first number, or first/second/third, default 1), an
+    enum (its middle value), ``summary`` and other strings (the user message)."""
+    return tuple(
+        (tool.name, tool.keywords) for tool in reversed(load_agent_tools()) if tool.keywords
+    )
+
+
+def _ask_about() -> dict[str, str]:
+    return {tool.name: tool.ask_about for tool in load_agent_tools() if tool.keywords}
+
+
 _ORDINALS = {"first": 1, "second": 2, "third": 3}
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _NUMBER = re.compile(r"\b(\d+)")
@@ -108,7 +107,7 @@ def default_turn(body: Mapping[str, Any]) -> Turn:
     """What the stand-in model says when the script is empty, from the request ``body``.
 
     After tool results: a short spoken sentence built from them. After a user message:
-    a tool call picked with :data:`KEYWORD_TOOLS` (only tools the request offers), or a
+    a tool call picked with :func:`keyword_tools` (only tools the request offers), or a
     text reply saying this is the stand-in and what one can ask. Otherwise a greeting.
     """
     messages = [m for m in body.get("messages") or () if isinstance(m, Mapping)]
@@ -131,7 +130,7 @@ def default_turn(body: Mapping[str, Any]) -> Turn:
     if messages and messages[-1].get("role") == "user":
         said = content_text(messages[-1].get("content"))
         words = set(re.findall(r"[a-z]+", said.lower()))
-        for name, keywords in KEYWORD_TOOLS:
+        for name, keywords in keyword_tools():
             if name in offered and words.intersection(keywords):
                 arguments = _keyword_arguments(name, said, offered[name])
                 return Turn(tool_calls=[ToolCall(name, arguments)])
@@ -151,18 +150,24 @@ def _offered_tools(body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 
 def _keyword_arguments(name: str, said: str, schema: Mapping[str, Any]) -> dict[str, Any]:
-    candidates: dict[str, Any] = {}
-    if name in ("get_trial_usage", "lookup_account"):
-        if email := _EMAIL.search(said):
-            candidates["email"] = email.group(0)
-    elif name == "book_demo":
-        candidates["option"] = _option_number(said)
-    elif name == "log_call_summary":
-        candidates["summary"] = said
-        candidates["interest"] = "medium"
+    """Arguments for tool ``name`` from the message, for the parameters its schema
+    declares (required or not)."""
     properties = schema.get("properties")
     declared = properties if isinstance(properties, Mapping) else {}
-    return {key: value for key, value in candidates.items() if key in declared}
+    arguments: dict[str, Any] = {}
+    for key, spec in declared.items():
+        spec = spec if isinstance(spec, Mapping) else {}
+        choices = spec.get("enum")
+        if key == "email":
+            if email := _EMAIL.search(said):
+                arguments[key] = email.group(0)
+        elif isinstance(choices, list) and choices:
+            arguments[key] = choices[len(choices) // 2]
+        elif spec.get("type") == "integer":
+            arguments[key] = _option_number(said)
+        elif spec.get("type") == "string" and "default" not in spec:
+            arguments[key] = said
+    return arguments
 
 
 def _option_number(said: str) -> int:
@@ -175,7 +180,8 @@ def _option_number(said: str) -> int:
 
 
 def _help_text(offered: Mapping[str, Any]) -> str:
-    topics = [_ASK_ABOUT[name] for name, _ in KEYWORD_TOOLS if name in offered]
+    ask_about = _ask_about()
+    topics = [ask_about[name] for name, _ in keyword_tools() if name in offered]
     if not topics:
         return f"{STAND_IN_NOTICE} I can chat, but no tools are available right now."
     listed = topics[0] if len(topics) == 1 else ", ".join(topics[:-1]) + f", or {topics[-1]}"
