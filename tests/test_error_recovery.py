@@ -251,7 +251,8 @@ async def test_cancelled_probe_frees_the_slot(clock: FakeClock) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert breaker.state is CircuitState.HALF_OPEN
+    # issue #23: never half-open without a probe in flight; due at once for the next
+    assert breaker.state is CircuitState.OPEN and breaker.retry_in() == 0
     assert await breaker.call(Flaky(value="next probe")) == "next probe"
     assert breaker.state is CircuitState.CLOSED
 
@@ -920,7 +921,8 @@ async def test_probe_ended_by_a_base_exception_does_not_close(clock: FakeClock) 
     clock.advance(1.0)
     with pytest.raises(Shutdown):
         await breaker.call(Flaky(Shutdown()))
-    assert breaker.state is CircuitState.HALF_OPEN  # undecided, slot free again
+    assert breaker.state is CircuitState.OPEN  # undecided: due again at once (issue #23)
+    assert breaker.retry_in() == 0
     assert await breaker.call(Flaky(value="probe")) == "probe"
     assert breaker.state is CircuitState.CLOSED
 

@@ -198,8 +198,12 @@ async def _outage_load(conversations: int = 50) -> ScenarioReport:
         await asyncio.gather(*(play(c) for c in convs))
         await sandbox.salesforce.come_up()
     problems = []
-    if budget.retries > 0.2 * max(budget.firsts, 1):
-        problems.append(f"retries {budget.retries} > 20 % of {budget.firsts} first attempts")
+    allowed = budget.floor + budget.percent * budget.firsts  # issue #23: the budget's rule
+    if budget.retries > allowed:
+        problems.append(
+            f"retries {budget.retries} > {budget.floor:g} + {budget.percent:.0%} of "
+            f"{budget.firsts} first attempts"
+        )
     if bulkhead.peak > bulkhead.max_concurrent:
         problems.append(f"{bulkhead.peak} in flight > bulkhead {bulkhead.max_concurrent}")
     note = (

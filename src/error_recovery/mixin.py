@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from livekit.agents.llm import StopResponse, ToolError
 
 from .. import metrics
+from ..attempt import listening
 from ..errors import CircuitOpenError, ServiceTimeout
 from ..phrases import ERROR_RESPONSES
 from ..redaction import get_logger
@@ -21,7 +22,7 @@ from .breaker import CircuitBreaker, CircuitState, Clock
 from .budget import RetryBudget
 from .bulkhead import Bulkhead, BulkheadFull
 from .changeset import ToolChanges, tracks
-from .policies import counts_as_failure, error_type_for, is_retryable
+from .policies import error_type_for, is_retryable
 from .retry import DEFAULT_VOICE_RETRY, Sleep, VoiceRetryPolicy, retry_with_exponential_backoff
 
 __all__ = ["ErrorRecoveryMixin"]
@@ -293,6 +294,7 @@ class ErrorRecoveryMixin:
         took: float | None = None  # seconds the last attempt took (the slow-call rule)
         clock = self.retry_clock
         budget = self.retry_budgets.get(service_name)
+        retries = 0 if probe else max_retries
 
         async def attempt() -> T:
             nonlocal counted, attempts, took
@@ -308,11 +310,13 @@ class ErrorRecoveryMixin:
             try:
                 result = await func()
             except Exception as exc:
-                if not probe:  # every failed attempt counts, whoever made it
+                took = clock() - started
+                if not probe:  # every failed attempt counts, whoever made it; the rate
+                    # rules judge the call once it ends (issue #23: as the caller feels it)
                     counted = exc
-                    await breaker.on_failure(exc, duration=clock() - started)
-                if budget is not None and counts_as_failure(exc):
-                    await budget.on_failure()
+                    await breaker.on_failure(exc, duration=took, judge=False)
+                if budget is not None and is_retryable(exc):
+                    await budget.on_failure(retry_wanted=attempts <= retries)
                 raise
             took = clock() - started
             if budget is not None:
@@ -340,27 +344,31 @@ class ErrorRecoveryMixin:
                 return False
             return True
 
+        heard = listening()
         try:
-            result = await retry_with_exponential_backoff(
-                attempt,
-                max_retries=0 if probe else max_retries,
-                base_delay=policy.base_delay,
-                max_delay=policy.max_delay,
-                jitter=policy.jitter,
-                retryable=_retryable,
-                deadline=deadline,
-                attempt_timeout=attempt_timeout,
-                min_attempt=min_attempt,
-                sleep=self.retry_sleep,
-                clock=self.retry_clock,
-                rng=self.error_rng,
-                name=service_name,
-            )
+            with heard as contact:
+                result = await retry_with_exponential_backoff(
+                    attempt,
+                    max_retries=retries,
+                    base_delay=policy.base_delay,
+                    max_delay=policy.max_delay,
+                    jitter=policy.jitter,
+                    retryable=_retryable,
+                    deadline=deadline,
+                    attempt_timeout=attempt_timeout,
+                    min_attempt=min_attempt,
+                    sleep=self.retry_sleep,
+                    clock=self.retry_clock,
+                    rng=self.error_rng,
+                    name=service_name,
+                )
         except BaseException as exc:
-            if exc is not counted and not isinstance(exc, CircuitOpenError):
-                await breaker.on_failure(exc, probe=probe)  # e.g. the attempt's time ran out
-                if budget is not None and counts_as_failure(exc):
-                    await budget.on_failure()
+            if probe:  # every probe ends, whatever ended it (issue #23)
+                await breaker.on_failure(exc, probe=probe, duration=took, heard=contact)
+            elif exc is counted:
+                await breaker.on_call_failed(exc, duration=took)  # the call, as felt
+            elif not isinstance(exc, CircuitOpenError):
+                await breaker.on_failure(exc)  # e.g. the attempt's time ran out
             if isinstance(exc, reraise) or not isinstance(exc, Exception):
                 raise
             reason = "circuit_open" if isinstance(exc, CircuitOpenError) else "failed"
@@ -372,5 +380,5 @@ class ErrorRecoveryMixin:
                 extra={"service": service_name, "error_class": type(exc).__name__},
             )
             return fallback_response
-        await breaker.on_success(probe=probe, duration=took)
+        await breaker.on_success(probe=probe, duration=took, heard=contact)
         return result

@@ -16,7 +16,13 @@ from ..errors import (
     ServiceUnavailable,
 )
 
-__all__ = ["backoff_delay", "counts_as_failure", "error_type_for", "is_retryable"]
+__all__ = [
+    "backoff_delay",
+    "counts_as_failure",
+    "error_type_for",
+    "is_client_side_refusal",
+    "is_retryable",
+]
 
 
 def counts_as_failure(exc: BaseException) -> bool:
@@ -31,6 +37,19 @@ def counts_as_failure(exc: BaseException) -> bool:
     if isinstance(exc, ServiceError):
         return exc.counts_for_breaker
     return isinstance(exc, Exception)
+
+
+def is_client_side_refusal(exc: BaseException) -> bool:
+    """Whether our own code refused the call before anything reached the vendor (issue
+    #23): an open circuit, a spent quota or no free slot, input invalid before sending.
+    Such an outcome says nothing about the vendor's health: a half-open probe ended by
+    it is no verdict. A taxonomy error without an HTTP status that does not count for
+    the breaker was raised on our side, except ``NotFound`` (an empty answer)."""
+    if isinstance(exc, CircuitOpenError):
+        return True
+    if isinstance(exc, ServiceError) and not isinstance(exc, NotFound):
+        return exc.status is None and not exc.counts_for_breaker
+    return False
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -253,25 +253,57 @@ class ResilienceStore(abc.ABC):
     async def breaker_reset(self, name: str) -> None:
         await self._mutate(name, rule_reset)
 
-    # -- issue #15: the fleet's retry budget (one token bucket per vendor) --------------
-    async def budget_add(self, name: str, delta: float, max_tokens: float) -> float:
-        """Add ``delta`` tokens to ``name``'s retry budget (negative: take); the tokens
-        after. Kept under its own key, beside the breaker records."""
-        tokens, _, _ = await self._mutate(
-            f"retry-budget:{name}", rule_budget_add(delta, max_tokens)
+    # -- issues #15, #23: the fleet's retry budget (a sliding window per vendor) -------
+    async def budget_update(
+        self,
+        name: str,
+        requests: int,
+        retries: int,
+        reserve: bool,
+        window_s: float,
+        floor: float,
+        percent: float,
+    ) -> bool:
+        """Count ``requests`` first attempts and ``retries`` retries in ``name``'s retry
+        window; with ``reserve``, also take one retry if the window allows it. Result:
+        whether a retry was reserved. Kept under its own key, beside the breakers."""
+        granted, _, _ = await self._mutate(
+            f"retry-budget:{name}",
+            rule_retry_budget(requests, retries, reserve, window_s, floor, percent),
         )
-        return tokens
+        return granted
 
 
-# -- issue #15: the fleet's retry budget ----------------------------------------------
-def rule_budget_add(delta: float, max_tokens: float) -> Mutation[float]:
-    """Add ``delta`` tokens (negative: take), kept in ``[0, max_tokens]``; a bucket never
-    written is full. Result: the tokens after."""
+# -- issues #15, #23: the fleet's retry budget ----------------------------------------
+def budget_totals(rec: Record, now: float, window_s: float) -> tuple[int, int]:
+    """(first attempts, retries) in the window ending ``now``."""
+    requests = retries = 0
+    for at, req, ret in rec.get("b", ()):
+        if float(at) > now - window_s:
+            requests += int(req)
+            retries += int(ret)
+    return requests, retries
 
-    def apply(rec: Record, now: float) -> tuple[float, bool]:
-        tokens = float(rec.get("tokens", max_tokens))
-        after = min(max_tokens, max(0.0, tokens + delta))
-        rec["tokens"] = after
-        return after, after != tokens
+
+def rule_retry_budget(
+    requests: int, retries: int, reserve: bool, window_s: float, floor: float, percent: float
+) -> Mutation[bool]:
+    """Finagle's RetryBudget over one-second buckets: add the counts to the bucket of
+    ``now``, drop buckets older than the window, and with ``reserve`` take one retry when
+    ``retries < floor + percent x requests`` over the window. Result: reserved."""
+
+    def apply(rec: Record, now: float) -> tuple[bool, bool]:
+        buckets = [b for b in rec.get("b", ()) if float(b[0]) > now - window_s]
+        second = float(int(now))
+        if not buckets or float(buckets[-1][0]) != second:
+            buckets.append([second, 0, 0])
+        buckets[-1][1] = int(buckets[-1][1]) + requests
+        buckets[-1][2] = int(buckets[-1][2]) + retries
+        rec["b"] = buckets
+        total_req, total_ret = budget_totals(rec, now, window_s)
+        granted = reserve and total_ret < floor + percent * total_req
+        if granted:
+            buckets[-1][2] += 1
+        return granted, True
 
     return apply
