@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,13 +56,16 @@ class BreakerView:
 
 @dataclass(frozen=True)
 class OutboxItem:
-    """One durable write: its id, JSON payload, when it was queued and until when it is
-    claimed (0 when free), all on the store's clock."""
+    """One durable write: its id, JSON payload, when it was queued, until when it is
+    claimed (0 when free), when it may next be tried (its backoff, issue #23), all on the
+    store's clock, and why it was dead-lettered (``""`` while it is still live)."""
 
     id: str
     payload: str
     created: float
     claimed_until: float
+    next_at: float = 0.0
+    dead: str = ""
 
 
 def parse_cached(raw: str | bytes | None) -> dict[str, Any] | None:
@@ -176,8 +179,18 @@ class ResilienceStore(abc.ABC):
         """Add a write (idempotent on ``item_id``)."""
 
     @abc.abstractmethod
-    async def outbox_claim(self, limit: int, lease: float) -> list[OutboxItem]:
-        """Claim up to ``limit`` unclaimed (or lease-expired) writes, oldest first."""
+    async def outbox_put_claimed(self, item_id: str, payload: str, lease: float) -> str | None:
+        """Add a write already claimed for ``lease`` seconds (issue #23: every write is
+        stored before it is sent). When ``item_id`` is already there and free (not
+        claimed, not dead), claim it instead. Returns the payload the claim holds (ours,
+        or the stored one), ``None`` when someone else holds it or it is dead."""
+
+    @abc.abstractmethod
+    async def outbox_claim(
+        self, limit: int, lease: float, skip: Collection[str] = ()
+    ) -> list[OutboxItem]:
+        """Claim up to ``limit`` writes that are free (unclaimed or lease-expired), due
+        (their backoff over), live (not dead) and not in ``skip``, oldest first."""
 
     @abc.abstractmethod
     async def outbox_done(self, item_id: str) -> None:
@@ -189,8 +202,20 @@ class ResilienceStore(abc.ABC):
         so a later claimer knows the write may have applied)."""
 
     @abc.abstractmethod
-    async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
-        """Give a claimed write back (optionally with an updated payload)."""
+    async def outbox_release(
+        self, item_id: str, payload: str | None = None, delay: float = 0.0
+    ) -> None:
+        """Give a claimed write back (optionally with an updated payload), not to be
+        claimed again for ``delay`` seconds (its backoff)."""
+
+    @abc.abstractmethod
+    async def outbox_bury(self, item_id: str, payload: str, reason: str) -> None:
+        """Dead-letter a write: kept, listed, never claimed until revived."""
+
+    @abc.abstractmethod
+    async def outbox_revive(self, item_id: str, payload: str | None = None) -> bool:
+        """Make a write live and due now (the operator's ``retry``); ``False`` when there
+        is no such write."""
 
     @abc.abstractmethod
     async def outbox_list(self) -> list[OutboxItem]:
