@@ -22,6 +22,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from src.redaction import redact
 from src.settings import Settings, SettingsError, load_settings
@@ -29,7 +30,12 @@ from src.store import OutboxItem, ResilienceStore, StoreError, StoreGuard, open_
 
 from .write import OutboxPolicy, PendingWrite
 
-__all__ = ["main"]
+if TYPE_CHECKING:  # `list` must not pay for loading LiveKit and the vendor clients
+    from src.services.wiring import TrialistServices
+
+    from .core import Outbox
+
+__all__ = ["main", "outbox_for"]
 
 CRMS = ("salesforce", "hubspot")
 
@@ -68,20 +74,23 @@ async def _list(url: str) -> int:
     return 1 if items else 0
 
 
-async def _drain(settings: Settings) -> int:
-    # Imported here: `list` must not pay for loading LiveKit and its plugins.
+def outbox_for(
+    settings: Settings,
+    services: TrialistServices,
+    guard: StoreGuard | None,
+    *,
+    policy: OutboxPolicy | None = None,
+) -> Outbox:
+    """An outbox sending through the breakers, budgets and retries a conversation would
+    use (shared with the fleet through ``guard``), without an agent."""
     from src.error_recovery import CircuitBreaker, ErrorRecoveryMixin, VoiceRetryPolicy
     from src.error_recovery.budget import process_budget
-    from src.services.wiring import TrialistServices
 
     from .core import Outbox
 
     r = settings.resilience
-    guard = StoreGuard(open_store(settings.fleet.store_url))
 
     class Drainer(ErrorRecoveryMixin):
-        """The breakers and retries a conversation would send CRM writes through."""
-
         def __init__(self) -> None:
             self.circuit_breakers = {
                 name: CircuitBreaker(
@@ -102,16 +111,22 @@ async def _drain(settings: Settings) -> int:
                 jitter=r.jitter,
             )
 
-    services = TrialistServices.from_settings(settings)
-    drainer = Drainer()
-    outbox = Outbox(
+    return Outbox(
         services,
-        drainer.call_with_retry_and_circuit_breaker,
+        Drainer().call_with_retry_and_circuit_breaker,
         clock=time.monotonic,
         service_timeout=r.service_timeout,
         store=guard,
-        policy=OutboxPolicy.from_settings(r),
+        policy=policy or OutboxPolicy.from_settings(r),
     )
+
+
+async def _drain(settings: Settings) -> int:
+    from src.services.wiring import TrialistServices
+
+    guard = StoreGuard(open_store(settings.fleet.store_url))
+    services = TrialistServices.from_settings(settings)
+    outbox = outbox_for(settings, services, guard)
     try:
         before = await outbox.depth()
         left = await outbox.flush()
