@@ -32,7 +32,7 @@ from ..attempt import VendorContact, listening
 from ..errors import CircuitOpenError
 from ..redaction import get_logger
 from ..store import BreakerView, StoreError, StoreGuard
-from .policies import counts_as_failure, is_client_side_refusal
+from .policies import counts_as_failure, probe_verdict
 from .window import RateRule, SlidingWindow
 
 __all__ = ["CircuitBreaker", "CircuitState", "Clock", "TransitionListener"]
@@ -303,20 +303,7 @@ class CircuitBreaker:
                 await guard.run(lambda: guard.store.breaker_success(self.name), "success")
 
     def _verdict(self, exc: BaseException | None, heard: VendorContact | None) -> bool | None:
-        """A probe's outcome (issue #23): ``True`` only on an answer from the vendor,
-        ``False`` on a counted failure, ``None`` (no verdict) when nothing was heard from
-        it: a cache hit, a refusal by our own code, a cancellation."""
-        answered = heard is not None and heard.answered > 0
-        if exc is None:
-            served_here = heard is not None and heard.local > 0
-            return None if served_here and not answered else True
-        if not isinstance(exc, Exception):
-            return None
-        if self._is_failure(exc):
-            return False
-        if answered:
-            return True
-        return None if is_client_side_refusal(exc) else True
+        return probe_verdict(exc, heard, self._is_failure)
 
     async def _finish(self, probe: int, verdict: bool | None) -> None:
         """End a probe everywhere: locally, then its fleet lease."""

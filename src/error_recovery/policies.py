@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
+from ..attempt import VendorContact
 from ..errors import (
     CircuitOpenError,
     ConnectionFailed,
@@ -22,6 +24,7 @@ __all__ = [
     "error_type_for",
     "is_client_side_refusal",
     "is_retryable",
+    "probe_verdict",
 ]
 
 
@@ -98,3 +101,25 @@ def error_type_for(exc: BaseException) -> str:
     if isinstance(exc, NotFound):
         return "data_not_found"
     return "tool_failure"
+
+
+def probe_verdict(
+    exc: BaseException | None,
+    heard: VendorContact | None,
+    is_failure: Callable[[BaseException], bool] = counts_as_failure,
+) -> bool | None:
+    """A half-open probe's outcome (issue #23): ``True`` only on an answer from the
+    vendor, ``False`` on a counted failure, ``None`` (no verdict) when nothing was heard
+    from it: a cache hit, a refusal by our own code, a cancellation. ``exc`` is ``None``
+    for a success; ``heard`` is what the call heard (:func:`~src.attempt.listening`)."""
+    answered = heard is not None and heard.answered > 0
+    if exc is None:
+        served_here = heard is not None and heard.local > 0
+        return None if served_here and not answered else True
+    if not isinstance(exc, Exception):
+        return None
+    if is_failure(exc):
+        return False
+    if answered:
+        return True
+    return None if is_client_side_refusal(exc) else True
