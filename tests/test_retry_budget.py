@@ -171,3 +171,31 @@ def test_budget_settings_and_one_budget_per_vendor_per_process() -> None:
     assert process_budget("amp", 20, 0.1) is process_budget("amp", 20, 0.1)
     with pytest.raises(SettingsError, match="RETRY_BUDGET_TOKEN_RATIO"):
         settings_from_env({"RETRY_BUDGET_TOKEN_RATIO": "0"})
+
+
+async def test_retries_that_answer_are_given_back_so_a_flapping_vendor_is_always_retried(
+    store_url: str,
+) -> None:
+    """Issue #23: far past the floor, a vendor failing every other request keeps being
+    retried (each retry that answers is given back), through a real store."""
+    store = open_store(store_url)
+    budget = FleetRetryBudget("amp", StoreGuard(store), max_tokens=2)
+    caller = Caller(budget)
+    n = 0
+
+    async def every_other_fails() -> str:
+        nonlocal n
+        n += 1
+        if n % 2:
+            raise ServiceUnavailable("amp", status=503)
+        return "data"
+
+    try:
+        got = [
+            await caller.call_with_retry_and_circuit_breaker("amp", every_other_fails, FALLBACK)
+            for _ in range(40)
+        ]
+    finally:
+        await store.aclose()
+    assert got == ["data"] * 40
+    assert budget.retries == 40 and budget.refused == 0

@@ -4,15 +4,18 @@ occasional blip is always retried.
 
 Over a sliding time window of ``window_s`` seconds (10), a retry may start while
 
-    retries in the window < floor + percent x first attempts in the window
+    retries in the window (this one included) <= floor + percent x first attempts
 
 ``floor`` (``RETRY_BUDGET_MAX_TOKENS``, 10) is a reserve of retries per window that
 refills with time whatever the request rate (Finagle's ``minRetriesPerSec x ttl``): a
 voice conversation makes a handful of calls, far too few for a ratio alone to allow a
 retry, so the floor is what lets a healthy vendor's single blip be retried.
 ``percent`` (``RETRY_BUDGET_TOKEN_RATIO``, 0.2) lets busy fleets retry a share of their
-requests on top. A dead vendor can therefore cost at most ``floor`` extra requests per
-window plus ``percent`` of its traffic (and the breaker stops it after three attempts).
+requests on top. A retry that answers is given back (issue #23: a budget must not refuse
+the retries that serve callers), so a vendor failing every other request is always
+retried, while a dead vendor's retries all fail and count: it can cost at most ``floor``
+extra requests per window plus ``percent`` of its traffic (and the breaker stops it after
+three attempts).
 
 Per worker process by default (:func:`process_budget`); with the shared resilience store
 the window is one for the whole fleet (:class:`FleetRetryBudget`), kept under the store's
@@ -99,7 +102,7 @@ class RetryBudget:
         if self._denied:
             return False
         requests, retries = budget_totals(self._record, self._clock(), self.window_s)
-        return retries < self.floor + self.percent * (requests + self._pending_requests)
+        return retries + 1 <= self.floor + self.percent * (requests + self._pending_requests)
 
     def started(self, *, retry: bool) -> None:
         """An attempt is about to go out."""
@@ -116,18 +119,30 @@ class RetryBudget:
     def refuse(self) -> None:
         self.refused += 1
 
-    async def on_failure(self, *, retry_wanted: bool = True) -> None:
-        """A counted failed attempt: write the requests counted so far and, when another
-        attempt may follow, reserve a retry if the window allows one."""
-        await self._sync(reserve=retry_wanted and not self._reserved)
+    async def on_failure(self, *, retry_wanted: bool = True) -> bool:
+        """A failed attempt: write the first attempts counted so far and, when another
+        attempt may follow, reserve a retry if the window allows one (atomically, so
+        concurrent callers never overshoot the budget). Returns whether this caller got
+        a retry; it starts it with ``started(retry=True)``."""
+        return await self._sync(reserve=retry_wanted)
 
-    async def on_success(self) -> None:
-        if self._pending_requests >= SYNC_EVERY:
+    async def on_success(self, *, retry: bool = False) -> None:
+        """A successful attempt. A retry that succeeded is given back to the window
+        (issue #23: a budget must not refuse the retries that answer callers, so a
+        flapping vendor is always retried; a dead vendor's retries all fail and count)."""
+        if retry:
+            await self._refund()
+        elif self._pending_requests >= SYNC_EVERY:
             await self._sync(reserve=False)
 
-    async def _sync(self, *, reserve: bool) -> None:
+    async def _sync(self, *, reserve: bool) -> bool:
         requests, self._pending_requests = self._pending_requests, 0
-        self._granted(reserve, self._write(requests, reserve))
+        granted = self._write(requests, reserve)
+        self._granted(reserve, granted)
+        return granted
+
+    async def _refund(self) -> None:
+        self._apply(0, -1, reserve=False)
 
     def _granted(self, asked: bool, granted: bool) -> None:
         if granted:
@@ -163,7 +178,7 @@ class FleetRetryBudget(RetryBudget):
         super().__init__(name, max_tokens, token_ratio, window_s=window_s, clock=clock)
         self.guard = guard
 
-    async def _sync(self, *, reserve: bool) -> None:
+    async def _sync(self, *, reserve: bool) -> bool:
         requests, self._pending_requests = self._pending_requests, 0
         guard = self.guard
         try:
@@ -176,6 +191,19 @@ class FleetRetryBudget(RetryBudget):
         except StoreError:
             granted = self._write(requests, reserve)
         self._granted(reserve, granted)
+        return granted
+
+    async def _refund(self) -> None:
+        guard = self.guard
+        try:
+            await guard.run(
+                lambda: guard.store.budget_update(
+                    self.name, 0, -1, False, self.window_s, self.floor, self.percent
+                ),
+                "retry budget",
+            )
+        except StoreError:
+            await super()._refund()
 
 
 _PROCESS_BUDGETS: dict[tuple[str, int], RetryBudget] = {}

@@ -295,10 +295,12 @@ class ErrorRecoveryMixin:
         clock = self.retry_clock
         budget = self.retry_budgets.get(service_name)
         retries = 0 if probe else max_retries
+        granted: bool | None = None  # the budget's answer for this call's next retry
 
         async def attempt() -> T:
-            nonlocal counted, attempts, took
+            nonlocal counted, attempts, took, granted
             attempts += 1
+            granted = None
             if attempts > 1:
                 # Before a retry, see what other conversations learned meanwhile.
                 await breaker.refresh()
@@ -316,11 +318,11 @@ class ErrorRecoveryMixin:
                     counted = exc
                     await breaker.on_failure(exc, duration=took, judge=False)
                 if budget is not None and is_retryable(exc):
-                    await budget.on_failure(retry_wanted=attempts <= retries)
+                    granted = await budget.on_failure(retry_wanted=attempts <= retries)
                 raise
             took = clock() - started
             if budget is not None:
-                await budget.on_success()
+                await budget.on_success(retry=attempts > 1)
             return result
 
         def _retryable(exc: BaseException) -> bool:
@@ -334,7 +336,8 @@ class ErrorRecoveryMixin:
                     extra={"service": service_name},
                 )
                 return False
-            if budget is not None and not budget.may_retry():
+            allowed = budget.may_retry() if granted is None and budget else granted
+            if budget is not None and not allowed:
                 budget.refuse()
                 logger.info(
                     "Retry budget for %s spent; not retrying",

@@ -307,7 +307,7 @@ def budget_totals(rec: Record, now: float, window_s: float) -> tuple[int, int]:
         if float(at) > now - window_s:
             requests += int(req)
             retries += int(ret)
-    return requests, retries
+    return requests, max(0, retries)  # a refund may outlive the retry it gave back
 
 
 def rule_retry_budget(
@@ -315,7 +315,7 @@ def rule_retry_budget(
 ) -> Mutation[bool]:
     """Finagle's RetryBudget over one-second buckets: add the counts to the bucket of
     ``now``, drop buckets older than the window, and with ``reserve`` take one retry when
-    ``retries < floor + percent x requests`` over the window. Result: reserved."""
+    ``retries + 1 <= floor + percent x requests`` over the window. Result: reserved."""
 
     def apply(rec: Record, now: float) -> tuple[bool, bool]:
         buckets = [b for b in rec.get("b", ()) if float(b[0]) > now - window_s]
@@ -326,7 +326,7 @@ def rule_retry_budget(
         buckets[-1][2] = int(buckets[-1][2]) + retries
         rec["b"] = buckets
         total_req, total_ret = budget_totals(rec, now, window_s)
-        granted = reserve and total_ret < floor + percent * total_req
+        granted = reserve and total_ret + 1 <= floor + percent * total_req
         if granted:
             buckets[-1][2] += 1
         return granted, True
