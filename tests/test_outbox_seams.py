@@ -273,3 +273,20 @@ async def test_redis_lists_a_backlog_in_one_round_trip(redis_server: object) -> 
     finally:
         await client.aclose()
         await store.aclose()
+
+
+def test_the_outbox_command_does_not_import_the_agent() -> None:
+    """The import cycle outbox -> CLI -> agent -> outbox is gone: arrows run one way."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, src.outbox, src.outbox.cli; "
+        "assert 'src.agent' not in sys.modules, 'src.agent imported'; "
+        "assert not any(m.startswith('livekit') for m in sys.modules), 'livekit imported'"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
