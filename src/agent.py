@@ -52,7 +52,7 @@ from src.error_recovery import CircuitBreaker, RateRule, VoiceRetryPolicy, proce
 from src.error_recovery.budget import process_budget
 from src.error_recovery.bulkhead import process_bulkhead
 from src.identity import identity_at_start, trusted_attributes
-from src.outbox import Outbox, PendingWrite
+from src.outbox import Outbox, OutboxPolicy, PendingWrite
 from src.phrases import (
     ACCOUNT_FALLBACK,
     APOLOGY,
@@ -172,6 +172,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             clock=clock,
             service_timeout=r.service_timeout,
             store=store,
+            policy=OutboxPolicy.from_settings(r),
         )
 
     def down_capabilities(self) -> list[Capability]:

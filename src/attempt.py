@@ -16,7 +16,14 @@ from __future__ import annotations
 import asyncio
 from contextvars import ContextVar
 
-__all__ = ["ATTEMPT_TIMER", "current_attempt_timer"]
+__all__ = [
+    "ATTEMPT_TIMER",
+    "VendorContact",
+    "current_attempt_timer",
+    "listening",
+    "served_locally",
+    "vendor_answered",
+]
 
 # (the attempt's timer, the task it cancels)
 ATTEMPT_TIMER: ContextVar[tuple[asyncio.Timeout, asyncio.Task[object] | None] | None] = ContextVar(
@@ -33,3 +40,48 @@ def current_attempt_timer() -> asyncio.Timeout | None:
     if owner is not asyncio.current_task() or timer.when() is None or timer.expired():
         return None
     return timer
+
+
+# -- issue #23: did the vendor itself answer? ---------------------------------------------
+# A half-open probe may close a circuit only on an answer from the vendor: the protected
+# call listens, the HTTP layer reports each answer (any status), and a cache reports an
+# answer it gave instead of the vendor.
+
+
+class VendorContact:
+    """What one protected call heard: answers from the vendor, answers served locally."""
+
+    __slots__ = ("answered", "local")
+
+    def __init__(self) -> None:
+        self.answered = 0
+        self.local = 0
+
+
+VENDOR_CONTACT: ContextVar[VendorContact | None] = ContextVar("vendor_contact", default=None)
+
+
+class listening:  # a context manager, named like contextlib's
+    """``with listening() as heard:`` collects what the calls inside heard."""
+
+    def __enter__(self) -> VendorContact:
+        self._contact = VendorContact()
+        self._token = VENDOR_CONTACT.set(self._contact)
+        return self._contact
+
+    def __exit__(self, *exc: object) -> None:
+        VENDOR_CONTACT.reset(self._token)
+
+
+def vendor_answered() -> None:
+    """The HTTP layer received a response (any status) from the vendor."""
+    contact = VENDOR_CONTACT.get()
+    if contact is not None:
+        contact.answered += 1
+
+
+def served_locally() -> None:
+    """A cache answered instead of the vendor."""
+    contact = VENDOR_CONTACT.get()
+    if contact is not None:
+        contact.local += 1

@@ -19,6 +19,9 @@ gauges count the live jobs whose circuit is open).
   and how (``dispatch``, ``console``, ``sip``, ``spoken``).
 * ``pandadoc_store_errors_total{store}``: resilience store operations that failed.
 * ``pandadoc_outbox_depth``: CRM writes waiting in the durable outbox (last seen).
+* ``pandadoc_outbox_dead_letters_total{crm}``: CRM writes given up after their attempts
+  or age (issue #23), waiting for an operator's ``retry`` or ``drop``.
+* ``pandadoc_outbox_dead_letters_waiting``: dead-lettered writes in the store (last seen).
 """
 
 from __future__ import annotations
@@ -117,6 +120,18 @@ STORE_ERRORS = Counter(
 OUTBOX_DEPTH = Gauge(
     "pandadoc_outbox_depth",
     "CRM writes waiting in the durable outbox, as last seen by a job.",
+    multiprocess_mode="mostrecent",
+)
+
+
+OUTBOX_DEAD_LETTERS = Counter(
+    "pandadoc_outbox_dead_letters_total",
+    "CRM writes dead-lettered after too many attempts or too long a wait (issue #23).",
+    ["crm"],
+)
+OUTBOX_DEAD = Gauge(
+    "pandadoc_outbox_dead_letters_waiting",
+    "Dead-lettered CRM writes in the durable outbox, as last seen by a job.",
     multiprocess_mode="mostrecent",
 )
 

@@ -1,5 +1,5 @@
-"""Issue #15's drill scenarios that need no long real waits: the rate rule opening a
-circuit the consecutive rule never would, and a total outage under load (connections
+"""Issue #15's drill scenarios that need no long real waits: a vendor failing every
+other attempt absorbed by retries (issue #23), and a total outage under load (connections
 refused, so nothing waits) staying inside the retry budget and the bulkhead."""
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ from src.drill.adaptive import _outage_load, _random
 from src.sandbox import FaultKind, Sandbox
 
 
-async def test_every_other_attempt_failing_opens_through_the_rate_rule() -> None:
-    report = await _random(50, 40)
+async def test_every_other_attempt_failing_is_absorbed_and_the_circuit_stays_closed() -> None:
+    """Issue #23 (this scenario opened the circuit under issue #15's attempt-counting
+    rule): every call is answered by its retry, so no protection refuses it."""
+    report = await _random(50, 14)
     assert report.verdict == "ok", report.problems
-    assert "openings by rate 1, consecutive 0" in report.note
-    assert report.transitions[-1] == "salesforce:closed->open"
+    assert "14/14 turns got data; openings by rate 0, consecutive 0" in report.note
+    assert report.transitions == []
 
 
 async def test_outage_under_load_keeps_retries_and_concurrency_bounded() -> None:

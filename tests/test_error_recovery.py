@@ -266,7 +266,8 @@ async def test_cancelled_probe_frees_the_slot(clock: FakeClock) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert breaker.state is CircuitState.HALF_OPEN
+    # issue #23: never half-open without a probe in flight; due at once for the next
+    assert breaker.state is CircuitState.OPEN and breaker.retry_in() == 0
     assert await breaker.call(Flaky(value="next probe")) == "next probe"
     assert breaker.state is CircuitState.CLOSED
 
@@ -937,7 +938,8 @@ async def test_probe_ended_by_a_base_exception_does_not_close(clock: FakeClock) 
     clock.advance(1.0)
     with pytest.raises(Shutdown):
         await breaker.call(Flaky(Shutdown()))
-    assert breaker.state is CircuitState.HALF_OPEN  # undecided, slot free again
+    assert breaker.state is CircuitState.OPEN  # undecided: due again at once (issue #23)
+    assert breaker.retry_in() == 0
     assert await breaker.call(Flaky(value="probe")) == "probe"
     assert breaker.state is CircuitState.CLOSED
 
@@ -1217,33 +1219,50 @@ def test_rate_rule_window_judges_recent_calls_only() -> None:
 
 
 async def test_retry_budgets_local_and_fleet(clock: FakeClock) -> None:
-    with pytest.raises(ValueError):
-        RetryBudget("amplitude", max_tokens=0.5)
-    with pytest.raises(ValueError):
-        RetryBudget("amplitude", token_ratio=0.0)
-    budget = RetryBudget("amplitude", max_tokens=2.0, token_ratio=0.5)
+    for bad in ({"max_tokens": 0.5}, {"token_ratio": 0.0}, {"window_s": 0.0}):
+        with pytest.raises(ValueError):
+            RetryBudget("amplitude", **bad)  # type: ignore[arg-type]
+    # Floor 1 per 10 s window, no share: one retry, then none until the window slides.
+    budget = RetryBudget("amplitude", max_tokens=1.0, token_ratio=0.01, clock=clock)
     budget.started(retry=False)
+    assert await budget.on_failure()  # reserved: the floor allows one
+    assert budget.may_retry()
     budget.started(retry=True)
-    await budget.on_failure()
-    assert not budget.may_retry()  # 1 of 2 tokens: not more than half
+    assert not await budget.on_failure()  # the retry failed too: the floor is spent
+    assert not budget.may_retry()
     budget.refuse()
-    await budget.on_success()
-    assert budget.may_retry() and (budget.firsts, budget.retries, budget.refused) == (1, 1, 1)
+    clock.advance(11.0)  # the window slid: the floor refilled
+    budget.started(retry=False)
+    assert await budget.on_failure()
+    budget.started(retry=True)
+    await budget.on_success(retry=True)  # a retry that answered is given back
+    fresh = RetryBudget("amplitude", max_tokens=1.0, token_ratio=0.01, clock=clock)
+    assert fresh.may_retry()  # no failure reported yet: the window's estimate
+    fresh.started(retry=True)  # granted by the estimate: counted at once
+    assert not fresh.may_retry()
+    assert (budget.firsts, budget.retries, budget.refused) == (2, 2, 1)
 
     guard = _guard(MemoryStore(clock=clock), clock)
-    fleet = process_budget("hubspot", 4.0, 0.5, guard=guard)
+    fleet = process_budget("hubspot", 1.0, 0.01, guard=guard)
     assert isinstance(fleet, FleetRetryBudget)
-    assert process_budget("hubspot", 4.0, 0.5, guard=guard) is fleet
-    other = FleetRetryBudget("hubspot", guard, 4.0, 0.5)
-    await fleet.on_failure()
-    await other.on_failure()  # the fleet's bucket: two tokens gone
-    assert other.tokens == 2.0
-    await other.on_success()
-    assert other.tokens == 2.5
-    broken = FleetRetryBudget("hubspot", _guard(BrokenStore(clock=clock), clock), 4.0, 0.5)
-    await broken.on_failure()  # the store is down: the local bucket goes on
-    await broken.on_success()
-    assert broken.tokens == 3.5
+    assert process_budget("hubspot", 1.0, 0.01, guard=guard) is fleet
+    other = FleetRetryBudget("hubspot", guard, 1.0, 0.01, clock=clock)
+    fleet.started(retry=False)
+    assert await fleet.on_failure()  # the fleet's one retry of the window...
+    other.started(retry=False)
+    assert not await other.on_failure()  # ...is gone for another conversation
+    fleet.started(retry=True)
+    await fleet.on_success(retry=True)  # given back through the store
+    other.started(retry=False)
+    assert await other.on_failure()
+    broken = FleetRetryBudget(
+        "hubspot", _guard(BrokenStore(clock=clock), clock), 1.0, 0.01, clock=clock
+    )
+    broken.started(retry=False)
+    assert await broken.on_failure()  # the store is down: the local window goes on
+    broken.started(retry=True)
+    await broken.on_success(retry=True)
+    assert broken.may_retry()
     assert isinstance(process_budget("salesforce", 4.0, 0.5), RetryBudget)
 
 
@@ -1285,17 +1304,17 @@ async def test_call_with_retry_uses_the_fallback_when_the_bulkhead_is_full(
 async def test_call_with_retry_spends_and_respects_the_retry_budget(
     agent: RecoveringAgent,
 ) -> None:
-    budget = RetryBudget("amplitude", max_tokens=2.0, token_ratio=1.0)
+    budget = RetryBudget("amplitude", max_tokens=1.0, token_ratio=0.01, clock=agent.retry_clock)
     agent.retry_budgets = {"amplitude": budget}
     func = Flaky(unavailable(), unavailable(), unavailable())
     assert await agent.call_with_retry_and_circuit_breaker("amplitude", func, FALLBACK) == (
         FALLBACK
     )
-    assert func.calls == 1  # a token gone: the budget refused the retry
+    assert func.calls == 2  # the window's one retry spent: the second was refused
     assert budget.refused == 1
     func = Flaky(value="data")
     assert await agent.call_with_retry_and_circuit_breaker("amplitude", func, FALLBACK) == "data"
-    assert budget.tokens == 2.0
+    assert (budget.firsts, budget.retries) == (2, 1)
 
 
 async def test_operation_kinds_decide_what_is_sent_again(agent: RecoveringAgent) -> None:

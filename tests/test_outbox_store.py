@@ -16,7 +16,7 @@ import pytest
 
 from src.agent import PandaDocTrialistAgent
 from src.outbox import PendingWrite
-from src.outbox_cli import _drain
+from src.outbox.cli import _drain
 from src.sandbox import FaultKind, Sandbox
 from src.sandbox.data import TRIAL_USERS
 from src.services.wiring import TrialistServices

@@ -11,7 +11,7 @@ from src.error_recovery import CircuitBreaker, ErrorRecoveryMixin
 from src.error_recovery.budget import FleetRetryBudget, RetryBudget, process_budget
 from src.errors import ServiceUnavailable
 from src.settings import SettingsError, settings_from_env
-from src.store import MemoryStore, StoreGuard, open_store
+from src.store import MemoryStore, SqliteStore, StoreGuard, open_store
 
 FALLBACK = "I can't pull that up right now."
 
@@ -29,10 +29,19 @@ class Caller(ErrorRecoveryMixin):
         self.retry_budgets = {"amp": budget}
 
 
-async def test_total_outage_retries_stay_under_a_fifth_of_first_attempts(
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_total_outage_retries_stay_within_the_floor_and_a_fifth(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    budget = RetryBudget("amp")
+    clock = FakeClock()
+    budget = RetryBudget("amp", clock=clock)  # floor 10 per 10 s, plus 20 % of requests
     caller = Caller(budget)
     requests = 0
 
@@ -45,7 +54,7 @@ async def test_total_outage_retries_stay_under_a_fifth_of_first_attempts(
     for _ in range(50):
         assert await caller.call_with_retry_and_circuit_breaker("amp", down, FALLBACK) == FALLBACK
     assert budget.firsts == 50
-    assert budget.retries <= 0.2 * budget.firsts
+    assert budget.retries <= 10 + 0.2 * budget.firsts  # not the 100 a free hand would make
     assert requests == budget.firsts + budget.retries
     assert "Retry budget for amp spent; not retrying" in caplog.text
 
@@ -70,39 +79,88 @@ async def test_occasional_failures_are_still_retried() -> None:
     assert budget.refused == 0 and budget.retries == n // 10  # one per failed request
 
 
-async def test_bucket_arithmetic() -> None:
-    budget = RetryBudget("amp", max_tokens=10, token_ratio=0.5)
+async def test_window_arithmetic_floor_plus_percent_refilling_with_time() -> None:
+    clock = FakeClock()
+    budget = RetryBudget("amp", max_tokens=2, token_ratio=0.5, window_s=10.0, clock=clock)
     for _ in range(4):
+        budget.started(retry=False)
+    granted = 0
+    for _ in range(10):
         await budget.on_failure()
-    assert budget.may_retry()  # 6 > 5
+        if budget.may_retry():
+            budget.started(retry=True)
+            granted += 1
+    assert granted == 4  # floor 2 + half of 4 requests
+    assert not budget.may_retry()
+    clock.now += 10.5  # the window slid past them: the floor is back
     await budget.on_failure()
-    assert not budget.may_retry()  # 5 is not more than half
-    await budget.on_success()
-    assert budget.may_retry() and budget.tokens == 5.5
-    for _ in range(20):
-        await budget.on_success()
-    assert budget.tokens == 10  # capped
+    assert budget.may_retry()
 
 
-async def test_fleet_budget_is_shared_through_a_real_sqlite_store(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
-    here = FleetRetryBudget("amp", StoreGuard(store))
-    there = FleetRetryBudget("amp", StoreGuard(store))
-    for _ in range(5):
-        await here.on_failure()
-    assert not here.may_retry()
-    await there.on_failure()  # its first write sees the fleet's count
-    assert there.tokens == 4 and not there.may_retry()
+async def test_a_quiet_clients_blip_is_retried_after_the_fleets_outage(tmp_path: Path) -> None:
+    """Issue #23 item 1: an outage drained the fleet's budget (real SQLite, kept across
+    restarts); a while later a new process's single blip on the healed vendor is still
+    retried (the old bucket never refilled: a new process started full and wrote nothing
+    on success, so the stored bucket stayed empty)."""
+    clock = FakeClock()
+    url = tmp_path / "r.db"
+    store = SqliteStore(url, clock=clock)
+    outage = Caller(FleetRetryBudget("amp", StoreGuard(store), clock=clock))
+
+    async def down() -> str:
+        raise ServiceUnavailable("amp", status=503)
+
+    for _ in range(40):
+        await outage.call_with_retry_and_circuit_breaker("amp", down, FALLBACK)
+    assert outage.retry_budgets["amp"].refused > 0  # the outage was not multiplied
     await store.aclose()
+
+    clock.now += 60.0  # a minute later, another job process on the same file
+    store = SqliteStore(url, clock=clock)
+    healthy = Caller(FleetRetryBudget("amp", StoreGuard(store), clock=clock))
+    calls = 0
+
+    async def one_blip() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 6:
+            raise ServiceUnavailable("amp", status=503)
+        return "data"
+
+    for _ in range(10):
+        got = await healthy.call_with_retry_and_circuit_breaker("amp", one_blip, FALLBACK)
+        assert got == "data"
+    assert healthy.retry_budgets["amp"].retries == 1
+    await store.aclose()
+
+
+async def test_fleet_budget_is_shared_through_a_real_store(store_url: str) -> None:
+    store = open_store(store_url)
+    here = FleetRetryBudget("amp", StoreGuard(store), max_tokens=3)
+    there = FleetRetryBudget("amp", StoreGuard(store), max_tokens=3)
+    try:
+        granted = 0
+        for _ in range(5):
+            await here.on_failure()
+            if here.may_retry():
+                here.started(retry=True)
+                granted += 1
+        assert granted == 3  # the floor, no requests counted
+        await there.on_failure()  # a fresh process sees the fleet's window
+        assert not there.may_retry()
+    finally:
+        await store.aclose()
 
 
 async def test_fleet_budget_carries_on_locally_when_the_store_fails() -> None:
     store = MemoryStore()
-    budget = FleetRetryBudget("amp", StoreGuard(store))
-    await budget.on_failure()
+    budget = FleetRetryBudget("amp", StoreGuard(store), max_tokens=1)
     store.fail = True
     await budget.on_failure()
-    assert budget.tokens == 8
+    assert budget.may_retry()  # the local window's floor
+    budget.started(retry=True)
+    await budget.on_failure()
+    assert not budget.may_retry()
 
 
 def test_budget_settings_and_one_budget_per_vendor_per_process() -> None:
@@ -113,3 +171,31 @@ def test_budget_settings_and_one_budget_per_vendor_per_process() -> None:
     assert process_budget("amp", 20, 0.1) is process_budget("amp", 20, 0.1)
     with pytest.raises(SettingsError, match="RETRY_BUDGET_TOKEN_RATIO"):
         settings_from_env({"RETRY_BUDGET_TOKEN_RATIO": "0"})
+
+
+async def test_retries_that_answer_are_given_back_so_a_flapping_vendor_is_always_retried(
+    store_url: str,
+) -> None:
+    """Issue #23: far past the floor, a vendor failing every other request keeps being
+    retried (each retry that answers is given back), through a real store."""
+    store = open_store(store_url)
+    budget = FleetRetryBudget("amp", StoreGuard(store), max_tokens=2)
+    caller = Caller(budget)
+    n = 0
+
+    async def every_other_fails() -> str:
+        nonlocal n
+        n += 1
+        if n % 2:
+            raise ServiceUnavailable("amp", status=503)
+        return "data"
+
+    try:
+        got = [
+            await caller.call_with_retry_and_circuit_breaker("amp", every_other_fails, FALLBACK)
+            for _ in range(40)
+        ]
+    finally:
+        await store.aclose()
+    assert got == ["data"] * 40
+    assert budget.retries == 40 and budget.refused == 0

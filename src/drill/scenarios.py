@@ -16,6 +16,13 @@ from src.drill.fleet_outage import NOTE as FLEET_NOTE
 from src.drill.fleet_outage import run_fleet_outage
 from src.drill.harness import Conversation, TurnResult, technical_leaks
 from src.drill.model_faults import stt_down_turn
+from src.drill.seams import (
+    NO_CACHE,
+    SeamOutcome,
+    blip_after_outage,
+    flapping_half,
+    outbox_poison_head,
+)
 from src.error_recovery.protection import reset_process_protection
 from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.chilipiper import ChiliPiperServer
@@ -118,6 +125,9 @@ class Scenario:
     turn_budget_s: float | None = VOICE_BUDGET  # whole turn (user text -> reply done)
     action: Callable[[Conversation], Awaitable[TurnResult]] | None = None  # replaces turns
     audio: bool = False  # production TTS + an audio sink; first words = first audio frame
+    # issue #23: plays its own turns and judges them (src/drill/seams.py)
+    seam: Callable[[Conversation], Awaitable[SeamOutcome]] | None = None
+    env: tuple[tuple[str, str], ...] = ()  # extra environment for the conversation
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -267,6 +277,33 @@ SCENARIOS: tuple[Scenario, ...] = (
         failing="openai",
         action=stt_down_turn,
     ),
+    # -- issue #23: where protections meet --------------------------------------------------
+    Scenario(
+        "blip-after-outage",
+        "usage dead (circuit opens), healed (probe), then one reset mid-body: retried, data",
+        (),
+        (),
+        failing="amplitude",
+        seam=blip_after_outage,
+        env=tuple(NO_CACHE.items()),
+    ),
+    Scenario(
+        "flapping-half",
+        "every other usage search fails: every call answered, the circuit stays closed",
+        (),
+        (),
+        failing="amplitude",
+        seam=flapping_half,
+        env=tuple(NO_CACHE.items()),
+    ),
+    Scenario(
+        "outbox-poison-head",
+        "an unsendable CRM write ahead of 20: the 20 go in one drain, the head dead-lettered",
+        (),
+        (),
+        failing="salesforce",
+        seam=outbox_poison_head,
+    ),
     Scenario(
         "fleet-outage",
         "6 conversations in separate processes (3 at a time), usage 503, shared SQLite store",
@@ -305,7 +342,9 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
     failing = scenario.failing or (scenario.faults[0].service if scenario.faults else "")
     problems: list[str] = []
     note = ""
-    async with Conversation(email=scenario.email, audio=scenario.audio) as conv:
+    async with Conversation(
+        email=scenario.email, audio=scenario.audio, env=dict(scenario.env)
+    ) as conv:
         for text in scenario.warmup:
             await conv.turn(text)
         for fault in scenario.faults:
@@ -314,6 +353,11 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
         turns: list[TurnResult] = [await conv.turn(text) for text in scenario.turns]
         if scenario.action is not None:
             turns.append(await scenario.action(conv))
+        if scenario.seam is not None:
+            seam = await scenario.seam(conv)
+            turns.extend(seam.turns)
+            problems.extend(seam.problems)
+            note = seam.note
         if scenario.flush or scenario.recovery:
             for server in conv.sandbox.servers.values():
                 server.clear()

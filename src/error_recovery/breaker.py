@@ -28,10 +28,11 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from .. import metrics
+from ..attempt import VendorContact, listening
 from ..errors import CircuitOpenError
 from ..redaction import get_logger
 from ..store import BreakerView, StoreError, StoreGuard
-from .policies import counts_as_failure
+from .policies import counts_as_failure, probe_verdict
 from .window import RateRule, SlidingWindow
 
 __all__ = ["CircuitBreaker", "CircuitState", "Clock", "TransitionListener"]
@@ -150,12 +151,14 @@ class CircuitBreaker:
         """
         probe = await self.admit()
         started = self._clock()
-        try:
-            result = await func(*args, **kwargs)
-        except BaseException as exc:
-            await self.on_failure(exc, probe=probe, duration=self._clock() - started)
-            raise
-        await self.on_success(probe=probe, duration=self._clock() - started)
+        with listening() as heard:
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                took = self._clock() - started
+                await self.on_failure(exc, probe=probe, duration=took, heard=heard)
+                raise
+        await self.on_success(probe=probe, duration=self._clock() - started, heard=heard)
         return result
 
     # -- fleet-wide (async; local only when there is no store) --------------------------
@@ -207,25 +210,30 @@ class CircuitBreaker:
         return local
 
     async def on_failure(
-        self, exc: BaseException, *, probe: int = 0, duration: float | None = None
+        self,
+        exc: BaseException,
+        *,
+        probe: int = 0,
+        duration: float | None = None,
+        judge: bool = True,
+        heard: VendorContact | None = None,
     ) -> None:
         """:meth:`record_failure`, counted fleet-wide: this failure and those of every
         other conversation add up to the threshold. ``duration`` (seconds the attempt
-        took) feeds the rate rule."""
+        took) feeds the rate rule; ``judge=False`` (an attempt of a call that may still
+        be retried, issue #23) counts for the consecutive rule only: the call is judged
+        once it ends (:meth:`on_call_failed`, or :meth:`on_success`). ``heard``: what
+        the probe heard from the vendor (:func:`~src.attempt.listening`)."""
         guard = self.store
         if probe:
-            token = self._shared_probe.pop(probe, None)
-            self.record_failure(exc, probe=probe)
-            if guard is not None and token:
-                ok = None if not isinstance(exc, Exception) else not self._is_failure(exc)
-                await self._probe_done(guard, token, ok)
+            await self._finish(probe, self._verdict(exc, heard))
             return
-        if guard is None or self._state is not CircuitState.CLOSED:
-            self.record_failure(exc, duration=duration)
+        if self._state is not CircuitState.CLOSED or not self._is_failure(exc):
             return
-        if not self._is_failure(exc):
+        by_rate = self._observe(failed=True, duration=duration) if judge else None
+        if guard is None:
+            self._count_failure(by_rate)
             return
-        by_rate = self._observe(failed=True, duration=duration)
         threshold = 1 if by_rate else self.failure_threshold  # the rate rule opens it now
         try:
             opened, view = await guard.run(
@@ -245,19 +253,44 @@ class CircuitBreaker:
         else:
             self._adopt(view)
 
-    async def on_success(self, *, probe: int = 0, duration: float | None = None) -> None:
+    async def on_call_failed(self, exc: BaseException, *, duration: float | None = None) -> None:
+        """A call whose attempts were each counted with ``judge=False`` failed as the
+        caller feels it (every retry failed too): judge it once by the rate rules."""
+        if self._state is not CircuitState.CLOSED or not self._is_failure(exc):
+            return
+        by_rate = self._observe(failed=True, duration=duration)
+        if not by_rate:
+            return
+        self._open_by_rate(by_rate)
+        guard = self.store
+        if guard is not None:  # tell the fleet (threshold 1 opens at once)
+            with contextlib.suppress(StoreError):
+                await guard.run(
+                    lambda: guard.store.breaker_failure(self.name, 1, self.recovery_timeout),
+                    "failure rate",
+                )
+            self._synced_at = self._clock()
+
+    async def on_success(
+        self,
+        *,
+        probe: int = 0,
+        duration: float | None = None,
+        heard: VendorContact | None = None,
+    ) -> None:
         """:meth:`record_success`, shared: a probe's success closes the circuit for the
-        fleet; a success after counted failures clears the shared count."""
+        fleet (only when the vendor itself answered); a success after counted failures
+        clears the shared count; only a slow call that trips the slow-call rule writes a
+        failure to the store (issue #23: a success never opens a circuit otherwise)."""
         guard = self.store
         if probe:
-            token = self._shared_probe.pop(probe, None)
-            self.record_success(probe=probe)
-            if guard is not None and token:
-                await self._probe_done(guard, token, True)
+            await self._finish(probe, self._verdict(None, heard))
             return
         had_failures = self._failure_count > 0
-        self.record_success(duration=duration)
-        if guard is not None and self._state is not CircuitState.CLOSED:
+        by_rate = self.record_success(duration=duration)
+        if guard is None:
+            return
+        if by_rate:
             # the slow-call rule opened it: tell the fleet (threshold 1 opens at once)
             with contextlib.suppress(StoreError):
                 await guard.run(
@@ -265,9 +298,20 @@ class CircuitBreaker:
                     "slow calls",
                 )
             return
-        if guard is not None and had_failures and self._state is CircuitState.CLOSED:
+        if had_failures and self._state is CircuitState.CLOSED:
             with contextlib.suppress(StoreError):
                 await guard.run(lambda: guard.store.breaker_success(self.name), "success")
+
+    def _verdict(self, exc: BaseException | None, heard: VendorContact | None) -> bool | None:
+        return probe_verdict(exc, heard, self._is_failure)
+
+    async def _finish(self, probe: int, verdict: bool | None) -> None:
+        """End a probe everywhere: locally, then its fleet lease."""
+        token = self._shared_probe.pop(probe, None)
+        self._end_probe_with(probe, verdict)
+        guard = self.store
+        if guard is not None and token:
+            await self._probe_done(guard, token, verdict)
 
     async def _probe_done(self, guard: StoreGuard, token: str, ok: bool | None) -> None:
         with contextlib.suppress(StoreError):  # else the lease expires by itself
@@ -329,38 +373,52 @@ class CircuitBreaker:
         self._probe_token = 0
         return True
 
-    def record_success(self, *, probe: int = 0, duration: float | None = None) -> None:
+    def record_success(self, *, probe: int = 0, duration: float | None = None) -> str | None:
         """Record a successful call (or an answer that is not a health failure);
-        ``duration`` lets the slow-call rule judge it."""
+        ``duration`` lets the slow-call rule judge it. Returns why the slow-call rule
+        opened the circuit, else ``None``."""
         if probe:
-            if self._end_probe(probe) and self._state is CircuitState.HALF_OPEN:
-                self._close()
-            return
+            self._end_probe_with(probe, True)
+            return None
         if self._state is CircuitState.CLOSED:
             self._failure_count = 0
             by_rate = self._observe(failed=False, duration=duration)
             if by_rate:
                 self._open_by_rate(by_rate)
+                return by_rate
+        return None
 
     def record_failure(
-        self, exc: BaseException, *, probe: int = 0, duration: float | None = None
+        self,
+        exc: BaseException,
+        *,
+        probe: int = 0,
+        duration: float | None = None,
+        judge: bool = True,
     ) -> None:
         """Record a failed call; exceptions the predicate does not count are neutral,
         except that a probe which merely got an uncounted answer (e.g. not found) proves
-        the service is up, and a probe ended by cancellation or another ``BaseException``
-        only frees the slot for the next caller."""
+        the service is up, and a probe ended without a word from the vendor (a refusal
+        by our own code, a cancellation or another ``BaseException``) only frees the slot:
+        the circuit is open again, due at once, for the next caller's probe."""
         if probe:
-            if not self._end_probe(probe) or self._state is not CircuitState.HALF_OPEN:
-                return
-            if self._is_failure(exc):
-                self._failure_count += 1
-                self._open(reason="probe failed")
-            elif isinstance(exc, Exception):
-                self._close()
+            self._end_probe_with(probe, self._verdict(exc, None))
             return
         if self._state is not CircuitState.CLOSED or not self._is_failure(exc):
             return
-        self._count_failure(self._observe(failed=True, duration=duration))
+        self._count_failure(self._observe(failed=True, duration=duration) if judge else None)
+
+    def _end_probe_with(self, probe: int, verdict: bool | None) -> None:
+        if not self._end_probe(probe) or self._state is not CircuitState.HALF_OPEN:
+            return
+        if verdict is True:
+            self._close()
+        elif verdict is False:
+            self._failure_count += 1
+            self._open(reason="probe failed")
+        else:  # no verdict: never half-open without a probe in flight
+            self._opened_at = self._clock() - self.recovery_timeout
+            self._transition(CircuitState.OPEN)
 
     def _count_failure(self, by_rate: str | None) -> None:
         self._failure_count += 1

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from livekit.agents.llm import StopResponse, ToolError
 
 from .. import metrics
+from ..attempt import listening
 from ..errors import CircuitOpenError
 from ..phrases import ERROR_RESPONSES
 from ..redaction import get_logger
@@ -22,7 +23,7 @@ from .breaker import CircuitBreaker, CircuitState, Clock
 from .budget import RetryBudget
 from .bulkhead import Bulkhead, BulkheadFull
 from .changeset import ToolChanges, tracks
-from .policies import counts_as_failure, error_type_for, is_retryable
+from .policies import error_type_for, is_retryable
 from .retry import DEFAULT_VOICE_RETRY, Sleep, VoiceRetryPolicy, retry_with_exponential_backoff
 
 __all__ = ["ErrorRecoveryMixin"]
@@ -300,10 +301,13 @@ class ErrorRecoveryMixin:
         took: float | None = None  # seconds the last attempt took (the slow-call rule)
         clock = self.retry_clock
         budget = self.retry_budgets.get(service_name)
+        retries = 0 if probe else max_retries
+        granted: bool | None = None  # the budget's answer for this call's next retry
 
         async def attempt() -> T:
-            nonlocal counted, attempts, took
+            nonlocal counted, attempts, took, granted
             attempts += 1
+            granted = None
             if attempts > 1:
                 # Before a retry, see what other conversations learned meanwhile.
                 await breaker.refresh()
@@ -315,15 +319,17 @@ class ErrorRecoveryMixin:
             try:
                 result = await func()
             except Exception as exc:
-                if not probe:  # every failed attempt counts, whoever made it
+                took = clock() - started
+                if not probe:  # every failed attempt counts, whoever made it; the rate
+                    # rules judge the call once it ends (issue #23: as the caller feels it)
                     counted = exc
-                    await breaker.on_failure(exc, duration=clock() - started)
-                if budget is not None and counts_as_failure(exc):
-                    await budget.on_failure()
+                    await breaker.on_failure(exc, duration=took, judge=False)
+                if budget is not None and is_retryable(exc):
+                    granted = await budget.on_failure(retry_wanted=attempts <= retries)
                 raise
             took = clock() - started
             if budget is not None:
-                await budget.on_success()
+                await budget.on_success(retry=attempts > 1)
             return result
 
         def _retryable(exc: BaseException) -> bool:
@@ -340,7 +346,8 @@ class ErrorRecoveryMixin:
                     extra={"service": service_name, "kind": rule.kind.value},
                 )
                 return False
-            if budget is not None and not budget.may_retry():
+            allowed = budget.may_retry() if granted is None and budget else granted
+            if budget is not None and not allowed:
                 budget.refuse()
                 logger.info(
                     "Retry budget for %s spent; not retrying",
@@ -350,27 +357,31 @@ class ErrorRecoveryMixin:
                 return False
             return True
 
+        heard = listening()
         try:
-            result = await retry_with_exponential_backoff(
-                attempt,
-                max_retries=0 if probe else max_retries,
-                base_delay=policy.base_delay,
-                max_delay=policy.max_delay,
-                jitter=policy.jitter,
-                retryable=_retryable,
-                deadline=deadline,
-                attempt_timeout=attempt_timeout,
-                min_attempt=min_attempt,
-                sleep=self.retry_sleep,
-                clock=self.retry_clock,
-                rng=self.error_rng,
-                name=service_name,
-            )
+            with heard as contact:
+                result = await retry_with_exponential_backoff(
+                    attempt,
+                    max_retries=retries,
+                    base_delay=policy.base_delay,
+                    max_delay=policy.max_delay,
+                    jitter=policy.jitter,
+                    retryable=_retryable,
+                    deadline=deadline,
+                    attempt_timeout=attempt_timeout,
+                    min_attempt=min_attempt,
+                    sleep=self.retry_sleep,
+                    clock=self.retry_clock,
+                    rng=self.error_rng,
+                    name=service_name,
+                )
         except BaseException as exc:
-            if exc is not counted and not isinstance(exc, CircuitOpenError):
-                await breaker.on_failure(exc, probe=probe)  # e.g. the attempt's time ran out
-                if budget is not None and counts_as_failure(exc):
-                    await budget.on_failure()
+            if probe:  # every probe ends, whatever ended it (issue #23)
+                await breaker.on_failure(exc, probe=probe, duration=took, heard=contact)
+            elif exc is counted:
+                await breaker.on_call_failed(exc, duration=took)  # the call, as felt
+            elif not isinstance(exc, CircuitOpenError):
+                await breaker.on_failure(exc)  # e.g. the attempt's time ran out
             if isinstance(exc, reraise) or not isinstance(exc, Exception):
                 raise
             if rule is not None and is_answer(exc):
@@ -394,5 +405,5 @@ class ErrorRecoveryMixin:
                 extra={"service": service_name, "error_class": type(exc).__name__},
             )
             return fallback_response
-        await breaker.on_success(probe=probe, duration=took)
+        await breaker.on_success(probe=probe, duration=took, heard=contact)
         return result

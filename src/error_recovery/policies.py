@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
+from ..attempt import VendorContact
 from ..errors import (
     CircuitOpenError,
     ConnectionFailed,
@@ -16,7 +18,14 @@ from ..errors import (
     ServiceUnavailable,
 )
 
-__all__ = ["backoff_delay", "counts_as_failure", "error_type_for", "is_retryable"]
+__all__ = [
+    "backoff_delay",
+    "counts_as_failure",
+    "error_type_for",
+    "is_client_side_refusal",
+    "is_retryable",
+    "probe_verdict",
+]
 
 
 def counts_as_failure(exc: BaseException) -> bool:
@@ -31,6 +40,19 @@ def counts_as_failure(exc: BaseException) -> bool:
     if isinstance(exc, ServiceError):
         return exc.counts_for_breaker
     return isinstance(exc, Exception)
+
+
+def is_client_side_refusal(exc: BaseException) -> bool:
+    """Whether our own code refused the call before anything reached the vendor (issue
+    #23): an open circuit, a spent quota or no free slot, input invalid before sending.
+    Such an outcome says nothing about the vendor's health: a half-open probe ended by
+    it is no verdict. A taxonomy error without an HTTP status that does not count for
+    the breaker was raised on our side, except ``NotFound`` (an empty answer)."""
+    if isinstance(exc, CircuitOpenError):
+        return True
+    if isinstance(exc, ServiceError) and not isinstance(exc, NotFound):
+        return exc.status is None and not exc.counts_for_breaker
+    return False
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -79,3 +101,25 @@ def error_type_for(exc: BaseException) -> str:
     if isinstance(exc, NotFound):
         return "data_not_found"
     return "tool_failure"
+
+
+def probe_verdict(
+    exc: BaseException | None,
+    heard: VendorContact | None,
+    is_failure: Callable[[BaseException], bool] = counts_as_failure,
+) -> bool | None:
+    """A half-open probe's outcome (issue #23): ``True`` only on an answer from the
+    vendor, ``False`` on a counted failure, ``None`` (no verdict) when nothing was heard
+    from it: a cache hit, a refusal by our own code, a cancellation. ``exc`` is ``None``
+    for a success; ``heard`` is what the call heard (:func:`~src.attempt.listening`)."""
+    answered = heard is not None and heard.answered > 0
+    if exc is None:
+        served_here = heard is not None and heard.local > 0
+        return None if served_here and not answered else True
+    if not isinstance(exc, Exception):
+        return None
+    if is_failure(exc):
+        return False
+    if answered:
+        return True
+    return None if is_client_side_refusal(exc) else True

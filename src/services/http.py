@@ -32,7 +32,7 @@ import aiohttp
 import pydantic
 
 from .. import latency
-from ..attempt import current_attempt_timer
+from ..attempt import current_attempt_timer, vendor_answered
 from ..errors import (
     AuthenticationFailed,
     BadResponse,
@@ -377,6 +377,7 @@ class ServiceHttp:
             elapsed_ms = (time.perf_counter() - started) * 1000
             if isinstance(status, int):  # answered: how long an answer takes (issue #15)
                 latency.observe(self.service, elapsed_ms / 1000)
+                vendor_answered()  # issue #23: a probe may close the circuit on this
             logger.debug(  # the logger's redacting filter masks the path when it logs
                 "%s %s %s -> %s in %.0f ms",
                 self.service,

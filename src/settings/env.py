@@ -174,6 +174,8 @@ def _adaptive(env: Mapping[str, str]) -> dict[str, Any]:
         "adaptive_timeout_min_samples": _int(
             env, "ADAPTIVE_TIMEOUT_MIN_SAMPLES", d.adaptive_timeout_min_samples
         ),
+        "outbox_max_attempts": _int(env, "OUTBOX_MAX_ATTEMPTS", d.outbox_max_attempts),
+        "outbox_max_age_s": _float(env, "OUTBOX_MAX_AGE_S", d.outbox_max_age_s),
     }
 
 

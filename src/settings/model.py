@@ -61,8 +61,10 @@ class ResilienceSettings:
             once (10); bulkhead_max_wait: seconds a caller over it waits for a slot
             before hearing the fallback (0.5).
         retry_budget_max_tokens / retry_budget_token_ratio: each vendor's retry budget
-            (10 / 0.2): a failed attempt takes a token, a success gives back the ratio,
-            retries only while more than half the tokens are left.
+            (10 / 0.2), Finagle's rule over a 10 s window: retries may start while they
+            number fewer than the floor (max_tokens) plus the ratio of first attempts.
+        outbox_max_attempts / outbox_max_age_s: a CRM write that keeps failing is
+            dead-lettered after this many attempts or seconds of waiting (10 / 86400).
         adaptive_timeout_percentile / _factor / _floor / _min_samples: a vendor's request
             timeout in a voice tool is this quantile of its recent answer times times the
             factor, between the floor and service_timeout, once it answered min_samples
@@ -104,6 +106,8 @@ class ResilienceSettings:
     adaptive_timeout_factor: float = 3.0
     adaptive_timeout_floor: float = 1.0
     adaptive_timeout_min_samples: int = 20
+    outbox_max_attempts: int = 10  # issue #23: a CRM write is dead-lettered after these
+    outbox_max_age_s: float = 86_400.0  # ... or after waiting this long
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
@@ -166,6 +170,10 @@ class ResilienceSettings:
             raise SettingsError("ADAPTIVE_TIMEOUT_FLOOR must be > 0 seconds")
         if self.adaptive_timeout_min_samples < 1:
             raise SettingsError("ADAPTIVE_TIMEOUT_MIN_SAMPLES must be >= 1")
+        if self.outbox_max_attempts < 1:
+            raise SettingsError("OUTBOX_MAX_ATTEMPTS must be >= 1")
+        if self.outbox_max_age_s <= 0:
+            raise SettingsError("OUTBOX_MAX_AGE_S must be > 0 seconds")
 
 
 DEFAULT_RESILIENCE = ResilienceSettings()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -59,13 +59,16 @@ class BreakerView:
 
 @dataclass(frozen=True)
 class OutboxItem:
-    """One durable write: its id, JSON payload, when it was queued and until when it is
-    claimed (0 when free), all on the store's clock."""
+    """One durable write: its id, JSON payload, when it was queued, until when it is
+    claimed (0 when free), when it may next be tried (its backoff, issue #23), all on the
+    store's clock, and why it was dead-lettered (``""`` while it is still live)."""
 
     id: str
     payload: str
     created: float
     claimed_until: float
+    next_at: float = 0.0
+    dead: str = ""
 
 
 def parse_cached(raw: str | bytes | None) -> dict[str, Any] | None:
@@ -179,8 +182,18 @@ class ResilienceStore(abc.ABC):
         """Add a write (idempotent on ``item_id``)."""
 
     @abc.abstractmethod
-    async def outbox_claim(self, limit: int, lease: float) -> list[OutboxItem]:
-        """Claim up to ``limit`` unclaimed (or lease-expired) writes, oldest first."""
+    async def outbox_put_claimed(self, item_id: str, payload: str, lease: float) -> str | None:
+        """Add a write already claimed for ``lease`` seconds (issue #23: every write is
+        stored before it is sent). When ``item_id`` is already there and free (not
+        claimed, not dead), claim it instead. Returns the payload the claim holds (ours,
+        or the stored one), ``None`` when someone else holds it or it is dead."""
+
+    @abc.abstractmethod
+    async def outbox_claim(
+        self, limit: int, lease: float, skip: Collection[str] = ()
+    ) -> list[OutboxItem]:
+        """Claim up to ``limit`` writes that are free (unclaimed or lease-expired), due
+        (their backoff over), live (not dead) and not in ``skip``, oldest first."""
 
     @abc.abstractmethod
     async def outbox_done(self, item_id: str) -> None:
@@ -192,8 +205,20 @@ class ResilienceStore(abc.ABC):
         so a later claimer knows the write may have applied)."""
 
     @abc.abstractmethod
-    async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
-        """Give a claimed write back (optionally with an updated payload)."""
+    async def outbox_release(
+        self, item_id: str, payload: str | None = None, delay: float = 0.0
+    ) -> None:
+        """Give a claimed write back (optionally with an updated payload), not to be
+        claimed again for ``delay`` seconds (its backoff)."""
+
+    @abc.abstractmethod
+    async def outbox_bury(self, item_id: str, payload: str, reason: str) -> None:
+        """Dead-letter a write: kept, listed, never claimed until revived."""
+
+    @abc.abstractmethod
+    async def outbox_revive(self, item_id: str, payload: str | None = None) -> bool:
+        """Make a write live and due now (the operator's ``retry``); ``False`` when there
+        is no such write."""
 
     @abc.abstractmethod
     async def outbox_list(self) -> list[OutboxItem]:
@@ -266,25 +291,57 @@ class ResilienceStore(abc.ABC):
         """Whether the write ``key`` is remembered as of unknown outcome."""
         return await self.cache_get(f"{UNKNOWN_WRITE_PREFIX}{key}") is not None
 
-    # -- issue #15: the fleet's retry budget (one token bucket per vendor) --------------
-    async def budget_add(self, name: str, delta: float, max_tokens: float) -> float:
-        """Add ``delta`` tokens to ``name``'s retry budget (negative: take); the tokens
-        after. Kept under its own key, beside the breaker records."""
-        tokens, _, _ = await self._mutate(
-            f"retry-budget:{name}", rule_budget_add(delta, max_tokens)
+    # -- issues #15, #23: the fleet's retry budget (a sliding window per vendor) -------
+    async def budget_update(
+        self,
+        name: str,
+        requests: int,
+        retries: int,
+        reserve: bool,
+        window_s: float,
+        floor: float,
+        percent: float,
+    ) -> bool:
+        """Count ``requests`` first attempts and ``retries`` retries in ``name``'s retry
+        window; with ``reserve``, also take one retry if the window allows it. Result:
+        whether a retry was reserved. Kept under its own key, beside the breakers."""
+        granted, _, _ = await self._mutate(
+            f"retry-budget:{name}",
+            rule_retry_budget(requests, retries, reserve, window_s, floor, percent),
         )
-        return tokens
+        return granted
 
 
-# -- issue #15: the fleet's retry budget ----------------------------------------------
-def rule_budget_add(delta: float, max_tokens: float) -> Mutation[float]:
-    """Add ``delta`` tokens (negative: take), kept in ``[0, max_tokens]``; a bucket never
-    written is full. Result: the tokens after."""
+# -- issues #15, #23: the fleet's retry budget ----------------------------------------
+def budget_totals(rec: Record, now: float, window_s: float) -> tuple[int, int]:
+    """(first attempts, retries) in the window ending ``now``."""
+    requests = retries = 0
+    for at, req, ret in rec.get("b", ()):
+        if float(at) > now - window_s:
+            requests += int(req)
+            retries += int(ret)
+    return requests, max(0, retries)  # a refund may outlive the retry it gave back
 
-    def apply(rec: Record, now: float) -> tuple[float, bool]:
-        tokens = float(rec.get("tokens", max_tokens))
-        after = min(max_tokens, max(0.0, tokens + delta))
-        rec["tokens"] = after
-        return after, after != tokens
+
+def rule_retry_budget(
+    requests: int, retries: int, reserve: bool, window_s: float, floor: float, percent: float
+) -> Mutation[bool]:
+    """Finagle's RetryBudget over one-second buckets: add the counts to the bucket of
+    ``now``, drop buckets older than the window, and with ``reserve`` take one retry when
+    ``retries + 1 <= floor + percent x requests`` over the window. Result: reserved."""
+
+    def apply(rec: Record, now: float) -> tuple[bool, bool]:
+        buckets = [b for b in rec.get("b", ()) if float(b[0]) > now - window_s]
+        second = float(int(now))
+        if not buckets or float(buckets[-1][0]) != second:
+            buckets.append([second, 0, 0])
+        buckets[-1][1] = int(buckets[-1][1]) + requests
+        buckets[-1][2] = int(buckets[-1][2]) + retries
+        rec["b"] = buckets
+        total_req, total_ret = budget_totals(rec, now, window_s)
+        granted = reserve and total_ret + 1 <= floor + percent * total_req
+        if granted:
+            buckets[-1][2] += 1
+        return granted, True
 
     return apply

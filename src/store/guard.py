@@ -1,8 +1,9 @@
 """The store failing must not break a conversation: :class:`StoreGuard` bounds every store
-operation in time, turns any failure into :class:`StoreError` for the caller to fall back
-on local state, warns at most once a minute, counts errors in a metric, and after a
-failure leaves the store alone for a short cool-down before trying again (which is also
-how it reconnects: the next operation after the cool-down opens a new connection)."""
+operation in time, turns any failure (any ``Exception``) into :class:`StoreError` for the
+caller to fall back on local state, warns at most once a minute, counts errors in a
+metric, and after a failure leaves the store alone for a short cool-down before trying
+again (which is also how it reconnects: the next operation after the cool-down opens a
+new connection)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ class StoreGuard:
         try:
             async with asyncio.timeout(self._timeout):
                 result = await op()
-        except (StoreError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # issue #23: whatever the store raised (a RuntimeError
+            # after close, a KeyError/TypeError from a malformed record), fall back locally
             self._failed(what, exc)
             raise StoreError(type(exc).__name__) from exc
         if not self.healthy:

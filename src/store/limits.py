@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from ..attempt import served_locally
 from ..services.quota import MemoryQuotaStore
 from .base import StoreError
 from .guard import StoreGuard
@@ -70,9 +71,12 @@ class FleetUsageCache:
     async def get(self, key: str) -> dict[str, Any] | None:
         store = self._guard.store
         try:
-            return await self._guard.run(lambda: store.cache_get(key), "usage cache read")
+            found = await self._guard.run(lambda: store.cache_get(key), "usage cache read")
         except StoreError:
             return None
+        if found is not None:
+            served_locally()  # issue #23: no word from the vendor (a probe is not answered)
+        return found
 
     async def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
         store = self._guard.store

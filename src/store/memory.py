@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import replace
 from typing import Any
 
 from ..services.quota import MemoryQuotaStore, MemoryUsageCache
@@ -49,15 +50,30 @@ class MemoryStore(ResilienceStore):
         if item_id not in self._outbox:
             self._outbox[item_id] = OutboxItem(item_id, payload, self._clock(), 0.0)
 
-    async def outbox_claim(self, limit: int, lease: float) -> list[OutboxItem]:
+    async def outbox_put_claimed(self, item_id: str, payload: str, lease: float) -> str | None:
+        self._check()
+        now = self._clock()
+        item = self._outbox.get(item_id)
+        if item is None:
+            self._outbox[item_id] = OutboxItem(item_id, payload, now, now + lease)
+            return payload
+        if item.claimed_until > now or item.dead:
+            return None
+        self._outbox[item_id] = replace(item, claimed_until=now + lease)
+        return item.payload
+
+    async def outbox_claim(
+        self, limit: int, lease: float, skip: Collection[str] = ()
+    ) -> list[OutboxItem]:
         self._check()
         now = self._clock()
         claimed: list[OutboxItem] = []
         for item in sorted(self._outbox.values(), key=lambda i: i.created):
             if len(claimed) >= limit:
                 break
-            if item.claimed_until <= now:
-                taken = OutboxItem(item.id, item.payload, item.created, now + lease)
+            free = item.claimed_until <= now and item.next_at <= now and not item.dead
+            if free and item.id not in skip:
+                taken = replace(item, claimed_until=now + lease)
                 self._outbox[item.id] = taken
                 claimed.append(taken)
         return claimed
@@ -70,15 +86,42 @@ class MemoryStore(ResilienceStore):
         self._check()
         item = self._outbox.get(item_id)
         if item is not None:
-            self._outbox[item_id] = OutboxItem(item_id, payload, item.created, item.claimed_until)
+            self._outbox[item_id] = replace(item, payload=payload)
 
-    async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
+    async def outbox_release(
+        self, item_id: str, payload: str | None = None, delay: float = 0.0
+    ) -> None:
         self._check()
         item = self._outbox.get(item_id)
         if item is not None:
-            self._outbox[item_id] = OutboxItem(
-                item_id, payload if payload is not None else item.payload, item.created, 0.0
+            self._outbox[item_id] = replace(
+                item,
+                payload=payload if payload is not None else item.payload,
+                claimed_until=0.0,
+                next_at=self._clock() + delay if delay > 0 else 0.0,
             )
+
+    async def outbox_bury(self, item_id: str, payload: str, reason: str) -> None:
+        self._check()
+        item = self._outbox.get(item_id)
+        if item is not None:
+            self._outbox[item_id] = replace(
+                item, payload=payload, claimed_until=0.0, dead=reason or "dead"
+            )
+
+    async def outbox_revive(self, item_id: str, payload: str | None = None) -> bool:
+        self._check()
+        item = self._outbox.get(item_id)
+        if item is None:
+            return False
+        self._outbox[item_id] = replace(
+            item,
+            payload=payload if payload is not None else item.payload,
+            claimed_until=0.0,
+            next_at=0.0,
+            dead="",
+        )
+        return True
 
     async def outbox_list(self) -> list[OutboxItem]:
         self._check()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -40,20 +41,95 @@ end
 return 1
 """
 
+# Outbox keys: 1 items (id -> payload), 2 order (zset by created), 3 claims (id -> until),
+# 4 next (id -> next attempt, issue #23), 5 dead (id -> why it was dead-lettered).
+_PUT_CLAIMED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local lease = tonumber(ARGV[3])
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if not stored then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], tostring(now + lease))
+  return ARGV[2]
+end
+local until_ = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+if until_ > now or redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then return false end
+redis.call('HSET', KEYS[3], ARGV[1], tostring(now + lease))
+return stored
+"""
+
 _CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local skip = {}
+for i = 3, #ARGV do skip[ARGV[i]] = true end
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if #out >= 4 * limit then break end
-  local until_ = tonumber(redis.call('HGET', KEYS[3], id) or '0')
-  if until_ <= now then
-    redis.call('HSET', KEYS[3], id, tostring(now + lease))
+  if not skip[id] and redis.call('HEXISTS', KEYS[5], id) == 0 then
+    local until_ = tonumber(redis.call('HGET', KEYS[3], id) or '0')
+    local next_ = tonumber(redis.call('HGET', KEYS[4], id) or '0')
+    if until_ <= now and next_ <= now then
+      redis.call('HSET', KEYS[3], id, tostring(now + lease))
+      table.insert(out, id)
+      table.insert(out, redis.call('HGET', KEYS[1], id))
+      table.insert(out, redis.call('ZSCORE', KEYS[2], id))
+      table.insert(out, tostring(now + lease))
+    end
+  end
+end
+return out
+"""
+
+_RELEASE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('HSET', KEYS[3], ARGV[1], '0')
+if ARGV[3] == '1' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[4]) end
+local delay = tonumber(ARGV[2])
+if delay > 0 then
+  redis.call('HSET', KEYS[4], ARGV[1], tostring(now + delay))
+else
+  redis.call('HDEL', KEYS[4], ARGV[1])
+end
+return 1
+"""
+
+_BURY = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], '0')
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
+return 1
+"""
+
+_REVIVE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[2] == '1' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+redis.call('HSET', KEYS[3], ARGV[1], '0')
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+return 1
+"""
+
+# The operator's listing in one round trip (issue #23), whatever the backlog.
+_LIST = """
+local out = {}
+local order = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #order, 2 do
+  local id = order[i]
+  local payload = redis.call('HGET', KEYS[1], id)
+  if payload then
     table.insert(out, id)
-    table.insert(out, redis.call('HGET', KEYS[1], id))
-    table.insert(out, redis.call('ZSCORE', KEYS[2], id))
-    table.insert(out, tostring(now + lease))
+    table.insert(out, payload)
+    table.insert(out, order[i + 1])
+    table.insert(out, redis.call('HGET', KEYS[3], id) or '0')
+    table.insert(out, redis.call('HGET', KEYS[4], id) or '0')
+    table.insert(out, redis.call('HGET', KEYS[5], id) or '')
   end
 end
 return out
@@ -108,13 +184,21 @@ class RedisStore(ResilienceStore):
             health_check_interval=10,
         )
         self._prefix = prefix
-        self._items, self._order, self._claims = (
+        self._items, self._order, self._claims, self._next, self._dead = (
             f"{prefix}outbox:items",
             f"{prefix}outbox:order",
             f"{prefix}outbox:claims",
+            f"{prefix}outbox:next",
+            f"{prefix}outbox:dead",
         )
+        self._outbox_keys = [self._items, self._order, self._claims, self._next, self._dead]
         self._put = self._redis.register_script(_PUT)
+        self._put_claimed = self._redis.register_script(_PUT_CLAIMED)
         self._claim = self._redis.register_script(_CLAIM)
+        self._release = self._redis.register_script(_RELEASE)
+        self._bury = self._redis.register_script(_BURY)
+        self._revive = self._redis.register_script(_REVIVE)
+        self._list = self._redis.register_script(_LIST)
         self._charge = self._redis.register_script(_CHARGE)
         self._acquire = self._redis.register_script(_ACQUIRE)
 
@@ -161,10 +245,16 @@ class RedisStore(ResilienceStore):
     async def outbox_put(self, item_id: str, payload: str) -> None:
         await self._guard(self._put(keys=[self._items, self._order], args=[item_id, payload]))
 
-    async def outbox_claim(self, limit: int, lease: float) -> list[OutboxItem]:
-        flat = await self._guard(
-            self._claim(keys=[self._items, self._order, self._claims], args=[limit, lease])
+    async def outbox_put_claimed(self, item_id: str, payload: str, lease: float) -> str | None:
+        held = await self._guard(
+            self._put_claimed(keys=self._outbox_keys, args=[item_id, payload, lease])
         )
+        return None if held is None else _str(held)
+
+    async def outbox_claim(
+        self, limit: int, lease: float, skip: Collection[str] = ()
+    ) -> list[OutboxItem]:
+        flat = await self._guard(self._claim(keys=self._outbox_keys, args=[limit, lease, *skip]))
         return [
             OutboxItem(_str(flat[i]), _str(flat[i + 1]), _num(flat[i + 2]), _num(flat[i + 3]))
             for i in range(0, len(flat), 4)
@@ -176,6 +266,8 @@ class RedisStore(ResilienceStore):
                 pipe.hdel(self._items, item_id)
                 pipe.zrem(self._order, item_id)
                 pipe.hdel(self._claims, item_id)
+                pipe.hdel(self._next, item_id)
+                pipe.hdel(self._dead, item_id)
                 await pipe.execute()
 
         await self._guard(done())
@@ -188,31 +280,39 @@ class RedisStore(ResilienceStore):
 
         await self._guard(mark())
 
-    async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
-        async def release() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._claims, item_id, "0")
-                if payload is not None:
-                    pipe.hset(self._items, item_id, payload)
-                await pipe.execute()
+    async def outbox_release(
+        self, item_id: str, payload: str | None = None, delay: float = 0.0
+    ) -> None:
+        has = "1" if payload is not None else "0"
+        await self._guard(
+            self._release(keys=self._outbox_keys, args=[item_id, delay, has, payload or ""])
+        )
 
-        await self._guard(release())
+    async def outbox_bury(self, item_id: str, payload: str, reason: str) -> None:
+        await self._guard(
+            self._bury(keys=self._outbox_keys, args=[item_id, payload, reason or "dead"])
+        )
+
+    async def outbox_revive(self, item_id: str, payload: str | None = None) -> bool:
+        has = "1" if payload is not None else "0"
+        done = await self._guard(
+            self._revive(keys=self._outbox_keys, args=[item_id, has, payload or ""])
+        )
+        return bool(int(done))
 
     async def outbox_list(self) -> list[OutboxItem]:
-        async def listing() -> list[OutboxItem]:
-            order: Any = await self._redis.zrange(self._order, 0, -1, withscores=True)
-            items: list[OutboxItem] = []
-            for raw_id, created in order:
-                item_id = _str(raw_id)
-                payload = await self._redis.hget(self._items, item_id)
-                claimed = await self._redis.hget(self._claims, item_id)
-                if payload is not None:
-                    items.append(
-                        OutboxItem(item_id, _str(payload), float(created), _num(claimed or 0))
-                    )
-            return items
-
-        return await self._guard(listing())  # type: ignore[no-any-return]
+        flat = await self._guard(self._list(keys=self._outbox_keys))
+        return [
+            OutboxItem(
+                _str(flat[i]),
+                _str(flat[i + 1]),
+                _num(flat[i + 2]),
+                _num(flat[i + 3]),
+                _num(flat[i + 4]),
+                _str(flat[i + 5]),
+            )
+            for i in range(0, len(flat), 6)
+        ]
 
     # -- vendor quotas and the usage cache: Lua on the server's clock; cache TTLs are
     # Redis expiries (also the server's clock) --------------------------------------

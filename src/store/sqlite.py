@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +36,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS breakers (name TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT PRIMARY KEY, payload TEXT NOT NULL, created REAL NOT NULL,
-    claimed_until REAL NOT NULL DEFAULT 0
+    claimed_until REAL NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0,
+    dead TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS quota_charges (
     key TEXT NOT NULL, at REAL NOT NULL, cost INTEGER NOT NULL
@@ -49,6 +50,22 @@ CREATE TABLE IF NOT EXISTS usage_cache (
     key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL
 );
 """
+
+
+# issue #23: columns a file made by an older version lacks
+OUTBOX_COLUMNS = {"next_at": "REAL NOT NULL DEFAULT 0", "dead": "TEXT NOT NULL DEFAULT ''"}
+OUTBOX_FIELDS = "id, payload, created, claimed_until, next_at, dead"
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    have = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    for name, kind in OUTBOX_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
+
+
+def _item(row: Any) -> OutboxItem:
+    return OutboxItem(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 class SqliteStore(ResilienceStore):
@@ -71,6 +88,7 @@ class SqliteStore(ResilienceStore):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(SCHEMA)
+                _add_missing_columns(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -132,18 +150,42 @@ class SqliteStore(ResilienceStore):
             )
         )
 
-    async def outbox_claim(self, limit: int, lease: float) -> list[OutboxItem]:
+    async def outbox_put_claimed(self, item_id: str, payload: str, lease: float) -> str | None:
+        def body(conn: sqlite3.Connection) -> str | None:
+            now = self._clock()
+            row = conn.execute(
+                "SELECT payload, claimed_until, dead FROM outbox WHERE id=?", (item_id,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO outbox(id, payload, created, claimed_until) VALUES(?, ?, ?, ?)",
+                    (item_id, payload, now, now + lease),
+                )
+                return payload
+            if row[1] > now or row[2]:
+                return None
+            conn.execute("UPDATE outbox SET claimed_until=? WHERE id=?", (now + lease, item_id))
+            return str(row[0])
+
+        return await self._run(lambda conn: self._tx(conn, body))
+
+    async def outbox_claim(
+        self, limit: int, lease: float, skip: Collection[str] = ()
+    ) -> list[OutboxItem]:
+        skipped = set(skip)
+
         def body(conn: sqlite3.Connection) -> list[OutboxItem]:
             now = self._clock()
             rows = conn.execute(
-                "SELECT id, payload, created FROM outbox WHERE claimed_until <= ? "
-                "ORDER BY created LIMIT ?",
-                (now, limit),
+                f"SELECT {OUTBOX_FIELDS} FROM outbox WHERE claimed_until <= ? AND next_at <= ?"
+                " AND dead = '' ORDER BY created LIMIT ?",
+                (now, now, limit + len(skipped)),
             ).fetchall()
+            rows = [r for r in rows if r[0] not in skipped][:limit]
             conn.executemany(
                 "UPDATE outbox SET claimed_until=? WHERE id=?", [(now + lease, r[0]) for r in rows]
             )
-            return [OutboxItem(r[0], r[1], r[2], now + lease) for r in rows]
+            return [OutboxItem(r[0], r[1], r[2], now + lease, r[4], r[5]) for r in rows]
 
         return await self._run(lambda conn: self._tx(conn, body))
 
@@ -155,21 +197,43 @@ class SqliteStore(ResilienceStore):
             lambda conn: conn.execute("UPDATE outbox SET payload=? WHERE id=?", (payload, item_id))
         )
 
-    async def outbox_release(self, item_id: str, payload: str | None = None) -> None:
+    async def outbox_release(
+        self, item_id: str, payload: str | None = None, delay: float = 0.0
+    ) -> None:
+        next_at = self._clock() + delay if delay > 0 else 0.0
         await self._run(
             lambda conn: conn.execute(
-                "UPDATE outbox SET claimed_until=0, payload=COALESCE(?, payload) WHERE id=?",
-                (payload, item_id),
+                "UPDATE outbox SET claimed_until=0, next_at=?, payload=COALESCE(?, payload)"
+                " WHERE id=?",
+                (next_at, payload, item_id),
             )
         )
+
+    async def outbox_bury(self, item_id: str, payload: str, reason: str) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET claimed_until=0, payload=?, dead=? WHERE id=?",
+                (payload, reason or "dead", item_id),
+            )
+        )
+
+    async def outbox_revive(self, item_id: str, payload: str | None = None) -> bool:
+        changed = await self._run(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET claimed_until=0, next_at=0, dead='',"
+                " payload=COALESCE(?, payload) WHERE id=?",
+                (payload, item_id),
+            ).rowcount
+        )
+        return bool(changed)
 
     async def outbox_list(self) -> list[OutboxItem]:
         rows = await self._run(
             lambda conn: conn.execute(
-                "SELECT id, payload, created, claimed_until FROM outbox ORDER BY created"
+                f"SELECT {OUTBOX_FIELDS} FROM outbox ORDER BY created"
             ).fetchall()
         )
-        return [OutboxItem(r[0], r[1], r[2], r[3]) for r in rows]
+        return [_item(r) for r in rows]
 
     # -- vendor quotas and the usage cache: each check-and-write is one transaction ----
     async def quota_charge(self, key: str, cost: int, limit: int, window_s: float) -> bool:

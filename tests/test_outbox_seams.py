@@ -1,0 +1,292 @@
+"""Issue #23: where the outbox meets the store.
+
+* a write that cannot go never blocks those behind it; it backs off, and after its
+  attempts is dead-lettered, listed, and an operator can ``retry`` or ``drop`` it;
+* every write is stored before it is sent and only sent through a claim, so a slow store
+  cannot make one write go out twice;
+* a write cancelled mid-send is recorded for lookup;
+* the store guard falls back on any exception; Redis lists the backlog in one round trip.
+
+Real stores (a SQLite file, a redis-server), a real sandbox CRM over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+
+from src.error_recovery import CircuitBreaker, CircuitState
+from src.outbox import Outbox, OutboxPolicy, PendingWrite
+from src.outbox.cli import _drop, _list, _retry, outbox_for
+from src.sandbox import FaultKind, Sandbox
+from src.services.wiring import TrialistServices
+from src.settings import settings_from_env
+from src.store import SqliteStore, StoreError, StoreGuard, open_store
+from src.store import sqlite as sqlite_module
+
+TASKS = "*/sobjects/Task"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox() as s:
+        yield s
+
+
+def salesforce_id(sandbox: Sandbox) -> str:
+    return str(next(r["Id"] for r in sandbox.salesforce.records if r["object"] == "Contact"))
+
+
+async def outbox_on(
+    sandbox: Sandbox,
+    guard: StoreGuard | None,
+    *,
+    hubspot: bool = True,
+    env: dict[str, str] | None = None,
+    **policy: float,
+) -> Outbox:
+    settings = settings_from_env({**sandbox.env(), **(env or {})})
+    services = TrialistServices.from_settings(settings)
+    if not hubspot and services.hubspot is not None:
+        await services.hubspot.aclose()
+        services.hubspot = None  # not configured in this process
+    return outbox_for(settings, services, guard, policy=OutboxPolicy(**policy))  # type: ignore[arg-type]
+
+
+def dead_letters(crm: str) -> float:
+    return REGISTRY.get_sample_value("pandadoc_outbox_dead_letters_total", {"crm": crm}) or 0.0
+
+
+# -- item 3: a poison head, backoff, dead letters ---------------------------------------
+async def test_a_write_that_cannot_go_never_blocks_the_others_and_is_dead_lettered(
+    sandbox: Sandbox, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = open_store(store_url)
+    guard = StoreGuard(store)
+    outbox = await outbox_on(sandbox, guard, hubspot=False, max_attempts=3)
+    poison = PendingWrite("hubspot", "901", "Summary", "for a CRM this process lacks")
+    await store.outbox_put(poison.write_id, poison.to_json())
+    who = salesforce_id(sandbox)
+    for n in range(3):
+        write = PendingWrite("salesforce", who, f"Summary {n}", f"note {n}")
+        await store.outbox_put(write.write_id, write.to_json())
+    before = dead_letters("hubspot")
+    try:
+        assert await outbox.flush() == 1  # one drain: the three behind the head went
+        assert len(sandbox.salesforce.tasks) == 3
+        for _ in range(2):
+            await outbox.flush()
+        [item] = await store.outbox_list()
+        assert item.dead == "3 attempts"
+        assert dead_letters("hubspot") == before + 1
+        assert await outbox.flush() == 0  # dead letters are not tried again
+        assert PendingWrite.from_json((await store.outbox_list())[0].payload).attempts == 3
+
+        assert await _list(store_url) == 1
+        listed = capsys.readouterr().out
+        assert "0 CRM write(s) waiting" in listed and "1 CRM write(s) dead-lettered" in listed
+        assert poison.write_id[:12] in listed and "DEAD (3 attempts)" in listed
+
+        assert await _drop(store_url, "nope") == 1
+        assert await _retry(store_url, poison.write_id[:8]) == 0
+        [item] = await store.outbox_list()
+        assert not item.dead and PendingWrite.from_json(item.payload).attempts == 0
+        assert await _drop(store_url, poison.write_id[:8]) == 1  # live: not dropped
+        for _ in range(3):
+            await outbox.flush()
+        assert (await store.outbox_list())[0].dead
+        assert await _drop(store_url, poison.write_id[:8]) == 0
+        assert await store.outbox_list() == []
+    finally:
+        assert outbox.services.salesforce is not None
+        await outbox.services.aclose()
+        await store.aclose()
+
+
+async def test_a_released_write_backs_off(sandbox: Sandbox, tmp_path: Path) -> None:
+    clock = Clock()
+    store = SqliteStore(tmp_path / "s.db", clock=clock)
+    no_breaker = {"CIRCUIT_FAILURE_THRESHOLD": "100"}  # here the backoff alone decides
+    outbox = await outbox_on(sandbox, StoreGuard(store), env=no_breaker, backoff_base_s=30.0)
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    await store.outbox_put(write.write_id, write.to_json())
+    sandbox.salesforce.inject(TASKS, FaultKind.UNAUTHORIZED)  # cannot go, for now
+    try:
+        for _ in range(3):
+            await outbox.flush()  # two free attempts, then the third backs off
+        [item] = await store.outbox_list()
+        assert PendingWrite.from_json(item.payload).attempts == 3
+        assert item.next_at == pytest.approx(clock.now + 30.0)
+        await outbox.flush()
+        assert PendingWrite.from_json((await store.outbox_list())[0].payload).attempts == 3
+        sandbox.salesforce.clear()
+        clock.now += 31.0
+        assert await outbox.flush() == 0
+        assert len(sandbox.salesforce.tasks) == 1
+    finally:
+        await outbox.services.aclose()
+        await store.aclose()
+
+
+# -- item 4: stored before sent; a slow store cannot double a write -----------------------
+async def test_a_slow_store_never_makes_one_write_go_out_twice(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "BUSY_TIMEOUT_S", 3.0)
+    clock = Clock()
+    path = tmp_path / "slow.db"
+    store = SqliteStore(path, clock=clock)
+    await store.outbox_list()  # the file and its tables exist
+    guard = StoreGuard(store, timeout=0.1)
+    outbox = await outbox_on(sandbox, guard)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock ...
+    asyncio.get_running_loop().call_later(0.4, blocker.execute, "COMMIT")  # ... a while
+    sandbox.salesforce.inject(TASKS, FaultKind.SERVICE_UNAVAILABLE)
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    try:
+        # as the CRM tool does it: send, and keep what did not apply
+        assert await outbox.send(write) == "queued"
+        await outbox.queue(write)
+        for _ in range(300):  # the store gave up waiting, yet committed the insert
+            if await store.outbox_list():
+                break
+            await asyncio.sleep(0.01)
+        [stored] = await store.outbox_list()
+        assert PendingWrite.from_json(stored.payload).verify  # marked before the send
+        sandbox.salesforce.clear()
+        await outbox.flush()  # the store is cooling down: the job's copy goes
+        guard._down_until = 0.0  # skip the cool-down
+        clock.now += 200.0  # the stored copy's claim expires
+        assert await outbox.flush() == 0  # looked up, found: not sent again
+        assert len(sandbox.salesforce.tasks) == 1
+        assert len(sandbox.salesforce.requests(TASKS, "POST")) == 2  # the 503, then once
+    finally:
+        blocker.close()
+        await outbox.services.aclose()
+        await store.aclose()
+
+
+# -- item 9: a write cancelled mid-send is recorded for lookup ---------------------------
+async def test_a_write_cancelled_mid_send_is_recorded_for_lookup(
+    sandbox: Sandbox, store_url: str
+) -> None:
+    store = open_store(store_url)
+    outbox = await outbox_on(sandbox, StoreGuard(store))
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    sandbox.salesforce.inject(TASKS, FaultKind.HANG)
+    try:
+        sending = asyncio.create_task(outbox.send(write))
+        for _ in range(300):
+            if sandbox.salesforce.requests(TASKS, "POST"):
+                break
+            await asyncio.sleep(0.01)
+        sending.cancel()  # e.g. the caller hung up mid-send
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        [item] = await store.outbox_list()
+        assert item.id == write.write_id and item.claimed_until == 0
+        assert PendingWrite.from_json(item.payload).verify  # looked up before any resend
+        sandbox.salesforce.clear()
+        assert await outbox.flush() == 0
+        assert len(sandbox.salesforce.tasks) <= 1
+    finally:
+        await outbox.services.aclose()
+        await store.aclose()
+
+
+async def test_without_a_store_a_cancelled_write_stays_in_the_job_marked(
+    sandbox: Sandbox,
+) -> None:
+    outbox = await outbox_on(sandbox, None)
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    sandbox.salesforce.inject(TASKS, FaultKind.HANG)
+    try:
+        sending = asyncio.create_task(outbox.send(write))
+        for _ in range(300):
+            if sandbox.salesforce.requests(TASKS, "POST"):
+                break
+            await asyncio.sleep(0.01)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        assert outbox.pending == [write] and write.verify
+    finally:
+        await outbox.services.aclose()
+
+
+# -- item 8: the guard falls back on any exception; one round trip to list -------------
+async def test_the_guard_turns_any_store_exception_into_local_state(store_url: str) -> None:
+    store = open_store(store_url)
+    guard = StoreGuard(store)
+    if store_url.startswith("sqlite"):
+        await store.outbox_list()
+        with sqlite3.connect(store_url.removeprefix("sqlite://")) as conn:
+            conn.execute("INSERT INTO breakers VALUES('amp', ?)", (json.dumps({"state": 1}),))
+    else:
+        client = aioredis.Redis.from_url(store_url)
+        await client.set("pandadoc:resilience:breaker:amp", "[1, 2]")
+        await client.aclose()
+    breaker = CircuitBreaker(name="amp", store=guard)
+
+    async def answers() -> str:
+        return "data"
+
+    try:
+        assert await breaker.call(answers) == "data"  # a malformed record: local state
+        assert breaker.state is CircuitState.CLOSED and not guard.healthy
+    finally:
+        await store.aclose()
+    if store_url.startswith("sqlite"):  # (redis-py reconnects by itself)
+        guard._down_until = 0.0
+        with pytest.raises(StoreError):  # used after close: a RuntimeError underneath
+            await guard.run(lambda: store.outbox_list(), "list")
+
+
+async def test_redis_lists_a_backlog_in_one_round_trip(redis_server: object) -> None:
+    url = redis_server.url  # type: ignore[attr-defined]
+    store = open_store(url)
+    client = aioredis.Redis.from_url(url)
+    try:
+        for n in range(300):
+            await store.outbox_put(f"w{n:04d}", json.dumps({"n": n}))
+        await store.outbox_list()  # loads the script once
+        before = (await client.info("stats"))["total_net_input_bytes"]
+        items = await StoreGuard(store).run(lambda: store.outbox_list(), "list")
+        sent = (await client.info("stats"))["total_net_input_bytes"] - before
+        assert [i.id for i in items] == [f"w{n:04d}" for n in range(300)]
+        assert sent < 1000  # one script call, not two requests per write
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+def test_the_outbox_command_does_not_import_the_agent() -> None:
+    """The import cycle outbox -> CLI -> agent -> outbox is gone: arrows run one way."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, src.outbox, src.outbox.cli; "
+        "assert 'src.agent' not in sys.modules, 'src.agent imported'; "
+        "assert not any(m.startswith('livekit') for m in sys.modules), 'livekit imported'"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr

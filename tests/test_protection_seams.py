@@ -1,0 +1,271 @@
+"""Issue #23: where breaker, retry budget and store meet, protection never harms.
+
+* the rate rules judge calls as the caller feels them (a retried call that succeeds is a
+  success), the consecutive-attempt rule still stops a dead vendor after three requests;
+* only an answer from the vendor ends a half-open probe as a success, and every probe
+  ends (no breaker stays half-open with no probe in flight);
+* a success never opens the shared circuit.
+
+Stores are real: a SQLite file and a redis-server (``store_url``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from src.attempt import listening, served_locally, vendor_answered
+from src.error_recovery import CircuitBreaker, CircuitState, ErrorRecoveryMixin, RateRule
+from src.errors import CircuitOpenError, InvalidRequest, ServiceTimeout, ServiceUnavailable
+from src.sandbox.base import SandboxServer
+from src.services.http import HttpOptions, ServiceHttp
+from src.services.quota import QuotaExhausted
+from src.store import ResilienceStore, StoreGuard, open_store
+
+FALLBACK = "I can't pull that up right now."
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+class Caller(ErrorRecoveryMixin):
+    retry_sleep = staticmethod(no_sleep)
+
+    def __init__(self, breaker: CircuitBreaker, clock: Clock) -> None:
+        self.circuit_breakers = {"amp": breaker}
+        self.retry_clock = clock
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[ResilienceStore]:
+    opened = open_store(store_url)
+    yield opened
+    await opened.aclose()
+
+
+def breaker_on(store: ResilienceStore | None, clock: Clock, **kw: object) -> CircuitBreaker:
+    guard = StoreGuard(store) if store is not None else None
+    return CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0, **kw)  # type: ignore[arg-type]
+
+
+# -- item 2: rules that judge what the caller feels ------------------------------------
+async def test_every_other_request_failing_is_absorbed_and_the_circuit_stays_closed(
+    store: ResilienceStore,
+) -> None:
+    clock = Clock()
+    breaker = breaker_on(store, clock, rate_rule=RateRule())  # failure rate 50 % over 10
+    caller = Caller(breaker, clock)
+    n = 0
+
+    async def flapping() -> str:
+        nonlocal n
+        n += 1
+        if n % 2:
+            raise ServiceUnavailable("amp", status=503)
+        return "data"
+
+    got = [
+        await caller.call_with_retry_and_circuit_breaker("amp", flapping, FALLBACK)
+        for _ in range(30)
+    ]
+    assert got == ["data"] * 30  # every call answered (attempts: half failed)
+    assert breaker.state is CircuitState.CLOSED
+    assert (await store.breaker_view("amp", 30.0)).state == "closed"
+
+
+async def test_slow_failed_attempts_do_not_trip_the_slow_call_rule_when_retries_answer() -> None:
+    clock = Clock()
+    rule = RateRule(slow_call_duration=1.0, slow_call_rate_threshold=0.5)
+    breaker = breaker_on(None, clock, rate_rule=rule)
+    caller = Caller(breaker, clock)
+    n = 0
+
+    async def slow_fail_then_fast() -> str:
+        nonlocal n
+        n += 1
+        if n % 2:
+            clock.now += 2.0  # a slow attempt that fails
+            raise ServiceTimeout("amp")
+        clock.now += 0.1
+        return "data"
+
+    got = [
+        await caller.call_with_retry_and_circuit_breaker("amp", slow_fail_then_fast, FALLBACK)
+        for _ in range(20)
+    ]
+    assert got == ["data"] * 20 and breaker.state is CircuitState.CLOSED
+
+
+async def test_failed_calls_still_open_by_rate_and_a_dead_vendor_costs_three_requests() -> None:
+    clock = Clock()
+    rule = RateRule(failure_rate_threshold=0.5, minimum_calls=4, window_size=4)
+    breaker = CircuitBreaker(100, name="amp", clock=clock, rate_rule=rule)
+    caller = Caller(breaker, clock)
+    n = 0
+
+    async def two_of_three_calls_fail() -> str:  # each call: one attempt, not retried
+        nonlocal n
+        n += 1
+        if n % 3:
+            raise ServiceUnavailable("amp", status=503)
+        return "data"
+
+    for _ in range(6):
+        await caller.call_with_retry_and_circuit_breaker(
+            "amp", two_of_three_calls_fail, FALLBACK, max_retries=0
+        )
+    assert breaker.state is CircuitState.OPEN  # the caller-felt failure rate opened it
+
+    requests = 0
+
+    async def dead() -> str:
+        nonlocal requests
+        requests += 1
+        raise ServiceUnavailable("amp", status=503)
+
+    dead_breaker = breaker_on(None, clock, rate_rule=RateRule())
+    dead_caller = Caller(dead_breaker, clock)
+    for _ in range(5):
+        assert (
+            await dead_caller.call_with_retry_and_circuit_breaker("amp", dead, FALLBACK) == FALLBACK
+        )
+    assert requests == 3 and dead_breaker.state is CircuitState.OPEN
+
+
+# -- item 6: only an answer from the vendor ends a probe as a success -----------------
+async def open_now(caller: Caller) -> None:
+    async def down() -> str:
+        raise ServiceUnavailable("amp", status=503)
+
+    await caller.call_with_retry_and_circuit_breaker("amp", down, FALLBACK)
+    assert caller.circuit_breakers["amp"].state is CircuitState.OPEN
+
+
+def assert_open_no_probe(breaker: CircuitBreaker) -> None:
+    assert breaker.state is CircuitState.OPEN  # never half-open with no probe in flight
+    assert breaker.retry_in() == 0  # due: the next caller is the probe
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        QuotaExhausted("amp", "hourly query budget spent"),
+        QuotaExhausted("amp", "no free request slot"),
+        InvalidRequest("amp", "empty user id"),
+        CircuitOpenError("hubspot"),
+    ],
+    ids=["quota-spent", "no-slot", "invalid-before-sending", "circuit-open"],
+)
+async def test_a_client_side_refusal_ends_the_probe_without_closing(
+    store: ResilienceStore, refusal: Exception
+) -> None:
+    clock = Clock()
+    breaker = breaker_on(store, clock, recovery_timeout=0.0)
+    caller = Caller(breaker, clock)
+    await open_now(caller)
+
+    async def refused() -> str:
+        raise refusal
+
+    assert await caller.call_with_retry_and_circuit_breaker("amp", refused, FALLBACK) == FALLBACK
+    assert_open_no_probe(breaker)
+    view = await store.breaker_view("amp", 0.0)
+    assert view.state == "open" and not view.probing  # the fleet's lease is free again
+    other = Caller(breaker_on(store, clock, recovery_timeout=0.0), clock)
+
+    async def answers() -> str:
+        vendor_answered()
+        return "data"
+
+    assert await other.call_with_retry_and_circuit_breaker("amp", answers, FALLBACK) == "data"
+    assert (await store.breaker_view("amp", 0.0)).state == "closed"  # the vendor's answer
+
+
+async def test_a_cache_hit_is_not_a_probe_success(store: ResilienceStore) -> None:
+    clock = Clock()
+    breaker = breaker_on(store, clock, recovery_timeout=0.0)
+    caller = Caller(breaker, clock)
+    await open_now(caller)
+
+    async def from_cache() -> str:
+        served_locally()
+        return "cached data"
+
+    got = await caller.call_with_retry_and_circuit_breaker("amp", from_cache, FALLBACK)
+    assert got == "cached data"  # the caller is served ...
+    assert_open_no_probe(breaker)  # ... but the vendor was not heard from
+    assert (await store.breaker_view("amp", 0.0)).state == "open"
+
+
+async def test_breaker_call_probe_raising_circuit_open_ends(store: ResilienceStore) -> None:
+    clock = Clock()
+    breaker = breaker_on(store, clock, recovery_timeout=0.0)
+    await open_now(Caller(breaker, clock))
+
+    async def nested_refusal() -> str:
+        raise CircuitOpenError("inner")
+
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(nested_refusal)
+    assert_open_no_probe(breaker)
+    assert not (await store.breaker_view("amp", 0.0)).probing
+
+
+class Answers(SandboxServer):
+    name = "answers"
+
+    def add_routes(self, app: web.Application) -> None:
+        async def ok(request: web.Request) -> web.Response:
+            return web.json_response({"ok": True})
+
+        async def gone(request: web.Request) -> web.Response:
+            return web.json_response({"message": "none"}, status=404)
+
+        app.router.add_get("/ok", ok)
+        app.router.add_get("/gone", gone)
+
+
+async def test_the_http_layer_reports_each_answer_from_the_vendor() -> None:
+    async with Answers() as server:
+        client = ServiceHttp("answers", server.base_url, options=HttpOptions(0.5, 0.3))
+        try:
+            with listening() as heard:
+                await client.request("GET", "/ok")
+                with pytest.raises(Exception):  # noqa: B017 - a 404 is an answer too
+                    await client.request("GET", "/gone")
+            assert heard.answered == 2
+        finally:
+            await client.aclose()
+    refused = ServiceHttp("answers", server.base_url, options=HttpOptions(0.5, 0.3))
+    try:
+        # the server is gone: no answer
+        with listening() as heard, pytest.raises(ServiceUnavailable):
+            await refused.request("GET", "/ok")
+        assert heard.answered == 0
+    finally:
+        await refused.aclose()
+
+
+# -- item 7: a success never opens the shared circuit ----------------------------------
+async def test_a_success_never_opens_the_shared_circuit(store: ResilienceStore) -> None:
+    clock = Clock()
+    here = breaker_on(store, clock)
+    there = breaker_on(store, clock)
+    assert await here.admit() == 0  # a call goes out while the circuit is closed
+    for _ in range(3):  # meanwhile another conversation sees the vendor fail
+        await there.on_failure(ServiceUnavailable("amp", status=503))
+    await here.refresh(force=True)
+    assert here.state is CircuitState.OPEN  # adopted
+    await store.breaker_reset("amp")  # and the fleet closes it again (a probe elsewhere)
+    await here.on_success(duration=0.05)  # our call answers, late
+    assert (await store.breaker_view("amp", 30.0)).state == "closed"
