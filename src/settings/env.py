@@ -6,8 +6,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 from ..redaction import register_secret
 from ..services.chilipiper_model import SchedulingLink
@@ -29,6 +28,7 @@ from .model import (
     Settings,
     SettingsError,
 )
+from .urls import check_http_url, check_store_url
 
 
 def _str(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -41,15 +41,12 @@ def _url(
     default: str = "",
     *,
     schemes: tuple[str, ...] = ("http", "https"),
+    parser: Literal["yarl", "httpx"] = "yarl",
+    base: bool = True,
 ) -> str:
-    value = _str(env, name, default).rstrip("/")
-    if not value:
-        return ""
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.netloc:
-        kinds = "/".join(schemes)
-        raise SettingsError(f"{name} must be an absolute URL ({kinds})")
-    return value
+    """Parsed as its client will (:mod:`.urls`): a working URL, ``""`` or a refusal."""
+    value = _str(env, name, default)
+    return check_http_url(name, value, schemes=schemes, parser=parser, base=base)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -88,6 +85,9 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def _secret(env: Mapping[str, str], name: str) -> str:
     value = _str(env, name)
+    if value and not (value.isascii() and value.isprintable() and " " not in value):
+        # It goes into a header: httpx and aiohttp refuse anything else, on the first call.
+        raise SettingsError(f"{name} must be printable ASCII without spaces (as issued)")
     register_secret(value)
     return value
 
@@ -156,7 +156,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         ),
         models=ModelSettings(
             openai_api_key=_secret(env, "OPENAI_API_KEY"),
-            openai_base_url=_url(env, "OPENAI_BASE_URL"),
+            openai_base_url=_url(env, "OPENAI_BASE_URL", parser="httpx"),
             llm_model=_str(env, "OPENAI_MODEL", "gpt-4o-mini"),
             fallback_llm_model=_str(env, "OPENAI_FALLBACK_MODEL"),
             tts_model=_str(env, "OPENAI_TTS_MODEL", "gpt-4o-mini-tts"),
@@ -188,7 +188,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             base_url=_url(env, "CHILIPIPER_BASE_URL", CHILIPIPER_DEFAULT_URL),
             scheduling_link=cp_link,
             concierge_router=cp_router,
-            booking_url=_url(env, "CHILIPIPER_BOOKING_URL", schemes=("https", "http")),
+            booking_url=_url(env, "CHILIPIPER_BOOKING_URL", schemes=("https", "http"), base=False),
         ),
         response_limits=_response_limits(env),
         fleet=_fleet(env),
@@ -241,10 +241,11 @@ def _response_limits(env: Mapping[str, str]) -> ResponseLimits:
 
 
 def _fleet(env: Mapping[str, str]) -> FleetSettings:
-    url = _str(env, "RESILIENCE_STORE_URL", DEFAULT_STORE_URL)
-    password = urlsplit(url).password if "://" in url else None
-    if password:
-        register_secret(password)  # a Redis URL may carry one; never in a log line
+    url, secrets = check_store_url(
+        "RESILIENCE_STORE_URL", _str(env, "RESILIENCE_STORE_URL", DEFAULT_STORE_URL)
+    )
+    for secret in secrets:
+        register_secret(secret)  # a Redis URL may carry a password; never in a log line
     return FleetSettings(
         store_url=url, prometheus_multiproc_dir=_str(env, "PROMETHEUS_MULTIPROC_DIR")
     )
