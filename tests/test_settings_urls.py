@@ -138,7 +138,7 @@ def test_a_secret_that_cannot_go_in_a_header_is_refused() -> None:
             settings_from_env({"OPENAI_API_KEY": value})
 
 
-@pytest.mark.parametrize("command", ["start", "console"])
+@pytest.mark.parametrize("command", ["start", "dev", "console"])
 def test_a_malformed_store_url_stops_the_command_in_one_line(tmp_path: Path, command: str) -> None:
     """Issue #23 item 5: before, `start` kept running and every job died in its entry."""
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
@@ -163,3 +163,17 @@ def test_a_malformed_store_url_stops_the_command_in_one_line(tmp_path: Path, com
     assert result.returncode == 1, lines
     assert len(lines) == 1 and "RESILIENCE_STORE_URL" in lines[0], lines
     assert SECRET not in lines[0]
+
+
+def test_libraries_read_the_checked_values_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LiveKit and the OpenAI SDK read these variables themselves: the loader leaves them
+    as it checked them (stripped; blank ones removed, so the SDK's default applies)."""
+    from src.settings import load_settings
+
+    monkeypatch.setenv("LIVEKIT_URL", "  wss://my-project.livekit.cloud \t")
+    monkeypatch.setenv("OPENAI_BASE_URL", "   ")
+    load_settings(tmp_path)
+    assert os.environ["LIVEKIT_URL"] == "wss://my-project.livekit.cloud"
+    assert "OPENAI_BASE_URL" not in os.environ

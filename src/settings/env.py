@@ -261,4 +261,24 @@ def load_settings(root: Path | None = None) -> Settings:
         path = base / name
         if path.is_file():
             load_dotenv(path, override=False)
-    return settings_from_env(os.environ)
+    settings = settings_from_env(os.environ)
+    for name in READ_BY_LIBRARIES:  # they must read the value that was checked
+        raw = os.environ.get(name)
+        if raw is not None and raw != raw.strip():
+            if raw.strip():
+                os.environ[name] = raw.strip()
+            else:
+                del os.environ[name]
+    return settings
+
+
+# Variables LiveKit, the OpenAI SDK or the Deepgram plugin also read from the environment
+# themselves (a blank OPENAI_BASE_URL would otherwise become the SDK's base URL).
+READ_BY_LIBRARIES = (
+    "LIVEKIT_URL",
+    "LIVEKIT_API_KEY",
+    "LIVEKIT_API_SECRET",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "DEEPGRAM_API_KEY",
+)
