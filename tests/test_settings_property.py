@@ -102,6 +102,8 @@ HOSTILE = [
     "Europe/Paris",
     "America",
     "../../etc/passwd",
+    "/etc",
+    "/tmp",
     "pandadoc-demo",
     "3f2a9c1e-0000-4000-8000-00000000000g",
 ]

@@ -177,3 +177,20 @@ def test_libraries_read_the_checked_values_from_the_environment(
     load_settings(tmp_path)
     assert os.environ["LIVEKIT_URL"] == "wss://my-project.livekit.cloud"
     assert "OPENAI_BASE_URL" not in os.environ
+
+
+def test_the_metrics_directory_is_one_the_worker_may_empty(tmp_path: Path) -> None:
+    """LiveKit's worker deletes every file in PROMETHEUS_MULTIPROC_DIR at start."""
+    name = "PROMETHEUS_MULTIPROC_DIR"
+    mine = tmp_path / "metrics"
+    mine.mkdir()
+    (mine / "counter_123.db").write_bytes(b"")
+    assert settings_from_env({name: str(mine)}).fleet.prometheus_multiproc_dir == str(mine)
+    assert settings_from_env({name: str(tmp_path / "new")}).fleet.prometheus_multiproc_dir
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(SettingsError, match=f"^{name} holds files other than metrics"):
+        settings_from_env({name: str(mine)})
+    with pytest.raises(SettingsError, match=f"^{name} must be a directory$"):
+        settings_from_env({name: str(mine / "notes.txt")})
+    with pytest.raises(SettingsError, match=f"^{name} must not contain spaces or control"):
+        settings_from_env({name: "/tmp/a\x00b"})

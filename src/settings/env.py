@@ -28,7 +28,7 @@ from .model import (
     Settings,
     SettingsError,
 )
-from .urls import check_http_url, check_store_url
+from .urls import check_http_url, check_metrics_dir, check_store_url
 
 
 def _str(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -246,9 +246,10 @@ def _fleet(env: Mapping[str, str]) -> FleetSettings:
     )
     for secret in secrets:
         register_secret(secret)  # a Redis URL may carry a password; never in a log line
-    return FleetSettings(
-        store_url=url, prometheus_multiproc_dir=_str(env, "PROMETHEUS_MULTIPROC_DIR")
+    metrics_dir = check_metrics_dir(
+        "PROMETHEUS_MULTIPROC_DIR", _str(env, "PROMETHEUS_MULTIPROC_DIR")
     )
+    return FleetSettings(store_url=url, prometheus_multiproc_dir=metrics_dir)
 
 
 def load_settings(root: Path | None = None) -> Settings:

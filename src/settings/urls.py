@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from .model import SettingsError
 
-__all__ = ["MAX_URL_LENGTH", "check_http_url", "check_store_url"]
+__all__ = ["MAX_URL_LENGTH", "check_http_url", "check_metrics_dir", "check_store_url"]
 
 MAX_URL_LENGTH = 2048
 SQLITE_MAX_PATH = 512  # bytes: SQLite's unix VFS (MAX_PATHNAME) refuses longer file names
@@ -242,3 +242,30 @@ def _check_redis(name: str, url: str, rest: str) -> tuple[str, ...]:
     _check_host(name, raw_host)
     secrets = {raw_password, unquote(raw_password)} - {""}
     return tuple(sorted(secrets))
+
+
+def check_metrics_dir(name: str, value: str) -> str:
+    """``PROMETHEUS_MULTIPROC_DIR``: LiveKit's worker creates it and deletes every file in
+    it at start, so it must be a path the system takes and hold nothing but metrics
+    files (``*.db``). Empty: the default (a directory of its own under the temp dir)."""
+    if not value:
+        return ""
+    _text(name, value, spaces=True)
+    try:
+        os.fsencode(value)
+        path = Path(value)
+        not_a_dir = path.exists() and not path.is_dir()
+        others = path.is_dir() and any(
+            not (entry.suffix == ".db" or entry.is_dir()) for entry in path.iterdir()
+        )
+    except (OSError, UnicodeError, ValueError):  # SettingsError is raised after this
+        raise _refuse(name, "must be a directory path this user can read") from None
+    if not_a_dir:
+        raise _refuse(name, "must be a directory")
+    if others:
+        raise _refuse(
+            name,
+            "holds files other than metrics (*.db), and the worker deletes every file "
+            "in it at start: point it at a directory of its own",
+        )
+    return value
