@@ -20,6 +20,7 @@ DEV = ROOT / "dev"
 BASH = shutil.which("bash") or "/bin/bash"
 # Real tools the two scripts use besides the ones simulated.
 TOOLS = ("bash", "sed", "cat", "env")
+CHMOD = shutil.which("chmod") or "/bin/chmod"
 
 
 def _shim(bin_dir: Path, name: str, body: str) -> None:
@@ -161,3 +162,37 @@ def test_ci_and_docker_use_the_same_entry_and_uv_pin() -> None:
     pin = re.search(r"^UV_VERSION=(\S+)$", DEV.read_text(), re.M)
     assert pin and f'"uv=={pin[1]}"' in (ROOT / "Dockerfile").read_text()
     assert os.access(DEV, os.X_OK)
+
+
+def test_root_installs_what_is_missing_then_runs(tmp_path: Path) -> None:
+    """Not a dry run: as root, apt-get (a stand-in that "installs" redis-server) and pip
+    (a stand-in that "installs" uv) are called once each, then the README's command."""
+    env = _machine(tmp_path, uid=0, pip=True)
+    bin_dir = Path(env["PATH"])
+    log = env["LOG"]
+    _shim(
+        bin_dir,
+        "apt-get",
+        f'echo "apt-get $*" >> {log}\ncase "$*" in *install*redis-server*) '
+        f'printf "#!{BASH}\\necho redis-server >> {log}\\n" > {bin_dir}/redis-server; '
+        f"{CHMOD} +x {bin_dir}/redis-server;; esac",
+    )
+    _shim(
+        bin_dir,
+        "python3",
+        f'case "$1 $2" in "-m uv") exit 1;; "-m pip") echo "pip $*" >> {log}; '
+        f'case "$*" in *install*) printf "#!{BASH}\\necho uv \\"\\$*\\" >> {log}\\n" '
+        f"> {bin_dir}/uv; {CHMOD} +x {bin_dir}/uv;; esac; exit 0;; esac\n"
+        f'exec {sys.executable} "$@"',
+    )
+    result = _dev(env, "test", "-q")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = _calls(env).splitlines()
+    assert calls[0] == "apt-get update -qq"
+    assert calls[1].startswith("apt-get install -y -qq --no-install-recommends redis-server")
+    assert any("pip install" in call and "uv==0.13.9" in call for call in calls), calls
+    assert calls[-1] == "uv run pytest -q", calls
+    # Run again: nothing is missing any more, so nothing is installed.
+    Path(log).unlink()
+    assert _dev(env, "test", "-q").returncode == 0
+    assert _calls(env) == "uv run pytest -q\n"
