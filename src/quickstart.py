@@ -6,9 +6,10 @@ LiveKit's CLI takes over (called from ``agent.py``'s ``__main__`` block).
 - ``console`` with nothing configured (no model key, no vendor credentials) starts the
   built-in sandbox (:class:`src.sandbox.Sandbox`) in this process and points the settings
   at it, saying so in one line. Configured services are used as they are. A console that
-  cannot work (vendors but no model key; voice without a speech-to-text key; no PortAudio)
-  is refused in one line, as is a model endpoint on this machine that does not answer (a
-  stopped sandbox left in ``.env.local``). The sandbox never starts for ``dev``/``start``.
+  cannot work (vendors but no model key; voice without a speech-to-text key or without
+  PortAudio) is refused in one line, as is a model endpoint on this machine that does not
+  answer (a stopped sandbox left in ``.env.local``). ``console --text`` needs no PortAudio.
+  The sandbox never starts for ``dev``/``start``.
 - ``console --text`` without ``--log-level`` (or ``LIVEKIT_LOG_LEVEL``) keeps the chat
   clean: the full log goes to :data:`CONSOLE_LOG`, the screen shows this project's
   warnings and other errors as one line each, and :func:`show_agent_turns` prints turns
@@ -24,7 +25,9 @@ import ctypes.util
 import logging
 import os
 import socket
+import sys
 import threading
+import types
 from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,27 @@ def _portaudio_missing() -> bool:
     return False
 
 
+def _text_without_portaudio() -> None:
+    """Let ``console --text`` run without PortAudio (issue #31).
+
+    LiveKit's console (``cli/_legacy.py``) opens audio devices only in audio mode
+    (``set_microphone_enabled`` / ``set_speaker_enabled``), but at start it imports
+    ``sounddevice`` to validate the ``--input-device``/``--output-device`` it was given,
+    and that import fails without the library. Text mode gets a stand-in module with no
+    device: the check passes (none was given) and Ctrl+T to voice ends in LiveKit's own
+    "Unable to access the microphone" line."""
+    if not _portaudio_missing():
+        return
+
+    def query_devices(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError("no audio devices: the PortAudio library is not installed")
+
+    stand_in = types.ModuleType("sounddevice", "No PortAudio: the text console only.")
+    stand_in.query_devices = query_devices  # type: ignore[attr-defined]
+    stand_in.default = types.SimpleNamespace(device=(None, None))  # type: ignore[attr-defined]
+    sys.modules["sounddevice"] = stand_in
+
+
 class InProcessSandbox:
     """:class:`src.sandbox.Sandbox` on its own event loop in a daemon thread, so it serves
     while LiveKit's console owns the main thread and the worker thread."""
@@ -189,14 +213,16 @@ def check_command(
                 f"{CONSOLE_COMMAND}"
             )
         return
+    voice = not _has_option(argv, "--text")
+    if (voice or _has_option(argv, "--list-devices")) and _portaudio_missing():
+        raise ConfigurationRefused(
+            "The voice console needs the PortAudio library: run bash .ci/setup-system "
+            f"--for voice (Debian/Ubuntu) or `brew install portaudio` (macOS); without it, "
+            f"chat in text: {CONSOLE_COMMAND}"
+        )
     if _has_option(argv, "--list-devices"):
         return
-    if _portaudio_missing():
-        raise ConfigurationRefused(
-            "The console needs the PortAudio library: run .ci/setup-system "
-            "(Debian/Ubuntu) or `brew install portaudio` (macOS)."
-        )
-    if not _has_option(argv, "--text") and not settings.models.deepgram_api_key:
+    if voice and not settings.models.deepgram_api_key:
         raise ConfigurationRefused(
             "The voice console needs DEEPGRAM_API_KEY (speech-to-text); without it, "
             f"chat in text: {CONSOLE_COMMAND}"
@@ -264,6 +290,8 @@ def prepare(
             flush=True,
         )
     text = _has_option(argv, "--text")
+    if text:
+        _text_without_portaudio()
     if text and not _has_option(argv, "--log-level") and not env.get("LIVEKIT_LOG_LEVEL"):
         _quiet_console_logs()
         print(f"Full log: {CONSOLE_LOG}", flush=True)

@@ -23,7 +23,7 @@ class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed (run .ci/setup-system)")
+            raise RuntimeError("redis-server is not installed (run ./dev test)")
         self.binary = binary
         self.workdir = workdir
         self.port = port or free_port()

@@ -6,8 +6,7 @@ sandbox itself. ``test_console_text_answers_from_the_sandbox`` runs against a se
 ``python -m src.sandbox --ephemeral`` (configured services are used as they are). Both
 type a question and expect the stand-in model's spoken answer (it reads back the real tool
 output from the Amplitude stand-in). ``start``/``dev`` with nothing configured must refuse
-in one line. Needs PortAudio (``.ci/setup-system``): LiveKit's console imports
-``sounddevice``.
+in one line. No PortAudio needed: text mode opens no audio device (issue #31).
 """
 
 from __future__ import annotations
@@ -359,3 +358,39 @@ def test_start_with_a_malformed_vendor_id_stops_with_one_line(
     assert variable in lines[0] and value not in lines[0]
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 15
+
+
+def test_console_text_needs_no_portaudio(fresh_clone: Path, tmp_path: Path) -> None:
+    """Issue #31: LiveKit's text console opens no audio device, so it runs on a machine
+    without the PortAudio library (here: a ``sounddevice`` whose import fails as the real
+    one does then); only the voice console asks for it, in one line."""
+    no_audio = tmp_path / "no-portaudio"
+    no_audio.mkdir()
+    (no_audio / "sounddevice.py").write_text('raise OSError("PortAudio library not found")\n')
+    env = _empty_env(fresh_clone)
+    env["PYTHONPATH"] = f"{no_audio}{os.pathsep}{fresh_clone}"
+    term = Terminal([sys.executable, "src/agent.py", "console", "--text"], env, fresh_clone)
+    try:
+        term.wait_for(lambda t: "Ava from PandaDoc" in t, 28, "the agent's greeting")
+        term.drain(0.3)
+        start = len(term.text)
+        term.type("how is my trial usage?\r")
+        term.wait_for(
+            lambda t: re.search(r"created \w+ documents", t[start:]) is not None,
+            25,
+            "the agent's answer about trial usage",
+        )
+        assert "Traceback" not in term.text, term.text[-4000:]
+    finally:
+        term.close()
+    voice = subprocess.run(
+        [sys.executable, "src/agent.py", "console"],
+        cwd=fresh_clone,
+        env=env | {"DEEPGRAM_API_KEY": "dg-test"},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    lines = [line for line in (voice.stdout + voice.stderr).splitlines() if line.strip()]
+    assert voice.returncode == 1 and len(lines) == 1, lines
+    assert "PortAudio" in lines[0] and "console --text" in lines[0], lines

@@ -53,9 +53,16 @@ class VendorEnv:
         return _secret(self.env, self.key(suffix))
 
     def url(
-        self, suffix: str, default: str = "", *, schemes: tuple[str, ...] = ("http", "https")
+        self,
+        suffix: str,
+        default: str = "",
+        *,
+        schemes: tuple[str, ...] = ("http", "https"),
+        base: bool = True,
     ) -> str:
-        return _url(self.env, self.key(suffix), default, schemes=schemes)
+        """A URL parsed as its client will (:mod:`src.settings.urls`); ``base``: a
+        vendor base URL (no query, fragment or credentials)."""
+        return _url(self.env, self.key(suffix), default, schemes=schemes, base=base)
 
     def whole(self, suffix: str, default: int) -> int:
         return _int(self.env, self.key(suffix), default)

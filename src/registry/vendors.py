@@ -228,7 +228,7 @@ class ChiliPiperSettings:
             base_url=env.url("BASE_URL", cls.base_url),
             scheduling_link=link,
             concierge_router=router,
-            booking_url=env.url("BOOKING_URL", schemes=("https", "http")),
+            booking_url=env.url("BOOKING_URL", schemes=("https", "http"), base=False),
         )
 
 

@@ -6,8 +6,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 from ..redaction import register_secret
 from ..store import DEFAULT_STORE_URL
@@ -21,6 +20,7 @@ from .model import (
     Settings,
     SettingsError,
 )
+from .urls import check_http_url, check_metrics_dir, check_store_url
 
 
 def _str(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -33,15 +33,12 @@ def _url(
     default: str = "",
     *,
     schemes: tuple[str, ...] = ("http", "https"),
+    parser: Literal["yarl", "httpx"] = "yarl",
+    base: bool = True,
 ) -> str:
-    value = _str(env, name, default).rstrip("/")
-    if not value:
-        return ""
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.netloc:
-        kinds = "/".join(schemes)
-        raise SettingsError(f"{name} must be an absolute URL ({kinds})")
-    return value
+    """Parsed as its client will (:mod:`.urls`): a working URL, ``""`` or a refusal."""
+    value = _str(env, name, default)
+    return check_http_url(name, value, schemes=schemes, parser=parser, base=base)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -80,6 +77,9 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def _secret(env: Mapping[str, str], name: str) -> str:
     value = _str(env, name)
+    if value and not (value.isascii() and value.isprintable() and " " not in value):
+        # It goes into a header: httpx and aiohttp refuse anything else, on the first call.
+        raise SettingsError(f"{name} must be printable ASCII without spaces (as issued)")
     register_secret(value)
     return value
 
@@ -127,7 +127,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         ),
         models=ModelSettings(
             openai_api_key=_secret(env, "OPENAI_API_KEY"),
-            openai_base_url=_url(env, "OPENAI_BASE_URL"),
+            openai_base_url=_url(env, "OPENAI_BASE_URL", parser="httpx"),
             llm_model=_str(env, "OPENAI_MODEL", "gpt-4o-mini"),
             fallback_llm_model=_str(env, "OPENAI_FALLBACK_MODEL"),
             tts_model=_str(env, "OPENAI_TTS_MODEL", "gpt-4o-mini-tts"),
@@ -191,13 +191,15 @@ def _response_limits(env: Mapping[str, str]) -> ResponseLimits:
 
 
 def _fleet(env: Mapping[str, str]) -> FleetSettings:
-    url = _str(env, "RESILIENCE_STORE_URL", DEFAULT_STORE_URL)
-    password = urlsplit(url).password if "://" in url else None
-    if password:
-        register_secret(password)  # a Redis URL may carry one; never in a log line
-    return FleetSettings(
-        store_url=url, prometheus_multiproc_dir=_str(env, "PROMETHEUS_MULTIPROC_DIR")
+    url, secrets = check_store_url(
+        "RESILIENCE_STORE_URL", _str(env, "RESILIENCE_STORE_URL", DEFAULT_STORE_URL)
     )
+    for secret in secrets:
+        register_secret(secret)  # a Redis URL may carry a password; never in a log line
+    metrics_dir = check_metrics_dir(
+        "PROMETHEUS_MULTIPROC_DIR", _str(env, "PROMETHEUS_MULTIPROC_DIR")
+    )
+    return FleetSettings(store_url=url, prometheus_multiproc_dir=metrics_dir)
 
 
 def load_settings(root: Path | None = None) -> Settings:
@@ -210,4 +212,24 @@ def load_settings(root: Path | None = None) -> Settings:
         path = base / name
         if path.is_file():
             load_dotenv(path, override=False)
-    return settings_from_env(os.environ)
+    settings = settings_from_env(os.environ)
+    for name in READ_BY_LIBRARIES:  # they must read the value that was checked
+        raw = os.environ.get(name)
+        if raw is not None and raw != raw.strip():
+            if raw.strip():
+                os.environ[name] = raw.strip()
+            else:
+                del os.environ[name]
+    return settings
+
+
+# Variables LiveKit, the OpenAI SDK or the Deepgram plugin also read from the environment
+# themselves (a blank OPENAI_BASE_URL would otherwise become the SDK's base URL).
+READ_BY_LIBRARIES = (
+    "LIVEKIT_URL",
+    "LIVEKIT_API_KEY",
+    "LIVEKIT_API_SECRET",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "DEEPGRAM_API_KEY",
+)
