@@ -11,6 +11,7 @@ from ..redaction import get_logger
 from ..settings import Settings
 from .amplitude import AmplitudeClient
 from .chilipiper import ChiliPiperClient, SchedulingLink
+from .chilipiper_wire import DEFAULT_CONCIERGE_FIELDS
 from .http import HttpOptions
 from .hubspot import HubSpotClient
 from .quota import (
@@ -106,6 +107,7 @@ class TrialistServices:
                 else SchedulingLink.parse(c.scheduling_link),
                 c.base_url,
                 booking_url=c.booking_url,
+                concierge_fields=c.concierge_fields or DEFAULT_CONCIERGE_FIELDS,
                 options=capped(limits.chilipiper),
                 session=session,
             )

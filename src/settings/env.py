@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from ..redaction import register_secret
 from ..services.chilipiper_model import SchedulingLink
+from ..services.chilipiper_wire import concierge_fields
 from ..store import DEFAULT_STORE_URL
 from .model import (
     AMPLITUDE_DEFAULT_URL,
@@ -114,6 +115,16 @@ def _scheduling_link(env: Mapping[str, str]) -> tuple[str, str]:
     return link.id or link.slug or "", ""
 
 
+def _concierge_fields(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``CHILIPIPER_CONCIERGE_FIELDS`` (see :func:`concierge_fields`); a bad one stops the
+    worker at start with one line naming the variable and the entry."""
+    name = "CHILIPIPER_CONCIERGE_FIELDS"
+    try:
+        return concierge_fields(_str(env, name))
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Build :class:`Settings` from a mapping (``os.environ`` or a test dict)."""
     d = DEFAULT_RESILIENCE
@@ -189,6 +200,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             scheduling_link=cp_link,
             concierge_router=cp_router,
             booking_url=_url(env, "CHILIPIPER_BOOKING_URL", schemes=("https", "http")),
+            concierge_fields=_concierge_fields(env),
         ),
         response_limits=_response_limits(env),
         fleet=_fleet(env),

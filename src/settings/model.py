@@ -253,6 +253,10 @@ class ChiliPiperSettings:
             permissions, plus ``meeting.read``).
         booking_url: ``CHILIPIPER_BOOKING_URL``, the link's public booking page, handed to
             sales when booking by voice is not possible (optional).
+        concierge_fields: ``CHILIPIPER_CONCIERGE_FIELDS``, the Concierge router's form
+            field for each of our facts, ``(fact, field)`` pairs; empty: the default
+            (``email=PersonEmail,first_name=PersonFirstName,last_name=PersonLastName,
+            company=CompanyName``).
     """
 
     api_key: str = ""
@@ -260,6 +264,7 @@ class ChiliPiperSettings:
     scheduling_link: str = ""
     booking_url: str = ""
     concierge_router: str = ""
+    concierge_fields: tuple[tuple[str, str], ...] = ()
 
     @property
     def configured(self) -> bool:
