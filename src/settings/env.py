@@ -181,7 +181,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             secret_key=_secret(env, "AMPLITUDE_SECRET_KEY"),
             base_url=_url(env, "AMPLITUDE_BASE_URL", AMPLITUDE_DEFAULT_URL),
             hourly_query_budget=_int(env, "AMPLITUDE_HOURLY_QUERY_BUDGET", 360),
-            max_concurrent=_int(env, "AMPLITUDE_MAX_CONCURRENT", 10),
+            max_concurrent=_int(env, "AMPLITUDE_MAX_CONCURRENT", 5),
             usage_cache_ttl=_float(env, "AMPLITUDE_USAGE_CACHE_TTL", 600.0),
         ),
         salesforce=SalesforceSettings(

@@ -181,8 +181,10 @@ class ServiceSettings:
         hourly_query_budget: User Search + User Activity queries per sliding hour
             (``AMPLITUDE_HOURLY_QUERY_BUDGET``, 360: Amplitude's documented per-project
             limit; a usage lookup costs 2). 0 turns the budget off.
-        max_concurrent: requests in flight at once (``AMPLITUDE_MAX_CONCURRENT``, 10, the
-            documented limit). 0 turns the cap off.
+        max_concurrent: requests in flight at once (``AMPLITUDE_MAX_CONCURRENT``, 5, the
+            documented limit across all Dashboard REST endpoints of a project:
+            ``reference/apis/vendor-facts.md``, as
+            ``src.services.amplitude.MAX_CONCURRENT_REQUESTS``). 0 turns the cap off.
         usage_cache_ttl: seconds a person's usage is reused without a request
             (``AMPLITUDE_USAGE_CACHE_TTL``, 600). 0 turns the cache off.
     """
@@ -191,7 +193,7 @@ class ServiceSettings:
     secret_key: str = ""
     base_url: str = AMPLITUDE_DEFAULT_URL
     hourly_query_budget: int = 360
-    max_concurrent: int = 10
+    max_concurrent: int = 5
     usage_cache_ttl: float = 600.0
 
     def __post_init__(self) -> None:
