@@ -236,3 +236,18 @@ async def test_every_amplitude_request_of_the_fleet_shares_five_slots(sandbox: S
     }
     assert store.leases == len(requests)  # every request held a slot of the one cap
     assert store.peak == 5
+
+
+# -- the drill scenarios of this contract ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["chilipiper-book-answer-lost", "salesforce-lock-row"])
+async def test_drill_scenario_passes(name: str) -> None:
+    from src.drill import SCENARIOS, run_scenario
+
+    report = await run_scenario(next(s for s in SCENARIOS if s.name == name))
+    assert report.verdict == "ok", report.problems
+    if name == "chilipiper-book-answer-lost":
+        assert "You're all set" in report.heard
+    else:
+        assert report.note == "queued 1, still pending after flush 0"
