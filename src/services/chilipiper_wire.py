@@ -57,6 +57,9 @@ SERVICE = "chilipiper"
 logger = get_logger("pandadoc.services.chilipiper")
 
 # == ChiliPiper facts (reference/apis/chilipiper-booking.md, chilipiper-meetings.openapi.yml) ==
+# Also ChiliPiper facts, kept with the plain values they check (no I/O there):
+# chilipiper_model.MAX_WINDOW (a window of at most 7 days, availability and meeting list)
+# and chilipiper_model.SLUG_PATTERN (the OpenAPI ``slug`` pattern).
 DEFAULT_BASE_URL = "https://fire.chilipiper.com/api/fire-edge"
 INIT_PATH = "/v1/org/schedulingLinks/init-simple"
 SCHEDULE_PATH = "/v1/org/schedulingLinks/routing/{route_id}/schedule-simple"
