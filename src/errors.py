@@ -12,6 +12,8 @@ all read it, so no other module inspects status codes or aiohttp exceptions::
      ├── AuthenticationFailed  401/403                         not retried, counts
      ├── NotFound              404 / empty result              not retried, does not count
      ├── BadResponse           unparseable / schema mismatch   not retried, counts
+     ├── ServiceBusy           refused for now, not applied    retryable, does not count
+     │                         (a vendor code such as Salesforce UNABLE_TO_LOCK_ROW)
      └── InvalidRequest        400/409/422: we sent bad input  not retried, does not count
     CircuitOpenError           raised by the breaker without calling the service
 
@@ -29,6 +31,7 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "RateLimited",
+    "ServiceBusy",
     "ServiceError",
     "ServiceTimeout",
     "ServiceUnavailable",
@@ -102,6 +105,16 @@ class NotFound(ServiceError):
 
 class BadResponse(ServiceError):
     """The service answered with something we cannot parse or that breaks its schema."""
+
+
+class ServiceBusy(ServiceError):
+    """The service refused this request for now and certainly did not apply it (a
+    transient vendor error code, e.g. Salesforce ``UNABLE_TO_LOCK_ROW`` with HTTP 400: a
+    record locked by another transaction). The same request may succeed later, so a write
+    is kept and sent again; a busy record says nothing about the service's health."""
+
+    retryable = True
+    counts_for_breaker = False
 
 
 class InvalidRequest(ServiceError):

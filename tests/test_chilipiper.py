@@ -332,7 +332,12 @@ async def test_concierge_books_renews_and_reconciles(
 ) -> None:
     session = await opened(concierge)
     [sent] = server.requests(CONCIERGE_INIT_PATH.format(router=CONCIERGE_ROUTER))
-    assert sent.body["form"] == {"email": JANE.email, "name": "Jane Doe", "company": "Acme Corp"}
+    assert sent.body["form"] == {
+        "PersonEmail": JANE.email,
+        "PersonFirstName": "Jane",
+        "PersonLastName": "Doe",
+        "CompanyName": "Acme Corp",
+    }
     assert sent.body["options"]["guestTimezone"] == JANE.timezone
     assert len(session.start_times) == 12 and session.form_fields == ()
 
@@ -354,7 +359,7 @@ async def test_concierge_unknown_router_and_booking_link(server: ChiliPiperServe
         with pytest.raises(InvalidRequest):
             await opened(unknown)
     path = CONCIERGE_INIT_PATH.format(router=CONCIERGE_ROUTER)
-    no_window = {"form": {"email": "a@example.com"}, "options": {"guestTimezone": "UTC"}}
+    no_window = {"form": {"PersonEmail": "a@example.com"}, "options": {"guestTimezone": "UTC"}}
     status, _, text = await _raw(server, "POST", path, no_window)
     assert status == 200 and server.booking_url in text  # without a window: a link
 

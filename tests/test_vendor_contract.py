@@ -442,7 +442,7 @@ def limited_client(
 
 def test_quota_settings_have_the_documented_defaults() -> None:
     amplitude = settings_from_env({}).amplitude
-    assert (amplitude.hourly_query_budget, amplitude.max_concurrent) == (360, 10)
+    assert (amplitude.hourly_query_budget, amplitude.max_concurrent) == (360, 5)
     assert amplitude.usage_cache_ttl == 600.0
     assert QUERIES_PER_LOOKUP == 2
     custom = settings_from_env(

@@ -28,6 +28,7 @@ from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.chilipiper import ChiliPiperServer
 from src.sandbox.data import TRIAL_USERS
 from src.sandbox.openai_server import ToolCall, Turn
+from src.services.chilipiper import MEETINGS_PATH
 from src.settings import ResilienceSettings
 
 __all__ = [
@@ -62,7 +63,35 @@ CHILIPIPER_CONDITIONS: dict[str, Callable[[ChiliPiperServer], None]] = {
     "slot-taken": lambda s: s.steal_next_schedule(),
     "route-expired": lambda s: s.expire_routes(),
     "lost-after-applied": lambda s: s.lose_next_schedule(applied=True),
+    "answer-lost": lambda s: s.drop_next_answer(),
 }
+
+
+def _booked_once_through_the_lookup(conv: Conversation, turns: list[TurnResult]) -> list[str]:
+    """``chilipiper-book-answer-lost``: the documented meeting list found the meeting,
+    the caller heard it confirmed, and exactly one meeting exists."""
+    server = conv.sandbox.chilipiper
+    problems: list[str] = []
+    mine = [m for m in server.meetings if m.guest_email.casefold() == JANE.casefold()]
+    if len(mine) != 1:
+        problems.append(f"{len(mine)} meetings for the caller (want exactly 1)")
+    if not server.requests(MEETINGS_PATH, "PUT"):
+        problems.append("the meeting was not looked up")
+    if not any("You're all set" in " ".join(t.said) for t in turns):
+        problems.append("the caller did not hear the booking confirmed")
+    return problems
+
+
+def _note_saved_on_the_retry(conv: Conversation, turns: list[TurnResult]) -> list[str]:
+    """``salesforce-lock-row``: the locked write was kept, and saved once on the retry."""
+    server = conv.sandbox.salesforce
+    writes = server.requests("*/sobjects/Task", "POST")
+    problems: list[str] = []
+    if not any(e.fault == "lock-row" for e in writes):
+        problems.append("the write never met the lock")
+    if len(server.tasks) != 1:
+        problems.append(f"{len(server.tasks)} notes saved (want exactly 1)")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -128,6 +157,8 @@ class Scenario:
     # issue #23: plays its own turns and judges them (src/drill/seams.py)
     seam: Callable[[Conversation], Awaitable[SeamOutcome]] | None = None
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the conversation
+    # After the turns (and the flush): what the vendors hold, as problems (empty: ok).
+    check: Callable[[Conversation, list[TurnResult]], list[str]] | None = None
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -200,6 +231,23 @@ SCENARIOS: tuple[Scenario, ...] = (
             ("route-expired", "the booking route expired; renewed, booked"),
             ("lost-after-applied", "booked, but the answer is lost; found by lookup"),
         )
+    ),
+    Scenario(
+        "chilipiper-book-answer-lost",
+        "booked, then the connection drops before the answer; found by the meeting list",
+        (Fault("chilipiper", "answer-lost"),),
+        ("book the second option",),
+        warmup=("any demo times?",),
+        check=_booked_once_through_the_lookup,
+    ),
+    Scenario(
+        "salesforce-lock-row",
+        "summary write meets UNABLE_TO_LOCK_ROW; kept, saved on the retry",
+        (Fault("salesforce", "lock-row", endpoint="*/sobjects/Task"),),
+        ("please log a summary: wants a demo next week",),
+        warmup=("what's on my account?",),
+        flush=True,
+        check=_note_saved_on_the_retry,
     ),
     Scenario(
         "crm-write-outage",
@@ -379,6 +427,8 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
             note = (
                 f"audio: the TTS stream stalled; the pre-rendered apology ({frames} frames) played"
             )
+        if scenario.check is not None:
+            problems.extend(scenario.check(conv, turns))
         history = conv.assistant_history()
         transitions = [str(t) for t in conv.transitions]
     for turn in turns:

@@ -64,8 +64,10 @@ class AmplitudeSettings:
         hourly_query_budget: User Search + User Activity queries per sliding hour
             (``AMPLITUDE_HOURLY_QUERY_BUDGET``, 360: Amplitude's documented per-project
             limit; a usage lookup costs 2). 0 turns the budget off.
-        max_concurrent: requests in flight at once (``AMPLITUDE_MAX_CONCURRENT``, 10, the
-            documented limit). 0 turns the cap off.
+        max_concurrent: requests in flight at once (``AMPLITUDE_MAX_CONCURRENT``, 5, the
+            documented limit across all Dashboard REST endpoints of a project:
+            ``reference/apis/vendor-facts.md``, as
+            ``src.services.amplitude.MAX_CONCURRENT_REQUESTS``), fleet-wide. 0 turns the cap off.
         usage_cache_ttl: seconds a person's usage is reused without a request
             (``AMPLITUDE_USAGE_CACHE_TTL``, 600). 0 turns the cache off.
     """
@@ -74,7 +76,7 @@ class AmplitudeSettings:
     secret_key: str = ""
     base_url: str = "https://amplitude.com"
     hourly_query_budget: int = 360
-    max_concurrent: int = 10
+    max_concurrent: int = 5
     usage_cache_ttl: float = 600.0
 
     def __post_init__(self) -> None:
@@ -208,6 +210,10 @@ class ChiliPiperSettings:
             permissions, plus ``meeting.read``).
         booking_url: ``CHILIPIPER_BOOKING_URL``, the link's public booking page, handed to
             sales when booking by voice is not possible (optional).
+        concierge_fields: ``CHILIPIPER_CONCIERGE_FIELDS``, the Concierge router's form
+            field for each of our facts, ``(fact, field)`` pairs; empty: the default
+            (``email=PersonEmail,first_name=PersonFirstName,last_name=PersonLastName,
+            company=CompanyName``).
     """
 
     api_key: str = ""
@@ -215,6 +221,7 @@ class ChiliPiperSettings:
     scheduling_link: str = ""
     booking_url: str = ""
     concierge_router: str = ""
+    concierge_fields: tuple[tuple[str, str], ...] = ()
 
     @property
     def configured(self) -> bool:
@@ -229,7 +236,20 @@ class ChiliPiperSettings:
             scheduling_link=link,
             concierge_router=router,
             booking_url=env.url("BOOKING_URL", schemes=("https", "http"), base=False),
+            concierge_fields=_concierge_fields(env),
         )
+
+
+def _concierge_fields(env: VendorEnv) -> tuple[tuple[str, str], ...]:
+    """``<PREFIX>_CONCIERGE_FIELDS`` (see :func:`~src.services.chilipiper_wire.
+    concierge_fields`); a bad one stops the worker at start with one line naming the
+    variable and the entry."""
+    from ..services.chilipiper_wire import concierge_fields
+
+    try:
+        return concierge_fields(env.text("CONCIERGE_FIELDS"))
+    except ValueError as exc:
+        raise SettingsError(f"{env.key('CONCIERGE_FIELDS')}: {exc}") from None
 
 
 def _scheduling_link(env: VendorEnv) -> tuple[str, str]:
@@ -256,6 +276,7 @@ def _scheduling_link(env: VendorEnv) -> tuple[str, str]:
 
 def _chilipiper_client(s: ChiliPiperSettings, ctx: ClientContext) -> Any:
     from ..services.chilipiper import ChiliPiperClient
+    from ..services.chilipiper_wire import DEFAULT_CONCIERGE_FIELDS
 
     return ChiliPiperClient(
         s.api_key,
@@ -266,6 +287,7 @@ def _chilipiper_client(s: ChiliPiperSettings, ctx: ClientContext) -> Any:
         booking_url=s.booking_url,
         options=ctx.options,
         session=ctx.session,
+        concierge_fields=s.concierge_fields or DEFAULT_CONCIERGE_FIELDS,
     )
 
 

@@ -68,6 +68,9 @@ class FaultKind(StrEnum):
     HUGE_STREAM = "huge-stream"
     # The real answer's headers and first half, then the connection is reset.
     RESET_MID_BODY = "reset-body"
+    # The vendor's "record locked by another transaction, try again" answer, nothing
+    # applied (:meth:`SandboxServer.lock_row_answer`; Salesforce: 400 UNABLE_TO_LOCK_ROW).
+    LOCK_ROW = "lock-row"
 
 
 @dataclass
@@ -152,6 +155,11 @@ class SandboxServer:
     def malformed_body(self, request: web.Request) -> web.Response:
         """The body sent for a MALFORMED fault: valid HTTP 200, broken payload."""
         return web.Response(status=200, text='{"truncated": ', content_type="application/json")
+
+    def lock_row_answer(self, request: web.Request) -> web.Response:
+        """The answer for a LOCK_ROW fault: the vendor's own transient "record busy"
+        refusal (nothing applied). Vendors without one answer 409."""
+        return json_error(409, "Conflict: the record is locked, try again")
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -325,6 +333,8 @@ class SandboxServer:
             return json_error(401, "Unauthorized")
         if kind is FaultKind.MALFORMED:
             return self.malformed_body(request)
+        if kind is FaultKind.LOCK_ROW:
+            return self.lock_row_answer(request)
         if kind in (FaultKind.HUGE_BODY, FaultKind.HUGE_STREAM):
             return await _huge_body(fault, request, chunked=kind is FaultKind.HUGE_STREAM)
         if kind is FaultKind.RESET_MID_BODY:

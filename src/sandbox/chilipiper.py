@@ -13,13 +13,18 @@
   SlotNoLongerAvailable}``. A Required form field missing, or a Hidden one with another
   value, is 400. Otherwise the meeting is stored on :attr:`ChiliPiperServer.meetings`
   and the answer is ``Success{meetingId}``. Every schedule uses the route up.
-* Concierge: ``POST /v1/org/concierge/routers/{router}/rest`` with ``{form: {email, ...},
+* Concierge: ``POST /v1/org/concierge/routers/{router}/rest`` with ``{form: {...},
   options: {guestTimezone, interval}}`` opens a route the same way (``routingId``; no form
-  fields); without an interval it answers ``{bookingUrl}``. Its routes are booked at
-  ``/v1/org/concierge/routing/{routingId}/schedule-simple`` with the same rules.
+  fields); without an interval it answers ``{bookingUrl}``. The form takes the router's
+  own fields (:attr:`ChiliPiperServer.router_form`): ``PersonEmail`` is required and an
+  unknown key is 400. Its start times are objects ``{startTime, attendees}``. Its routes
+  are booked at ``/v1/org/concierge/routing/{routingId}/schedule-simple`` (same rules).
 * ``PUT`` :data:`~src.services.chilipiper.MEETINGS_PATH`: meetings starting in
-  ``[start, end)`` (at most 7 days), filtered by ``guestEmail`` and ``status``; answers
-  ``{data: [...], hasMore, hasMoreItems}``.
+  ``[start, end)`` (at most 7 days), filtered by ``guestEmail`` (unless
+  :attr:`ChiliPiperServer.guest_filter` is off: a coarse server-side filter) and
+  ``status``, ``pageSize`` (default 10) per zero-based ``page``; answers only the
+  documented shape ``{"data": {"list": [...]}, "hasMore": "Yes"|"No", "hasMoreItems"}``,
+  each meeting with ``meetingId``, ``dateTime {start, end}`` and ``primaryGuest {value}``.
 
 Errors use the vendor's envelope ``{errorCode, errorMessage, arguments}``; a malformed body
 is 400 ``Invalid value for: body`` as plain text. Auth: ``Authorization: Bearer <key>``.
@@ -27,7 +32,7 @@ is 400 ``Invalid value for: body`` as plain text. Auth: ``Authorization: Bearer 
 Scenario controls: :meth:`~ChiliPiperServer.take` (someone else books a time),
 :meth:`~ChiliPiperServer.steal_next_schedule`, :meth:`~ChiliPiperServer.expire_routes`,
 :meth:`~ChiliPiperServer.lose_next_schedule` (the answer is lost, after or before it
-applied).
+applied), :meth:`~ChiliPiperServer.drop_next_answer` (booked, then the connection drops).
 """
 
 from __future__ import annotations
@@ -139,13 +144,16 @@ class SandboxMeeting:
     status: str = "Active"
 
     def to_json(self) -> dict[str, Any]:
+        """A meeting as the documented meeting list carries it."""
         return {
             "meetingId": self.meeting_id,
             "status": self.status,
-            "startTime": _iso(self.start_time),
-            "endTime": _iso(self.start_time + timedelta(minutes=MEETING_MINUTES)),
+            "dateTime": {
+                "start": _iso(self.start_time),
+                "end": _iso(self.start_time + timedelta(minutes=MEETING_MINUTES)),
+            },
+            "primaryGuest": {"type": "Email", "value": self.guest_email},
             "assignedUserId": self.assigned_user_id,
-            "attendees": [{"email": self.guest_email, "type": "Guest"}],
         }
 
 
@@ -184,12 +192,15 @@ class ChiliPiperServer(SandboxServer):
                 "dataType": "Text",
             },
         ]
+        self.router_form = ("PersonEmail", "PersonFirstName", "PersonLastName", "CompanyName")
+        self.guest_filter = True
         self.route_ttl = 600.0
         self.clock: Callable[[], float] = _time.monotonic
         self.routes: dict[str, _Route] = {}
         self._lose_next: bool | None = None  # applied-before-losing flag for the next schedule
         self._lost = asyncio.Event()
         self._steal_next = False
+        self._drop_next = False
         super().__init__()
 
     def add_routes(self, app: web.Application) -> None:
@@ -222,11 +233,17 @@ class ChiliPiperServer(SandboxServer):
         ``applied`` says whether the meeting was made before the answer was lost."""
         self._lose_next = applied
 
+    def drop_next_answer(self) -> None:
+        """The next ``schedule-simple`` books the meeting, then the connection drops
+        before the answer is sent (the client sees a disconnect)."""
+        self._drop_next = True
+
     def clear(self, endpoint: str | None = None) -> None:
         super().clear(endpoint)
         if endpoint is None:
             self._lose_next = None
             self._steal_next = False
+            self._drop_next = False
             self._lost.set()
             self._lost = asyncio.Event()
 
@@ -334,7 +351,10 @@ class ChiliPiperServer(SandboxServer):
             form, options = body.get("form"), body.get("options")
             if not isinstance(form, dict) or not isinstance(options, dict):
                 raise _BadBody("form/options")
-            _text(form, "email", r"[^@\s]+@[^@\s]+")
+            unknown = sorted(k for k in form if k not in self.router_form)
+            if unknown:
+                raise _BadBody(f"form.{unknown[0]}")  # not a field of this router's form
+            _text(form, "PersonEmail", r"[^@\s]+@[^@\s]+")
             _zone(options)
             interval = options.get("interval")
             if interval is not None:
@@ -354,9 +374,8 @@ class ChiliPiperServer(SandboxServer):
         if interval is None:  # no time window: a link the guest can open
             return web.json_response({"bookingUrl": self.booking_url})
         route_id, starts = self._open_route(start, duration)
-        return web.json_response(
-            {"routingId": route_id, "startTimes": [_iso(s) for s in starts], "formFields": []}
-        )
+        times = [{"startTime": _iso(s), "attendees": [self._rep_for(s)]} for s in starts]
+        return web.json_response({"routingId": route_id, "startTimes": times, "formFields": []})
 
     def _form_problem(self, form: Any) -> str | None:
         if not isinstance(form, dict) or not all(isinstance(v, str) for v in form.values()):
@@ -404,6 +423,11 @@ class ChiliPiperServer(SandboxServer):
             self.meetings.append(meeting)
             answer = {"type": "Success", "meetingId": meeting.meeting_id}
         route.used = True
+        if self._drop_next and answer.get("type") == "Success":
+            self._drop_next = False
+            if request.transport is not None:
+                request.transport.abort()  # booked; the answer never leaves
+            raise asyncio.CancelledError
         if lose is not None:
             await self._lost.wait()  # the answer never comes
             return self._error(503, "Released", "released")
@@ -425,6 +449,11 @@ class ChiliPiperServer(SandboxServer):
             statuses = body.get("status", ["Active", "Canceled", "NoShow", "Completed"])
             if not isinstance(statuses, list):
                 raise _BadBody("status")
+            page, size = body.get("page", 0), body.get("pageSize", 10)
+            if not isinstance(page, int) or isinstance(page, bool) or page < 0:
+                raise _BadBody("page")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise _BadBody("pageSize")
         except _BadBody as exc:
             return self._invalid(str(exc))
         found = [
@@ -432,9 +461,20 @@ class ChiliPiperServer(SandboxServer):
             for m in self.meetings
             if start <= m.start_time < end
             and m.status in statuses
-            and (email is None or m.guest_email.casefold() == email.casefold())
+            and (
+                email is None
+                or not self.guest_filter
+                or m.guest_email.casefold() == email.casefold()
+            )
         ]
-        return web.json_response({"data": found, "hasMore": "No", "hasMoreItems": False})
+        more = len(found) > (page + 1) * size
+        return web.json_response(
+            {
+                "data": {"list": found[page * size : (page + 1) * size]},
+                "hasMore": "Yes" if more else "No",
+                "hasMoreItems": more,
+            }
+        )
 
 
 def _is_uuid(value: object) -> bool:

@@ -32,7 +32,8 @@ Endpoints (vendor shapes):
   Records are owned by users, or by :data:`SANDBOX_LEAD_QUEUE_ID` when added so.
 
 Data errors use Salesforce's list shape ``[{"message", "errorCode", "fields"?}]``; a
-missing, unknown or expired bearer token is 401 ``INVALID_SESSION_ID``.
+missing, unknown or expired bearer token is 401 ``INVALID_SESSION_ID``. The ``lock-row``
+fault answers 400 ``UNABLE_TO_LOCK_ROW`` (transient; nothing applied).
 """
 
 from __future__ import annotations
@@ -303,6 +304,11 @@ class SalesforceServer(SandboxServer):
     def malformed_body(self, request: web.Request) -> web.Response:
         """Valid JSON that breaks the schema (a query result without its records)."""
         return web.json_response({"totalSize": "many", "done": "maybe"})
+
+    def lock_row_answer(self, request: web.Request) -> web.Response:
+        """``FaultKind.LOCK_ROW``: Salesforce's transient lock error (nothing applied)."""
+        message = "unable to obtain exclusive access to this record or 1 records"
+        return _errors(400, "UNABLE_TO_LOCK_ROW", message)
 
     # -- routes --------------------------------------------------------------------------
     def add_routes(self, app: web.Application) -> None:

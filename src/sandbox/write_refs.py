@@ -1,8 +1,9 @@
 """The exactly-once searches, served strictly: the Salesforce Task query by write
 reference (``SELECT Id FROM Task WHERE WhoId = '…' AND Subject LIKE '%…%'``) and the
-HubSpot notes search (``hs_note_body`` ``CONTAINS_TOKEN``). Anything else about Tasks or
-notes is refused the way the vendor refuses it (e.g. SOQL cannot filter on the long text
-``Description``)."""
+HubSpot notes search (``hs_note_body`` ``CONTAINS_TOKEN``, answering only the properties
+asked for, ``limit`` results per page, ``paging.next.after`` to the next). Anything else
+about Tasks or notes is refused the way the vendor refuses it (e.g. SOQL cannot filter on
+the long text ``Description``)."""
 
 from __future__ import annotations
 
@@ -91,6 +92,23 @@ def note_search(notes: list[Any], body: Any) -> web.Response:
     limit = body.get("limit", 10)
     if not isinstance(limit, int) or not 1 <= limit <= 200:
         return _hs_error("limit must be between 1 and 200")
+    after = body.get("after", "0")
+    if not isinstance(after, str) or not after.isdigit():
+        return _hs_error("after must be a paging cursor")
+    wanted = body.get("properties", [])
+    if not isinstance(wanted, list) or not all(isinstance(p, str) for p in wanted):
+        return _hs_error("properties must be a list of property names")
     token = value.strip().lower()
     hits = [n for n in notes if token in re.findall(r"[a-z0-9]+", n.body.lower())]
-    return web.json_response({"total": len(hits), "results": [n.to_json() for n in hits[:limit]]})
+    start = int(after)
+    results = []
+    for note in hits[start : start + limit]:
+        # As HubSpot: only the properties asked for, plus the object id.
+        shown = note.to_json()
+        props = {k: v for k, v in shown["properties"].items() if k in wanted}
+        shown["properties"] = {**props, "hs_object_id": note.id}
+        results.append(shown)
+    answer: dict[str, Any] = {"total": len(hits), "results": results}
+    if start + limit < len(hits):
+        answer["paging"] = {"next": {"after": str(start + limit)}}
+    return web.json_response(answer)

@@ -67,6 +67,8 @@ __all__ = [
     "EVENT_DOCUMENT_SENT",
     "EVENT_INTEGRATION_CONNECTED",
     "EVENT_TEMPLATE_CREATED",
+    "HOURLY_QUERY_LIMIT",
+    "MAX_CONCURRENT_REQUESTS",
     "QUERIES_PER_LOOKUP",
     "TRIAL_END_PROPERTY",
     "AmplitudeClient",
@@ -83,7 +85,17 @@ EVENT_INTEGRATION_CONNECTED = "Integration Connected"
 INTEGRATION_PROPERTY = "integration"
 TRIAL_END_PROPERTY = "trial_end_date"
 
+# == Amplitude facts this client relies on =====================================================
+# Sources: reference/apis/vendor-facts.md ("Amplitude Dashboard REST") and
+# amplitude-dashboard-rest.openapi.yml. The settings' defaults are these limits
+# (AMPLITUDE_HOURLY_QUERY_BUDGET, AMPLITUDE_MAX_CONCURRENT); every request of this client
+# (usersearch and useractivity alike) holds one slot of the fleet-wide concurrency cap.
+HOURLY_QUERY_LIMIT = 360  # usersearch + useractivity queries per hour, per project
+MAX_CONCURRENT_REQUESTS = 5  # in flight across all Dashboard REST endpoints, per project
+# usersearch?user= may match an id prefix: the returned user_id is checked exactly; no
+# match is HTTP 200 with ``matches: []``.
 _EVENT_PAGE = 1000  # the API's maximum page size
+# == end of Amplitude facts ====================================================================
 # Events validated between two yields to the event loop: about a millisecond of work, so a
 # page at the size cap never holds the loop (and every conversation's audio) for long.
 _VALIDATE_BATCH = 250

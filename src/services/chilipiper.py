@@ -18,7 +18,9 @@ outcome is unknown (a timeout, a dropped connection, a 5xx or a garbled 200 afte
 request left, or a cancellation mid-flight; :func:`~src.services.http.write_outcome_is_ambiguous`).
 The next :meth:`~ChiliPiperClient.book` for that guest and time first looks the meeting up
 (``PUT /v2/org/meetings/meetings`` for the guest, a one-minute window at the start time,
-well inside the API's 7-day limit) and schedules again only when it certainly does not
+well inside the API's 7-day limit; the documented answer ``{"data": {"list": [...]},
+"hasMore": "Yes"|"No"}`` is read page by page and each meeting's ``primaryGuest.value`` and
+``dateTime.start`` are checked here) and schedules again only when it certainly does not
 exist. So one :meth:`~ChiliPiperClient.book` call is **safe to retry**: the retry policy may
 repeat it, and each attempt reconciles before it writes.
 
@@ -31,20 +33,21 @@ carries the fresh session so the caller hears new options.
 
 **Form fields.** Required fields are filled from what we know (email, name, company); one
 we cannot fill raises :class:`FormIncomplete` (nothing is sent) and the tool hands the
-booking to sales with the link's public booking URL. Hidden fields pass their value.
+booking to sales with the link's public booking URL. Hidden fields pass their value. A
+Concierge router's form takes the router's own field names: ``CHILIPIPER_CONCIERGE_FIELDS``
+maps our facts to them (``PersonEmail`` is always required).
 
-Field names that ChiliPiper's published material gives only informally (see the reference:
-"should be checked against a live account before go-live") are isolated in the section
-marked **UNCONFIRMED WIRE FORMAT** below; change them there and nowhere else.
+Every vendor fact (paths, field names, page sizes; some given by ChiliPiper only
+informally: "should be checked against a live account before go-live") lives in
+:mod:`src.services.chilipiper_wire`, with its source; change them there and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import aiohttp
 
@@ -55,13 +58,30 @@ from .chilipiper_model import (
     MAX_WINDOW,
     BookedMeeting,
     BookingSession,
+    ConciergeFields,
     DemoSlot,
     FormField,
     Guest,
     SchedulingLink,
     business_window,
     spoken_time,
-    utc_iso,
+)
+from .chilipiper_wire import (
+    CONCIERGE_INIT_PATH,
+    CONCIERGE_SCHEDULE_PATH,
+    DEFAULT_BASE_URL,
+    DEFAULT_CONCIERGE_FIELDS,
+    INIT_PATH,
+    MEETING_LOOKUP_PAGES,
+    MEETINGS_PATH,
+    SCHEDULE_PATH,
+    init_request,
+    meeting_page,
+    meetings_query,
+    parse_outcome,
+    parse_session,
+    schedule_body,
+    schedule_path,
 )
 from .http import (
     DEFAULT_HTTP_OPTIONS,
@@ -92,14 +112,6 @@ __all__ = [
 ]
 
 SERVICE = "chilipiper"
-DEFAULT_BASE_URL = "https://fire.chilipiper.com/api/fire-edge"
-INIT_PATH = "/v1/org/schedulingLinks/init-simple"
-SCHEDULE_PATH = "/v1/org/schedulingLinks/routing/{route_id}/schedule-simple"
-CONCIERGE_INIT_PATH = "/v1/org/concierge/routers/{router}/rest"
-CONCIERGE_SCHEDULE_PATH = "/v1/org/concierge/routing/{route_id}/schedule-simple"
-MEETINGS_PATH = "/v2/org/meetings/meetings"  # meetingListPut, scope meeting.read
-
-_ROUTE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _REASON = re.compile(r"[A-Za-z_]{1,64}")
 
 logger = get_logger("pandadoc.services.chilipiper")
@@ -118,115 +130,6 @@ class FormIncomplete(InvalidRequest):
     """The booking form requires a field we cannot fill; nothing was sent."""
 
 
-# == UNCONFIRMED WIRE FORMAT ===================================================================
-# ChiliPiper publishes init-simple / schedule-simple only informally, and the meeting list's
-# item shape only in prose ("payload structure might change"). Every field name below comes
-# from that material and MUST be checked against a live account before go-live. Nothing
-# else in this module depends on the names.
-
-
-def _init_request(
-    link: SchedulingLink, guest: Guest, start: datetime, span: timedelta
-) -> tuple[str, Any]:
-    """The path and body that open a booking session."""
-    interval = {"startsAt": utc_iso(start), "duration": f"PT{int(span.total_seconds())}S"}
-    if link.router:
-        # Concierge: the router's form is the input; with an interval it answers times
-        # and a routing id (without one, a booking link).
-        form = {"email": guest.email, "name": guest.name, "company": guest.company}
-        body = {
-            "form": {k: v for k, v in form.items() if v},
-            "options": {"guestTimezone": guest.timezone, "interval": interval},
-        }
-        return CONCIERGE_INIT_PATH.format(router=link.router), body
-    ref: dict[str, Any] = {"id": link.id} if link.id else {"slug": link.slug}
-    return INIT_PATH, {
-        "link": ref,
-        "guestEmail": guest.email,
-        "guestTimezone": guest.timezone,
-        "interval": interval,
-        "outputs": ["StartTimes"],
-    }
-
-
-def _schedule_path(link: SchedulingLink, route_id: str) -> str:
-    template = CONCIERGE_SCHEDULE_PATH if link.router else SCHEDULE_PATH
-    return template.format(route_id=route_id)
-
-
-def _parse_session(data: Any) -> BookingSession:
-    """``{routeId, startTimes[], formFields[{reference, requirement, dataType}], failures}``;
-    ``requirement`` is ``"Required"``/``"Optional"`` or ``{"type": "Hidden", "value": v}``.
-    Concierge names its route ``routingId``."""
-    route_id = data.get("routeId", data.get("routingId")) if isinstance(data, dict) else None
-    if not isinstance(data, dict) or not isinstance(route_id, str):
-        raise BadResponse(SERVICE, "init-simple answer has no routeId")
-    raw_times = data.get("startTimes", data.get("slots"))
-    if not _ROUTE_ID.fullmatch(route_id):  # it becomes part of a URL path
-        raise BadResponse(SERVICE, "init-simple answer has a malformed routeId")
-    if not isinstance(raw_times, list):
-        raise BadResponse(SERVICE, "init-simple answer has no startTimes list")
-    times = tuple(_instant(t, "startTimes") for t in raw_times)
-    fields: list[FormField] = []
-    for item in data.get("formFields") or ():
-        req = item.get("requirement") if isinstance(item, dict) else None
-        ref = item.get("reference") if isinstance(item, dict) else None
-        if isinstance(req, dict):
-            kind, value = req.get("type"), req.get("value")
-        else:
-            kind, value = req, None
-        if not isinstance(ref, str) or kind not in ("Required", "Optional", "Hidden"):
-            raise BadResponse(SERVICE, "init-simple answer has a malformed form field")
-        fields.append(FormField(ref, str(kind), None if value is None else str(value)))
-    if data.get("failures"):
-        logger.info("chilipiper: %d host calendars reported failures", len(data["failures"]))
-    return BookingSession(route_id, times, tuple(fields))
-
-
-def _schedule_body(guest: Guest, starts_at: datetime, form: Mapping[str, str]) -> Any:
-    return {
-        "startTime": utc_iso(starts_at),
-        "guestEmail": guest.email,
-        "guestTimezone": guest.timezone,
-        "formData": dict(form),
-    }
-
-
-def _parse_outcome(data: Any) -> tuple[str | None, str | None]:
-    """``(meetingId, None)`` for ``Success``, ``(None, reason)`` for ``Failure``."""
-    kind = data.get("type") if isinstance(data, dict) else None
-    if kind == "Success" and isinstance(data.get("meetingId"), str) and data["meetingId"]:
-        return data["meetingId"], None
-    if kind == "Failure":
-        return None, str(data.get("reason") or "unspecified")
-    raise BadResponse(SERVICE, "schedule-simple answer is neither Success nor Failure")
-
-
-def _meetings_query(email: str, starts_at: datetime) -> Any:
-    return {
-        "start": utc_iso(starts_at),
-        "end": utc_iso(starts_at + timedelta(minutes=1)),
-        "guestEmail": email,
-        "status": ["Active"],
-        "pageSize": 50,
-    }
-
-
-def _meeting_ids(data: Any) -> list[str]:
-    """Meeting ids in a list answer: items under ``data`` (schema) or ``results`` (prose),
-    each with ``meetingId`` (or ``id``)."""
-    items = data.get("data", data.get("results")) if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        raise BadResponse(SERVICE, "meeting list answer has no list of meetings")
-    ids: list[str] = []
-    for item in items:
-        found = item.get("meetingId", item.get("id")) if isinstance(item, dict) else None
-        if not isinstance(found, str) or not found:
-            raise BadResponse(SERVICE, "meeting list item has no meeting id")
-        ids.append(found)
-    return ids
-
-
 # Form references we can fill, by normalised name (lower case, letters only).
 _KNOWN_FIELDS = {
     "email": "email",
@@ -239,17 +142,6 @@ _KNOWN_FIELDS = {
     "companyname": "company",
     "organization": "company",
 }
-# == end of UNCONFIRMED WIRE FORMAT ============================================================
-
-
-def _instant(value: Any, what: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise BadResponse(SERVICE, f"{what} holds a value that is not a time") from None
-    if parsed.tzinfo is None:
-        raise BadResponse(SERVICE, f"{what} holds a time without a zone")
-    return parsed.astimezone(UTC)
 
 
 def form_data(session: BookingSession, guest: Guest) -> dict[str, str]:
@@ -290,6 +182,8 @@ class ChiliPiperClient(ServiceClient):
         options: per-request timeouts (:data:`DEFAULT_HTTP_OPTIONS`).
         session: an ``aiohttp.ClientSession`` to use (not closed by :meth:`aclose`).
         now: the current time (aware) for renewed sessions' windows; default UTC now.
+        concierge_fields: a Concierge router's form field names for our facts
+            (``CHILIPIPER_CONCIERGE_FIELDS``; default ``PersonEmail`` and name and company).
     """
 
     def __init__(
@@ -302,6 +196,7 @@ class ChiliPiperClient(ServiceClient):
         options: HttpOptions = DEFAULT_HTTP_OPTIONS,
         session: aiohttp.ClientSession | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        concierge_fields: ConciergeFields = DEFAULT_CONCIERGE_FIELDS,
     ) -> None:
         if not api_key or not (link.slug or link.id or link.router):
             raise ValueError("chilipiper: api_key and a scheduling link or router are required")
@@ -310,6 +205,7 @@ class ChiliPiperClient(ServiceClient):
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self.link = link
         self.booking_url = booking_url
+        self.concierge_fields = concierge_fields
         self._now = now
         self._spent: set[str] = set()  # routes a schedule was sent on (single-use)
         self._in_doubt: set[tuple[str, datetime]] = set()  # (email, start): outcome unknown
@@ -327,7 +223,7 @@ class ChiliPiperClient(ServiceClient):
             raise ValueError("start must be aware and the window 1 s to 7 days")
         if not is_valid_email(guest.email):
             raise InvalidRequest(SERVICE, "guest email is not well-formed")
-        path, body = _init_request(self.link, guest, start, span)
+        path, body = init_request(self.link, guest, start, span, self.concierge_fields)
         data = await self._http.request(
             "POST",
             path,
@@ -336,22 +232,40 @@ class ChiliPiperClient(ServiceClient):
             on_404=InvalidRequest,  # the link does not exist: configuration, not retryable
             idempotent=True,  # opens a session, books nothing: a reset mid-body may be retried
         )
-        session = _parse_session(data)
+        session = parse_session(data)
         end = start + span
         times = tuple(sorted(t for t in session.start_times if start <= t < end))
         return BookingSession(session.route_id, times, session.form_fields)
 
     async def find_meeting(self, email: str, starts_at: datetime) -> str | None:
-        """The id of the guest's active meeting starting at ``starts_at``, if any."""
-        data = await self._http.request(
-            "PUT",
-            MEETINGS_PATH,
-            json_body=_meetings_query(email, starts_at),
-            headers=self._auth,
-            on_404=BadResponse,
+        """The id of the guest's active meeting starting at ``starts_at``, or ``None`` when
+        the list certainly holds none. Every returned meeting's guest and start are checked
+        here (the server-side filter is not trusted alone), and ``hasMore`` is followed
+        page by page. Read-only. A list that does not end within
+        :data:`~.chilipiper_wire.MEETING_LOOKUP_PAGES` pages is :class:`BadResponse`
+        (the outcome stays unknown)."""
+        wanted = starts_at.astimezone(UTC)
+        for page in range(MEETING_LOOKUP_PAGES):
+            data = await self._http.request(
+                "PUT",
+                MEETINGS_PATH,
+                json_body=meetings_query(email, wanted, page),
+                headers=self._auth,
+                on_404=BadResponse,
+                idempotent=True,  # a read: a reset mid-body may be retried
+            )
+            meetings, more = meeting_page(data)
+            found = next((m for m in meetings if m.is_for(email, wanted)), None)
+            others = sum(not m.is_for(email, wanted) for m in meetings)
+            if others:
+                logger.info("chilipiper: meeting list returned %d other meetings; ignored", others)
+            if found is not None:
+                return found.meeting_id
+            if not more:
+                return None
+        raise BadResponse(
+            SERVICE, f"meeting list still had more after {MEETING_LOOKUP_PAGES} pages"
         )
-        ids = _meeting_ids(data)
-        return ids[0] if ids else None
 
     async def book(
         self,
@@ -417,13 +331,13 @@ class ChiliPiperClient(ServiceClient):
     ) -> str | None:
         """One ``schedule-simple``: the meeting id, or ``None`` when the route failed or
         is gone (renew it). The outcome is "in doubt" from before the request leaves."""
-        body = _schedule_body(guest, slot.starts_at, form_data(session, guest))
-        path = _schedule_path(self.link, session.route_id)
+        body = schedule_body(guest, slot.starts_at, form_data(session, guest))
+        path = schedule_path(self.link, session.route_id)
         self._spent.add(session.route_id)
         self._in_doubt.add(key)
         try:
             data = await self._http.request("POST", path, json_body=body, headers=self._auth)
-            meeting_id, reason = _parse_outcome(data)
+            meeting_id, reason = parse_outcome(data)
         except NotFound:
             self._in_doubt.discard(key)
             logger.info("chilipiper: booking route unknown or expired")

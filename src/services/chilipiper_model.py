@@ -17,6 +17,7 @@ __all__ = [
     "SLUG_PATTERN",
     "BookedMeeting",
     "BookingSession",
+    "ConciergeFields",
     "DemoSlot",
     "FormField",
     "Guest",
@@ -28,6 +29,10 @@ __all__ = [
 
 MAX_WINDOW = timedelta(days=7)  # the API's longest window (availability, meeting list)
 SLUG_PATTERN = re.compile(r"[-0-9a-z_]+")  # the OpenAPI ``slug`` pattern
+# A Concierge router's form, as ``(our fact, the router's field reference)`` pairs; our
+# facts are ``email``, ``name``, ``first_name``, ``last_name`` and ``company``
+# (``CHILIPIPER_CONCIERGE_FIELDS``, parsed by :func:`~.chilipiper_wire.concierge_fields`).
+ConciergeFields = tuple[tuple[str, str], ...]
 
 
 # -- values --------------------------------------------------------------------------------

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 
 from ..phrases import crm_sentence
 
-__all__ = ["CrmContact", "speakable"]
+__all__ = ["WRITE_REF_MARK", "CrmContact", "speakable"]
+
+# How a CRM write carries its write reference (the end of a Task subject / a note's first
+# line); the outbox writes it (``src.outbox.REF_MARK``) and the "already written?"
+# lookups confirm exactly this text, never a looser match.
+WRITE_REF_MARK = "(ref {})"
 
 # Free-text CRM fields hold placeholders, markup, addresses, ids or whole paragraphs that
 # a caller should never hear.

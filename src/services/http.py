@@ -49,6 +49,7 @@ from ..redaction import get_logger
 
 __all__ = [
     "DEFAULT_HTTP_OPTIONS",
+    "ErrorClassifier",
     "HttpOptions",
     "ServiceClient",
     "ServiceHttp",
@@ -61,6 +62,8 @@ __all__ = [
 logger = get_logger("pandadoc.services.http")
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+# Refines an error answer's taxonomy error from its decoded JSON body (or None).
+ErrorClassifier = Callable[[ServiceError, Any], ServiceError]
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,7 @@ class ServiceHttp:
         expect_json: bool = True,
         on_404: type[ServiceError] = NotFound,
         idempotent: bool | None = None,
+        classify: ErrorClassifier | None = None,
     ) -> Any:
         """Send one request and return the decoded JSON body (``None`` for an empty body).
 
@@ -286,7 +290,10 @@ class ServiceHttp:
         "nothing" with an empty list, passes :class:`BadResponse` so a wrong URL is not
         mistaken for a missing person. ``idempotent`` (default: GET, HEAD, OPTIONS) says
         whether a connection lost mid-body may be retried (:class:`ConnectionFailed`); for
-        anything else it is :class:`BadResponse`, an outcome-unknown failure. Raises only
+        anything else it is :class:`BadResponse`, an outcome-unknown failure. ``classify``
+        refines the error of an error answer from its body (the vendor's error codes):
+        it gets the taxonomy error and the decoded JSON body (``None`` when empty or not
+        JSON) and returns the error to raise. Raises only
         :class:`~src.errors.ServiceError` subclasses (and ``asyncio.CancelledError``).
         """
         if timeout is not None and not timeout > 0:
@@ -317,7 +324,7 @@ class ServiceHttp:
             try:
                 async with own_timer:
                     status, text = await self._send(
-                        method, url, params, json_body, form, headers, total, on_404
+                        method, url, params, json_body, form, headers, total, on_404, classify
                     )
             except _Status as answered:
                 status = answered.status
@@ -398,6 +405,7 @@ class ServiceHttp:
         headers: Mapping[str, str] | None,
         total: float,
         on_404: type[ServiceError],
+        classify: ErrorClassifier | None = None,
     ) -> tuple[int, str]:
         """One request; its status and body as text. The caller arms the overall timer; aiohttp
         bounds only the connect phase."""
@@ -415,15 +423,26 @@ class ServiceHttp:
         ) as resp:
             error = error_for_status(self.service, resp.status, resp.headers)
             if error is not None:
+                raw = b""
                 try:
-                    await read_capped(resp, ERROR_BODY_DRAIN)  # reuse the connection
+                    raw = await read_capped(resp, ERROR_BODY_DRAIN)  # reuse the connection
                 except _BodyTooLarge:
                     resp.close()  # drop the connection rather than read the rest
                 if resp.status == 404 and on_404 is not NotFound:
                     error = on_404(self.service, error.args[0], status=404)
+                if classify is not None:
+                    error = classify(error, _error_body(raw, resp.charset))
                 raise _Status(resp.status, error)
             raw = await read_capped(resp, self.options.max_body_bytes)
             return resp.status, _decode(raw, resp.charset)
+
+
+def _error_body(raw: bytes, charset: str | None) -> Any:
+    """An error answer's JSON body, or ``None`` (empty, too large, not JSON)."""
+    try:
+        return json.loads(_decode(raw, charset)) if raw.strip() else None
+    except (ValueError, RecursionError):
+        return None
 
 
 class _Status(Exception):

@@ -45,7 +45,7 @@ from ..errors import (
     ServiceError,
 )
 from ..redaction import get_logger, register_secret
-from .crm import CrmContact
+from .crm import WRITE_REF_MARK, CrmContact
 from .http import (
     DEFAULT_HTTP_OPTIONS,
     HttpOptions,
@@ -65,6 +65,9 @@ __all__ = [
 
 SERVICE = "hubspot"
 
+# == HubSpot facts this client relies on =======================================================
+# Sources: reference/apis/vendor-facts.md ("HubSpot CRM") and hubspot-*.openapi.yml.
+
 #: Contact properties requested from the search (HubSpot returns only those asked for).
 CONTACT_PROPERTIES: tuple[str, ...] = (
     "email",
@@ -79,6 +82,14 @@ CONTACT_PROPERTIES: tuple[str, ...] = (
 #: HubSpot-defined association type id for note -> contact.
 NOTE_TO_CONTACT_ASSOCIATION = 202
 _MAX_NOTE_CHARS = 65_536  # HubSpot's limit for hs_note_body
+NOTE_SEARCH_PATH = "/crm/v3/objects/notes/search"
+# CONTAINS_TOKEN's tokenisation is undocumented and the search index lags behind writes:
+# a match is confirmed by reading ``hs_note_body`` (asked for in ``properties``) of
+# several results, page by page (``paging.next.after``), never by ``total > 0``. Search
+# endpoints allow about 4-5 requests per second per account: few pages at most.
+NOTE_SEARCH_LIMIT = 10
+NOTE_SEARCH_PAGES = 3
+# == end of HubSpot facts ======================================================================
 
 logger = get_logger("pandadoc.services.hubspot")
 
@@ -252,37 +263,77 @@ class HubSpotClient(ServiceClient):
         return note.id
 
     async def note_exists(self, ref: str) -> bool:
-        """Whether a note carries the write reference ``ref`` as a word of its body:
-        the exactly-once check after a write whose outcome was unknown. Idempotent (a
-        search). HubSpot's search index lags new records by a few seconds, so the
-        outbox trusts an empty answer only for a write sent a while ago.
+        """Whether a note carries the write reference ``ref``: the exactly-once check
+        after a write whose outcome was unknown. The search (``hs_note_body``
+        ``CONTAINS_TOKEN`` ``ref``) only proposes candidates; a note counts only when its
+        ``hs_note_body`` holds the exact marker ``(ref <ref>)``. Idempotent (a search).
+        HubSpot's search index lags new records, so ``False`` for a recent write means
+        "not known yet" to the outbox (its settle window).
 
         Raises:
             InvalidRequest: ``ref`` is not a write reference (nothing is sent).
+            BadResponse: a candidate came back without its body, or the candidates did not
+                end within :data:`NOTE_SEARCH_PAGES` pages (cannot be decided now).
             ServiceError: any failure, translated by :class:`ServiceHttp`.
         """
         if not (len(ref) == 32 and all(c in "0123456789abcdef" for c in ref)):
             raise InvalidRequest(SERVICE, "hubspot: not a write reference")
-        body: dict[str, Any] = {
-            "filterGroups": [
-                {
-                    "filters": [
-                        {"propertyName": "hs_note_body", "operator": "CONTAINS_TOKEN", "value": ref}
-                    ]
-                }
-            ],
-            "properties": ["hs_note_body"],
-            "limit": 1,
-        }
-        data = await self._http.request(
-            "POST",
-            "/crm/v3/objects/notes/search",
-            json_body=body,
-            headers=self._headers,
-            on_404=BadResponse,
-        )
-        return bool(parse_model(SERVICE, _NoteSearch, data).total > 0)
+        marker = WRITE_REF_MARK.format(ref)
+        after: str | None = None
+        for _ in range(NOTE_SEARCH_PAGES):
+            body: dict[str, Any] = {
+                "filterGroups": [
+                    {
+                        "filters": [
+                            {
+                                "propertyName": "hs_note_body",
+                                "operator": "CONTAINS_TOKEN",
+                                "value": ref,
+                            }
+                        ]
+                    }
+                ],
+                "properties": ["hs_note_body"],
+                "limit": NOTE_SEARCH_LIMIT,
+            }
+            if after is not None:
+                body["after"] = after
+            data = await self._http.request(
+                "POST",
+                NOTE_SEARCH_PATH,
+                json_body=body,
+                headers=self._headers,
+                on_404=BadResponse,
+                idempotent=True,  # a search: a reset mid-body may be retried
+            )
+            page = parse_model(SERVICE, _NoteSearch, data)
+            bodies = [hit.properties.get("hs_note_body") for hit in page.results]
+            if any(not isinstance(text, str) for text in bodies):
+                raise BadResponse(SERVICE, "hubspot: a note search result has no hs_note_body")
+            if any(marker in str(text) for text in bodies):
+                return True
+            if page.results:
+                logger.info("hubspot: %d token matches without the exact marker", len(bodies))
+            after = page.paging.next.after if page.paging and page.paging.next else None
+            if after is None:
+                return False
+        raise BadResponse(SERVICE, f"hubspot: note search not done after {NOTE_SEARCH_PAGES} pages")
+
+
+class _NextPage(pydantic.BaseModel):
+    after: str = pydantic.Field(min_length=1, max_length=256)
+
+
+class _Paging(pydantic.BaseModel):
+    next: _NextPage | None = None
+
+
+class _NoteHit(pydantic.BaseModel):
+    id: str
+    properties: dict[str, str | None] = pydantic.Field(default_factory=dict)
 
 
 class _NoteSearch(pydantic.BaseModel):
     total: int = pydantic.Field(ge=0)
+    results: list[_NoteHit]
+    paging: _Paging | None = None

@@ -1,8 +1,10 @@
 """Client-side vendor quotas and a short-lived cache of answers, behind small interfaces.
 
-Amplitude documents, for the User Search and User Activity endpoints, **360 queries per
-hour and 10 concurrent requests per project** -- for the whole fleet -- and one usage
-lookup costs two queries. :class:`VendorLimiter` keeps us under such limits *before* a
+Amplitude documents **360 queries per hour** for the User Search and User Activity
+endpoints and **5 concurrent requests across all Dashboard REST endpoints**, per project
+(``reference/apis/vendor-facts.md``) -- for the whole fleet -- and one usage lookup costs
+two queries. Every Amplitude request the client sends holds a slot of the one fleet-wide
+cap (key ``amplitude:quota:inflight``). :class:`VendorLimiter` keeps us under such limits *before* a
 request leaves: a lookup is charged its whole cost up front against a sliding one-hour
 budget, and each request holds one of the concurrency slots while it is in flight. When
 the budget is spent (or no slot frees up within ``slot_wait`` seconds) it raises

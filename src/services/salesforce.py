@@ -33,6 +33,10 @@ Choices, and why:
   external-id field, needs a custom field and is not in the reference). If it fails with a
   timeout or a dropped connection the Task may or may not exist, so callers must not
   retry it blindly; the client itself never repeats it except after a 401 (see above).
+* **Errors** are read from Salesforce's error array by ``errorCode``
+  (:func:`classify_errors`): a transient code such as ``UNABLE_TO_LOCK_ROW`` (HTTP 400) is
+  :class:`~src.errors.ServiceBusy` (certainly not applied: the outbox keeps the write and
+  sends it again later); a validation code stays a permanent ``InvalidRequest``.
 
 Retry safety: :meth:`~SalesforceClient.find_person` is read-only and safe to retry;
 :meth:`~SalesforceClient.create_task` is not.
@@ -50,7 +54,15 @@ from typing import Any, Literal
 import aiohttp
 import pydantic
 
-from ..errors import AuthenticationFailed, BadResponse, InvalidRequest, NotFound, ServiceError
+from ..errors import (
+    AuthenticationFailed,
+    BadResponse,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceBusy,
+    ServiceError,
+)
 from ..redaction import get_logger, register_secret
 from ..validation import is_valid_email, is_valid_salesforce_id
 from .crm import CrmContact
@@ -66,8 +78,11 @@ from .soql import person_query, soql_quote, task_ref_query
 
 __all__ = [
     "DEFAULT_API_VERSION",
+    "TRANSIENT_ERROR_CODES",
     "CrmContact",
     "SalesforceClient",
+    "classify_errors",
+    "error_codes",
     "is_valid_email",
     "person_query",
     "soql_quote",
@@ -82,8 +97,54 @@ logger = get_logger("pandadoc.services.salesforce")
 # Renew a token this many seconds before the expiry the server announced (at most half
 # its lifetime), so a request never leaves with a token that dies on the way.
 _EXPIRY_MARGIN_S = 30.0
+
+# == Salesforce facts this client relies on ====================================================
+# Sources: reference/apis/vendor-facts.md ("Salesforce REST") and salesforce-*.openapi.yml.
+# Error answers are a JSON array ``[{"errorCode", "message", "fields"}]``: classify by
+# ``errorCode``, never by HTTP status alone (:func:`classify_errors`).
+ERROR_CODE = "errorCode"
+# Transient: refused for now, certainly not applied, safe to send again later.
+# UNABLE_TO_LOCK_ROW: another transaction holds the record lock (seen with HTTP 400).
+TRANSIENT_ERROR_CODES = frozenset({"UNABLE_TO_LOCK_ROW"})
+# Every other code of a 4xx answer is permanent: validation (REQUIRED_FIELD_MISSING,
+# STRING_TOO_LONG, FIELD_CUSTOM_VALIDATION_EXCEPTION, INVALID_CROSS_REFERENCE_KEY,
+# MALFORMED_ID, ...) will fail the same way however often it is sent.
 _SUBJECT_MAX = 255  # Task.Subject is a 255-character field
 _DESCRIPTION_MAX = 32_000  # Task.Description is a 32k long text area
+# Task.OwnerId is a user (``005...``); Task.WhoId a Contact or Lead. SOQL literal escapes:
+# :mod:`src.services.soql`.
+# == end of Salesforce facts ===================================================================
+_CODE_SHAPE = re.compile(r"[A-Z][A-Z_]{0,63}")
+
+
+def error_codes(body: Any) -> list[str]:
+    """The ``errorCode`` of each item of a Salesforce error array (``"?"`` for an item
+    without a well-formed one); empty when the body is not such an array."""
+    if not isinstance(body, list):
+        return []
+    codes = [item.get(ERROR_CODE) if isinstance(item, dict) else None for item in body]
+    return [c if isinstance(c, str) and _CODE_SHAPE.fullmatch(c) else "?" for c in codes]
+
+
+def classify_errors(error: ServiceError, body: Any) -> ServiceError:
+    """Refine an error answer by its error codes: when every code is transient
+    (:data:`TRANSIENT_ERROR_CODES`) it is :class:`~src.errors.ServiceBusy` (retry later,
+    certainly not applied), whatever the status; a rejected request names its codes for
+    the operator. 401/403 and 429 keep their meaning (token refresh, back-off)."""
+    codes = error_codes(body)
+    if not codes or isinstance(error, AuthenticationFailed | RateLimited):
+        return error
+    shown = ",".join(codes[:3])
+    if all(c in TRANSIENT_ERROR_CODES for c in codes):
+        logger.info("salesforce: answered HTTP %s %s; retry later", error.status, shown)
+        return ServiceBusy(SERVICE, f"salesforce answered {shown}", status=error.status)
+    if isinstance(error, InvalidRequest):
+        logger.info("salesforce: answered HTTP %s %s; not retried", error.status, shown)
+        return type(error)(
+            SERVICE, f"salesforce answered HTTP {error.status} {shown}", status=error.status
+        )
+    return error
+
 
 # -- response models -----------------------------------------------------------------------
 
@@ -298,6 +359,7 @@ class SalesforceClient(ServiceClient):
                 params=params,
                 headers={"Authorization": f"Bearer {token}"},
                 on_404=on_404,
+                classify=classify_errors,
             )
         except AuthenticationFailed as exc:
             if exc.status != 401:
@@ -311,6 +373,7 @@ class SalesforceClient(ServiceClient):
             params=params,
             headers={"Authorization": f"Bearer {token}"},
             on_404=on_404,
+            classify=classify_errors,
         )
 
     # -- public API -------------------------------------------------------------------------
@@ -377,7 +440,9 @@ class SalesforceClient(ServiceClient):
 
         Raises:
             InvalidRequest: ``who_id`` is not a record id or ``subject`` is blank (nothing
-                is sent), or Salesforce rejected the fields (400).
+                is sent), or Salesforce rejected the fields (400, a validation code).
+            ServiceBusy: a transient error code (``UNABLE_TO_LOCK_ROW``): the Task was
+                certainly not created; send it again later.
             BadResponse: Salesforce answered without a created id.
             ServiceError: any other failure, translated by the HTTP layer.
         """

@@ -4,9 +4,11 @@ when booking by voice is not possible."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from livekit.agents.llm import ToolError
 
-from src.errors import InvalidRequest, NotFound
+from src.errors import InvalidRequest, NotFound, ServiceTimeout
 from src.phrases import (
     ASK_EMAIL,
     BOOK_FALLBACK,
@@ -23,6 +25,7 @@ from src.phrases import (
 from src.redaction import get_logger
 from src.registry import READ, WRITE_WITH_LOOKUP, OutcomeUnknown
 from src.services.chilipiper import (
+    BookedMeeting,
     BookingSession,
     DemoSlot,
     FormIncomplete,
@@ -89,18 +92,33 @@ async def book_demo(rt: ToolRuntime, data: TrialistData, option: int) -> str:
     if client is None:
         raise ToolError(BOOK_FALLBACK)
     deadline_at = rt.deadline()
-    try:
-        # A write with a lookup: a failure that certainly did not apply is retried (an
-        # attempt renews a used or expired route); an unknown outcome is not re-sent now
-        # (the client looks it up before any later booking). The reserve leaves time for
-        # the hand-off.
-        meeting = await rt.protected(
+
+    def book() -> Awaitable[BookedMeeting]:
+        return rt.protected(
             "chilipiper",
             lambda: client.book(session, slot, guest, now=rt.now()),
             BOOK_FALLBACK,
             kind=WRITE_WITH_LOOKUP,
             deadline_at=deadline_at - rt.reserve(),
         )
+
+    try:
+        # A write with a lookup: a failure that certainly did not apply is retried (an
+        # attempt renews a used or expired route). An unknown outcome is never re-sent
+        # blind: the client looks the meeting up in ChiliPiper's meeting list first
+        # (issue #26), so one more call resolves it (found: booked; certainly absent:
+        # sent once). The reserve leaves time for the hand-off.
+        try:
+            meeting = await book()
+        except OutcomeUnknown as exc:
+            # A hang says the vendor is slow now: a lookup would likely hang too, so the
+            # time left goes to the hand-off (the client looks it up before any rebooking).
+            left = deadline_at - rt.reserve() - rt.retry_clock()
+            hung = isinstance(exc.__cause__, ServiceTimeout | TimeoutError)
+            if hung or left < rt.settings.resilience.service_timeout:
+                raise
+            logger.info("Booking outcome unknown; looking it up before anything else")
+            meeting = await book()
     except SlotUnavailable as exc:
         return slot_taken(_offer(data, exc.fresh) if exc.fresh is not None else {})
     except FormIncomplete as exc:
