@@ -56,7 +56,7 @@ class PendingWrite:
     outside the session state so a tool's rollback cannot drop it, and retried later."""
 
     source: str
-    record_id: str
+    record_id: str  # "": an unverified intake (a Task/note attached to no person's record)
     subject: str
     body: str
     attempts: int = 0
@@ -174,11 +174,11 @@ class Outbox:
             subject, body = with_ref(write)
             if write.source == "salesforce" and self.services.salesforce is not None:
                 return await self.services.salesforce.create_task(
-                    write.record_id, subject, body, owner_id=write.owner_id
+                    write.record_id or None, subject, body, owner_id=write.owner_id
                 )
             if write.source == "hubspot" and self.services.hubspot is not None:
                 return await self.services.hubspot.create_note(
-                    write.record_id, f"{subject}\n\n{body}"
+                    write.record_id or None, f"{subject}\n\n{body}"
                 )
             raise CircuitOpenError(write.source)  # not configured: nothing was sent
 
@@ -216,7 +216,7 @@ class Outbox:
 
         async def search() -> bool:
             if write.source == "salesforce" and self.services.salesforce is not None:
-                return await self.services.salesforce.task_exists(write.record_id, ref)
+                return await self.services.salesforce.task_exists(write.record_id or None, ref)
             if write.source == "hubspot" and self.services.hubspot is not None:
                 return await self.services.hubspot.note_exists(ref)
             raise CircuitOpenError(write.source)

@@ -91,11 +91,16 @@ class TrialistServices:
                 options=capped(limits.salesforce),
                 session=session,
                 task_owner_id=s.task_owner_id,
+                intake_owner_id=s.intake_owner_id,
             )
             if s.configured
             else None,
             hubspot=HubSpotClient(
-                h.access_token, h.base_url, options=capped(limits.hubspot), session=session
+                h.access_token,
+                h.base_url,
+                options=capped(limits.hubspot),
+                session=session,
+                intake_record_id=h.intake_record_id,
             )
             if h.configured
             else None,

@@ -153,6 +153,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             trialist_name=_str(env, "TRIALIST_NAME"),
             timezone=_str(env, "TRIALIST_TIMEZONE", "America/New_York"),
             prometheus_port=_int(env, "PROMETHEUS_PORT", 0),
+            sip_verify_from=_str(env, "SIP_VERIFY_FROM", "contacts").lower(),
         ),
         models=ModelSettings(
             openai_api_key=_secret(env, "OPENAI_API_KEY"),
@@ -178,10 +179,12 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             client_id=_secret(env, "SALESFORCE_CLIENT_ID"),
             client_secret=_secret(env, "SALESFORCE_CLIENT_SECRET"),
             task_owner_id=_str(env, "SALESFORCE_TASK_OWNER_ID"),
+            intake_owner_id=_str(env, "SALESFORCE_INTAKE_OWNER_ID"),
         ),
         hubspot=HubSpotSettings(
             access_token=_secret(env, "HUBSPOT_ACCESS_TOKEN"),
             base_url=_url(env, "HUBSPOT_BASE_URL", HUBSPOT_DEFAULT_URL),
+            intake_record_id=_str(env, "HUBSPOT_INTAKE_RECORD_ID"),
         ),
         chilipiper=ChiliPiperSettings(
             api_key=_secret(env, "CHILIPIPER_API_KEY"),

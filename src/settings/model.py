@@ -17,6 +17,9 @@ HUBSPOT_DEFAULT_URL = "https://api.hubapi.com"
 CHILIPIPER_DEFAULT_URL = "https://fire.chilipiper.com/api/fire-edge"
 
 
+SIP_VERIFY_CHOICES = ("contacts", "off")
+
+
 class SettingsError(ValueError):
     """A configuration value is missing or invalid. The message names the variable."""
 
@@ -210,19 +213,27 @@ class ServiceSettings:
 @dataclass(frozen=True)
 class SalesforceSettings:
     """Salesforce org and connected app. ``task_owner_id``: who owns a Task when its
-    record has no user owner (``SALESFORCE_TASK_OWNER_ID``, a 15/18-character id)."""
+    record has no user owner (``SALESFORCE_TASK_OWNER_ID``, a 15/18-character id).
+    ``intake_owner_id``: who owns the *unverified intake* Task (no ``WhoId``) that a
+    non-verified caller's notes and demo hand-offs become (``SALESFORCE_INTAKE_OWNER_ID``;
+    empty: ``task_owner_id``, else the integration user)."""
 
     instance_url: str = ""
     client_id: str = ""
     client_secret: str = ""
     task_owner_id: str = ""
+    intake_owner_id: str = ""
 
     def __post_init__(self) -> None:
-        if self.task_owner_id and not is_valid_salesforce_id(self.task_owner_id):
-            raise SettingsError(
-                "SALESFORCE_TASK_OWNER_ID must be a 15- or 18-character Salesforce id "
-                "(an 18-character id must end with its checksum)"
-            )
+        for name, value in (
+            ("SALESFORCE_TASK_OWNER_ID", self.task_owner_id),
+            ("SALESFORCE_INTAKE_OWNER_ID", self.intake_owner_id),
+        ):
+            if value and not is_valid_salesforce_id(value):
+                raise SettingsError(
+                    f"{name} must be a 15- or 18-character Salesforce id "
+                    "(an 18-character id must end with its checksum)"
+                )
 
     @property
     def configured(self) -> bool:
@@ -231,8 +242,19 @@ class SalesforceSettings:
 
 @dataclass(frozen=True)
 class HubSpotSettings:
+    """HubSpot private app. ``intake_record_id``: the contact (a placeholder "unverified
+    intake" contact) that a non-verified caller's notes are associated with
+    (``HUBSPOT_INTAKE_RECORD_ID``, digits; empty: the note is associated with nothing)."""
+
     access_token: str = ""
     base_url: str = HUBSPOT_DEFAULT_URL
+    intake_record_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.intake_record_id and not (
+            self.intake_record_id.isascii() and self.intake_record_id.isdigit()
+        ):
+            raise SettingsError("HUBSPOT_INTAKE_RECORD_ID must be a HubSpot record id (digits)")
 
     @property
     def configured(self) -> bool:
@@ -287,8 +309,13 @@ class AgentSettings:
     trialist_name: str = ""
     timezone: str = "America/New_York"
     prometheus_port: int = 0  # 0: metrics endpoint off
+    # Which CRM phones may verify a phone caller (SIP_VERIFY_FROM): "contacts" (a
+    # Salesforce Contact's phone, a HubSpot phone not set by a form) or "off".
+    sip_verify_from: str = "contacts"
 
     def __post_init__(self) -> None:
+        if self.sip_verify_from not in SIP_VERIFY_CHOICES:
+            raise SettingsError("SIP_VERIFY_FROM must be 'contacts' or 'off'")
         if not 0 <= self.prometheus_port <= 65535:
             raise SettingsError("PROMETHEUS_PORT must be a port number (0 turns metrics off)")
         try:
