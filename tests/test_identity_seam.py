@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from src.agent import PandaDocTrialistAgent
 from src.identity import CallerIdentity
-from src.phrases import NO_SLOTS_OFFERED, PRIVACY_CLAIMED
+from src.phrases import NO_SLOTS_OFFERED, NOTE_WILL_CONFIRM, PRIVACY_CLAIMED
 from src.sandbox import Sandbox
 from src.sandbox.base import FaultKind
 from src.services.wiring import TrialistServices
@@ -179,6 +179,27 @@ async def test_intake_owner_and_hubspot_intake_record_are_configurable(
             [note] = sandbox.hubspot.notes
             assert note.contact_ids == expected
             assert note.body.startswith(f"{INTAKE_PREFIX} j***@acme.example.com")
+
+
+async def test_an_ambiguous_intake_write_is_looked_for_then_sent_once() -> None:
+    async with call(unknown()) as (sandbox, rig):
+        await rig.say(f"How is my trial usage? It's {NOBODY}")
+        salesforce = sandbox.salesforce
+        salesforce.inject("/services/data/*/sobjects/Task*", FaultKind.SERVER_ERROR, count=1)
+        out = tool_output(await rig.say("Please log a note: call me"), "log_call_summary")
+        assert out.output == NOTE_WILL_CONFIRM
+        [write] = rig.agent.pending_writes
+        assert write.verify and write.record_id == ""
+        assert await rig.agent.flush_pending_writes() == 0
+        # Looked for among the Tasks on nobody (certainly absent), then sent exactly once.
+        [query] = [
+            e for e in salesforce.requests("/services/data/*/query") if "FROM Task" in str(e.query)
+        ]
+        assert "WhoId = null" in query.query["q"] and write.write_id in query.query["q"]
+        [task] = salesforce.tasks
+        assert "WhoId" not in task and task["Subject"].endswith(f"(ref {write.write_id})")
+        assert await rig.agent.flush_pending_writes() == 0
+        assert len(salesforce.tasks) == 1
 
 
 async def test_a_verified_callers_writes_are_unchanged() -> None:
