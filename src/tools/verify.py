@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from livekit.agents.llm import ToolError
@@ -43,14 +44,12 @@ UNTRUSTED_PHONE_SOURCES = frozenset({"FORM", "MEETINGS", "CONVERSATIONS", "SALES
 PhoneVerdict = Literal["matched", "untrusted", "no_match"]
 
 
+@dataclass(frozen=True)
 class PhoneCheck:
     """The outcome of one check: the verdict and, when ``matched``, the record."""
 
-    __slots__ = ("record", "verdict")
-
-    def __init__(self, verdict: PhoneVerdict, record: CrmContact | None = None) -> None:
-        self.verdict = verdict
-        self.record = record
+    verdict: PhoneVerdict
+    record: CrmContact | None = None
 
 
 async def trusted_phone_match(rt: ToolRuntime, email: str, number: str) -> PhoneCheck | None:
