@@ -14,10 +14,11 @@ What each level may hear is enforced in :mod:`src.tools.policy`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from livekit import rtc
@@ -29,6 +30,7 @@ from src.validation import is_valid_email
 __all__ = [
     "SIP_CALLER_NUMBER",
     "CallerIdentity",
+    "IdentityLedger",
     "IdentitySource",
     "TrustLevel",
     "caller_number",
@@ -92,6 +94,28 @@ class CallerIdentity:
     def checked(self, email: str) -> CallerIdentity:
         """This identity remembering that ``email``'s CRM phone was compared."""
         return replace(self, sip_checked=(*self.sip_checked, email))
+
+
+@dataclass
+class IdentityLedger:
+    """What one conversation's identity decisions share, outside any tool's change set.
+
+    ``lock`` makes each decision (read the identity, maybe check a phone, write the new
+    identity and address) atomic among the parallel tools of a reply. ``phone_checks``
+    are the emails whose CRM phone was compared with the caller number (and
+    ``phone_verified`` the one that matched): mutated in place, never rolled back with a
+    failed tool, so ``MAX_SIP_CHECKS`` bounds the checks a call makes whatever fails
+    afterwards."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, compare=False)
+    phone_checks: list[str] = field(default_factory=list)
+    phone_verified: str | None = None  # the checked email whose trusted phone matched
+
+    def __deepcopy__(self, memo: dict[int, object]) -> IdentityLedger:
+        # A fresh, free lock; the facts copied.
+        return IdentityLedger(
+            phone_checks=list(self.phone_checks), phone_verified=self.phone_verified
+        )
 
 
 def identity_from_job(

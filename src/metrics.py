@@ -14,7 +14,11 @@ gauges count the live jobs whose circuit is open).
 * ``pandadoc_tool_duration_seconds{tool}``: how long the caller waited on a tool.
 * ``pandadoc_identity_refusals_total{tool,reason}``: lookups refused by the disclosure
   policy (``other_email``: a verified caller asked about someone else; ``unverified``:
-  the caller's identity is only claimed).
+  the caller's identity is only claimed; ``sip_no_match`` / ``sip_untrusted`` /
+  ``sip_limit``: a phone caller's number matched no trusted CRM phone / matched only one
+  the caller could have set (a form's) / the per-call phone checks were used up;
+  ``intake``: a non-verified caller's write went to the unverified intake instead of a
+  record).
 * ``pandadoc_caller_identities_total{trust,source}``: identities decided, by trust level
   and how (``dispatch``, ``console``, ``sip``, ``spoken``).
 * ``pandadoc_store_errors_total{store}``: resilience store operations that failed.

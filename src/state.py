@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from src.error_recovery.changeset import WriteTracked
-from src.identity import CallerIdentity
+from src.identity import CallerIdentity, IdentityLedger
 from src.services.amplitude import TrialUsage
 from src.services.chilipiper import BookedMeeting, BookingSession, DemoSlot
 
@@ -38,6 +38,8 @@ class TrialistData(WriteTracked):
             decides what they may hear (:mod:`src.tools.policy`). An ``email`` given to
             the constructor without an identity is the job's own setting (console, tests)
             and counts as verified.
+        identity_ledger: the lock and phone-check count shared by the identity decisions
+            of this conversation (:class:`~src.identity.IdentityLedger`); never rolled back.
     """
 
     email: str | None = None
@@ -55,7 +57,22 @@ class TrialistData(WriteTracked):
     demo_requested: str | None = None
     summaries_logged: int = 0
     identity: CallerIdentity = field(default_factory=CallerIdentity)
+    identity_ledger: IdentityLedger = field(default_factory=IdentityLedger, repr=False)
 
     def __post_init__(self) -> None:
         if self.email and self.identity.trust == "none":
             self.identity = CallerIdentity("verified", self.email, "console")
+
+    def switch_email(self, email: str) -> None:
+        """The conversation is now about ``email``: every field bound to the old address
+        (its CRM record, owner and summary, its usage, the booking session and the demo
+        times offered from it) is cleared by the same assignments, so they land in the
+        same change set as the new address and a rollback restores them together."""
+        if email == self.email:
+            return
+        self.email = email
+        self.crm_source = self.crm_record_id = self.crm_owner_id = self.crm_summary = None
+        self.company = None
+        self.usage = None
+        self.booking_session = None
+        self.offered_slots = {}

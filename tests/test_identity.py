@@ -231,7 +231,8 @@ async def test_claimed_identity_hears_no_details_but_can_book(sandbox: Sandbox, 
     assert [m.guest_email for m in sandbox.chilipiper.meetings] == [SAM]
     out = tool_output(await rig.say("Please log a note: wants a demo"), "log_call_summary")
     assert "saved a note" in out.output
-    assert len(sandbox.salesforce.tasks) == 1
+    [task] = sandbox.salesforce.tasks  # the unverified intake: on nobody's record
+    assert "WhoId" not in task and task["Subject"].startswith("Caller not verified, claimed s***@")
     assert sandbox.amplitude.journal == []
 
 
@@ -258,8 +259,10 @@ async def test_sip_caller_number_matching_the_crm_phone_is_verified(
     out = tool_output(result, "lookup_account")
     assert "Sam Lee" in out.output and "Globex" in out.output
     assert rig.data.identity == CallerIdentity("verified", SAM, "sip", "12125550187", (SAM,))
-    # One CRM lookup served both the check and the answer.
-    assert len(sandbox.salesforce.requests("/services/data/*/query")) == 2  # Lead, Contact
+    # One check served both the verification and the answer: the Contact query and the
+    # HubSpot batch read (with the phone's history), nothing else.
+    assert len(sandbox.salesforce.requests("/services/data/*/query")) == 1
+    assert len(sandbox.hubspot.requests("/crm/*")) == 1
 
     out = tool_output(await rig.say("And my trial usage?"), "get_trial_usage")
     assert "one document" in out.output

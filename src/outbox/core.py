@@ -175,11 +175,11 @@ class Outbox:
             subject, body = with_ref(write)
             if write.source == "salesforce" and self.services.salesforce is not None:
                 return await self.services.salesforce.create_task(
-                    write.record_id, subject, body, owner_id=write.owner_id
+                    write.record_id or None, subject, body, owner_id=write.owner_id
                 )
             if write.source == "hubspot" and self.services.hubspot is not None:
                 return await self.services.hubspot.create_note(
-                    write.record_id, f"{subject}\n\n{body}"
+                    write.record_id or None, f"{subject}\n\n{body}"
                 )
             raise CircuitOpenError(write.source)  # not configured: nothing was sent
 
@@ -220,7 +220,7 @@ class Outbox:
 
         async def search() -> bool:
             if write.source == "salesforce" and self.services.salesforce is not None:
-                return await self.services.salesforce.task_exists(write.record_id, ref)
+                return await self.services.salesforce.task_exists(write.record_id or None, ref)
             if write.source == "hubspot" and self.services.hubspot is not None:
                 return await self.services.hubspot.note_exists(ref)
             raise CircuitOpenError(write.source)

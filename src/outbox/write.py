@@ -22,7 +22,7 @@ class PendingWrite:
     outside the session state so a tool's rollback cannot drop it, and retried later."""
 
     source: str
-    record_id: str
+    record_id: str  # "": an unverified intake (a Task/note attached to no person's record)
     subject: str
     body: str
     attempts: int = 0

@@ -129,19 +129,27 @@ def _amplitude_client(s: AmplitudeSettings, ctx: ClientContext) -> Any:
 @dataclass(frozen=True)
 class SalesforceSettings:
     """Salesforce org and connected app. ``task_owner_id``: who owns a Task when its
-    record has no user owner (``SALESFORCE_TASK_OWNER_ID``, a 15/18-character id)."""
+    record has no user owner (``SALESFORCE_TASK_OWNER_ID``, a 15/18-character id).
+    ``intake_owner_id``: who owns the *unverified intake* Task (no ``WhoId``) that a
+    non-verified caller's notes and demo hand-offs become (``SALESFORCE_INTAKE_OWNER_ID``;
+    empty: ``task_owner_id``, else the integration user)."""
 
     instance_url: str = ""
     client_id: str = ""
     client_secret: str = ""
     task_owner_id: str = ""
+    intake_owner_id: str = ""
 
     def __post_init__(self) -> None:
-        if self.task_owner_id and not is_valid_salesforce_id(self.task_owner_id):
-            raise SettingsError(
-                "SALESFORCE_TASK_OWNER_ID must be a 15- or 18-character Salesforce id "
-                "(an 18-character id must end with its checksum)"
-            )
+        for name, value in (
+            ("SALESFORCE_TASK_OWNER_ID", self.task_owner_id),
+            ("SALESFORCE_INTAKE_OWNER_ID", self.intake_owner_id),
+        ):
+            if value and not is_valid_salesforce_id(value):
+                raise SettingsError(
+                    f"{name} must be a 15- or 18-character Salesforce id "
+                    "(an 18-character id must end with its checksum)"
+                )
 
     @property
     def configured(self) -> bool:
@@ -158,6 +166,7 @@ class SalesforceSettings:
             client_id=env.secret("CLIENT_ID"),
             client_secret=env.secret("CLIENT_SECRET"),
             task_owner_id=env.text("TASK_OWNER_ID"),
+            intake_owner_id=env.text("INTAKE_OWNER_ID"),
         )
 
 
@@ -171,13 +180,25 @@ def _salesforce_client(s: SalesforceSettings, ctx: ClientContext) -> Any:
         options=ctx.options,
         session=ctx.session,
         task_owner_id=s.task_owner_id,
+        intake_owner_id=s.intake_owner_id,
     )
 
 
 @dataclass(frozen=True)
 class HubSpotSettings:
+    """HubSpot private app. ``intake_record_id``: the contact (a placeholder "unverified
+    intake" contact) that a non-verified caller's notes are associated with
+    (``HUBSPOT_INTAKE_RECORD_ID``, digits; empty: the note is associated with nothing)."""
+
     access_token: str = ""
     base_url: str = "https://api.hubapi.com"
+    intake_record_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.intake_record_id and not (
+            self.intake_record_id.isascii() and self.intake_record_id.isdigit()
+        ):
+            raise SettingsError("HUBSPOT_INTAKE_RECORD_ID must be a HubSpot record id (digits)")
 
     @property
     def configured(self) -> bool:
@@ -186,14 +207,22 @@ class HubSpotSettings:
     @classmethod
     def from_env(cls, env: VendorEnv) -> HubSpotSettings:
         return cls(
-            access_token=env.secret("ACCESS_TOKEN"), base_url=env.url("BASE_URL", cls.base_url)
+            access_token=env.secret("ACCESS_TOKEN"),
+            base_url=env.url("BASE_URL", cls.base_url),
+            intake_record_id=env.text("INTAKE_RECORD_ID"),
         )
 
 
 def _hubspot_client(s: HubSpotSettings, ctx: ClientContext) -> Any:
     from ..services.hubspot import HubSpotClient
 
-    return HubSpotClient(s.access_token, s.base_url, options=ctx.options, session=ctx.session)
+    return HubSpotClient(
+        s.access_token,
+        s.base_url,
+        options=ctx.options,
+        session=ctx.session,
+        intake_record_id=s.intake_record_id,
+    )
 
 
 @dataclass(frozen=True)

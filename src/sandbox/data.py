@@ -39,6 +39,9 @@ class TrialUser:
     # the CRM phone (Salesforce Phone, HubSpot phone), written as people type it; fictional
     # 555-01xx numbers. A SIP caller number matching it verifies the caller.
     phone: str = ""
+    # HubSpot: who set that phone (``sourceType`` of its latest history value). ``FORM``:
+    # the person typed it into a web form, so it cannot verify a phone caller.
+    phone_source: str = "CRM_UI"
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -46,7 +49,8 @@ TRIAL_USERS: tuple[TrialUser, ...] = (
     # Active, engaged trialist: in both CRMs (Salesforce Lead).
     TrialUser(
         email="jane.doe@acme.example.com",
-        phone="(415) 555-0142",
+        phone="(415) 555-0142",  # a Salesforce Lead's phone, and HubSpot's from a form
+        phone_source="FORM",
         first_name="Jane",
         last_name="Doe",
         company="Acme Corp",

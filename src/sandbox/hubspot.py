@@ -8,6 +8,12 @@ Speaks the shapes of ``reference/apis/hubspot-crm-search.openapi.yml``,
   ``HAS_PROPERTY``/``NOT_HAS_PROPERTY`` and ``IN``; anything else is a 400. Only the
   requested ``properties`` are returned (a default set otherwise), ``limit`` (max 200) and
   an ``after`` cursor page the results.
+* ``POST /crm/v3/objects/contacts/batch/read``: ``inputs`` by ``id`` or by a unique
+  ``idProperty`` (``email``), the requested ``properties`` and ``propertiesWithHistory``
+  (each value with ``timestamp`` and ``sourceType``, newest first). Inputs that match
+  nothing make it a 207 with ``errors`` (``OBJECT_NOT_FOUND``), as HubSpot answers.
+  :meth:`HubSpotServer.set_phone` records a phone change with its source (``FORM`` for
+  a web form, ``CRM_UI`` for a rep).
 * ``POST /crm/v3/objects/notes``: ``properties`` (string values, ``hs_timestamp``
   required) and ``associations``; an association to a contact that does not exist, or of
   a type other than ``HUBSPOT_DEFINED``/202 (note -> contact), is a 400. Created notes are
@@ -84,6 +90,10 @@ def _is_hubspot_time(value: str) -> bool:
     return "T" in value and when.tzinfo is not None
 
 
+def _history_value(value: str, when: str, source_type: str) -> dict[str, str]:
+    return {"value": value, "timestamp": when, "sourceType": source_type, "sourceId": ""}
+
+
 def _bad_request(message: str) -> web.Response:
     return _error(400, "VALIDATION_ERROR", message)
 
@@ -132,6 +142,8 @@ class HubSpotServer(SandboxServer):
         self.now = now
         self.token = SANDBOX_CREDENTIALS["HUBSPOT_ACCESS_TOKEN"]
         self.contacts: dict[str, dict[str, str | None]] = {}
+        # contact id -> property -> its values, oldest first (propertiesWithHistory)
+        self.history: dict[str, dict[str, list[dict[str, str]]]] = {}
         for i, user in enumerate(u for u in users if u.in_hubspot):
             cid = contact_id_for(user)
             self.contacts[cid] = {
@@ -147,15 +159,35 @@ class HubSpotServer(SandboxServer):
                 "createdate": _SEEDED_AT,
                 "lastmodifieddate": _SEEDED_AT,
             }
+            if user.phone:
+                self.history[cid] = {
+                    "phone": [_history_value(user.phone, _SEEDED_AT, user.phone_source)]
+                }
         self.notes: list[SandboxNote] = []
         self._note_ids = itertools.count(_FIRST_NOTE_ID)
         super().__init__()
 
+    def set_phone(self, email: str, phone: str, source_type: str = "FORM") -> str:
+        """Set the phone of the contact with ``email`` as ``source_type`` would (``FORM``:
+        a web form anyone can submit); returns the contact id."""
+        cid = next(
+            c for c, p in self.contacts.items() if (p["email"] or "").casefold() == email.casefold()
+        )
+        when = _iso(self.now())
+        self.contacts[cid]["phone"] = phone
+        self.contacts[cid]["lastmodifieddate"] = when
+        self.history.setdefault(cid, {}).setdefault("phone", []).append(
+            _history_value(phone, when, source_type)
+        )
+        return cid
+
     def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/crm/v3/objects/contacts/batch/read", self._batch_read)
         app.router.add_post("/crm/v3/objects/contacts/search", self._search_contacts)
         app.router.add_post("/crm/v3/objects/notes", self._create_note)
         app.router.add_post("/crm/v3/objects/notes/search", self._search_notes)
         for path in (
+            "/crm/v3/objects/contacts/batch/read",
             "/crm/v3/objects/contacts/search",
             "/crm/v3/objects/notes",
             "/crm/v3/objects/notes/search",
@@ -279,6 +311,70 @@ class HubSpotServer(SandboxServer):
         if start + limit < len(hits):
             response["paging"] = {"next": {"after": str(start + limit)}}
         return web.json_response(response)
+
+    async def _batch_read(self, request: web.Request) -> web.Response:
+        body = await self._authorized_body(request)
+        if isinstance(body, web.Response):
+            return body
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        id_property = body.get("idProperty", "hs_object_id") if isinstance(body, dict) else ""
+        if not isinstance(inputs, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("id"), str) for i in inputs
+        ):
+            return _bad_request("inputs must be an array of {id}")
+        if id_property not in ("hs_object_id", "email"):
+            return _bad_request(f"{id_property} is not a unique identifier property")
+        requested = body.get("properties") or list(_DEFAULT_PROPERTIES)
+        with_history = body.get("propertiesWithHistory") or []
+        if not isinstance(requested, list) or not isinstance(with_history, list):
+            return _bad_request("properties and propertiesWithHistory must be arrays")
+        results: list[dict[str, Any]] = []
+        missing: list[str] = []
+        for item in inputs:
+            wanted = item["id"].casefold()
+            cid = next(
+                (
+                    c
+                    for c, p in self.contacts.items()
+                    if (p.get(id_property) or "").casefold() == wanted
+                ),
+                None,
+            )
+            if cid is None:
+                missing.append(item["id"])
+                continue
+            props = self.contacts[cid]
+            history = self.history.get(cid, {})
+            results.append(
+                {
+                    "id": cid,
+                    "properties": {str(n): props.get(str(n)) for n in requested},
+                    "propertiesWithHistory": {
+                        str(n): list(reversed(history.get(str(n), []))) for n in with_history
+                    },
+                    "createdAt": props["createdate"],
+                    "updatedAt": props["lastmodifieddate"],
+                    "archived": False,
+                }
+            )
+        answer: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": _iso(self.now()),
+            "completedAt": _iso(self.now()),
+        }
+        if missing:
+            answer["numErrors"] = 1
+            answer["errors"] = [
+                {
+                    "status": "error",
+                    "category": "OBJECT_NOT_FOUND",
+                    "message": "Could not get some CONTACT objects, they may be deleted or "
+                    "not exist. Check that ids are valid.",
+                    "context": {"ids": missing},
+                }
+            ]
+        return web.json_response(answer, status=207 if missing else 200)
 
     async def _create_note(self, request: web.Request) -> web.Response:
         body = await self._authorized_body(request)

@@ -26,7 +26,8 @@ Endpoints (vendor shapes):
   ``INVALID_FIELD``. Matching is exact, case-insensitive equality, so no query can return
   another person's row.
 * ``POST /services/data/vXX.X/sobjects/Task``: stores the Task on :attr:`tasks`. The
-  ``WhoId`` must be a seeded Lead/Contact and an ``OwnerId``, when sent, a seeded user
+  ``WhoId``, when sent (a Task without one is attached to nobody), must be a seeded
+  Lead/Contact and an ``OwnerId``, when sent, a seeded user
   (``005...``; a queue cannot own a Task here): else 400 ``INVALID_CROSS_REFERENCE_KEY``,
   or 400 ``MALFORMED_ID`` when the value is not even shaped like a 15/18-character id.
   Records are owned by users, or by :data:`SANDBOX_LEAD_QUEUE_ID` when added so.
@@ -458,7 +459,8 @@ class SalesforceServer(SandboxServer):
                     400, "MALFORMED_ID", f"{label}: id value of incorrect type: {value}", [name]
                 )
         who_id = body.get("WhoId")
-        if not any(r["Id"] == who_id for r in self.records):
+        # No WhoId: a Task on nobody (an unverified intake), as Salesforce allows.
+        if who_id is not None and not any(r["Id"] == who_id for r in self.records):
             return _errors(
                 400,
                 "INVALID_CROSS_REFERENCE_KEY",

@@ -1,5 +1,5 @@
 """The exactly-once searches, served strictly: the Salesforce Task query by write
-reference (``SELECT Id FROM Task WHERE WhoId = '…' AND Subject LIKE '%…%'``) and the
+reference (``SELECT Id FROM Task WHERE WhoId = '…'|null AND Subject LIKE '%…%'``) and the
 HubSpot notes search (``hs_note_body`` ``CONTAINS_TOKEN``, answering only the properties
 asked for, ``limit`` results per page, ``paging.next.after`` to the next). Anything else
 about Tasks or notes is refused the way the vendor refuses it (e.g. SOQL cannot filter on
@@ -16,7 +16,8 @@ __all__ = ["is_task_query", "note_search", "task_query"]
 
 _TASK = re.compile(r"\s*SELECT\s.+?\sFROM\s+Task\b", re.IGNORECASE | re.DOTALL)
 _TASK_REF = re.compile(
-    r"\s*SELECT\s+Id\s+FROM\s+Task\s+WHERE\s+WhoId\s*=\s*'(?P<who>[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?)'"
+    r"\s*SELECT\s+Id\s+FROM\s+Task\s+WHERE\s+WhoId\s*=\s*"
+    r"(?:'(?P<who>[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?)'|(?P<null>null))"
     r"\s+AND\s+Subject\s+LIKE\s+'(?P<pat>(?:[^'\\]|\\.)*)'(?:\s+LIMIT\s+(?P<limit>\d{1,5}))?\s*",
     re.IGNORECASE,
 )
@@ -53,7 +54,8 @@ def task_query(tasks: list[dict[str, Any]], soql: str, version: str) -> web.Resp
     if m is None:
         return _sf_error("MALFORMED_QUERY", "unexpected token: the Task query is not supported")
     like = _like(m.group("pat"))
-    rows = [t for t in tasks if t.get("WhoId") == m.group("who") and like.fullmatch(t["Subject"])]
+    who = None if m.group("null") else m.group("who")  # WhoId = null: Tasks on nobody
+    rows = [t for t in tasks if t.get("WhoId") == who and like.fullmatch(t["Subject"])]
     if m.group("limit") is not None:
         rows = rows[: int(m.group("limit"))]
     records = [

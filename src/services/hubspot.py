@@ -110,6 +110,39 @@ class _Note(pydantic.BaseModel):
     id: str
 
 
+class _PhoneValue(pydantic.BaseModel):
+    value: str | None = None
+    timestamp: str = ""
+    sourceType: str | None = None
+
+
+class _ContactWithHistory(_Contact):
+    propertiesWithHistory: dict[str, list[_PhoneValue]] = pydantic.Field(default_factory=dict)
+
+
+class _BatchRead(pydantic.BaseModel):
+    results: list[_ContactWithHistory] = pydantic.Field(default_factory=list)
+
+
+def _latest_source(history: list[_PhoneValue], current: str | None) -> str | None:
+    """The ``sourceType`` of the newest value in a property's history, when that value is
+    the current one; ``None`` when that cannot be told (no history, a timestamp that is
+    not a date, or a newest value that differs from the property)."""
+    dated: list[tuple[datetime, _PhoneValue]] = []
+    for item in history:
+        try:
+            when = datetime.fromisoformat(item.timestamp)
+        except ValueError:
+            return None
+        dated.append((when if when.tzinfo else when.replace(tzinfo=UTC), item))
+    if not dated or current is None:
+        return None
+    _, latest = max(dated, key=lambda pair: pair[0])
+    if _clean(latest.value) != current:
+        return None
+    return latest.sourceType or None
+
+
 def _clean(value: str | None) -> str | None:
     value = (value or "").strip()
     return value or None
@@ -150,6 +183,8 @@ class HubSpotClient(ServiceClient):
         options: per-request timeouts (default 4.0 s total, 1.5 s connect).
         session: an ``aiohttp.ClientSession`` to reuse (not closed by :meth:`aclose`).
         clock: current time (aware, UTC), the default ``hs_timestamp`` of a note.
+        intake_record_id: the contact an unverified caller's note is associated with
+            (``HUBSPOT_INTAKE_RECORD_ID``); empty: such a note is associated with nothing.
     """
 
     service = SERVICE
@@ -162,9 +197,13 @@ class HubSpotClient(ServiceClient):
         options: HttpOptions = DEFAULT_HTTP_OPTIONS,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        intake_record_id: str = "",
     ) -> None:
         if not access_token:
             raise ValueError("hubspot: access_token is required")
+        if intake_record_id and not (intake_record_id.isascii() and intake_record_id.isdigit()):
+            raise ValueError("hubspot: intake_record_id must be a record id (digits)")
+        self._intake_record_id = intake_record_id or None
         register_secret(access_token)
         self._headers = {
             "Authorization": f"Bearer {access_token}",
@@ -208,13 +247,52 @@ class HubSpotClient(ServiceClient):
         logger.debug("hubspot contact found: id=%s", contact.id)
         return contact
 
+    async def find_contact_phone(self, email: str) -> tuple[CrmContact, str | None]:
+        """The contact whose primary email is ``email``, and the ``sourceType`` of its
+        phone's latest value (``FORM``, ``CRM_UI``, ``IMPORT``, ...; ``None`` when HubSpot
+        gives no history, or the latest history value is not the current phone).
+
+        One ``POST /crm/v3/objects/contacts/batch/read`` by ``idProperty=email`` with
+        ``propertiesWithHistory=phone`` (a search cannot return history): the same single
+        request whether or not the contact exists. Idempotent (a read).
+
+        Raises:
+            NotFound: no such contact. InvalidRequest: blank ``email`` (nothing is sent).
+            ServiceError: any other failure, translated by :class:`ServiceHttp`.
+        """
+        address = email.strip()
+        if not address:
+            raise InvalidRequest(SERVICE, "hubspot: empty email")
+        body: dict[str, Any] = {
+            "idProperty": "email",
+            "inputs": [{"id": address}],
+            "properties": list(CONTACT_PROPERTIES),
+            "propertiesWithHistory": ["phone"],
+        }
+        data = await self._http.request(
+            "POST",
+            "/crm/v3/objects/contacts/batch/read",
+            json_body=body,
+            headers=self._headers,
+            on_404=BadResponse,
+            idempotent=True,
+        )
+        found = parse_model(SERVICE, _BatchRead, data)
+        if not found.results:
+            raise NotFound(SERVICE, "hubspot: no contact with that email")
+        raw = found.results[0]
+        contact = _contact(_Contact(id=raw.id, properties=raw.properties))
+        return contact, _latest_source(raw.propertiesWithHistory.get("phone", []), contact.phone)
+
     async def create_note(
-        self, contact_id: str, body: str, *, timestamp: datetime | None = None
+        self, contact_id: str | None, body: str, *, timestamp: datetime | None = None
     ) -> str:
         """Log a note on the contact's timeline and return the new note's id.
 
         Args:
-            contact_id: HubSpot contact id (:attr:`CrmContact.id`).
+            contact_id: HubSpot contact id (:attr:`CrmContact.id`); ``None`` for an
+                *unverified intake* note: associated with the configured intake record,
+                or with nothing.
             body: note text (``hs_note_body``), at most 65,536 characters.
             timestamp: when the note happened (``hs_timestamp``); default now (UTC).
 
@@ -228,8 +306,8 @@ class HubSpotClient(ServiceClient):
                 sent), or HubSpot rejected the request (e.g. unknown contact, HTTP 400).
             ServiceError: any other failure, translated by :class:`ServiceHttp`.
         """
-        contact_id = contact_id.strip()
-        if not contact_id or not body.strip():
+        target = self._intake_record_id if contact_id is None else contact_id.strip()
+        if (contact_id is not None and not target) or not body.strip():
             raise InvalidRequest(SERVICE, "hubspot: note needs a contact id and a body")
         if len(body) > _MAX_NOTE_CHARS:
             raise InvalidRequest(SERVICE, "hubspot: note body too long")
@@ -240,7 +318,7 @@ class HubSpotClient(ServiceClient):
             },
             "associations": [
                 {
-                    "to": {"id": contact_id},
+                    "to": {"id": target},
                     "types": [
                         {
                             "associationCategory": "HUBSPOT_DEFINED",
@@ -248,7 +326,9 @@ class HubSpotClient(ServiceClient):
                         }
                     ],
                 }
-            ],
+            ]
+            if target
+            else [],
         }
         try:
             data = await self._http.request(
@@ -259,7 +339,7 @@ class HubSpotClient(ServiceClient):
                 exc.retryable = False  # the note may exist: never repeat blindly
             raise
         note = parse_model(SERVICE, _Note, data)
-        logger.debug("hubspot note %s created for contact %s", note.id, contact_id)
+        logger.debug("hubspot note %s created for contact %s", note.id, target or "(none)")
         return note.id
 
     async def note_exists(self, ref: str) -> bool:

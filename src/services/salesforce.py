@@ -245,6 +245,8 @@ class SalesforceClient(ServiceClient):
         task_owner_id: the user (or queue) a Task is assigned to when its record has no
             user owner (``SALESFORCE_TASK_OWNER_ID``); empty: Salesforce's default, the
             integration's "Run As" user.
+        intake_owner_id: the user who owns an unverified-intake Task (no ``WhoId``)
+            (``SALESFORCE_INTAKE_OWNER_ID``); empty: ``task_owner_id``.
 
     Use as ``async with SalesforceClient(...) as sf:`` or call :meth:`aclose`.
     """
@@ -260,12 +262,16 @@ class SalesforceClient(ServiceClient):
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
         task_owner_id: str = "",
+        intake_owner_id: str = "",
     ) -> None:
         if not client_id or not client_secret:
             raise ValueError("salesforce: client_id and client_secret are required")
         if task_owner_id and not is_valid_salesforce_id(task_owner_id):
             raise ValueError("salesforce: task_owner_id must be a 15/18-character record id")
         self._task_owner_id = task_owner_id or None
+        if intake_owner_id and not is_valid_salesforce_id(intake_owner_id):
+            raise ValueError("salesforce: intake_owner_id must be a 15/18-character record id")
+        self._intake_owner_id = intake_owner_id or self._task_owner_id
         if not re.fullmatch(r"v\d+\.\d", api_version):
             raise ValueError("salesforce: api_version must look like 'v63.0'")
         register_secret(client_id)
@@ -406,6 +412,22 @@ class SalesforceClient(ServiceClient):
                 raise result
         raise NotFound(SERVICE, "no Contact or Lead with that email")
 
+    async def find_contact(self, email: str) -> CrmContact:
+        """The *Contact* (never a Lead) whose ``Email`` equals ``email``: one query,
+        whether or not it exists. A phone caller is verified only against a Contact's
+        phone, since Web-to-Lead lets anyone create a Lead with any email and their own
+        phone. Read-only, so safe to retry.
+
+        Raises:
+            InvalidRequest: ``email`` is not a well-formed address (nothing is sent).
+            NotFound: no Contact has that email.
+            ServiceError: any other failure, translated by the HTTP layer.
+        """
+        email = email.strip()
+        if not is_valid_email(email):
+            raise InvalidRequest(SERVICE, "email address is not well-formed")
+        return await self._query_one("Contact", email)
+
     async def _query_one(self, object_type: Literal["Lead", "Contact"], email: str) -> CrmContact:
         # The REST Query resource: GET .../query?q=SOQL answers synchronously with the
         # records. (The bundled reference files this under Bulk API 2.0 as a POST with a
@@ -422,10 +444,12 @@ class SalesforceClient(ServiceClient):
         return _to_contact(record)
 
     async def create_task(
-        self, who_id: str, subject: str, description: str, *, owner_id: str | None = None
+        self, who_id: str | None, subject: str, description: str, *, owner_id: str | None = None
     ) -> str:
         """Create a ``Task`` (status *Not Started*, priority *Normal*) on the Lead or
-        Contact ``who_id`` and return the new Task's id.
+        Contact ``who_id`` and return the new Task's id. With ``who_id`` ``None`` the
+        Task is an *unverified intake* (no ``WhoId``: attached to nobody), assigned to
+        ``owner_id`` or the configured ``intake_owner_id`` (then ``task_owner_id``).
 
         The Task is assigned (``OwnerId``) to ``owner_id``, the record owner found by
         :meth:`find_person`; without one, to the configured ``task_owner_id``; without
@@ -446,22 +470,24 @@ class SalesforceClient(ServiceClient):
             BadResponse: Salesforce answered without a created id.
             ServiceError: any other failure, translated by the HTTP layer.
         """
-        if not _RECORD_ID.fullmatch(who_id):
+        if who_id is not None and not _RECORD_ID.fullmatch(who_id):
             raise InvalidRequest(SERVICE, "who_id is not a Salesforce record id")
         subject = " ".join(subject.split())
         if not subject:
             raise InvalidRequest(SERVICE, "task subject is blank")
         body = {
-            "WhoId": who_id,
             "Subject": _truncate(subject, _SUBJECT_MAX),
             "Description": _truncate(description.strip(), _DESCRIPTION_MAX),
             "Status": "Not Started",
             "Priority": "Normal",
         }
+        if who_id is not None:
+            body["WhoId"] = who_id
         if owner_id is not None and not is_valid_salesforce_id(owner_id):
             logger.warning("salesforce: ignoring a malformed task owner id; using the fallback")
             owner_id = None
-        owner = owner_id or self._task_owner_id
+        fallback = self._task_owner_id if who_id is not None else self._intake_owner_id
+        owner = owner_id or fallback
         if owner is not None:
             body["OwnerId"] = owner
         else:
@@ -478,17 +504,19 @@ class SalesforceClient(ServiceClient):
         logger.info("salesforce: task created")
         return created.id
 
-    async def task_exists(self, who_id: str, ref: str) -> bool:
-        """Whether a Task on ``who_id`` carries the write reference ``ref`` in its
-        Subject (:func:`task_ref_query`): the exactly-once check after a write whose
-        outcome was unknown. Idempotent (a query); SOQL reads are consistent, so an
-        empty answer means the Task certainly does not exist.
+    async def task_exists(self, who_id: str | None, ref: str) -> bool:
+        """Whether a Task on ``who_id`` (``None``: an intake Task, on nobody) carries the
+        write reference ``ref`` in its Subject (:func:`task_ref_query`): the exactly-once
+        check after a write whose outcome was unknown. Idempotent (a query); SOQL reads
+        are consistent, so an empty answer means the Task certainly does not exist.
 
         Raises:
             InvalidRequest: a malformed ``who_id`` or ``ref`` (nothing is sent).
             ServiceError: any failure, translated by the HTTP layer.
         """
-        if not _RECORD_ID.fullmatch(who_id) or not WRITE_REF.fullmatch(ref):
+        if (who_id is not None and not _RECORD_ID.fullmatch(who_id)) or not WRITE_REF.fullmatch(
+            ref
+        ):
             raise InvalidRequest(SERVICE, "task search needs a record id and a write ref")
         data = await self._authed(
             "GET", self._data_path("/query"), params={"q": task_ref_query(who_id, ref)}

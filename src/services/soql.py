@@ -72,11 +72,10 @@ def person_query(object_type: Literal["Lead", "Contact"], email: str) -> str:
     )
 
 
-def task_ref_query(who_id: str, ref: str) -> str:
-    """The SOQL that finds a Task by write reference. Task.Description is a long text
-    area, which SOQL cannot filter on, so the reference lives in the Subject."""
+def task_ref_query(who_id: str | None, ref: str) -> str:
+    """The SOQL that finds a Task by write reference (``who_id`` ``None``: an intake Task,
+    ``WhoId = null``). Task.Description is a long text area, which SOQL cannot filter
+    on, so the reference lives in the Subject."""
     pattern = soql_quote(f"(ref {ref})", like=True)[1:-1]
-    return (
-        f"SELECT Id FROM Task WHERE WhoId = {soql_quote(who_id)} "
-        f"AND Subject LIKE '%{pattern}%' LIMIT 1"
-    )
+    who = "null" if who_id is None else soql_quote(who_id)
+    return f"SELECT Id FROM Task WHERE WhoId = {who} AND Subject LIKE '%{pattern}%' LIMIT 1"

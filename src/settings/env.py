@@ -124,6 +124,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             trialist_name=_str(env, "TRIALIST_NAME"),
             timezone=_str(env, "TRIALIST_TIMEZONE", "America/New_York"),
             prometheus_port=_int(env, "PROMETHEUS_PORT", 0),
+            sip_verify_from=_str(env, "SIP_VERIFY_FROM", "contacts").lower(),
         ),
         models=ModelSettings(
             openai_api_key=_secret(env, "OPENAI_API_KEY"),

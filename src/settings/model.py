@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ..store import DEFAULT_STORE_URL, validate_store_url
 from ..validation import is_valid_email
 
+SIP_VERIFY_CHOICES = ("contacts", "off")
+
 
 class SettingsError(ValueError):
     """A configuration value is missing or invalid. The message names the variable."""
@@ -200,8 +202,13 @@ class AgentSettings:
     trialist_name: str = ""
     timezone: str = "America/New_York"
     prometheus_port: int = 0  # 0: metrics endpoint off
+    # Which CRM phones may verify a phone caller (SIP_VERIFY_FROM): "contacts" (a
+    # Salesforce Contact's phone, a HubSpot phone not set by a form) or "off".
+    sip_verify_from: str = "contacts"
 
     def __post_init__(self) -> None:
+        if self.sip_verify_from not in SIP_VERIFY_CHOICES:
+            raise SettingsError("SIP_VERIFY_FROM must be 'contacts' or 'off'")
         if not 0 <= self.prometheus_port <= 65535:
             raise SettingsError("PROMETHEUS_PORT must be a port number (0 turns metrics off)")
         try:

@@ -148,7 +148,7 @@ async def hand_demo_to_sales(
     if booking_url:
         body += f" Booking link to send them to pick or confirm a time: {booking_url}"
     try:
-        outcome = await crm_write(rt, data, "Demo requested", body, deadline_at)
+        outcome = await crm_write(rt, data, "Demo requested", body, deadline_at, tool="book_demo")
     except ToolError:  # no CRM could answer the lookup
         outcome = "unknown"
     if outcome in ("saved", "queued"):
