@@ -47,16 +47,22 @@ from src.settings import Settings, settings_from_env
 from src.state import TrialistData
 
 __all__ = [
+    "SILENCE_BUDGET",
     "AudioSink",
     "Conversation",
     "HarnessClock",
     "StandInRunContext",
     "StandInSession",
+    "TextSink",
     "ToolResult",
     "Transition",
     "TurnResult",
+    "longest_silence",
     "technical_leaks",
 ]
+
+SILENCE_BUDGET = 3.0
+"""Seconds: the longest silence a caller may hear in any turn, under any single failure."""
 
 
 # --------------------------------------------------------------------------------------
@@ -159,6 +165,10 @@ class TurnResult:
     data_after: TrialistData | None = None
     failure: str | None = None  # the turn itself raised (class name only)
     first_audio_s: float | None = None  # end of user turn -> first audio frame (audio=True)
+    # The longest gap the caller hears between the end of their turn and the end of the
+    # reply: between audio frames as they would play (audio=True), else between the
+    # transcription pieces (the model's text and every ``say``) as they arrive.
+    longest_silence_s: float | None = None
 
     @property
     def spoken(self) -> str:
@@ -182,6 +192,7 @@ class AudioSink(io.AudioOutput):
     def __init__(self) -> None:
         super().__init__(label="drill-sink", capabilities=io.AudioOutputCapabilities(pause=False))
         self.arrivals: list[float] = []
+        self.durations: list[float] = []  # seconds of audio in each frame, as ``arrivals``
         self._segment = 0.0
         self._capturing = False
 
@@ -191,6 +202,7 @@ class AudioSink(io.AudioOutput):
             self._capturing = True
             self.on_playback_started(created_at=time.time())
         self.arrivals.append(time.perf_counter())
+        self.durations.append(frame.duration)
         self._segment += frame.duration
 
     def _finish(self, interrupted: bool) -> None:
@@ -205,6 +217,40 @@ class AudioSink(io.AudioOutput):
 
     def clear_buffer(self) -> None:
         self._finish(True)
+
+
+class TextSink(io.TextOutput):
+    """The session's transcription output without a room: what reaches the caller as
+    text (the model's pieces and every ``say``), with arrival times (``perf_counter``)."""
+
+    def __init__(self) -> None:
+        super().__init__(label="drill-text", next_in_chain=None)
+        self.arrivals: list[float] = []
+
+    async def capture_text(self, text: str) -> None:
+        if text.strip():
+            self.arrivals.append(time.perf_counter())
+
+    def flush(self) -> None:
+        pass
+
+
+def longest_silence(
+    start: float, arrivals: Sequence[float], durations: Sequence[float] | None = None
+) -> float | None:
+    """The longest gap a caller hears from ``start`` (the end of their turn) to the end
+    of what reached them: pieces at ``arrivals``; with ``durations`` (audio frames), each
+    plays after the one before it for its duration, so a gap is counted from the end of
+    the audio already queued, not from when it was delivered. ``None`` when nothing
+    arrived (the caller heard no reply at all: a silent turn, judged on its own)."""
+    if not arrivals:
+        return None
+    longest = 0.0
+    heard_until = start
+    for i, at in enumerate(arrivals):
+        longest = max(longest, at - heard_until)
+        heard_until = max(heard_until, at) + (durations[i] if durations is not None else 0.0)
+    return longest
 
 
 # --------------------------------------------------------------------------------------
@@ -252,6 +298,7 @@ class Conversation:
         self.shared_sandbox = shared_sandbox
         self.snapshots = snapshots
         self.audio_sink = AudioSink() if audio else None
+        self.text_sink = TextSink()
         if audio and tts_model is None:
             tts_model = "default"
         self.tts_model = tts_model
@@ -325,6 +372,7 @@ class Conversation:
                 stt_model=self.stt_model,
             )
             await self._session.start(self._agent)
+            self._session.output.transcription = self.text_sink
             if self.audio_sink is not None:
                 self._session.output.audio = self.audio_sink
                 rescue = SpokenApology()
@@ -391,6 +439,7 @@ class Conversation:
         transitions_before = len(self.transitions)
         history_before = self._assistant_count()
         frames_before = len(self.audio_sink.arrivals) if self.audio_sink else 0
+        pieces_before = len(self.text_sink.arrivals)
         started_wall = time.time()
         started = time.perf_counter()
         events: Sequence[Any] = ()
@@ -429,6 +478,11 @@ class Conversation:
         if self.audio_sink is not None:
             arrivals = self.audio_sink.arrivals[frames_before:]
             result.first_audio_s = arrivals[0] - started if arrivals else None
+            lengths = self.audio_sink.durations[frames_before:]
+            result.longest_silence_s = longest_silence(started, arrivals, lengths)
+        else:
+            pieces = self.text_sink.arrivals[pieces_before:]
+            result.longest_silence_s = longest_silence(started, pieces)
         # Anything spoken outside the run's events (the error handler's session.say).
         spoken = self.assistant_history()
         result.said = spoken[history_before:]

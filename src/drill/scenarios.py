@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from src.drill.fleet_outage import CONVERSATIONS as FLEET_CONVERSATIONS
 from src.drill.fleet_outage import NOTE as FLEET_NOTE
 from src.drill.fleet_outage import run_fleet_outage
-from src.drill.harness import Conversation, TurnResult, technical_leaks
+from src.drill.harness import SILENCE_BUDGET, Conversation, TurnResult, technical_leaks
 from src.drill.model_faults import stt_down_turn
 from src.error_recovery.protection import reset_process_protection
 from src.sandbox import FaultKind, SandboxServer
@@ -29,6 +29,7 @@ __all__ = [
     "Fault",
     "Scenario",
     "ScenarioReport",
+    "judge_silence",
     "run_all",
     "run_scenario",
 ]
@@ -293,6 +294,9 @@ class ScenarioReport:
     verdict: str
     problems: list[str] = field(default_factory=list)
     note: str = ""
+    # The longest silence the caller heard in any turn (see TurnResult.longest_silence_s).
+    longest_silence_s: float | None = None
+    silence_budget_s: float = SILENCE_BUDGET
 
 
 async def run_scenario(scenario: Scenario) -> ScenarioReport:
@@ -355,6 +359,7 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
         slowest = max(t.total_s for t in turns)
         if slowest > scenario.turn_budget_s:
             problems.append(f"turn {slowest:.2f}s > budget {scenario.turn_budget_s:g}s")
+    longest_silence = judge_silence(turns, problems)
     tool_times = [t.tool_resolution_s for t in turns if t.tool_resolution_s is not None]
     tool_limit = DEFAULTS.tool_deadline + 0.5
     if tool_times and max(tool_times) > tool_limit:
@@ -374,7 +379,17 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
         verdict="MISS" if problems else "ok",
         problems=problems,
         note=note,
+        longest_silence_s=longest_silence,
     )
+
+
+def judge_silence(turns: Sequence[TurnResult], problems: list[str]) -> float | None:
+    """The longest silence of ``turns``; a problem when it is over :data:`SILENCE_BUDGET`."""
+    silences = [t.longest_silence_s for t in turns if t.longest_silence_s is not None]
+    longest = max(silences) if silences else None
+    if longest is not None and longest > SILENCE_BUDGET:
+        problems.append(f"silence {longest:.2f}s > budget {SILENCE_BUDGET:g}s")
+    return longest
 
 
 async def run_all(scenarios: Sequence[Scenario]) -> list[ScenarioReport]:
