@@ -119,6 +119,7 @@ class Scenario:
     turn_budget_s: float | None = VOICE_BUDGET  # whole turn (user text -> reply done)
     action: Callable[[Conversation], Awaitable[TurnResult]] | None = None  # replaces turns
     audio: bool = False  # production TTS + an audio sink; first words = first audio frame
+    env: tuple[tuple[str, str], ...] = ()  # extra environment for the conversation
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -246,6 +247,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         turn_budget_s=LLM_BUDGET,
     ),
     Scenario(
+        "llm-primary-stall",
+        "the primary model accepts the request and sends nothing; a fallback model is set",
+        (Fault("openai", "hang", endpoint="/v1/chat/completions", count=1),),
+        ("hello there",),
+        env=(("OPENAI_FALLBACK_MODEL", "gpt-4o-mini-fallback"),),
+        turn_budget_s=LLM_BUDGET,
+    ),
+    Scenario(
         "llm-mid-stream-stall",
         "model stream stops mid-sentence: the reply is closed naturally",
         (Fault("openai", "stall"),),
@@ -309,7 +318,9 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
     failing = scenario.failing or (scenario.faults[0].service if scenario.faults else "")
     problems: list[str] = []
     note = ""
-    async with Conversation(email=scenario.email, audio=scenario.audio) as conv:
+    async with Conversation(
+        email=scenario.email, audio=scenario.audio, env=dict(scenario.env)
+    ) as conv:
         for text in scenario.warmup:
             await conv.turn(text)
         for fault in scenario.faults:
