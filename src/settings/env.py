@@ -128,7 +128,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         service_timeout=_float(env, "SERVICE_TIMEOUT", d.service_timeout),
         tool_deadline=tool_deadline,
         filler_delay=_float(env, "FILLER_DELAY", d.filler_delay),
-        turn_deadline=_float(env, "TURN_DEADLINE", tool_deadline),
+        turn_deadline=_float(env, "TURN_DEADLINE", min(tool_deadline, d.turn_deadline)),
         llm_timeout=_float(env, "LLM_TIMEOUT", d.llm_timeout),
         llm_first_token_timeout=_float(env, "LLM_FIRST_TOKEN_TIMEOUT", d.llm_first_token_timeout),
         llm_stall_timeout=_float(env, "LLM_STALL_TIMEOUT", d.llm_stall_timeout),

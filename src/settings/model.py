@@ -38,8 +38,10 @@ class ResilienceSettings:
         filler_delay: seconds of silence before filler speech during a slow tool (1.0, so
             that with the model round trip the caller hears it within 1.5 s).
         turn_deadline: seconds all tool calls of one model reply share, counted from the
-            first (6.0; from the environment it defaults to TOOL_DEADLINE). A tool started
-            late in the turn gets what is left; at most one filler sentence per turn.
+            first (5.0; from the environment it defaults to TOOL_DEADLINE when that is
+            lower). A tool started late in the turn gets what is left. 5 s, so that the
+            answer follows the progress sentence (progress_delay) within 3 s, model
+            round trip included.
         progress_delay: seconds into a slow tool turn before its second (and last)
             progress sentence, "Still checking, thanks for waiting." (3.0; 0 = none).
         llm_timeout / tts_timeout / stt_timeout: seconds per model attempt (6.0/5.0/5.0).
@@ -88,7 +90,7 @@ class ResilienceSettings:
     service_timeout: float = 2.5
     tool_deadline: float = 6.0
     filler_delay: float = 1.0
-    turn_deadline: float = 6.0
+    turn_deadline: float = 5.0
     llm_timeout: float = 6.0
     llm_first_token_timeout: float = 1.0
     llm_stall_timeout: float = 1.0
