@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from src.drill.harness import Conversation, longest_silence
-from src.phrases import FILLER, MODEL_WAIT_FILLER, PROGRESS
+from src.phrases import APOLOGY, FILLER, GOODBYE, MODEL_WAIT_FILLER, PROGRESS
 from src.sandbox import FaultKind
 from src.tools.turn import TurnBook
 from src.watchdogs import watch_llm
@@ -357,3 +357,26 @@ async def test_a_stalled_primary_model_is_switched_to_the_fallback_in_a_real_ses
         models = [body["model"] for body in conv.sandbox.openai.requests_seen]
         assert models[-1] == "gpt-4o-mini-fallback"
         assert turn.total_s < 2.0  # the 6 s LLM_TIMEOUT was not waited out
+
+
+async def test_a_dead_model_is_given_up_in_time_and_still_ends_in_the_goodbye() -> None:
+    """The model accepts every request and sends nothing: each turn the caller hears the
+    filler, then the apology within LLM_ANSWER_TIMEOUT (not LiveKit's attempt timeouts);
+    the filler is no sign of progress, so the failures add up to the goodbye."""
+    overrides = {
+        "llm_first_token_timeout": 0.1,
+        "llm_answer_timeout": 0.4,
+        "max_unrecoverable_errors": 2,
+    }
+    async with Conversation(overrides=overrides) as conv:
+        conv.sandbox.openai.inject("/v1/chat/completions", FaultKind.HANG)
+        closed = asyncio.Event()
+        conv.session.on("close", lambda _: closed.set())
+        first = await conv.turn("hello there")
+        assert first.said[0].strip() == MODEL_WAIT_FILLER
+        assert APOLOGY in first.said[-1], first.said
+        assert first.total_s < 2.0  # LLM_TIMEOUT is 6 s: it was not waited out
+        before = len(conv.assistant_history())
+        await conv.turn("are you there?")
+        await asyncio.wait_for(closed.wait(), 5.0)
+        assert conv.assistant_history()[before:][-1] == GOODBYE
