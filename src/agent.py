@@ -227,6 +227,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
                 conn_options=self.session.conn_options.llm_conn_options,
             ),
             on_give_up=lambda: report_model_stall(model),
+            speaking=lambda: self.session.agent_state == "speaking",
         )
 
     def tts_node(

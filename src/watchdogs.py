@@ -153,6 +153,7 @@ async def watch_llm(
     switch_timeout: float | None = None,
     fallback: Callable[[], AsyncIterable[T]] | None = None,
     on_give_up: Callable[[], None] | None = None,
+    speaking: Callable[[], bool] | None = None,
     filler: str = MODEL_WAIT_FILLER,
     bridge: str = MODEL_STALL_BRIDGE,
     repair: str = MODEL_STALL_REPAIR,
@@ -174,6 +175,10 @@ async def watch_llm(
     ``answer_timeout``. Without ``answer_timeout`` the model is waited for (LiveKit's own
     timeouts decide).
 
+    ``speaking()`` says whether the caller is hearing the agent right now (a tool's
+    progress sentence still playing): then the filler is not added to it; the first-token
+    wait starts again (for up to ``answer_timeout`` more).
+
     ``clock`` and ``call_later`` (default: the event loop's) drive the one timer the
     stream has; tests pass virtual ones."""
     loop = asyncio.get_running_loop()
@@ -189,6 +194,9 @@ async def watch_llm(
     if switch and answer_timeout is not None and switch_timeout is not None:
         switch = switch_timeout < answer_timeout
     started = filled = bridged = switched = False
+    now = clock or loop.time
+    # The filler waits for speech the caller is hearing, but not for ever.
+    hold_until = now() + first_token_timeout + (answer_timeout or first_token_timeout)
     timer.arm(first_token_timeout)
     try:
         while True:
@@ -197,6 +205,10 @@ async def watch_llm(
                 if not timer.due():
                     continue  # a chunk came first and re-armed the timer
                 if not started:
+                    hearing = speaking is not None and speaking()
+                    if not filled and hearing and now() < hold_until:
+                        timer.arm(first_token_timeout)  # not over speech: look again
+                        continue
                     if not filled:
                         logger.warning(
                             "Model sent nothing for %.1fs; the caller hears a filler",

@@ -380,3 +380,36 @@ async def test_a_dead_model_is_given_up_in_time_and_still_ends_in_the_goodbye() 
         await conv.turn("are you there?")
         await asyncio.wait_for(closed.wait(), 5.0)
         assert conv.assistant_history()[before:][-1] == GOODBYE
+
+
+async def test_no_model_filler_over_speech_the_caller_is_already_hearing() -> None:
+    """The tools' progress sentence is still playing when the answer's first token is
+    late: "Just a second." is not added on top; it comes once the caller hears nothing."""
+    time = VirtualTime()
+    primary = Source("Here you go.")
+    playing = True
+    watched = Watched(primary, time, speaking=lambda: playing)
+    await time.advance(1.0)
+    assert watched.out == []
+    playing = False
+    await time.advance(0.9)
+    assert watched.out == []
+    await time.advance(0.1)
+    assert watched.out == [MODEL_WAIT_FILLER + " "]
+    primary.release()
+    await settle()
+    await asyncio.wait_for(watched.task, 1.0)
+    assert watched.out == [MODEL_WAIT_FILLER + " ", "Here you go."]
+
+
+async def test_speech_that_never_ends_does_not_hold_the_filler_back_for_ever() -> None:
+    time = VirtualTime()
+    primary = Source("never")
+    watched = Watched(primary, time, speaking=lambda: True)
+    await time.advance(3.4)
+    assert watched.out == []
+    await time.advance(0.6)  # first-token 1 s + answer 2.5 s: the filler after all
+    assert watched.out == [MODEL_WAIT_FILLER + " "]
+    await time.advance(2.5)
+    await asyncio.wait_for(watched.task, 1.0)
+    assert watched.gave_up == 1
