@@ -65,7 +65,14 @@ from src.phrases import (
 from src.redaction import get_logger, install_redaction
 from src.registry import READ, VENDORS, WRITE_WITH_LOOKUP, declared
 from src.services.wiring import TrialistServices
-from src.session import SpokenApology, build_session, caller_safe_context, connect_options
+from src.session import (
+    SpokenApology,
+    build_session,
+    caller_safe_context,
+    connect_options,
+    fallback_stream,
+    report_model_stall,
+)
 from src.settings import Settings, SettingsError, load_settings
 from src.state import TrialistData
 from src.store import FleetQuotaStore, FleetUsageCache, StoreGuard, open_store
@@ -215,13 +222,28 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         down = self.down_capabilities()
         self._degraded_log.update(down)
         chat_ctx, tools = degraded_request(caller_safe_context(chat_ctx), tools, down)
+        model = self.session.llm
+        assert isinstance(model, llm.LLM)
         return watch_llm(
             Agent.default.llm_node(self, chat_ctx, tools, model_settings),
             first_token_timeout=r.llm_first_token_timeout,
             stall_timeout=r.llm_stall_timeout,
             # Closed before LiveKit's own timeout (LLM_TIMEOUT after the last byte) turns
             # the stall into an error event, which would add the apology to the repair.
-            give_up_timeout=max(0.0, r.llm_timeout - r.llm_stall_timeout) * 0.8,
+            give_up_timeout=min(
+                r.llm_answer_timeout, max(0.0, r.llm_timeout - r.llm_stall_timeout) * 0.8
+            ),
+            answer_timeout=r.llm_answer_timeout,
+            switch_timeout=r.llm_switch_timeout,
+            fallback=fallback_stream(
+                model,
+                chat_ctx,
+                tools,
+                tool_choice=model_settings.tool_choice,
+                conn_options=self.session.conn_options.llm_conn_options,
+            ),
+            on_give_up=lambda: report_model_stall(model),
+            speaking=lambda: self.session.agent_state == "speaking",
         )
 
     def tts_node(

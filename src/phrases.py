@@ -99,6 +99,14 @@ BAD_EMAIL = "That email address doesn't sound quite right. Could you spell it ou
 # Filler speech while a tool works (RunContext.with_filler).
 FILLER = "One moment while I pull that up."
 FILLER_WRITE = "One moment while I take care of that."
+# A slow turn's second (and last) progress sentence, about 3 s in (src/tools/turn.py):
+# never the same one twice in a call, so each is used at most once.
+PROGRESS = (
+    "Still checking, thanks for waiting.",
+    "Still working on it, thanks for bearing with me.",
+    "Almost there, thanks for your patience.",
+    "Just a little longer, I'm still on it.",
+)
 
 # LiveKit itself answers a malformed tool call with parser text (pydantic messages, type
 # names, URLs). The model must never see or repeat that: it gets these sentences instead.

@@ -5,7 +5,8 @@ error handler that never leaves the caller in silence."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from livekit import rtc
@@ -14,6 +15,7 @@ from livekit.agents import (
     NOT_GIVEN,
     AgentSession,
     APIConnectOptions,
+    APITimeoutError,
     llm,
     stt,
     tts,
@@ -33,7 +35,18 @@ from livekit.plugins import deepgram, openai
 from src import tool_schemas
 from src.error_recovery import ERROR_RESPONSES, ErrorRecoveryMixin
 from src.openai_client import chat_client
-from src.phrases import APOLOGY, BAD_TOOL_ARGUMENTS, GOODBYE, TROUBLE_HEARING, UNKNOWN_TOOL
+from src.phrases import (
+    APOLOGY,
+    BAD_TOOL_ARGUMENTS,
+    FILLER,
+    FILLER_WRITE,
+    GOODBYE,
+    MODEL_STALL_BRIDGE,
+    MODEL_WAIT_FILLER,
+    PROGRESS,
+    TROUBLE_HEARING,
+    UNKNOWN_TOOL,
+)
 from src.redaction import get_logger
 from src.settings import Settings
 from src.state import TrialistData
@@ -47,10 +60,14 @@ __all__ = [
     "build_tts",
     "caller_safe_context",
     "connect_options",
+    "fallback_stream",
     "on_session_error",
+    "report_model_stall",
 ]
 
 logger = get_logger("pandadoc.agent")
+
+_FILLERS = (MODEL_WAIT_FILLER, MODEL_STALL_BRIDGE, FILLER, FILLER_WRITE, *PROGRESS)
 
 _LIVEKIT_TOOL_ERRORS = (
     ("Error parsing arguments for", BAD_TOOL_ARGUMENTS),
@@ -109,6 +126,51 @@ def build_llm(settings: Settings) -> llm.LLM[Any]:
     secondary = model(m.fallback_llm_model)
     return llm.FallbackAdapter(
         [primary, secondary], attempt_timeout=settings.resilience.llm_timeout
+    )
+
+
+def fallback_stream(
+    model: llm.LLM[Any],
+    chat_ctx: llm.ChatContext,
+    tools: list[llm.Tool],
+    *,
+    tool_choice: Any = NOT_GIVEN,
+    conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+) -> Callable[[], AsyncIterator[llm.ChatChunk]] | None:
+    """For the model watchdog (:func:`~src.watchdogs.watch_llm`): a stream of the same
+    request from the session model's fallback (the second model of its
+    ``FallbackAdapter``), or ``None`` when no fallback is configured. The adapter
+    switches when a model fails, not when its stream opens and then sends nothing."""
+    if not isinstance(model, llm.FallbackAdapter):
+        return None
+    # The adapter keeps its models in order in ``_llm_instances`` (no public accessor).
+    models: list[llm.LLM[Any]] = list(getattr(model, "_llm_instances", ()))
+    if len(models) < 2:
+        return None
+    second = models[1]
+
+    async def stream() -> AsyncIterator[llm.ChatChunk]:
+        async with second.chat(
+            chat_ctx=chat_ctx, tools=tools, tool_choice=tool_choice, conn_options=conn_options
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    return stream
+
+
+def report_model_stall(model: llm.LLM[Any]) -> None:
+    """Tell the session that its model gave no answer in time, as an unrecoverable model
+    error from the model itself: LiveKit and :class:`SessionErrorHandler` treat it as
+    any model failure (the apology now; after repeated failures, the goodbye)."""
+    model.emit(
+        "error",
+        llm.LLMError(
+            timestamp=time.time(),
+            label=model.label,
+            error=APITimeoutError("the model sent no answer in time", retryable=False),
+            recoverable=False,
+        ),
     )
 
 
@@ -267,6 +329,10 @@ class SessionErrorHandler:
         if getattr(item, "role", None) != "assistant":
             return
         text = getattr(item, "text_content", None) or ""
+        # A reply that is only a filler ("Just a second.") is no sign the model works.
+        for filler in _FILLERS:
+            text = text.replace(filler, "")
+        text = text.strip()
         if text and APOLOGY not in text and text != GOODBYE:
             self.failures.pop("llm_error", None)
             self.failures.pop("tts_error", None)

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from src.drill.harness import Conversation, TurnResult
-from src.drill.scenarios import JANE, ScenarioReport
+from src.drill.scenarios import JANE, ScenarioReport, judge_silence
 from src.sandbox import FaultKind, Sandbox
 from src.sandbox.data import TRIAL_USERS
 
@@ -70,6 +70,7 @@ def _report(
         problems.extend(t.leaks())
     firsts = [t.first_words_s for t in turns if t.first_words_s is not None]
     tools = [t.tool_resolution_s for t in turns if t.tool_resolution_s is not None]
+    longest_silence = judge_silence(turns, problems)
     return ScenarioReport(
         name=name,
         what=what,
@@ -85,6 +86,7 @@ def _report(
         verdict="MISS" if problems else "ok",
         problems=problems,
         note=note,
+        longest_silence_s=longest_silence,
     )
 
 

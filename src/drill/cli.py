@@ -45,6 +45,7 @@ def render(reports: Sequence[ScenarioReport]) -> str:
         "1st words s",
         "tool s",
         "turn s",
+        "longest silence s",
         "requests",
         "breaker",
         "verdict",
@@ -56,10 +57,12 @@ def render(reports: Sequence[ScenarioReport]) -> str:
             _fmt(r.first_words_s),
             _fmt(r.tool_s),
             _fmt(r.turn_s),
+            _fmt(r.longest_silence_s),
             f"{r.failing or '-'} {'/'.join(map(str, r.requests))}",
             _cut(", ".join(t.split(":", 1)[1] for t in r.transitions) or "-", 40),
             f"{r.verdict} (<= {r.budget_s:g}s"
-            + (f" / {r.turn_budget_s:g}s)" if r.turn_budget_s is not None else ")"),
+            + (f" / {r.turn_budget_s:g}s" if r.turn_budget_s is not None else "")
+            + f" / silence {r.silence_budget_s:g}s)",
         )
         for r in reports
     ]
@@ -83,7 +86,8 @@ def render_load(r: LoadReport) -> str:
         f"load: {r.conversations} concurrent conversations x {r.turns // max(r.conversations, 1)}"
         f" turns (a pause of up to {THINK_S:g} s before each)"
         f", every vendor failing every other request: turn p50 {r.p50_turn_s:.2f}s, "
-        f"p99 {r.p99_turn_s:.2f}s; worst first words {r.worst_first_words_s:.2f}s; worst "
+        f"p99 {r.p99_turn_s:.2f}s; p99 longest silence {r.p99_silence_s:.2f}s (worst "
+        f"{r.worst_silence_s:.2f}s); worst first words {r.worst_first_words_s:.2f}s; worst "
         f"event-loop lag {r.worst_loop_lag_s * 1000:.0f}ms (of it on the CPU: "
         f"{r.worst_loop_busy_s * 1000:.0f}ms); {r.failures} failed, {r.silent_turns} silent"
         f" -> {r.verdict}" + "".join(f"\nMISS load: {p}" for p in r.problems)

@@ -38,6 +38,7 @@ from livekit.agents.voice.run_result import (
 )
 
 from src.agent import PandaDocTrialistAgent
+from src.drill.silence import SILENCE_BUDGET, TextSink, longest_silence
 from src.error_recovery import CircuitState
 from src.sandbox import Sandbox
 from src.sandbox.remote import SandboxProcess
@@ -47,14 +48,17 @@ from src.settings import Settings, settings_from_env
 from src.state import TrialistData
 
 __all__ = [
+    "SILENCE_BUDGET",
     "AudioSink",
     "Conversation",
     "HarnessClock",
     "StandInRunContext",
     "StandInSession",
+    "TextSink",
     "ToolResult",
     "Transition",
     "TurnResult",
+    "longest_silence",
     "technical_leaks",
 ]
 
@@ -159,6 +163,10 @@ class TurnResult:
     data_after: TrialistData | None = None
     failure: str | None = None  # the turn itself raised (class name only)
     first_audio_s: float | None = None  # end of user turn -> first audio frame (audio=True)
+    # The longest gap the caller hears between the end of their turn and the end of the
+    # reply: between audio frames as they would play (audio=True), else between the
+    # transcription pieces (the model's text and every ``say``) as they arrive.
+    longest_silence_s: float | None = None
 
     @property
     def spoken(self) -> str:
@@ -182,6 +190,7 @@ class AudioSink(io.AudioOutput):
     def __init__(self) -> None:
         super().__init__(label="drill-sink", capabilities=io.AudioOutputCapabilities(pause=False))
         self.arrivals: list[float] = []
+        self.durations: list[float] = []  # seconds of audio in each frame, as ``arrivals``
         self._segment = 0.0
         self._capturing = False
 
@@ -191,6 +200,7 @@ class AudioSink(io.AudioOutput):
             self._capturing = True
             self.on_playback_started(created_at=time.time())
         self.arrivals.append(time.perf_counter())
+        self.durations.append(frame.duration)
         self._segment += frame.duration
 
     def _finish(self, interrupted: bool) -> None:
@@ -252,6 +262,7 @@ class Conversation:
         self.shared_sandbox = shared_sandbox
         self.snapshots = snapshots
         self.audio_sink = AudioSink() if audio else None
+        self.text_sink = TextSink()
         if audio and tts_model is None:
             tts_model = "default"
         self.tts_model = tts_model
@@ -325,6 +336,7 @@ class Conversation:
                 stt_model=self.stt_model,
             )
             await self._session.start(self._agent)
+            self._session.output.transcription = self.text_sink
             if self.audio_sink is not None:
                 self._session.output.audio = self.audio_sink
                 rescue = SpokenApology()
@@ -391,6 +403,7 @@ class Conversation:
         transitions_before = len(self.transitions)
         history_before = self._assistant_count()
         frames_before = len(self.audio_sink.arrivals) if self.audio_sink else 0
+        pieces_before = len(self.text_sink.arrivals)
         started_wall = time.time()
         started = time.perf_counter()
         events: Sequence[Any] = ()
@@ -429,6 +442,11 @@ class Conversation:
         if self.audio_sink is not None:
             arrivals = self.audio_sink.arrivals[frames_before:]
             result.first_audio_s = arrivals[0] - started if arrivals else None
+            lengths = self.audio_sink.durations[frames_before:]
+            result.longest_silence_s = longest_silence(started, arrivals, lengths)
+        else:
+            pieces = self.text_sink.arrivals[pieces_before:]
+            result.longest_silence_s = longest_silence(started, pieces)
         # Anything spoken outside the run's events (the error handler's session.say).
         spoken = self.assistant_history()
         result.said = spoken[history_before:]

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 from src import heap
-from src.drill.harness import Conversation, TurnResult
+from src.drill.harness import SILENCE_BUDGET, Conversation, TurnResult
 from src.sandbox import FaultKind
 from src.sandbox.data import TRIAL_USERS
 from src.sandbox.remote import SandboxProcess
@@ -58,6 +58,8 @@ class LoadReport:
     elapsed_s: float
     verdict: str = "ok"
     problems: list[str] = field(default_factory=list)
+    p99_silence_s: float = 0.0  # longest silence of a turn (TurnResult.longest_silence_s)
+    worst_silence_s: float = 0.0
 
 
 async def _monitor_lag(
@@ -124,6 +126,7 @@ async def run_load(conversations: int = 50) -> LoadReport:
     elapsed = time.perf_counter() - started
     totals = sorted(r.total_s for r in results)
     first = [r.first_words_s for r in results if r.first_words_s is not None]
+    silences = sorted(r.longest_silence_s for r in results if r.longest_silence_s is not None)
     report = LoadReport(
         conversations=conversations,
         turns=len(results),
@@ -135,6 +138,8 @@ async def run_load(conversations: int = 50) -> LoadReport:
         failures=sum(1 for r in results if r.failure),
         silent_turns=sum(1 for r in results if not r.said),
         elapsed_s=elapsed,
+        p99_silence_s=_percentile(silences, 99) if silences else 0.0,
+        worst_silence_s=silences[-1] if silences else 0.0,
     )
     if report.failures:
         report.problems.append(f"{report.failures} turn(s) raised")
@@ -142,6 +147,10 @@ async def run_load(conversations: int = 50) -> LoadReport:
         report.problems.append(f"{report.silent_turns} silent turn(s)")
     if report.p99_turn_s > TURN_BUDGET:
         report.problems.append(f"p99 turn {report.p99_turn_s:.2f}s > {TURN_BUDGET:g}s")
+    if report.p99_silence_s > SILENCE_BUDGET:
+        report.problems.append(
+            f"p99 longest silence {report.p99_silence_s:.2f}s > {SILENCE_BUDGET:g}s"
+        )
     if report.worst_first_words_s > FIRST_WORDS:
         report.problems.append(
             f"worst first words {report.worst_first_words_s:.2f}s > {FIRST_WORDS:g}s"

@@ -56,6 +56,8 @@ async def stt_down_turn(conv: Conversation, *, wait_s: float = 5.0) -> TurnResul
     try:
         await asyncio.wait_for(spoke.wait(), wait_s)
         result.first_words_s = time.perf_counter() - failed_at
+        # One sentence, said whole: the caller's silence is the wait for it.
+        result.longest_silence_s = result.first_words_s
     except TimeoutError:
         pass
     finally:

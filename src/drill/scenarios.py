@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from src.drill.fleet_outage import CONVERSATIONS as FLEET_CONVERSATIONS
 from src.drill.fleet_outage import NOTE as FLEET_NOTE
 from src.drill.fleet_outage import run_fleet_outage
-from src.drill.harness import Conversation, TurnResult, technical_leaks
+from src.drill.harness import SILENCE_BUDGET, Conversation, TurnResult, technical_leaks
 from src.drill.model_faults import stt_down_turn
 from src.drill.seams import (
     NO_CACHE,
@@ -37,6 +37,7 @@ __all__ = [
     "Fault",
     "Scenario",
     "ScenarioReport",
+    "judge_silence",
     "run_all",
     "run_scenario",
 ]
@@ -303,6 +304,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         turn_budget_s=LLM_BUDGET,
     ),
     Scenario(
+        "llm-primary-stall",
+        "the primary model accepts the request and sends nothing; a fallback model is set",
+        (Fault("openai", "hang", endpoint="/v1/chat/completions", count=1),),
+        ("hello there",),
+        env=(("OPENAI_FALLBACK_MODEL", "gpt-4o-mini-fallback"),),
+        turn_budget_s=LLM_BUDGET,
+    ),
+    Scenario(
         "llm-mid-stream-stall",
         "model stream stops mid-sentence: the reply is closed naturally",
         (Fault("openai", "stall"),),
@@ -378,6 +387,9 @@ class ScenarioReport:
     verdict: str
     problems: list[str] = field(default_factory=list)
     note: str = ""
+    # The longest silence the caller heard in any turn (see TurnResult.longest_silence_s).
+    longest_silence_s: float | None = None
+    silence_budget_s: float = SILENCE_BUDGET
 
 
 async def run_scenario(scenario: Scenario) -> ScenarioReport:
@@ -449,6 +461,7 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
         slowest = max(t.total_s for t in turns)
         if slowest > scenario.turn_budget_s:
             problems.append(f"turn {slowest:.2f}s > budget {scenario.turn_budget_s:g}s")
+    longest_silence = judge_silence(turns, problems)
     tool_times = [t.tool_resolution_s for t in turns if t.tool_resolution_s is not None]
     tool_limit = DEFAULTS.tool_deadline + 0.5
     if tool_times and max(tool_times) > tool_limit:
@@ -468,7 +481,17 @@ async def run_scenario(scenario: Scenario) -> ScenarioReport:
         verdict="MISS" if problems else "ok",
         problems=problems,
         note=note,
+        longest_silence_s=longest_silence,
     )
+
+
+def judge_silence(turns: Sequence[TurnResult], problems: list[str]) -> float | None:
+    """The longest silence of ``turns``; a problem when it is over :data:`SILENCE_BUDGET`."""
+    silences = [t.longest_silence_s for t in turns if t.longest_silence_s is not None]
+    longest = max(silences) if silences else None
+    if longest is not None and longest > SILENCE_BUDGET:
+        problems.append(f"silence {longest:.2f}s > budget {SILENCE_BUDGET:g}s")
+    return longest
 
 
 async def run_all(scenarios: Sequence[Scenario]) -> list[ScenarioReport]:

@@ -38,13 +38,23 @@ class ResilienceSettings:
         filler_delay: seconds of silence before filler speech during a slow tool (1.0, so
             that with the model round trip the caller hears it within 1.5 s).
         turn_deadline: seconds all tool calls of one model reply share, counted from the
-            first (6.0; from the environment it defaults to TOOL_DEADLINE). A tool started
-            late in the turn gets what is left; at most one filler sentence per turn.
+            first (5.0; from the environment it defaults to TOOL_DEADLINE when that is
+            lower). A tool started late in the turn gets what is left. 5 s, so that the
+            answer follows the progress sentence (progress_delay) within 3 s, model
+            round trip included.
+        progress_delay: seconds into a slow tool turn before its second (and last)
+            progress sentence, "Still checking, thanks for waiting." (3.0; 0 = none).
         llm_timeout / tts_timeout / stt_timeout: seconds per model attempt (6.0/5.0/5.0).
         llm_first_token_timeout: seconds without a first chunk from the model before the
             caller hears a short filler (1.0; the model keeps going).
         llm_stall_timeout: seconds without a chunk once the answer started before the
-            reply is closed with a natural sentence (1.0).
+            caller hears a short bridge (1.0).
+        llm_answer_timeout: seconds after that filler or bridge by which the model must
+            have started (or resumed) its answer: else the apology (or a natural close
+            of the half answer) is said, not LiveKit's timeouts waited out (2.5).
+        llm_switch_timeout: seconds after the first-token filler before a model that has
+            sent nothing is abandoned for the fallback model (OPENAI_FALLBACK_MODEL),
+            which gets the rest of llm_answer_timeout (1.0).
         tts_no_audio_timeout: seconds a TTS stream that owes audio may send none before
             the pre-rendered apology is played instead (1.2).
         llm_max_retry / tts_max_retry / stt_max_retry: LiveKit-level retries (1/1/2),
@@ -82,10 +92,13 @@ class ResilienceSettings:
     service_timeout: float = 2.5
     tool_deadline: float = 6.0
     filler_delay: float = 1.0
-    turn_deadline: float = 6.0
+    turn_deadline: float = 5.0
     llm_timeout: float = 6.0
     llm_first_token_timeout: float = 1.0
     llm_stall_timeout: float = 1.0
+    llm_answer_timeout: float = 2.5
+    llm_switch_timeout: float = 1.0
+    progress_delay: float = 3.0
     tts_no_audio_timeout: float = 1.2
     tts_timeout: float = 5.0
     stt_timeout: float = 5.0
@@ -126,6 +139,8 @@ class ResilienceSettings:
             ("LLM_TIMEOUT", self.llm_timeout),
             ("LLM_FIRST_TOKEN_TIMEOUT", self.llm_first_token_timeout),
             ("LLM_STALL_TIMEOUT", self.llm_stall_timeout),
+            ("LLM_ANSWER_TIMEOUT", self.llm_answer_timeout),
+            ("LLM_SWITCH_TIMEOUT", self.llm_switch_timeout),
             ("TTS_NO_AUDIO_TIMEOUT", self.tts_no_audio_timeout),
             ("TTS_TIMEOUT", self.tts_timeout),
             ("STT_TIMEOUT", self.stt_timeout),
@@ -140,6 +155,8 @@ class ResilienceSettings:
             raise SettingsError("TURN_DEADLINE must be > 0 seconds")
         if self.filler_delay < 0:  # >= TOOL_DEADLINE is allowed: it turns the filler off
             raise SettingsError("FILLER_DELAY must be >= 0 seconds")
+        if self.progress_delay < 0:  # 0 turns the progress sentence off
+            raise SettingsError("PROGRESS_DELAY must be >= 0 seconds")
         if self.max_unrecoverable_errors < 1:
             raise SettingsError("MAX_UNRECOVERABLE_ERRORS must be >= 1")
         self._check_adaptive()

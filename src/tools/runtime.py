@@ -69,7 +69,13 @@ class ToolRuntime(ErrorRecoveryMixin):
     def turns(self) -> TurnBook:
         """The open turns of this agent (one per model reply that called tools)."""
         if self._turn_book is None:
-            self._turn_book = TurnBook(lambda: self.retry_clock())
+            r = self.settings.resilience
+            self._turn_book = TurnBook(
+                lambda: self.retry_clock(),
+                # A sibling tool's scheduler may fire with the filler's: only a later fire
+                # (its interval and dwell on) says the progress sentence.
+                progress_after=max(0.0, r.progress_delay - r.filler_delay) / 2,
+            )
         return self._turn_book
 
     async def run_tool(
@@ -234,14 +240,31 @@ class ToolRuntime(ErrorRecoveryMixin):
     ) -> AsyncIterator[None]:
         """Speak ``sentence`` once if the work inside leaves the caller waiting for
         ``FILLER_DELAY`` seconds; with ``turn``, only if no other tool of the turn has
-        spoken its filler."""
+        spoken its filler, and then, still waiting about ``PROGRESS_DELAY`` seconds in,
+        one progress sentence for the turn (:class:`~src.tools.turn.FillerSource`)."""
         with_filler = getattr(context, "with_filler", None)
         if with_filler is None:
             yield
             return
-        source: Any = sentence if turn is None else turn.claim_filler(sentence)
-        async with with_filler(source, delay=self.settings.resilience.filler_delay):
-            yield
+        r = self.settings.resilience
+        if turn is None:
+            async with with_filler(sentence, delay=r.filler_delay):
+                yield
+            return
+        source = turn.claim_filler(sentence)
+        # LiveKit's scheduler: a dwell of FILLER_DELAY idle seconds before each fire, and
+        # ``interval`` seconds after one, so the second fire comes about PROGRESS_DELAY in.
+        interval = max(0.0, r.progress_delay - 2 * r.filler_delay) if r.progress_delay else None
+        try:
+            async with with_filler(
+                source,
+                delay=r.filler_delay,
+                interval=interval,
+                max_steps=2 if interval is not None else None,
+            ):
+                yield
+        finally:
+            source.answered()
 
 
 def zone(name: str) -> ZoneInfo:
