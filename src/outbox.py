@@ -346,10 +346,13 @@ class Outbox:
     async def depth(self) -> int:
         """Writes waiting (this job's unsaved ones plus the store's); also the gauge."""
         count = len(self.pending)
+        created: list[float] = []
         if self.store is not None:
             with contextlib.suppress(StoreError):
-                count += len(await self._store_op(lambda st: st.outbox_list()))
-        metrics.OUTBOX_DEPTH.set(count)
+                items = await self._store_op(lambda st: st.outbox_list())
+                count += len(items)
+                created = [item.created for item in items]
+        metrics.outbox_seen(count, created, self._wall())
         return count
 
     async def _store_op(self, op: Callable[[Any], Awaitable[Any]]) -> Any:
