@@ -52,6 +52,7 @@ from src.identity import identity_at_start, trusted_attributes
 from src.outbox import Outbox, PendingWrite
 from src.phrases import APOLOGY, BOOKING_DOWN_OPENING, FILLER_WRITE, GOODBYE, greeting
 from src.redaction import get_logger, install_redaction
+from src.report import CallReport, job_memory_limit
 from src.services.wiring import SERVICE_NAMES, TrialistServices
 from src.session import SpokenApology, build_session, caller_safe_context, connect_options
 from src.settings import Settings, SettingsError, load_settings
@@ -158,6 +159,13 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             service_timeout=r.service_timeout,
             store=store,
         )
+        # The per-call resilience report (src/report.py): one log line when the call ends.
+        self.call_report = CallReport()
+        for breaker in self.circuit_breakers.values():
+            breaker.add_listener(self.call_report.on_transition)
+
+    async def on_enter(self) -> None:
+        self.call_report.watch(self.session)
 
     def down_capabilities(self) -> list[Capability]:
         """What the model is told is unavailable now (open circuits, issue #15)."""
@@ -326,6 +334,7 @@ server.setup_fnc = prewarm
 async def entrypoint(ctx: JobContext) -> None:
     settings = SETTINGS
     install_redaction()  # the job's log handlers exist now; attach the filter to them
+    job_memory_limit(server)  # pandadoc_job_memory_limit_bytes, for the alert
     store = StoreGuard(open_store(settings.fleet.store_url))  # shared by the fleet's jobs
     # Amplitude's hourly budget, concurrency cap and usage cache hold fleet-wide.
     services = TrialistServices.from_settings(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from livekit.agents.llm import StopResponse, ToolError
 
-from .. import metrics
+from .. import metrics, report
 from ..errors import CircuitOpenError, ServiceTimeout
 from ..phrases import ERROR_RESPONSES
 from ..redaction import get_logger
@@ -238,7 +238,7 @@ class ErrorRecoveryMixin:
                 try:
                     await stack.enter_async_context(bulkhead.slot())
                 except BulkheadFull:
-                    metrics.fallback_counter(service_name, "bulkhead_full").inc()
+                    report.fallback(self, service_name, "bulkhead_full")
                     logger.warning(
                         "Bulkhead for %s full (%d calls in flight); using the fallback",
                         service_name,
@@ -280,7 +280,7 @@ class ErrorRecoveryMixin:
         except CircuitOpenError:
             # Counted, not logged per call: an outage would flood the log. The breaker
             # logs its state changes (the spec's lines).
-            metrics.fallback_counter(service_name, "circuit_open").inc()
+            report.fallback(self, service_name, "circuit_open")
             logger.debug(
                 "Circuit for %s is open; using the fallback",
                 service_name,
@@ -298,6 +298,7 @@ class ErrorRecoveryMixin:
             nonlocal counted, attempts, took
             attempts += 1
             if attempts > 1:
+                report.retry(self, service_name)
                 # Before a retry, see what other conversations learned meanwhile.
                 await breaker.refresh()
                 if breaker.state is not CircuitState.CLOSED:
@@ -308,6 +309,8 @@ class ErrorRecoveryMixin:
             try:
                 result = await func()
             except Exception as exc:
+                if isinstance(exc, ServiceTimeout):
+                    report.timeout(self, service_name)
                 if not probe:  # every failed attempt counts, whoever made it
                     counted = exc
                     await breaker.on_failure(exc, duration=clock() - started)
@@ -357,6 +360,8 @@ class ErrorRecoveryMixin:
                 name=service_name,
             )
         except BaseException as exc:
+            if isinstance(exc, TimeoutError):  # the attempt's time ran out (asyncio.timeout)
+                report.timeout(self, service_name)
             if exc is not counted and not isinstance(exc, CircuitOpenError):
                 await breaker.on_failure(exc, probe=probe)  # e.g. the attempt's time ran out
                 if budget is not None and counts_as_failure(exc):
@@ -364,7 +369,7 @@ class ErrorRecoveryMixin:
             if isinstance(exc, reraise) or not isinstance(exc, Exception):
                 raise
             reason = "circuit_open" if isinstance(exc, CircuitOpenError) else "failed"
-            metrics.fallback_counter(service_name, reason).inc()
+            report.fallback(self, service_name, reason)
             logger.warning(
                 "%s call failed with %s; using the fallback",
                 service_name,
