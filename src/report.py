@@ -51,6 +51,7 @@ from src.redaction import get_logger
 
 __all__ = [
     "FILLERS",
+    "FINISHED_LISTENERS",
     "WRITE_OUTCOMES",
     "CallReport",
     "Mark",
@@ -78,6 +79,10 @@ WRITE_OUTCOMES = {
     "unknown": "unconfirmed",
     "rejected": "dead_lettered",
 }
+
+
+FINISHED_LISTENERS: list[Callable[[CallReport], None]] = []
+"""Called with each report as its call ends (the drill's ``--timeline`` collects them)."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,8 @@ class CallReport:
         _sample_memory()
         logger.info("Call report %s", json.dumps(figures, sort_keys=True))
         self._record_metrics()
+        for listener in list(FINISHED_LISTENERS):
+            listener(self)
         span = getattr(session, "_session_span", None) or trace.get_current_span()
         if span.is_recording():
             span.set_attributes(_span_attributes(figures))
