@@ -52,7 +52,7 @@ from src.identity import identity_at_start, trusted_attributes
 from src.outbox import Outbox, PendingWrite
 from src.phrases import APOLOGY, BOOKING_DOWN_OPENING, FILLER_WRITE, GOODBYE, greeting
 from src.redaction import get_logger, install_redaction
-from src.report import CallReport, job_memory_limit
+from src.report import CallReport, job_memory_limit, tracing_from_env
 from src.services.wiring import SERVICE_NAMES, TrialistServices
 from src.session import SpokenApology, build_session, caller_safe_context, connect_options
 from src.settings import Settings, SettingsError, load_settings
@@ -335,6 +335,7 @@ async def entrypoint(ctx: JobContext) -> None:
     settings = SETTINGS
     install_redaction()  # the job's log handlers exist now; attach the filter to them
     job_memory_limit(server)  # pandadoc_job_memory_limit_bytes, for the alert
+    tracing = tracing_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT: spans to a collector
     store = StoreGuard(open_store(settings.fleet.store_url))  # shared by the fleet's jobs
     # Amplitude's hourly budget, concurrency cap and usage cache hold fleet-wide.
     services = TrialistServices.from_settings(
@@ -362,6 +363,8 @@ async def entrypoint(ctx: JobContext) -> None:
         await services.aclose()
         await store.store.aclose()
         metrics.job_ended()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.force_flush)
 
     ctx.add_shutdown_callback(_shutdown)
     await session.start(agent=agent, room=ctx.room)

@@ -59,6 +59,7 @@ __all__ = [
     "fallback",
     "retry",
     "timeout",
+    "tracing_from_env",
     "write",
 ]
 
@@ -337,3 +338,29 @@ def job_memory_limit(server: object) -> None:
     limit = getattr(server, "_job_memory_limit_mb", 0) or getattr(server, "_job_memory_warn_mb", 0)
     if limit:
         metrics.JOB_MEMORY_LIMIT.set(float(limit) * 1024 * 1024)
+
+
+def tracing_from_env() -> Any:
+    """With ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) set,
+    LiveKit's spans, with this report's events and attributes, are exported to that
+    OTLP/HTTP collector (the exporter reads the standard ``OTEL_EXPORTER_OTLP_*``
+    variables: headers, timeout, compression); ``OTEL_SERVICE_NAME`` names the service
+    (default ``pandadoc-trialist``). Returns the SDK ``TracerProvider`` (flush it when the
+    job ends), or ``None`` when no endpoint is set."""
+    if not (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    ):
+        return None
+    from livekit.agents.telemetry import set_tracer_provider
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    name = os.environ.get("OTEL_SERVICE_NAME") or "pandadoc-trialist"
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    set_tracer_provider(provider)
+    logger.info("Exporting traces over OTLP/HTTP as %s", name)
+    return provider

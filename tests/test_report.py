@@ -4,6 +4,7 @@ an event on the tool span whose call tripped it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -167,3 +168,60 @@ async def test_the_breaker_trip_is_an_event_on_the_tool_span(
     assert attributes["pandadoc.call.fallbacks.amplitude/failed"] == 2
     assert attributes["pandadoc.call.trust"] == "verified"
     assert events(session, "pandadoc.call_report")
+
+
+async def test_otlp_endpoint_in_the_environment_exports_the_trip_to_a_collector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT set: spans go over real OTLP/HTTP to a collector (here
+    a stand-in on 127.0.0.1 that decodes what it receives)."""
+    from aiohttp import web
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from src.report import CallReport, tracing_from_env
+
+    received: list[ExportTraceServiceRequest] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        received.append(message)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    previous = tracer._tracer_provider
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    assert tracing_from_env() is None  # nothing configured: no provider
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "trialist-test")
+    provider = tracing_from_env()
+    try:
+        with tracer.start_as_current_span("function_tool"):
+            CallReport().on_transition("amplitude", "closed", "open")
+        assert await asyncio.to_thread(provider.force_flush, 10_000)
+    finally:
+        tracer.set_provider(previous)
+        await asyncio.to_thread(provider.shutdown)
+        await runner.cleanup()
+    spans = [
+        (resource, span)
+        for message in received
+        for resource in message.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    [(resource, span)] = [(r, s) for r, s in spans if s.name == "function_tool"]
+    service = {a.key: a.value.string_value for a in resource.resource.attributes}
+    assert service["service.name"] == "trialist-test"
+    [event] = [e for e in span.events if e.name == "pandadoc.circuit_breaker.transition"]
+    attributes = {a.key: a.value.string_value for a in event.attributes}
+    assert attributes["pandadoc.service"] == "amplitude"
+    assert attributes["pandadoc.breaker.to"] == "open"

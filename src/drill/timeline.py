@@ -82,10 +82,25 @@ def draw(report: CallReport, path: str | Path, title: str, subtitle: str = "") -
                 free_at[(lane, row)] = x + (len(text) + 1) * char_w
                 return
 
+    # Tools of one reply run together: one thin row per tool name inside the lane.
+    tools = list(dict.fromkeys(s.label for s in report.segments if s.kind == "tool"))
+    row_h = 0.4 / max(len(tools), 1)
+
     def bar(lane: str, start: float, end: float, color: str, label: str = "") -> None:
         left, width = start - origin, max(end - start, min_width)
+        height, center = 0.4, float(y[lane])
+        if lane == "tools":
+            height = row_h
+            center += 0.2 - row_h * (tools.index(label) + 0.5)
         ax.barh(
-            y[lane], width, left=left, height=0.4, color=color, edgecolor="black", lw=0.4, zorder=3
+            center,
+            width,
+            left=left,
+            height=height,
+            color=color,
+            edgecolor="black",
+            lw=0.4,
+            zorder=3,
         )
         if label:
             label_at(lane, left, _cut(label))
