@@ -125,6 +125,7 @@ class CallReport:
     finished: bool = False
     _quiet_since: float | None = None  # the caller (or the agent mid-turn) fell silent
     _user_since: float | None = None  # the caller started speaking (voice)
+    _session: Any = None  # the session watched
 
     # -- figures -------------------------------------------------------------------------
     @property
@@ -176,7 +177,11 @@ class CallReport:
 
     # -- what the session shows --------------------------------------------------------------
     def watch(self, session: Any) -> None:
-        """Follow ``session``'s events; the report is finished when it closes."""
+        """Follow ``session``'s events (once per session, however often the agent
+        enters it); the report is finished when it closes."""
+        if session is self._session:
+            return
+        self._session = session
         session.on("user_state_changed", self._on_user_state)
         session.on("agent_state_changed", self._on_agent_state)
         session.on("conversation_item_added", self._on_item)

@@ -225,3 +225,73 @@ async def test_otlp_endpoint_in_the_environment_exports_the_trip_to_a_collector(
     attributes = {a.key: a.value.string_value for a in event.attributes}
     assert attributes["pandadoc.service"] == "amplitude"
     assert attributes["pandadoc.breaker.to"] == "open"
+
+
+class Emitter:
+    """What :meth:`CallReport.watch` needs of a session: ``on`` and events to emit."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, list[Any]] = {}
+        self.userdata = None
+
+    def on(self, name: str, handler: Any) -> None:
+        self.handlers.setdefault(name, []).append(handler)
+
+    def emit(self, name: str, **fields: Any) -> None:
+        from types import SimpleNamespace
+
+        for handler in self.handlers.get(name, []):
+            handler(SimpleNamespace(**fields))
+
+
+def test_longest_silence_follows_voice_events() -> None:
+    """The caller speaks 0-1 s; the agent's filler starts at 2.2 s and ends at 3 s; the
+    answer starts at 5.5 s: silences of 1.2 s and 2.5 s. A caller who speaks again
+    before the agent does ends the wait without a silence being counted."""
+    from types import SimpleNamespace
+
+    from src.phrases import FILLER
+    from src.report import CallReport
+
+    session = Emitter()
+    report = CallReport()
+    report.watch(session)
+    report.watch(session)  # entered twice: still one set of handlers
+    assert len(session.handlers["agent_state_changed"]) == 1
+
+    def user(old: str, new: str, at: float) -> None:
+        session.emit("user_state_changed", old_state=old, new_state=new, created_at=at)
+
+    def agent(old: str, new: str, at: float) -> None:
+        session.emit("agent_state_changed", old_state=old, new_state=new, created_at=at)
+
+    def said(text: str, start: float, end: float) -> None:
+        item = SimpleNamespace(
+            role="assistant",
+            text_content=text,
+            created_at=end,
+            metrics={"started_speaking_at": start, "stopped_speaking_at": end},
+        )
+        session.emit("conversation_item_added", item=item, created_at=end)
+
+    user("listening", "speaking", 0.0)
+    user("speaking", "listening", 1.0)
+    agent("listening", "thinking", 1.1)
+    agent("thinking", "speaking", 2.2)
+    said(FILLER, 2.2, 3.0)
+    agent("speaking", "thinking", 3.0)
+    agent("thinking", "speaking", 5.5)
+    said("Here is your usage.", 5.5, 6.0)
+    agent("speaking", "listening", 6.0)
+    user("listening", "speaking", 8.0)  # the caller speaks; then interrupts themselves
+    user("speaking", "listening", 9.0)
+    user("listening", "speaking", 9.5)
+    user("speaking", "listening", 10.0)
+    agent("listening", "speaking", 10.4)
+    assert [round(s.end - s.start, 3) for s in report.silences] == [1.2, 2.5, 0.4]
+    assert report.longest_silence_s == pytest.approx(2.5)
+    assert report.fillers == 1
+    assert [s.kind for s in report.segments if s.kind in ("filler", "answer")] == [
+        "filler",
+        "answer",
+    ]
