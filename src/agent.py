@@ -64,6 +64,7 @@ from src.phrases import (
 )
 from src.redaction import get_logger, install_redaction
 from src.registry import READ, VENDORS, WRITE_WITH_LOOKUP, declared
+from src.report import CallReport, job_memory_limit, tracing_from_env
 from src.services.wiring import TrialistServices
 from src.session import (
     SpokenApology,
@@ -181,6 +182,13 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             store=store,
             policy=OutboxPolicy.from_settings(r),
         )
+        # The per-call resilience report (src/report.py): one log line when the call ends.
+        self.call_report = CallReport()
+        for breaker in self.circuit_breakers.values():
+            breaker.add_listener(self.call_report.on_transition)
+
+    async def on_enter(self) -> None:
+        self.call_report.watch(self.session)
 
     def down_capabilities(self) -> list[Capability]:
         """What the model is told is unavailable now (open circuits, issue #15)."""
@@ -399,6 +407,8 @@ server.setup_fnc = prewarm
 async def entrypoint(ctx: JobContext) -> None:
     settings = SETTINGS
     install_redaction()  # the job's log handlers exist now; attach the filter to them
+    job_memory_limit(server)  # pandadoc_job_memory_limit_bytes, for the alert
+    tracing = tracing_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT: spans to a collector
     store = StoreGuard(open_store(settings.fleet.store_url))  # shared by the fleet's jobs
     # Vendor quotas (hourly budget, concurrency cap) and the usage cache hold fleet-wide.
     services = TrialistServices.from_settings(
@@ -426,6 +436,8 @@ async def entrypoint(ctx: JobContext) -> None:
         await services.aclose()
         await store.store.aclose()
         metrics.job_ended()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.force_flush)
 
     ctx.add_shutdown_callback(_shutdown)
     await session.start(agent=agent, room=ctx.room)

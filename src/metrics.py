@@ -26,6 +26,11 @@ gauges count the live jobs whose circuit is open).
 * ``pandadoc_outbox_dead_letters_total{crm}``: CRM writes given up after their attempts
   or age (issue #23), waiting for an operator's ``retry`` or ``drop``.
 * ``pandadoc_outbox_dead_letters_waiting``: dead-lettered writes in the store (last seen).
+* ``pandadoc_outbox_oldest_age_seconds``: how long the oldest waiting write has waited.
+* ``pandadoc_job_memory_bytes`` / ``pandadoc_job_memory_limit_bytes``: a job process's
+  resident memory, and the limit LiveKit holds it to (its warning level when no limit).
+* ``pandadoc_calls_total{trust,heard}`` and the other ``pandadoc_call_*`` series: the
+  per-call resilience report (:mod:`src.report`), recorded once when a call ends.
 """
 
 from __future__ import annotations
@@ -152,3 +157,63 @@ def job_ended() -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+
+OUTBOX_OLDEST_AGE = Gauge(
+    "pandadoc_outbox_oldest_age_seconds",
+    "Seconds the oldest waiting CRM write has waited in the outbox, as last seen by a job.",
+    multiprocess_mode="mostrecent",
+)
+
+
+def outbox_seen(depth: int, created: list[float], now: float) -> None:
+    """The outbox as a job last saw it: ``depth`` waiting writes, queued at ``created``
+    (the store's clock, seconds, same as ``now``)."""
+    OUTBOX_DEPTH.set(depth)
+    OUTBOX_OLDEST_AGE.set(max(0.0, now - min(created)) if created else 0.0)
+
+
+# -- job processes (LiveKit's job_memory_warn_mb / job_memory_limit_mb) -------------------
+JOB_MEMORY = Gauge(
+    "pandadoc_job_memory_bytes",
+    "Resident memory of a live job process (sampled each user turn and at the call's end).",
+    multiprocess_mode="livemax",
+)
+JOB_MEMORY_LIMIT = Gauge(
+    "pandadoc_job_memory_limit_bytes",
+    "Memory a job process may use: LiveKit's job_memory_limit_mb, else job_memory_warn_mb.",
+    multiprocess_mode="livemax",
+)
+
+
+# -- the per-call resilience report (src/report.py), recorded when a call ends -----------
+CALLS = Counter(
+    "pandadoc_calls_total",
+    "Calls ended, by the caller's trust level and whether they heard a fallback.",
+    ["trust", "heard"],
+)
+CALL_FILLERS = Counter("pandadoc_call_fillers_total", "Filler sentences spoken in calls.")
+CALL_BREAKER_REFUSALS = Counter(
+    "pandadoc_call_breaker_refusals_total",
+    "Service calls an open circuit answered with the fallback, by service.",
+    ["service"],
+)
+CALL_RETRIES = Counter(
+    "pandadoc_call_retries_total", "Retried vendor requests in calls, by service.", ["service"]
+)
+CALL_TOOL_TIMEOUTS = Counter(
+    "pandadoc_call_tool_timeouts_total",
+    "Vendor requests that timed out in calls, by service.",
+    ["service"],
+)
+CALL_WRITES = Counter(
+    "pandadoc_call_writes_total",
+    "CRM writes of calls by outcome: delivered, queued, unconfirmed, dead_lettered.",
+    ["outcome"],
+)
+CALL_LONGEST_SILENCE = Histogram(
+    "pandadoc_call_longest_silence_seconds",
+    "Per call: the longest wait between the caller (or a filler) falling silent and the "
+    "agent speaking.",
+    buckets=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0),
+)

@@ -37,11 +37,13 @@ def _machine(
     apt: bool = True,
     have: tuple[str, ...] = (),
     pip: bool = True,
+    promtool: bool = True,
 ) -> dict[str, str]:
     """An environment whose PATH holds only stand-ins: ``id`` answering ``uid``, ``sudo``
     that works without a password or not at all, ``apt-get`` that records its calls,
     ``python3`` (the real one; ``-m uv`` fails unless uv is in ``have``, ``-m pip`` as
-    ``pip`` says) and the commands in ``have`` (``uv`` records its arguments)."""
+    ``pip`` says) and the commands in ``have`` (``uv`` records its arguments); Prometheus's
+    ``promtool`` is there unless ``promtool`` is false (most cases vary redis-server)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls.log"
@@ -64,6 +66,8 @@ def _machine(
     )
     for name in have:
         _shim(bin_dir, name, f'echo "{name} $*" >> {log}')
+    if promtool and "promtool" not in have:
+        _shim(bin_dir, "promtool", "exit 0")
     return {"PATH": str(bin_dir), "HOME": str(tmp_path), "LOG": str(log)}
 
 
@@ -196,3 +200,12 @@ def test_root_installs_what_is_missing_then_runs(tmp_path: Path) -> None:
     Path(log).unlink()
     assert _dev(env, "test", "-q").returncode == 0
     assert _calls(env) == "uv run pytest -q\n"
+
+
+def test_a_missing_promtool_is_brought_for_the_tests_only(tmp_path: Path) -> None:
+    env = _machine(tmp_path, uid=0, have=("uv", "redis-server"), promtool=False)
+    out = _dev(env, "--dry-run", "test").stdout
+    assert "dev: missing: prometheus" in out
+    assert "dev: would install prometheus with apt-get, as root" in out
+    console = _dev(env, "--dry-run", "console").stdout
+    assert "prometheus" not in console

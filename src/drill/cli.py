@@ -6,6 +6,7 @@ per tool, 2 retries from 0.5 s with jitter, circuit 3 failures / 30 s).
     uv run python -m src.drill --scenario load --conversations 50   # only the load drill
     uv run python -m src.drill --list
     uv run python -m src.drill --scenario amplitude-hang --json drill.json
+    uv run python -m src.drill --scenario circuit-recovery --timeline timelines/   # PNGs
 
 No keys, no network: the vendors and the model are the local sandbox stand-ins. Retry
 backoff really waits; the only shortcut is the ``circuit-recovery`` scenario, which jumps
@@ -105,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--conversations", type=int, default=50, help="conversations in the load drill (50)"
     )
+    parser.add_argument(
+        "--timeline", metavar="DIR", help="also draw each scenario's timeline as DIR/<name>.png"
+    )
     args = parser.parse_args(argv)
     by_name = {s.name: s for s in SCENARIOS}
     if args.list:
@@ -130,7 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # job process is fresh (LiveKit runs each job in its own), not one that already
     # played every other scenario.
     load = asyncio.run(run_load(args.conversations)) if with_load else None
-    reports = asyncio.run(run_all(chosen)) if chosen else []
+    if args.timeline and chosen:
+        from src.drill.timeline import run_with_timelines
+
+        reports = asyncio.run(run_with_timelines(chosen, args.timeline))
+    else:
+        reports = asyncio.run(run_all(chosen)) if chosen else []
     if adaptive:
         reports += asyncio.run(run_adaptive(adaptive))
     elapsed = time.perf_counter() - started

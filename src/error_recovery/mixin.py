@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 from livekit.agents.llm import StopResponse, ToolError
 
-from .. import metrics
+from .. import metrics, report
 from ..attempt import listening
-from ..errors import CircuitOpenError
+from ..errors import CircuitOpenError, ServiceTimeout
 from ..phrases import ERROR_RESPONSES
 from ..redaction import get_logger
 from ..registry.kinds import OperationKind, OutcomeUnknown, is_answer, retry_rule
@@ -243,7 +243,7 @@ class ErrorRecoveryMixin:
                 try:
                     await stack.enter_async_context(bulkhead.slot())
                 except BulkheadFull:
-                    metrics.fallback_counter(service_name, "bulkhead_full").inc()
+                    report.fallback(self, service_name, "bulkhead_full")
                     logger.warning(
                         "Bulkhead for %s full (%d calls in flight); using the fallback",
                         service_name,
@@ -285,7 +285,7 @@ class ErrorRecoveryMixin:
         except CircuitOpenError:
             # Counted, not logged per call: an outage would flood the log. The breaker
             # logs its state changes (the spec's lines).
-            metrics.fallback_counter(service_name, "circuit_open").inc()
+            report.fallback(self, service_name, "circuit_open")
             logger.debug(
                 "Circuit for %s is open; using the fallback",
                 service_name,
@@ -309,6 +309,7 @@ class ErrorRecoveryMixin:
             attempts += 1
             granted = None
             if attempts > 1:
+                report.retry(self, service_name)
                 # Before a retry, see what other conversations learned meanwhile.
                 await breaker.refresh()
                 if breaker.state is not CircuitState.CLOSED:
@@ -320,6 +321,8 @@ class ErrorRecoveryMixin:
                 result = await func()
             except Exception as exc:
                 took = clock() - started
+                if isinstance(exc, ServiceTimeout):
+                    report.timeout(self, service_name)
                 if not probe:  # every failed attempt counts, whoever made it; the rate
                     # rules judge the call once it ends (issue #23: as the caller feels it)
                     counted = exc
@@ -376,6 +379,8 @@ class ErrorRecoveryMixin:
                     name=service_name,
                 )
         except BaseException as exc:
+            if isinstance(exc, TimeoutError):  # the attempt's time ran out (asyncio.timeout)
+                report.timeout(self, service_name)
             if probe:  # every probe ends, whatever ended it (issue #23)
                 await breaker.on_failure(exc, probe=probe, duration=took, heard=contact)
             elif exc is counted:
@@ -397,7 +402,7 @@ class ErrorRecoveryMixin:
                 )
                 raise OutcomeUnknown(service_name, rule.kind) from exc
             reason = "circuit_open" if isinstance(exc, CircuitOpenError) else "failed"
-            metrics.fallback_counter(service_name, reason).inc()
+            report.fallback(self, service_name, reason)
             logger.warning(
                 "%s call failed with %s; using the fallback",
                 service_name,

@@ -423,13 +423,15 @@ class Outbox:
         """Writes waiting (this job's unsaved ones plus the store's live ones); also the
         gauges (dead letters apart)."""
         count = len(self.pending)
+        created: list[float] = []
         if self.store is not None:
             with contextlib.suppress(StoreError):
                 items = await self._store_op(lambda st: st.outbox_list())
-                dead = sum(1 for i in items if i.dead)
-                count += len(items) - dead
-                metrics.OUTBOX_DEAD.set(dead)
-        metrics.OUTBOX_DEPTH.set(count)
+                live = [i for i in items if not i.dead]
+                count += len(live)
+                created = [i.created for i in live]
+                metrics.OUTBOX_DEAD.set(len(items) - len(live))
+        metrics.outbox_seen(count, created, self._wall())
         return count
 
     async def _store_op(self, op: Callable[[Any], Awaitable[Any]]) -> Any:

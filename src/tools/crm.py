@@ -8,6 +8,7 @@ from typing import Literal
 
 from livekit.agents.llm import ToolError
 
+from src import report
 from src.outbox import PendingWrite, WriteOutcome
 from src.phrases import (
     ACCOUNT_FALLBACK,
@@ -117,6 +118,7 @@ async def crm_write(
         data.crm_source, data.crm_record_id, subject, body, owner_id=data.crm_owner_id
     )
     outcome = await rt.outbox.send(write, deadline_at)
+    report.write(rt, outcome)
     if outcome in ("queued", "checking"):
         await rt.outbox.queue(write)
     return outcome

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from livekit.agents.llm import ToolError
 
-from src import metrics
+from src import metrics, report
 from src.error_recovery import CircuitState, ErrorRecoveryMixin
 from src.latency import REQUEST_LIMIT, AdaptiveTimeout, adaptive_timeout
 from src.outbox import Outbox
@@ -128,7 +128,7 @@ class ToolRuntime(ErrorRecoveryMixin):
             return None
         for name in names:
             if getattr(self.services, name, None) is not None:
-                metrics.fallback_counter(name, "circuit_open").inc()
+                report.fallback(self, name, "circuit_open")
         return fallback
 
     async def _cache_may_answer(self, tool_name: str, context: Any) -> bool:
