@@ -29,7 +29,8 @@ __all__ = ["STATS", "FleetMachine", "machine_for"]
 
 STATS: Counter[str] = Counter()  # steps, examples, and violations per invariant
 
-OUTCOMES = st.sampled_from(list(Outcome))
+# a healthy answer three times as likely as each fault: blips between answers
+OUTCOMES = st.sampled_from([Outcome.OK, Outcome.OK, *Outcome])
 VENDOR = st.sampled_from(Vendors.NAMES)
 SCHEDULE = st.dictionaries(VENDOR, st.lists(OUTCOMES, min_size=1, max_size=3), max_size=2)
 ARG = st.one_of(st.none(), st.integers(0, len(PEOPLE) - 1))
@@ -77,6 +78,22 @@ class FleetMachine(RuleBasedStateMachine):
     ) -> None:
         resolved = [(tool, _arg(tool, arg)) for tool, arg in calls]
         self._run(self.world.reply(job, resolved, schedule))
+
+    @precondition(lambda self: bool(self.world.jobs))
+    @rule(
+        job=st.integers(0, MAX_JOBS - 1),
+        tool=st.sampled_from(adapter.TOOLS),
+        schedules=st.lists(SCHEDULE, min_size=2, max_size=6),
+    )
+    def burst(self, job: int, tool: str, schedules: list[dict[str, list[Outcome]]]) -> None:
+        """One conversation asks the same thing several times in a row (a window's worth
+        of calls for the rate rule, a bucket's worth for the retry budget)."""
+
+        async def replies() -> None:
+            for schedule in schedules:
+                await self.world.reply(job, [(tool, _arg(tool, None))], schedule)
+
+        self._run(replies())
 
     @precondition(lambda self: bool(self.world.jobs))
     @rule(job=st.integers(0, MAX_JOBS - 1), mid_send=st.booleans())
@@ -127,6 +144,7 @@ class FleetMachine(RuleBasedStateMachine):
             problems = check(self.world)
             if problems:
                 STATS[f"violations:{name}"] += 1
+                STATS.setdefault(f"first:{name}", STATS["examples"])
                 self.found.setdefault(name, problems)
                 if name in self.enforced:
                     broken.append(f"{name}: {problems[0]}")
