@@ -15,7 +15,7 @@ import logging
 import random
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hypothesis import HealthCheck, seed, settings
@@ -59,23 +59,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         logging.disable(logging.CRITICAL)
     server = None
-    store = sqlite_store
+    store: Callable[[Path], str] = sqlite_store
     if args.store == "redis":
         from tests.fleet_helpers import RedisServer  # the test helper starts a real one
 
         server = RedisServer(Path(tempfile.mkdtemp(prefix="sim-redis-")))
         server.start()
-        url = server.url
+        url, port = server.url, server.port
 
-        def store(_tmp: Path) -> str:
+        def flushed(_tmp: Path) -> str:
             import redis
 
-            redis.Redis(port=server.port).flushdb()
+            redis.Redis(port=port).flushdb()
             return url
 
-    machine = seed(args.seed)(
-        machine_for(chosen, store=store, clock_jumps=args.store == "sqlite")
-    )
+        store = flushed
+
+    machine = seed(args.seed)(machine_for(chosen, store=store, clock_jumps=args.store == "sqlite"))
     print(f"invariants enforced: {', '.join(chosen)}")
     started = time.perf_counter()
     failure: BaseException | None = None
