@@ -34,7 +34,7 @@ KNOWN_SEAM_DEFECTS: dict[str, str] = {
 }
 
 SUITE = settings(
-    max_examples=12,
+    max_examples=8,
     stateful_step_count=40,
     deadline=None,
     derandomize=True,
@@ -83,6 +83,16 @@ def test_a_smaller_run_on_a_real_redis_server(tmp_path: Path) -> None:
         )
     finally:
         server.stop()
+
+
+def test_a_small_run_over_real_http_to_the_sandbox() -> None:
+    """Our real vendor clients over real HTTP to the sandbox servers (faults by the
+    sandbox's own injection, journals read from it) and a real SQLite store."""
+    sound = [n for n in INVARIANTS if n not in KNOWN_SEAM_DEFECTS]
+    run_state_machine_as_test(
+        machine_for(sound, over_http=True, clock_jumps=False),
+        settings=settings(SUITE, max_examples=4, stateful_step_count=25),
+    )
 
 
 # -- the oracle itself ---------------------------------------------------------------------

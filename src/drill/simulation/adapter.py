@@ -109,6 +109,11 @@ def _process(
     reset_process_protection()  # windows, bulkheads, budgets: this process's own
     inner = open_sim_store(store_url, clock)
     guard = StoreGuard(cast(ResilienceStore, FaultyStore(inner, faults)), clock=clock.now)
+    if hasattr(vendors, "env"):  # the sandbox over real HTTP: the real clients, as a job
+        services = TrialistServices.from_settings(
+            settings, quota_store=FleetQuotaStore(guard), usage_cache=FleetUsageCache(guard)
+        )
+        return guard, services
     a = settings.amplitude
     amplitude = AmplitudeClient(
         "sim-key",
@@ -238,6 +243,7 @@ async def end_job(job: Job, *, cancel_mid_send: Callable[[], bool] | None = None
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     finally:
+        await job.services.aclose()
         await _close(job.guard)
 
 
@@ -261,6 +267,7 @@ async def drain(
     try:
         return await agent.flush_pending_writes()
     finally:
+        await services.aclose()
         await _close(guard)
 
 

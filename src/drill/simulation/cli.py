@@ -112,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failure is None:
         print("no violation")
         return 0
+    notes = getattr(failure, "__notes__", [])
+    if notes:
+        print("\ncounterexample (shrunk):")
+        print("\n".join(f"  {line}" for note in notes for line in str(note).splitlines()))
     print(f"\nVIOLATION: {str(failure).splitlines()[0] if str(failure) else type(failure)}")
     print(f"replay: {_command(args, chosen)}")
     return 1

@@ -17,9 +17,9 @@ class VirtualClock:
     datetime) all advance together, only when something sleeps, waits out a timeout or
     a rule jumps the clock."""
 
-    def __init__(self, start: float = 1000.0) -> None:
+    def __init__(self, start: float = 1000.0, wall: float = WALL_START) -> None:
         self.t = start
-        self._wall0 = WALL_START - start
+        self._wall0 = wall - start
 
     def now(self) -> float:
         return self.t

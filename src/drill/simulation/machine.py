@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,8 +21,12 @@ from typing import Any, ClassVar
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from src.sandbox import Sandbox
+from src.settings import settings_from_env
+
 from . import adapter
 from .invariants import INVARIANTS
+from .sandboxed import SandboxVendors
 from .vendors import PEOPLE, Outcome, Vendors
 from .world import World
 
@@ -46,11 +51,26 @@ class FleetMachine(RuleBasedStateMachine):
     enforced: ClassVar[frozenset[str]] = frozenset(INVARIANTS)
     with_clock_jumps: ClassVar[bool] = True
 
+    over_http: ClassVar[bool] = False
+
     def __init__(self) -> None:
         super().__init__()
         self.runner = asyncio.Runner()
         self.tmp = Path(tempfile.mkdtemp(prefix="sim-"))
-        self.world = World(type(self).make_store(self.tmp))
+        url = type(self).make_store(self.tmp)
+        self.sandbox: Sandbox | None = None
+        if self.over_http:  # the sandbox servers on this example's event loop
+            self.sandbox = Sandbox()
+            self.runner.run(self.sandbox.start())
+            vendors = SandboxVendors(self.sandbox)
+            self.world = World(
+                url,
+                settings=settings_from_env(vendors.env()),
+                vendors_over_http=vendors,
+                wall_start=time.time(),  # the sandbox's availability is on real dates
+            )
+        else:
+            self.world = World(url)
         self.found: dict[str, list[str]] = {}
         STATS["examples"] += 1
 
@@ -153,6 +173,8 @@ class FleetMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self.runner.run(self.world.end_all())
+            if self.sandbox is not None:
+                self.runner.run(self.sandbox.stop())
         finally:
             self.runner.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -175,6 +197,7 @@ def machine_for(
     *,
     store: Callable[[Path], str] = sqlite_store,
     clock_jumps: bool = True,
+    over_http: bool = False,
 ) -> type[FleetMachine]:
     """A machine class enforcing ``enforce`` on ``store`` (default: a SQLite file)."""
     enforced = frozenset(enforce)
@@ -188,5 +211,6 @@ def machine_for(
             "make_store": staticmethod(store),
             "enforced": enforced,
             "with_clock_jumps": clock_jumps,
+            "over_http": over_http,
         },
     )

@@ -14,7 +14,7 @@ from src.phrases import BOOK_FALLBACK, NOTE_QUEUED, NOTE_SAVED, NOTE_WILL_CONFIR
 from src.settings import Settings
 
 from . import adapter
-from .clock import VirtualClock
+from .clock import WALL_START, VirtualClock
 from .faults import StoreFaults, corrupt, wipe
 from .vendors import PEOPLE, Outcome, Vendors
 
@@ -61,11 +61,14 @@ class World:
     store_url: str
     seed: int = 0
     settings: Settings = field(default_factory=Settings)
+    # the vendors: in-process stand-ins (default), or the sandbox over HTTP (duck-typed)
+    vendors_over_http: Any = None
+    wall_start: float = WALL_START
 
     def __post_init__(self) -> None:
-        self.clock = VirtualClock()
+        self.clock = VirtualClock(wall=self.wall_start)
         r = self.settings.resilience
-        self.vendors = Vendors(self.clock, r.service_timeout)
+        self.vendors: Vendors = self.vendors_over_http or Vendors(self.clock, r.service_timeout)
         self.faults = StoreFaults()
         self.jobs: dict[int, adapter.Job] = {}
         self.ended: list[adapter.Job] = []
