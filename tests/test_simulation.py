@@ -124,17 +124,18 @@ def test_the_oracle_keeps_to_the_budget() -> None:
 # Each scenario drives the same world as the state machine, then asks one invariant.
 # On main the invariant reports the defect (the test is an expected failure); once
 # issue 23 is merged and KNOWN_SEAM_DEFECTS emptied, each must hold.
-O = Outcome
 
 
 async def _budget_starves_a_blip(w: World) -> None:
     w.start(0)
     for _ in range(2):  # a dead vendor twice, each time recovered by a probe
-        await w.reply(0, [("slots", None)], {"chilipiper": [O.E503, O.E503, O.E503]})
+        await w.reply(
+            0, [("slots", None)], {"chilipiper": [Outcome.E503, Outcome.E503, Outcome.E503]}
+        )
         w.jump(31.0)
         await w.reply(0, [("slots", None)], {})
     w.begin_step()
-    await w.reply(0, [("slots", None)], {"chilipiper": [O.RESET, O.OK]})  # one blip
+    await w.reply(0, [("slots", None)], {"chilipiper": [Outcome.RESET, Outcome.OK]})  # one blip
 
 
 async def _rate_rule_opens_on_a_flapping_vendor(w: World) -> None:
@@ -162,7 +163,7 @@ async def _a_slow_store_sends_one_write_twice(w: World) -> None:
     w.start(0)
     await w.reply(0, [("account", None)], {})
     await w.store_event("slow", "outbox_put")  # commits, but the guard gave up
-    await w.reply(0, [("summary", None)], {"salesforce": [O.E503]})
+    await w.reply(0, [("summary", None)], {"salesforce": [Outcome.E503]})
     await w.end(0, mid_send=False)
     await w.drain(later=130.0)
 
