@@ -174,7 +174,10 @@ def open_job(
     send = agent.outbox.send
 
     async def spy(write: PendingWrite, deadline_at: float | None = None) -> Any:
-        job.writes.setdefault(write.write_id, write)  # observes only: the real send runs
+        # Observes only (the real send runs). A tool's write is sent with its deadline;
+        # a flush sends without one, and may carry another conversation's writes.
+        if deadline_at is not None:
+            job.writes.setdefault(write.write_id, write)
         return await send(write, deadline_at)
 
     agent.outbox.send = spy  # type: ignore[method-assign]
