@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
@@ -71,6 +72,7 @@ TOOLS = ("usage", "account", "slots", "book", "summary")
 FALLBACK = {"usage": USAGE_FALLBACK, "account": ACCOUNT_FALLBACK, "slots": SLOTS_FALLBACK}
 VENDOR_OF = {"usage": "amplitude", "slots": "chilipiper"}
 QUOTA_KEY = "amplitude:quota:hour"
+CALL_INDEX: ContextVar[int] = ContextVar("sim_call_index", default=-1)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Job:
     services: TrialistServices
     person: TrialUser
     writes: dict[str, PendingWrite] = field(default_factory=dict)  # write id -> write
+    origin: dict[str, int] = field(default_factory=dict)  # write id -> call of its reply
     # (vendor, old, new, requests the vendor had seen) for every breaker transition
     transitions: list[tuple[str, str, str, int]] = field(default_factory=list)
 
@@ -178,6 +181,7 @@ def open_job(
         # a flush sends without one, and may carry another conversation's writes.
         if deadline_at is not None:
             job.writes.setdefault(write.write_id, write)
+            job.origin.setdefault(write.write_id, CALL_INDEX.get())
         return await send(write, deadline_at)
 
     agent.outbox.send = spy  # type: ignore[method-assign]
@@ -211,14 +215,15 @@ async def run_reply(
     the exception behind a fallback (``None`` for an answer)."""
     context = SimpleNamespace(userdata=job.data, speech_handle=_Handle())
 
-    async def one(tool: str, arg: Any) -> tuple[str, BaseException | None]:
+    async def one(index: int, tool: str, arg: Any) -> tuple[str, BaseException | None]:
+        CALL_INDEX.set(index)  # this call's own task: the writes it sends are its own
         name, body = _tool(job, tool, arg)
         try:
             return await job.agent.run_tool(context, name, body), None
         except ToolError as exc:
             return exc.message, exc.__cause__ or exc
 
-    heard = list(await asyncio.gather(*(one(t, a) for t, a in calls)))
+    heard = list(await asyncio.gather(*(one(i, t, a) for i, (t, a) in enumerate(calls))))
     await settle(job)
     return heard
 

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--examples", type=int, default=200, help="examples to run (200)")
     parser.add_argument("--seed", type=int, default=None, help="search seed (default: random)")
-    parser.add_argument("--steps", type=int, default=60, help="steps per example at most (60)")
+    parser.add_argument("--steps", type=int, default=50, help="steps per example at most (50)")
     parser.add_argument(
         "--invariant",
         action="append",

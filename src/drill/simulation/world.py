@@ -135,17 +135,18 @@ class World:
         calls: list[tuple[str, Any]],
         results: list[tuple[str, BaseException | None]],
     ) -> None:
-        new = [w for i, w in job.writes.items() if i not in before]
-        heard = [said for (tool, _), (said, _) in zip(calls, results, strict=True)]
-        tools = [tool for tool, _ in calls]
-        for write in new:
-            # which call made it: a summary, or a demo handed to sales
-            promised = any(s in PROMISING for s in heard) or (
-                "book" in tools and not any(s == BOOK_FALLBACK for s in heard)
-            )
+        for write_id, write in job.writes.items():
+            if write_id in before:
+                continue
+            index = job.origin.get(write_id, -1)
+            if not 0 <= index < len(calls):
+                continue
+            tool, said = calls[index][0], results[index][0]
+            # a summary heard as saved or to be saved, or a demo handed to sales
+            promised = said in PROMISING or (tool == "book" and said != BOOK_FALLBACK)
             if promised:
-                saved = NOTE_SAVED in heard and "book" not in tools
-                self.promises[write.write_id] = Promise(write.write_id, write.source, key, saved)
+                saved = said == NOTE_SAVED
+                self.promises[write_id] = Promise(write_id, write.source, key, saved)
 
     async def end(self, index: int, mid_send: bool) -> None:
         key = self.job_key(index)
