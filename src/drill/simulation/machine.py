@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from src.sandbox import Sandbox
 from src.settings import settings_from_env
@@ -82,6 +88,12 @@ class FleetMachine(RuleBasedStateMachine):
         self.runner.run(coro)
 
     # -- rules: conversations ---------------------------------------------------------------
+    @initialize(people=st.lists(st.integers(0, len(PEOPLE) - 1), min_size=1, max_size=2))
+    def first_conversations(self, people: list[int]) -> None:
+        """Every run starts with a conversation or two already under way."""
+        for person in people:
+            self.world.start(person)
+
     @precondition(lambda self: len(self.world.jobs) < MAX_JOBS)
     @rule(person=st.integers(0, len(PEOPLE) - 1))
     def start_conversation(self, person: int) -> None:
