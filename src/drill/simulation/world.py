@@ -210,15 +210,22 @@ class World:
             self.quota_spent_at = self.clock.now()
         await store.aclose()
 
-    async def drain(self, later: float) -> None:
-        """Some time later, ``python -m src.outbox drain`` in another process."""
+    async def drain(self, later: float, without: str = "") -> None:
+        """Some time later, ``python -m src.outbox drain`` in another process (where
+        ``without`` is not configured)."""
         self.clock.advance(later)
-        healthy = {n for n, v in self.vendors.by_name.items() if v.healthy}
+        healthy = {n for n, v in self.vendors.by_name.items() if v.healthy and n != without}
         open_promises = [p for p in self.promises.values() if not self.applied(p.write_id)]
         down = self.faults.down
         try:
             left = await adapter.drain(
-                self.store_url, self.faults, self.clock, self.vendors, self.settings, self.seed
+                self.store_url,
+                self.faults,
+                self.clock,
+                self.vendors,
+                self.settings,
+                self.seed,
+                without,
             )
         except Exception as exc:
             self.crashes.append(f"drain raised {type(exc).__name__}")
