@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from src.drill.simulation.invariants import INVARIANTS, oracle_answers
@@ -35,7 +35,7 @@ KNOWN_SEAM_DEFECTS: dict[str, str] = {
 }
 
 SUITE = settings(
-    max_examples=8,
+    max_examples=20,
     stateful_step_count=40,
     deadline=None,
     derandomize=True,
@@ -60,7 +60,10 @@ def _param(name: str) -> object:
 
 @pytest.mark.parametrize("invariant", [_param(n) for n in INVARIANTS])
 def test_invariant_holds_over_random_fleet_schedules(invariant: str) -> None:
-    run_state_machine_as_test(machine_for([invariant]), settings=SUITE)
+    budget = SUITE
+    if invariant in KNOWN_SEAM_DEFECTS:  # expected to fail: no minutes spent shrinking it
+        budget = settings(SUITE, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    run_state_machine_as_test(machine_for([invariant]), settings=budget)
 
 
 def test_a_smaller_run_on_a_real_redis_server(tmp_path: Path) -> None:
