@@ -293,8 +293,9 @@ def half_open(breaker: CircuitBreaker) -> bool:
     return breaker.state is CircuitState.HALF_OPEN
 
 
-async def dead_letters(guard: StoreGuard) -> set[str]:
-    """Write ids in the outbox's dead-letter list (none on main; issue 23 adds one)."""
+async def dead_letters(store_url: str, clock: VirtualClock) -> set[str]:
+    """Write ids in the outbox's dead-letter list: none on main (issue 23 adds the list;
+    read it here, e.g. from the store's outbox listing, once it exists)."""
     return set()
 
 

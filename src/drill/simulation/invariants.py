@@ -64,7 +64,7 @@ def nothing_promised_lost(world: World) -> list[str]:
         if drain.store_down:
             continue
         live = {w.write_id for j in world.jobs.values() for w in j.agent.outbox.pending}
-        exempt = live | world.memory_only | world.lost_by_store
+        exempt = live | world.memory_only | world.lost_by_store | drain.dead_letters
         for p in drain.promised:
             if (
                 p.vendor in drain.healthy

@@ -54,6 +54,7 @@ class DrainReport:
     store_down: bool
     healthy: set[str]
     promised: list[Promise]  # promises not yet applied as the drain began
+    dead_letters: set[str] = field(default_factory=set)  # write ids dead-lettered
 
 
 @dataclass
@@ -230,8 +231,9 @@ class World:
         except Exception as exc:
             self.crashes.append(f"drain raised {type(exc).__name__}")
             return
+        dead = await adapter.dead_letters(self.store_url, self.clock)
         self.drains.append(
-            DrainReport(left, down or bool(self.faults.escaped), healthy, open_promises)
+            DrainReport(left, down or bool(self.faults.escaped), healthy, open_promises, dead)
         )
 
     # -- reading the journals ----------------------------------------------------------------
