@@ -7,6 +7,7 @@ per tool, 2 retries from 0.5 s with jitter, circuit 3 failures / 30 s).
     uv run python -m src.drill --list
     uv run python -m src.drill --scenario amplitude-hang --json drill.json
     uv run python -m src.drill --scenario circuit-recovery --timeline timelines/   # PNGs
+    uv run python -m src.drill simulate --examples 1000 --seed 7   # the fleet simulation
 
 No keys, no network: the vendors and the model are the local sandbox stand-ins. Retry
 backoff really waits; the only shortcut is the ``circuit-recovery`` scenario, which jumps
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -96,6 +98,11 @@ def render_load(r: LoadReport) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["simulate"]:  # the fleet simulation (issue 24): its own options
+        from src.drill.simulation.cli import main as simulate
+
+        return simulate(args_in[1:])
     parser = argparse.ArgumentParser(
         prog="uv run python -m src.drill", description=__doc__.split("\n")[0]
     )

@@ -1,0 +1,254 @@
+"""The simulated fleet: conversations (each a job process of its own) sharing one real
+store, the vendor stand-ins, virtual time, and what every caller heard and was promised.
+Each step is one event (a reply with its tool calls, a fault, a clock jump, a job
+ending, a drain from another process); :mod:`.invariants` judges the world after each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from src.phrases import BOOK_FALLBACK, NOTE_QUEUED, NOTE_SAVED, NOTE_WILL_CONFIRM
+from src.settings import Settings
+
+from . import adapter
+from .clock import WALL_START, VirtualClock
+from .faults import StoreFaults, corrupt, wipe
+from .vendors import PEOPLE, Outcome, Vendors
+
+__all__ = ["Heard", "Promise", "World"]
+
+PROMISING = frozenset({NOTE_SAVED, NOTE_QUEUED, NOTE_WILL_CONFIRM})
+
+
+@dataclass
+class Promise:
+    """A CRM write the caller was told is saved (``saved``) or will be (``kept``)."""
+
+    write_id: str
+    vendor: str
+    job: int
+    saved: bool
+
+
+@dataclass
+class Heard:
+    """One tool call of a reply: what the caller heard, and what judges it."""
+
+    job: int
+    person: int
+    tool: str
+    arg: Any
+    said: str
+    cause: BaseException | None
+    alone: bool  # the only call of its reply (the harm-free oracle judges those)
+    oracle: dict[str, list[Outcome]]  # each vendor's next outcomes as the reply began
+    failed_before: dict[str, bool]  # vendor -> its last three requests had all failed
+
+
+@dataclass
+class DrainReport:
+    left: int
+    store_down: bool
+    healthy: set[str]
+    promised: list[Promise]  # promises not yet applied as the drain began
+    dead_letters: set[str] = field(default_factory=set)  # write ids dead-lettered
+
+
+@dataclass
+class World:
+    store_url: str
+    seed: int = 0
+    settings: Settings = field(default_factory=Settings)
+    # the vendors: in-process stand-ins (default), or the sandbox over HTTP (duck-typed)
+    vendors_over_http: Any = None
+    wall_start: float = WALL_START
+
+    def __post_init__(self) -> None:
+        self.clock = VirtualClock(wall=self.wall_start)
+        r = self.settings.resilience
+        self.vendors: Vendors = self.vendors_over_http or Vendors(self.clock, r.service_timeout)
+        self.faults = StoreFaults()
+        self.jobs: dict[int, adapter.Job] = {}
+        self.ended: list[adapter.Job] = []
+        self.promises: dict[str, Promise] = {}
+        self.heard: list[Heard] = []  # this step's
+        self.all_heard = 0
+        self.memory_only: set[str] = set()  # ended with the store down: kept in memory only
+        self.lost_by_store: set[str] = set()  # in the store when it restarted empty
+        self.quota_spent_at: float | None = None
+        self.crashes: list[str] = []  # exceptions that escaped a step (never expected)
+        self.drains: list[DrainReport] = []
+        self._next = 0
+
+    # -- conversations -------------------------------------------------------------------
+    def start(self, person: int) -> int:
+        key = self._next
+        self._next += 1
+        self.jobs[key] = adapter.open_job(
+            self.store_url,
+            self.faults,
+            self.clock,
+            self.vendors,
+            self.settings,
+            PEOPLE[person % len(PEOPLE)],
+            seed=self.seed * 1000 + key,
+        )
+        return key
+
+    def job_key(self, index: int) -> int | None:
+        keys = sorted(self.jobs)
+        return keys[index % len(keys)] if keys else None
+
+    async def reply(
+        self, index: int, calls: list[tuple[str, Any]], schedule: dict[str, list[Outcome]]
+    ) -> None:
+        key = self.job_key(index)
+        if key is None:
+            return
+        job = self.jobs[key]
+        self.vendors.set_schedule(schedule)
+        oracle = {n: v.peek(6) for n, v in self.vendors.by_name.items()}  # 3 tries x 2
+        failed = {n: v.last_failed() for n, v in self.vendors.by_name.items()}
+        before = set(job.writes)
+        try:
+            results = await adapter.run_reply(job, calls)
+        except Exception as exc:  # the conversation broke: every invariant's concern
+            self.crashes.append(f"reply raised {type(exc).__name__}")
+            return
+        finally:
+            self.vendors.set_schedule({})
+        person = PEOPLE.index(job.person)
+        for (tool, arg), (said, cause) in zip(calls, results, strict=True):
+            self.heard.append(
+                Heard(key, person, tool, arg, said, cause, len(calls) == 1, oracle, failed)
+            )
+        self.all_heard += len(results)
+        self._promise(key, job, before, calls, results)
+
+    def _promise(
+        self,
+        key: int,
+        job: adapter.Job,
+        before: set[str],
+        calls: list[tuple[str, Any]],
+        results: list[tuple[str, BaseException | None]],
+    ) -> None:
+        for write_id, write in job.writes.items():
+            if write_id in before:
+                continue
+            index = job.origin.get(write_id, -1)
+            if not 0 <= index < len(calls):
+                continue
+            tool, said = calls[index][0], results[index][0]
+            # a summary heard as saved or to be saved, or a demo handed to sales
+            promised = said in PROMISING or (tool == "book" and said != BOOK_FALLBACK)
+            if promised:
+                saved = said == NOTE_SAVED
+                self.promises[write_id] = Promise(write_id, write.source, key, saved)
+
+    async def end(self, index: int, mid_send: bool) -> None:
+        key = self.job_key(index)
+        if key is None:
+            return
+        job = self.jobs.pop(key)
+        requests = sum(len(v.journal) for v in self.vendors.by_name.values())
+
+        def in_flight() -> bool:
+            return sum(len(v.journal) for v in self.vendors.by_name.values()) > requests
+
+        try:
+            await adapter.end_job(job, cancel_mid_send=in_flight if mid_send else None)
+        except Exception as exc:
+            self.crashes.append(f"job end raised {type(exc).__name__}")
+        self.memory_only |= {w.write_id for w in job.agent.outbox.pending}
+        self.ended.append(job)
+
+    async def end_all(self) -> None:
+        for _ in range(len(self.jobs)):
+            await self.end(0, mid_send=False)
+
+    # -- faults and time -------------------------------------------------------------------
+    def vendor_mode(self, vendor: str, mode: str) -> None:
+        self.vendors[vendor].mode = mode
+
+    def jump(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    async def store_event(self, event: str, arg: str = "") -> None:
+        if event == "down":
+            self.faults.down = True
+        elif event == "up":
+            self.faults.down = False
+        elif event == "slow":
+            self.faults.slow[arg] = self.faults.slow.get(arg, 0) + 1
+        elif event in ("wipe", "corrupt") and not self.faults.down:
+            store = adapter.open_sim_store(self.store_url, self.clock)
+            try:
+                await store.outbox_list()  # the schema exists (a store used once)
+                if event == "wipe":
+                    listed = await adapter.stored_writes(self.store_url, self.clock)
+                    self.lost_by_store |= set(listed or ())
+                    await wipe(store)
+                else:
+                    await corrupt(store, arg, f"malformed-{self._next}-{self.all_heard}")
+            finally:
+                await store.aclose()
+
+    async def spend_quota(self) -> None:
+        """Amplitude's hourly query budget spent by the rest of the fleet."""
+        if self.faults.down:
+            return
+        store = adapter.open_sim_store(self.store_url, self.clock)
+        budget = self.settings.amplitude.hourly_query_budget
+        with contextlib.suppress(Exception):
+            cost = budget
+            while cost:  # fill what is left of the hour's budget, greedily
+                if not await store.quota_charge(adapter.QUOTA_KEY, cost, budget, 3600.0):
+                    cost //= 2
+            self.quota_spent_at = self.clock.now()
+        await store.aclose()
+
+    async def drain(self, later: float, without: str = "") -> None:
+        """Some time later, ``python -m src.outbox drain`` in another process (where
+        ``without`` is not configured)."""
+        self.clock.advance(later)
+        healthy = {n for n, v in self.vendors.by_name.items() if v.healthy and n != without}
+        open_promises = [p for p in self.promises.values() if not self.applied(p.write_id)]
+        down = self.faults.down
+        try:
+            left = await adapter.drain(
+                self.store_url,
+                self.faults,
+                self.clock,
+                self.vendors,
+                self.settings,
+                self.seed,
+                without,
+            )
+        except Exception as exc:
+            self.crashes.append(f"drain raised {type(exc).__name__}")
+            return
+        dead = await adapter.dead_letters(self.store_url, self.clock)
+        self.drains.append(
+            DrainReport(left, down or bool(self.faults.escaped), healthy, open_promises, dead)
+        )
+
+    # -- reading the journals ----------------------------------------------------------------
+    def applied(self, write_id: str) -> int:
+        """How many times a CRM write is held by its vendor (by its write reference)."""
+        return sum(
+            1
+            for name in ("salesforce", "hubspot")
+            for w in self.vendors[name].writes
+            if write_id in w.text
+        )
+
+    def all_jobs(self) -> list[adapter.Job]:
+        return [*self.jobs.values(), *self.ended]
+
+    def begin_step(self) -> None:
+        self.heard = []
+        self.faults.escaped.clear()
