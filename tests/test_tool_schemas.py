@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import pickle
 from collections.abc import Iterator
 
 import pytest
@@ -69,14 +72,44 @@ def test_a_new_agent_instance_reuses_the_schemas(cache: None) -> None:
     assert tool_schemas.cache_info()["misses"] == misses
 
 
-def test_editing_a_returned_schema_does_not_change_the_next_request(cache: None) -> None:
+def test_a_returned_schema_refuses_edits_and_the_next_request_is_unchanged(cache: None) -> None:
     ctx = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
     first = openai_format.to_fnc_ctx(ctx)
-    first[0]["function"]["parameters"]["properties"]["injected"] = {"type": "string"}
-    first[0]["function"]["description"] = "changed"
+    expected = copy.deepcopy(first)
+    params = first[0]["function"]["parameters"]
+    with pytest.raises(TypeError):
+        params["properties"]["injected"] = {"type": "string"}
+    with pytest.raises(TypeError):
+        first[0]["function"]["description"] = "changed"
+    with pytest.raises(TypeError):
+        params["required"].append("injected")
+    with pytest.raises(TypeError):
+        params.update({"x": 1})
     again = openai_format.to_fnc_ctx(ctx)
-    assert "injected" not in again[0]["function"]["parameters"]["properties"]
-    assert again[0]["function"]["description"] != "changed"
+    assert again == expected
+    # A reader sees plain JSON: the same text as the copy, and a deep copy is editable.
+    assert json.dumps(again) == json.dumps(expected)
+    assert type(expected[0]) is dict and type(expected[0]["function"]["parameters"]) is dict
+    expected[0]["function"]["description"] = "editable"
+    assert pickle.loads(pickle.dumps(again)) == again
+
+
+def test_a_cached_request_copies_nothing(cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
+    openai_format.to_fnc_ctx(ctx)  # built and cached
+    copies: list[object] = []
+    real = copy.deepcopy
+
+    def counting(value: object, memo: object = None) -> object:
+        copies.append(value)
+        return real(value, memo)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(copy, "deepcopy", counting)
+    first = openai_format.to_fnc_ctx(ctx)
+    second = openai_format.to_fnc_ctx(ctx)
+    assert copies == []  # neither the key nor the hand-out copies anything
+    # Every caller gets the very cached schema.
+    assert all(a is b for a, b in zip(first, second, strict=True))
 
 
 class _Twins(Agent):
