@@ -38,7 +38,15 @@ from typing import Any
 from livekit.agents.llm import utils as llm_utils
 from livekit.agents.llm.tool_context import FunctionTool
 
-__all__ = ["CACHE_LIMIT", "FrozenSchema", "cache_info", "clear", "freeze", "install"]
+__all__ = [
+    "CACHE_LIMIT",
+    "FrozenSchema",
+    "cache_info",
+    "clear",
+    "freeze",
+    "install",
+    "uninstall",
+]
 
 logger = logging.getLogger("src.tool_schemas")
 
@@ -164,7 +172,9 @@ def install() -> None:
             continue
         if hasattr(current, _MARK):
             continue
-        memo = _memos[name] = _Memo(current, keep)
+        known = _memos.get(name)
+        memo = known if known is not None and known.build is current else _Memo(current, keep)
+        _memos[name] = memo
 
         @functools.wraps(current)
         def wrapper(tool: Any, _memo: _Memo = memo, **kwargs: Any) -> Any:
@@ -172,6 +182,16 @@ def install() -> None:
 
         setattr(wrapper, _MARK, current)
         setattr(llm_utils, name, wrapper)
+
+
+def uninstall() -> None:
+    """Put LiveKit's own builders back (the bench's stock-LiveKit rows); the caches stay
+    and a later :func:`install` uses them again."""
+    for name in _KEEP:
+        current = getattr(llm_utils, name, None)
+        original = getattr(current, _MARK, None)
+        if original is not None:
+            setattr(llm_utils, name, original)
 
 
 def clear() -> None:

@@ -63,6 +63,23 @@ def test_every_agent_tool_gets_livekits_own_schema_built_once(cache: None) -> No
     assert tool_schemas.cache_info()["misses"] == 2 * len(expected_strict)
 
 
+def test_uninstall_puts_livekits_builders_back_and_install_reuses_the_cache(cache: None) -> None:
+    ctx = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
+    original = _original("build_strict_openai_schema")
+    cached = openai_format.to_fnc_ctx(ctx)
+    tool_schemas.uninstall()
+    try:
+        assert llm_utils.build_strict_openai_schema is original
+        stock = openai_format.to_fnc_ctx(ctx)
+        assert stock == cached and all(a is not b for a, b in zip(stock, cached, strict=True))
+    finally:
+        tool_schemas.install()
+    misses = tool_schemas.cache_info()["misses"]
+    again = openai_format.to_fnc_ctx(ctx)
+    assert tool_schemas.cache_info()["misses"] == misses
+    assert all(a is b for a, b in zip(again, cached, strict=True))
+
+
 def test_a_new_agent_instance_reuses_the_schemas(cache: None) -> None:
     first = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
     second = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
