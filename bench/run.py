@@ -49,6 +49,7 @@ MEASUREMENTS = (
     "bench.fail_fast",  # 5: layer breakdown, circuit open
     "bench.resolution",  # 6: hang / refused / slow-but-healthy against the sandbox
     "bench.dead_service",  # 7: dead vendor over 20 conversations, one process
+    "bench.memory_fork",  # job memory under the forkserver, against a bare agent (#29)
     "bench.memory",  # 8-9: job process RSS, bytes per agent
     "bench.fleet",  # 10: dead vendor over 20 real processes, per resilience store
 )

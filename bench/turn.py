@@ -46,6 +46,7 @@ from livekit.agents.llm import FunctionTool
 from livekit.agents.voice.run_result import ChatMessageEvent, FunctionCallEvent
 from livekit.plugins import openai
 
+from bench.bare_agent import Replayer, ReplayingAgent, Request
 from bench.common import Budget, Report, Rows
 from src import tool_schemas
 from src.agent import INSTRUCTIONS, PandaDocTrialistAgent
@@ -73,19 +74,6 @@ VARIANTS = (("bare", "stock"), ("bare", "patched"), ("ours", "stock"), ("ours", 
 BOOTSTRAP = 2_000
 TARGET_VS_PATCHED = 1.03
 TARGET_VS_STOCK = 0.55
-_DROP_HEADERS = {"host", "content-length", "user-agent", "accept-encoding", "connection"}
-
-
-@dataclass(frozen=True)
-class Request:
-    """One vendor request a tool made in the calibration conversation."""
-
-    service: str
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
 
 
 @dataclass
@@ -105,63 +93,6 @@ class Samples:
 
 
 # -- the bare agent ----------------------------------------------------------------------
-class Replayer:
-    """Sends a tool's recorded requests with plain aiohttp and the vendors' own auth."""
-
-    def __init__(self, env: dict[str, str], calls: dict[str, list[Request]]) -> None:
-        self.env = env
-        self.calls = calls
-        self.urls = service_urls_from_env(env)
-        self.http: aiohttp.ClientSession | None = None
-        self.salesforce_token: str | None = None
-
-    async def __aenter__(self) -> Replayer:
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.http is not None:
-            await self.http.close()
-
-    def _auth(self, service: str) -> dict[str, str]:
-        e = self.env
-        if service == "amplitude":
-            basic = aiohttp.BasicAuth(e["AMPLITUDE_API_KEY"], e["AMPLITUDE_SECRET_KEY"])
-            return {"Authorization": basic.encode()}
-        if service == "hubspot":
-            return {"Authorization": f"Bearer {e['HUBSPOT_ACCESS_TOKEN']}"}
-        if service == "chilipiper":
-            return {"Authorization": f"Bearer {e['CHILIPIPER_API_KEY']}"}
-        if service == "salesforce" and self.salesforce_token:
-            return {"Authorization": f"Bearer {self.salesforce_token}"}
-        return {}
-
-    async def run(self, tool: str) -> str:
-        assert self.http is not None
-        said: list[str] = []
-        for r in self.calls.get(tool, []):
-            headers = {k: v for k, v in r.headers.items() if k.lower() not in _DROP_HEADERS}
-            headers = {k: v for k, v in headers.items() if v != "<redacted>"}
-            headers.update(self._auth(r.service))
-            kwargs: dict[str, Any] = {"params": r.query, "headers": headers}
-            if isinstance(r.body, dict) and r.path.endswith("/oauth2/token"):
-                kwargs["data"] = {
-                    "grant_type": "client_credentials",
-                    "client_id": self.env["SALESFORCE_CLIENT_ID"],
-                    "client_secret": self.env["SALESFORCE_CLIENT_SECRET"],
-                }
-            elif r.body is not None:
-                kwargs["json"] = r.body
-            url = self.urls[r.service] + r.path
-            async with self.http.request(r.method, url, **kwargs) as response:
-                data = await response.json(content_type=None)
-            if r.path.endswith("/oauth2/token") and isinstance(data, dict):
-                self.salesforce_token = data.get("access_token")
-                continue
-            said.append(json.dumps(data)[:240])
-        return " ".join(said) or "Done."
-
-
 def _bare_tool(original: FunctionTool) -> FunctionTool:
     """A tool with ``original``'s name, signature and docstring whose body replays what
     the production tool sent (so the model sees the same schema)."""
@@ -186,12 +117,12 @@ def _production_tools() -> dict[str, FunctionTool]:
     }
 
 
-class BareAgent(Agent):
-    """Our instructions and tool schemas; no protection, no watchdogs, no filler."""
+class BareAgent(ReplayingAgent):
+    """Our instructions and tool schemas (cloned below); no protection, no watchdogs, no
+    filler."""
 
     def __init__(self, replayer: Replayer) -> None:
-        super().__init__(instructions=INSTRUCTIONS)
-        self.replayer = replayer
+        super().__init__(INSTRUCTIONS, replayer)
 
 
 for _name, _tool in _production_tools().items():
@@ -276,8 +207,11 @@ async def _journal(http: aiohttp.ClientSession, url: str, clear: bool = False) -
         return list(await response.json())
 
 
-async def record_requests(env: dict[str, str]) -> dict[str, list[Request]]:
-    """Tool name -> the vendor requests the production tool made for it, in order."""
+async def record_requests(
+    env: dict[str, str], texts: Sequence[str] = tuple(text for _, text in TURNS)
+) -> dict[str, list[Request]]:
+    """Tool name -> the vendor requests the production tool made for it in a
+    conversation of ``texts`` (the first time that tool was called), in order."""
     urls = {k: v for k, v in service_urls_from_env(env).items() if k != "openai"}
     settings = settings_from_env(env)
     calls: dict[str, list[Request]] = {}
@@ -292,12 +226,12 @@ async def record_requests(env: dict[str, str]) -> dict[str, list[Request]]:
         )
         try:
             await session.start(agent)
-            for _kind, text in TURNS:
+            for text in texts:
                 for url in urls.values():
                     await _journal(http, url, clear=True)
                 result = await asyncio.wait_for(session.run(user_input=text), 30)
                 names = [e.item.name for e in result.events if isinstance(e, FunctionCallEvent)]
-                if len(names) != 1:
+                if len(names) != 1 or names[0] in calls:
                     continue
                 sent = calls.setdefault(names[0], [])
                 for service, url in urls.items():

@@ -88,3 +88,18 @@ def test_turn_bench_ratios_are_per_round_medians() -> None:
     assert extra["turn_cpu_vs_bare_stock"] == 0.6  # 12/(2*10)
     assert extra["turn_cpu_vs_bare_patched_interval"] == [1.2, 1.2]
     assert {r["met"] for r in ratios if r["target"] != "-"} == {"NO"}
+
+
+def test_the_forkserver_preloads_every_module_of_ours_the_agent_imports() -> None:
+    import sys
+
+    import src.agent
+    from src import heap
+
+    preload = heap.preload_modules()
+    assert "src.agent" not in preload  # the job reads the main file itself
+    for name in ("src.session", "src.error_recovery", "src.tools", "src.store"):
+        assert name in preload
+    assert all(n.split(".")[0] == "src" and n in sys.modules for n in preload)
+    assert "src.store.redis_store" in heap.preload_modules(redis=True)
+    assert src.agent.server._preload_modules  # handed to LiveKit's worker
