@@ -43,17 +43,21 @@ BEGIN, END = "<!-- bench tables: begin -->", "<!-- bench tables: end -->"
 
 # In order: CPU-bound loops first (nothing else on the loop), then the wall-clock ones.
 MEASUREMENTS = (
+    "bench.turn",  # whole turns against a bare LiveKit agent (the headline, issue #29)
     "bench.fullstack",  # 1-3: full stack vs peer stack, open circuit, state size
     "bench.overhead",  # 4: layer breakdown, successful call
     "bench.fail_fast",  # 5: layer breakdown, circuit open
     "bench.resolution",  # 6: hang / refused / slow-but-healthy against the sandbox
     "bench.dead_service",  # 7: dead vendor over 20 conversations, one process
+    "bench.memory_fork",  # job memory under the forkserver, against a bare agent (#29)
     "bench.memory",  # 8-9: job process RSS, bytes per agent
     "bench.fleet",  # 10: dead vendor over 20 real processes, per resilience store
 )
 
 
-async def main(quick: bool, update_readme: bool = False) -> dict[str, Any]:
+async def main(
+    quick: bool, update_readme: bool = False, only: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Run every measurement, write ``RESULTS``, print the tables (and with
     ``update_readme`` put them between the README's bench markers)."""
     production_logging()
@@ -78,7 +82,8 @@ async def main(quick: bool, update_readme: bool = False) -> dict[str, Any]:
         + "."
     ]
     print(markdown[0])
-    for name in MEASUREMENTS:
+    chosen = [m for m in MEASUREMENTS if not only or m.removeprefix("bench.") in only]
+    for name in chosen:
         module = importlib.import_module(name)
         step = time.perf_counter()
         report = await module.measure(budget)
@@ -91,6 +96,10 @@ async def main(quick: bool, update_readme: bool = False) -> dict[str, Any]:
         print(f"\n({name}: {time.perf_counter() - step:.1f} s)", flush=True)
     results["notes"] = notes
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    if only and RESULTS.exists():  # a partial run updates its own keys only
+        old = json.loads(RESULTS.read_text())
+        results = {**old, **{k: v for k, v in results.items() if v is not None}}
+        results["notes"] = list(dict.fromkeys([*old.get("notes", []), *notes]))
     RESULTS.write_text(json.dumps(results, indent=2, default=str, ensure_ascii=False) + "\n")
     markdown.append("\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes))
     markdown.append(
@@ -99,7 +108,7 @@ async def main(quick: bool, update_readme: bool = False) -> dict[str, Any]:
     )
     print("\n".join(markdown[-2:]))
     print(f"Results in {RESULTS}")
-    if update_readme:
+    if update_readme and not only:
         refresh_readme("\n".join(markdown))
         print(f"README tables refreshed: {README}")
     return results
@@ -123,5 +132,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--update-readme", action="store_true", help="write the tables into README.md"
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=(),
+        metavar="MODULE",
+        help="run these measurements only (e.g. turn memory_fork); updates their keys",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.quick, args.update_readme))
+    asyncio.run(main(args.quick, args.update_readme, tuple(args.only)))

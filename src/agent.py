@@ -390,9 +390,9 @@ except SettingsError as exc:
 server = AgentServer(
     prometheus_port=SETTINGS.agent.prometheus_port or None,
     prometheus_multiproc_dir=SETTINGS.fleet.metrics_dir(SETTINGS.agent.prometheus_port),
-    # Job processes fork from a preloaded server: import the Redis client there once,
-    # not on each job's first tool call.
-    preload_modules=["src.store.redis_store"] if SETTINGS.fleet.uses_redis else None,
+    # Job processes fork from LiveKit's forkserver: our modules are imported there once and
+    # shared by every job (copy on write) instead of each job importing them again.
+    preload_modules=heap.preload_modules(redis=SETTINGS.fleet.uses_redis),
 )
 
 

@@ -16,14 +16,18 @@ it is bound to an agent, and its :class:`~livekit.agents.llm.FunctionToolInfo` (
 description, flags). :func:`install` wraps LiveKit's two builders and the model function
 with a cache each (:class:`_Memo`) on exactly that key; every provider format (OpenAI,
 Anthropic, Google, AWS, realtime) reads the builders through the module, so all of them
-get the cached schema. Each schema call returns a deep copy, so a caller that edits its
-schema cannot change the next request's. Tools the key cannot describe (no
-``__wrapped__`` function) are built as before, uncached.
+get the cached schema. The key is the tool's fields as they are (no copies), and every
+caller gets the one cached schema, frozen (:class:`FrozenSchema`: a ``dict`` whose nested
+dicts and lists refuse edits), so no caller can change the next request's and none pays
+for a copy. LiveKit's provider formats only read the schema (they build their own dicts
+around it). Measured in issue #29: the key used to be built with ``dataclasses.astuple``
+(a deep copy of the tool's metadata, about 0.65 ms a request) and each schema handed out
+as a deep copy (about 0.75 ms). Tools the key cannot describe (no ``__wrapped__``
+function) are built as before, uncached.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import logging
@@ -34,7 +38,15 @@ from typing import Any
 from livekit.agents.llm import utils as llm_utils
 from livekit.agents.llm.tool_context import FunctionTool
 
-__all__ = ["CACHE_LIMIT", "cache_info", "clear", "install"]
+__all__ = [
+    "CACHE_LIMIT",
+    "FrozenSchema",
+    "cache_info",
+    "clear",
+    "freeze",
+    "install",
+    "uninstall",
+]
 
 logger = logging.getLogger("src.tool_schemas")
 
@@ -52,19 +64,75 @@ def _key(tool: Any, variant: tuple[Hashable, ...]) -> tuple[Hashable, ...] | Non
     # ``FunctionTool.__get__`` gives a bound tool its own ``__signature__`` (without self).
     bound = "__signature__" in vars(tool)
     try:
-        key = (func, bound, *dataclasses.astuple(info), *variant)
+        fields = tuple(getattr(info, f.name) for f in dataclasses.fields(info))
+        key = (func, bound, *fields, *variant)
         hash(key)
     except TypeError:  # an unhashable field in a future FunctionToolInfo
         return None
     return key
 
 
+def _refuse(self: object, *args: object, **kwargs: object) -> Any:
+    raise TypeError("a cached tool schema is read-only: copy.deepcopy() it to edit")
+
+
+class FrozenSchema(dict[str, Any]):
+    """A cached tool schema: a plain ``dict`` to every reader (``json.dumps``,
+    ``isinstance(x, dict)``), but edits raise ``TypeError``. ``copy.deepcopy`` gives an
+    ordinary, editable copy."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {key: _thaw(value) for key, value in self.items()}
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
+class _FrozenList(list[Any]):
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = clear = extend = insert = pop = remove = reverse = sort = _refuse
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [_thaw(value) for value in self]
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))
+
+
+def freeze(value: Any) -> Any:
+    """``value`` with every dict and list in it replaced by a read-only one."""
+    if isinstance(value, dict):
+        return FrozenSchema({key: freeze(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return _FrozenList(freeze(item) for item in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_thaw(item) for item in value]
+    return value
+
+
 class _Memo:
     """One bounded LRU cache of what ``build`` makes of a tool, with counters."""
 
-    def __init__(self, build: Callable[..., Any], hand_out: Callable[[Any], Any]) -> None:
+    def __init__(self, build: Callable[..., Any], keep: Callable[[Any], Any]) -> None:
         self.build = build
-        self.hand_out = hand_out  # what each caller gets of the cached value
+        self.keep = keep  # what is cached (and handed to every caller) of what was built
         self.entries: OrderedDict[tuple[Hashable, ...], Any] = OrderedDict()
         self.stats = {"hits": 0, "misses": 0, "uncached": 0}
 
@@ -76,20 +144,20 @@ class _Memo:
         value = self.entries.get(key)
         if value is None:
             self.stats["misses"] += 1
-            value = self.entries[key] = self.build(tool, **kwargs)
+            value = self.entries[key] = self.keep(self.build(tool, **kwargs))
             if len(self.entries) > CACHE_LIMIT:
                 self.entries.popitem(last=False)
         else:
             self.stats["hits"] += 1
             self.entries.move_to_end(key)
-        return self.hand_out(value)
+        return value
 
 
-# LiveKit function -> what a caller gets: a schema is a private deep copy (a caller may
-# edit it); the arguments model is the class itself (validating with it changes nothing).
-_HAND_OUT: dict[str, Callable[[Any], Any]] = {
-    "build_strict_openai_schema": copy.deepcopy,
-    "build_legacy_openai_schema": copy.deepcopy,
+# LiveKit function -> what is kept and handed out: a schema frozen (no caller can edit the
+# next request's); the arguments model is the class itself (validating changes nothing).
+_KEEP: dict[str, Callable[[Any], Any]] = {
+    "build_strict_openai_schema": freeze,
+    "build_legacy_openai_schema": freeze,
     "function_arguments_to_pydantic_model": lambda model: model,
 }
 _memos: dict[str, _Memo] = {}
@@ -97,14 +165,16 @@ _memos: dict[str, _Memo] = {}
 
 def install() -> None:
     """Wrap LiveKit's schema builders and arguments model with the caches (idempotent)."""
-    for name, hand_out in _HAND_OUT.items():
+    for name, keep in _KEEP.items():
         current = getattr(llm_utils, name, None)
         if current is None:
             logger.warning("LiveKit has no llm.utils.%s; it is built per request", name)
             continue
         if hasattr(current, _MARK):
             continue
-        memo = _memos[name] = _Memo(current, hand_out)
+        known = _memos.get(name)
+        memo = known if known is not None and known.build is current else _Memo(current, keep)
+        _memos[name] = memo
 
         @functools.wraps(current)
         def wrapper(tool: Any, _memo: _Memo = memo, **kwargs: Any) -> Any:
@@ -112,6 +182,16 @@ def install() -> None:
 
         setattr(wrapper, _MARK, current)
         setattr(llm_utils, name, wrapper)
+
+
+def uninstall() -> None:
+    """Put LiveKit's own builders back (the bench's stock-LiveKit rows); the caches stay
+    and a later :func:`install` uses them again."""
+    for name in _KEEP:
+        current = getattr(llm_utils, name, None)
+        original = getattr(current, _MARK, None)
+        if original is not None:
+            setattr(llm_utils, name, original)
 
 
 def clear() -> None:

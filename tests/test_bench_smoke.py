@@ -51,3 +51,55 @@ async def test_full_stack_case_stays_on_the_tool_path_past_a_turn_deadline() -> 
     assert await case() == usage().spoken_summary()
     skew[0] = 60.0  # a minute later, same context
     assert await case() == usage().spoken_summary()
+
+
+def test_turn_bench_bare_agent_offers_the_model_our_exact_tool_schemas() -> None:
+    from livekit.agents.llm import ToolContext
+    from livekit.agents.llm._provider_format import openai as openai_format
+
+    from bench.turn import BareAgent, Replayer
+    from src.agent import PandaDocTrialistAgent
+    from src.services.wiring import TrialistServices
+
+    bare = BareAgent(Replayer({}, {}))
+    ours = PandaDocTrialistAgent(TrialistServices())
+    for strict in (True, False):
+        bare_schemas = openai_format.to_fnc_ctx(ToolContext(bare.tools), strict=strict)
+        our_schemas = openai_format.to_fnc_ctx(ToolContext(ours.tools), strict=strict)
+        assert len(our_schemas) >= 5
+        assert bare_schemas == our_schemas
+    assert bare.instructions == ours.instructions
+
+
+def test_turn_bench_ratios_are_per_round_medians() -> None:
+    from bench.turn import TURNS, VARIANTS, Samples, TurnSample, figures
+
+    samples = Samples()
+    for round_ in range(5):
+        for variant in VARIANTS:
+            scale = {"bare": 10.0, "ours": 12.0}[variant[0]] * (1 + round_)
+            if variant[1] == "stock":
+                scale *= 2
+            samples.by_variant[variant].append(
+                [TurnSample(kind, scale, 1.0, 0.5, ()) for kind, _ in TURNS]
+            )
+    _, ratios, extra = figures(samples)
+    assert extra["turn_cpu_vs_bare_patched"] == 1.2  # 12/10 in every round
+    assert extra["turn_cpu_vs_bare_stock"] == 0.6  # 12/(2*10)
+    assert extra["turn_cpu_vs_bare_patched_interval"] == [1.2, 1.2]
+    assert {r["met"] for r in ratios if r["target"] != "-"} == {"NO"}
+
+
+def test_the_forkserver_preloads_every_module_of_ours_the_agent_imports() -> None:
+    import sys
+
+    import src.agent
+    from src import heap
+
+    preload = heap.preload_modules()
+    assert "src.agent" not in preload  # the job reads the main file itself
+    for name in ("src.session", "src.error_recovery", "src.tools", "src.store"):
+        assert name in preload
+    assert all(n.split(".")[0] == "src" and n in sys.modules for n in preload)
+    assert "src.store.redis_store" in heap.preload_modules(redis=True)
+    assert src.agent.server._preload_modules  # handed to LiveKit's worker

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import pickle
 from collections.abc import Iterator
 
 import pytest
@@ -60,6 +63,23 @@ def test_every_agent_tool_gets_livekits_own_schema_built_once(cache: None) -> No
     assert tool_schemas.cache_info()["misses"] == 2 * len(expected_strict)
 
 
+def test_uninstall_puts_livekits_builders_back_and_install_reuses_the_cache(cache: None) -> None:
+    ctx = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
+    original = _original("build_strict_openai_schema")
+    cached = openai_format.to_fnc_ctx(ctx)
+    tool_schemas.uninstall()
+    try:
+        assert llm_utils.build_strict_openai_schema is original
+        stock = openai_format.to_fnc_ctx(ctx)
+        assert stock == cached and all(a is not b for a, b in zip(stock, cached, strict=True))
+    finally:
+        tool_schemas.install()
+    misses = tool_schemas.cache_info()["misses"]
+    again = openai_format.to_fnc_ctx(ctx)
+    assert tool_schemas.cache_info()["misses"] == misses
+    assert all(a is b for a, b in zip(again, cached, strict=True))
+
+
 def test_a_new_agent_instance_reuses_the_schemas(cache: None) -> None:
     first = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
     second = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
@@ -69,14 +89,44 @@ def test_a_new_agent_instance_reuses_the_schemas(cache: None) -> None:
     assert tool_schemas.cache_info()["misses"] == misses
 
 
-def test_editing_a_returned_schema_does_not_change_the_next_request(cache: None) -> None:
+def test_a_returned_schema_refuses_edits_and_the_next_request_is_unchanged(cache: None) -> None:
     ctx = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
     first = openai_format.to_fnc_ctx(ctx)
-    first[0]["function"]["parameters"]["properties"]["injected"] = {"type": "string"}
-    first[0]["function"]["description"] = "changed"
+    expected = copy.deepcopy(first)
+    params = first[0]["function"]["parameters"]
+    with pytest.raises(TypeError):
+        params["properties"]["injected"] = {"type": "string"}
+    with pytest.raises(TypeError):
+        first[0]["function"]["description"] = "changed"
+    with pytest.raises(TypeError):
+        params["required"].append("injected")
+    with pytest.raises(TypeError):
+        params.update({"x": 1})
     again = openai_format.to_fnc_ctx(ctx)
-    assert "injected" not in again[0]["function"]["parameters"]["properties"]
-    assert again[0]["function"]["description"] != "changed"
+    assert again == expected
+    # A reader sees plain JSON: the same text as the copy, and a deep copy is editable.
+    assert json.dumps(again) == json.dumps(expected)
+    assert type(expected[0]) is dict and type(expected[0]["function"]["parameters"]) is dict
+    expected[0]["function"]["description"] = "editable"
+    assert pickle.loads(pickle.dumps(again)) == again
+
+
+def test_a_cached_request_copies_nothing(cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = ToolContext(PandaDocTrialistAgent(TrialistServices()).tools)
+    openai_format.to_fnc_ctx(ctx)  # built and cached
+    copies: list[object] = []
+    real = copy.deepcopy
+
+    def counting(value: object, memo: object = None) -> object:
+        copies.append(value)
+        return real(value, memo)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(copy, "deepcopy", counting)
+    first = openai_format.to_fnc_ctx(ctx)
+    second = openai_format.to_fnc_ctx(ctx)
+    assert copies == []  # neither the key nor the hand-out copies anything
+    # Every caller gets the very cached schema.
+    assert all(a is b for a, b in zip(first, second, strict=True))
 
 
 class _Twins(Agent):
