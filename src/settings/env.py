@@ -128,6 +128,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             timezone=_str(env, "TRIALIST_TIMEZONE", "America/New_York"),
             prometheus_port=_int(env, "PROMETHEUS_PORT", 0),
             sip_verify_from=_str(env, "SIP_VERIFY_FROM", "contacts").lower(),
+            otlp_endpoint=_url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", base=False),
         ),
         models=ModelSettings(
             openai_api_key=_secret(env, "OPENAI_API_KEY"),

@@ -221,6 +221,9 @@ class AgentSettings:
     prometheus_port: int = 0  # 0: metrics endpoint off
     # Which CRM phones may verify a phone caller (SIP_VERIFY_FROM): "contacts" (a
     # Salesforce Contact's phone, a HubSpot phone not set by a form) or "off".
+    # OTEL_EXPORTER_OTLP_ENDPOINT: where traces go (read by OpenTelemetry itself; checked
+    # here at start-up like every URL, src/report.py). Empty: no export.
+    otlp_endpoint: str = ""
     sip_verify_from: str = "contacts"
 
     def __post_init__(self) -> None:
