@@ -33,6 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.memory_job import TURNS  # the same ten turns as the plain-subprocess table
+
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = {"ours": ROOT / "src" / "agent.py", "bare": ROOT / "bench" / "bare_agent.py"}
 # The plugins both agents register (ours: OpenAI LLM/TTS, Deepgram STT, Silero VAD).
@@ -40,18 +42,6 @@ PLUGINS = ("livekit.plugins.openai", "livekit.plugins.silero", "livekit.plugins.
 # LiveKit appends these to every forkserver preload list, the freeze last.
 LIVEKIT_TAIL = ("livekit.agents.ipc._preload", "livekit.agents.ipc._preload_freeze")
 VARIANTS = (("bare", "silero"), ("ours", "silero"), ("ours", "native"))
-TURNS = (
-    "hi there",
-    "how is my trial usage going?",
-    "who am I in your records, can you check my account?",
-    "what demo times are available?",
-    "book the first option please",
-    "what documents have I sent so far in the trial?",
-    "thanks, can you check the account again?",
-    "are there other demo slots available?",
-    "please log a summary note of this call",
-    "great, that's all, bye",
-)
 
 
 def smaps() -> dict[str, float]:
