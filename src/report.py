@@ -327,12 +327,26 @@ def _span_attributes(figures: dict[str, Any]) -> dict[str, Any]:
     return attributes
 
 
+_STATM = "/proc/self/statm"
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory: one read of ``/proc/self/statm`` on Linux (about
+    10 µs; building a ``psutil.Process`` each turn cost about 0.7 ms), psutil elsewhere."""
+    try:
+        with open(_STATM, "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except OSError:
+        import psutil
+
+        return int(psutil.Process(os.getpid()).memory_info().rss)
+
+
 def _sample_memory() -> None:
     """The job process's resident memory into ``pandadoc_job_memory_bytes``."""
     try:
-        import psutil
-
-        metrics.JOB_MEMORY.set(psutil.Process(os.getpid()).memory_info().rss)
+        metrics.JOB_MEMORY.set(_resident_bytes())
     except Exception:  # never break a call for a gauge
         logger.debug("could not sample job memory")
 

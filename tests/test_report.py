@@ -295,3 +295,14 @@ def test_longest_silence_follows_voice_events() -> None:
         "filler",
         "answer",
     ]
+
+
+def test_the_memory_sample_is_this_process_resident_memory() -> None:
+    import psutil
+
+    from src import report
+
+    ours = report._resident_bytes()
+    theirs = psutil.Process().memory_info().rss
+    assert ours > 10 * 1024 * 1024
+    assert abs(ours - theirs) < 0.2 * theirs  # the same figure, read the cheap way
