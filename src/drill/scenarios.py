@@ -11,6 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from src.drill.contract_checks import (
+    CHILIPIPER_CONDITIONS,
+    booked_once_through_the_lookup,
+    note_saved_on_the_retry,
+)
 from src.drill.fleet_outage import CONVERSATIONS as FLEET_CONVERSATIONS
 from src.drill.fleet_outage import NOTE as FLEET_NOTE
 from src.drill.fleet_outage import run_fleet_outage
@@ -28,7 +33,6 @@ from src.sandbox import FaultKind, SandboxServer
 from src.sandbox.chilipiper import ChiliPiperServer
 from src.sandbox.data import TRIAL_USERS
 from src.sandbox.openai_server import ToolCall, Turn
-from src.services.chilipiper import MEETINGS_PATH
 from src.settings import ResilienceSettings
 
 __all__ = [
@@ -57,42 +61,6 @@ TURN_BUDGET = DEFAULTS.turn_deadline + 1.0  # a reply's tools answered within th
 def _calls(*names: str) -> tuple[Turn, ...]:
     """The stand-in model's script: one reply calling ``names`` together."""
     return (Turn(tool_calls=[ToolCall(name, {"email": ""}) for name in names]),)
-
-
-# ChiliPiper's own conditions, set up on its stand-in (not HTTP faults).
-CHILIPIPER_CONDITIONS: dict[str, Callable[[ChiliPiperServer], None]] = {
-    "slot-taken": lambda s: s.steal_next_schedule(),
-    "route-expired": lambda s: s.expire_routes(),
-    "lost-after-applied": lambda s: s.lose_next_schedule(applied=True),
-    "answer-lost": lambda s: s.drop_next_answer(),
-}
-
-
-def _booked_once_through_the_lookup(conv: Conversation, turns: list[TurnResult]) -> list[str]:
-    """``chilipiper-book-answer-lost``: the documented meeting list found the meeting,
-    the caller heard it confirmed, and exactly one meeting exists."""
-    server = conv.sandbox.chilipiper
-    problems: list[str] = []
-    mine = [m for m in server.meetings if m.guest_email.casefold() == JANE.casefold()]
-    if len(mine) != 1:
-        problems.append(f"{len(mine)} meetings for the caller (want exactly 1)")
-    if not server.requests(MEETINGS_PATH, "PUT"):
-        problems.append("the meeting was not looked up")
-    if not any("You're all set" in " ".join(t.said) for t in turns):
-        problems.append("the caller did not hear the booking confirmed")
-    return problems
-
-
-def _note_saved_on_the_retry(conv: Conversation, turns: list[TurnResult]) -> list[str]:
-    """``salesforce-lock-row``: the locked write was kept, and saved once on the retry."""
-    server = conv.sandbox.salesforce
-    writes = server.requests("*/sobjects/Task", "POST")
-    problems: list[str] = []
-    if not any(e.fault == "lock-row" for e in writes):
-        problems.append("the write never met the lock")
-    if len(server.tasks) != 1:
-        problems.append(f"{len(server.tasks)} notes saved (want exactly 1)")
-    return problems
 
 
 @dataclass(frozen=True)
@@ -239,7 +207,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         (Fault("chilipiper", "answer-lost"),),
         ("book the second option",),
         warmup=("any demo times?",),
-        check=_booked_once_through_the_lookup,
+        check=booked_once_through_the_lookup,
     ),
     Scenario(
         "salesforce-lock-row",
@@ -248,7 +216,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         ("please log a summary: wants a demo next week",),
         warmup=("what's on my account?",),
         flush=True,
-        check=_note_saved_on_the_retry,
+        check=note_saved_on_the_retry,
     ),
     Scenario(
         "crm-write-outage",

@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
-import pydantic
 
 from ..errors import (
     AuthenticationFailed,
@@ -73,6 +72,14 @@ from .http import (
     ServiceHttp,
     parse_model,
     write_outcome_is_ambiguous,
+)
+from .salesforce_model import (
+    RECORD_ID,
+    CountResult,
+    CreateResult,
+    QueryResult,
+    TokenResponse,
+    to_contact,
 )
 from .soql import person_query, soql_quote, task_ref_query
 
@@ -144,81 +151,6 @@ def classify_errors(error: ServiceError, body: Any) -> ServiceError:
             SERVICE, f"salesforce answered HTTP {error.status} {shown}", status=error.status
         )
     return error
-
-
-# -- response models -----------------------------------------------------------------------
-
-
-class _TokenResponse(pydantic.BaseModel):
-    access_token: str = pydantic.Field(min_length=1)
-    token_type: str | None = None
-    expires_in: float | None = None  # seconds; absent or <= 0: valid until a 401
-
-
-class _Attributes(pydantic.BaseModel):
-    type: str
-
-
-class _Named(pydantic.BaseModel):
-    Id: str | None = None
-    Name: str | None = None
-
-
-class _Record(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="allow")
-
-    attributes: _Attributes
-    Id: str = pydantic.Field(min_length=15, max_length=18)
-    FirstName: str | None = None
-    LastName: str | None = None
-    Company: str | None = None
-    Title: str | None = None
-    Phone: str | None = None
-    Status: str | None = None
-    Owner: _Named | None = None
-    Account: _Named | None = None
-
-
-class _QueryResult(pydantic.BaseModel):
-    totalSize: int = pydantic.Field(ge=0)
-    done: bool
-    records: list[_Record]
-
-
-class _CreateResult(pydantic.BaseModel):
-    id: str = pydantic.Field(min_length=15, max_length=18)
-    success: bool
-    errors: list[Any] = pydantic.Field(default_factory=list)
-
-
-_RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
-
-
-def _owner_user_id(record: _Record) -> str | None:
-    """The owner's id when the owner is a User (key prefix ``005``): a Lead can be owned
-    by a queue (``00G``), and a Task is then assigned to the configured fallback."""
-    owner_id = record.Owner.Id if record.Owner is not None else None
-    return owner_id if owner_id and is_valid_salesforce_id(owner_id, prefix="005") else None
-
-
-def _to_contact(record: _Record) -> CrmContact:
-    object_type: Literal["Lead", "Contact"] = (
-        "Contact" if record.attributes.type == "Contact" else "Lead"
-    )
-    company = record.Account.Name if record.Account is not None else record.Company
-    return CrmContact(
-        id=record.Id,
-        object_type=object_type,
-        first_name=record.FirstName or None,
-        last_name=record.LastName or None,
-        company=company or None,
-        title=record.Title or None,
-        status=record.Status or None,
-        owner=(record.Owner.Name or None) if record.Owner is not None else None,
-        phone=record.Phone or None,
-        owner_id=_owner_user_id(record),
-        source=SERVICE,
-    )
 
 
 @dataclass
@@ -336,7 +268,7 @@ class SalesforceClient(ServiceClient):
             raise AuthenticationFailed(
                 SERVICE, "salesforce rejected the client credentials", status=exc.status
             ) from exc
-        parsed = parse_model(SERVICE, _TokenResponse, data)
+        parsed = parse_model(SERVICE, TokenResponse, data)
         register_secret(parsed.access_token)
         expires_at = None
         if parsed.expires_in is not None and parsed.expires_in > 0:
@@ -435,13 +367,13 @@ class SalesforceClient(ServiceClient):
         data = await self._authed(
             "GET", self._data_path("/query"), params={"q": person_query(object_type, email)}
         )
-        result = parse_model(SERVICE, _QueryResult, data)
+        result = parse_model(SERVICE, QueryResult, data)
         if not result.records:
             raise NotFound(SERVICE, f"no {object_type} with that email")
         record = result.records[0]
         if record.attributes.type != object_type:
             raise BadResponse(SERVICE, f"salesforce answered a {object_type} query with other rows")
-        return _to_contact(record)
+        return to_contact(record)
 
     async def create_task(
         self, who_id: str | None, subject: str, description: str, *, owner_id: str | None = None
@@ -470,7 +402,7 @@ class SalesforceClient(ServiceClient):
             BadResponse: Salesforce answered without a created id.
             ServiceError: any other failure, translated by the HTTP layer.
         """
-        if who_id is not None and not _RECORD_ID.fullmatch(who_id):
+        if who_id is not None and not RECORD_ID.fullmatch(who_id):
             raise InvalidRequest(SERVICE, "who_id is not a Salesforce record id")
         subject = " ".join(subject.split())
         if not subject:
@@ -498,7 +430,7 @@ class SalesforceClient(ServiceClient):
             if write_outcome_is_ambiguous(exc):
                 exc.retryable = False  # the Task may exist: never repeat blindly
             raise
-        created = parse_model(SERVICE, _CreateResult, data)
+        created = parse_model(SERVICE, CreateResult, data)
         if not created.success:
             raise BadResponse(SERVICE, "salesforce reported the task as not created")
         logger.info("salesforce: task created")
@@ -514,21 +446,15 @@ class SalesforceClient(ServiceClient):
             InvalidRequest: a malformed ``who_id`` or ``ref`` (nothing is sent).
             ServiceError: any failure, translated by the HTTP layer.
         """
-        if (who_id is not None and not _RECORD_ID.fullmatch(who_id)) or not WRITE_REF.fullmatch(
-            ref
-        ):
+        if (who_id is not None and not RECORD_ID.fullmatch(who_id)) or not WRITE_REF.fullmatch(ref):
             raise InvalidRequest(SERVICE, "task search needs a record id and a write ref")
         data = await self._authed(
             "GET", self._data_path("/query"), params={"q": task_ref_query(who_id, ref)}
         )
-        return parse_model(SERVICE, _CountResult, data).totalSize > 0
+        return parse_model(SERVICE, CountResult, data).totalSize > 0
 
 
 WRITE_REF = re.compile(r"[0-9a-f]{32}")
-
-
-class _CountResult(pydantic.BaseModel):
-    totalSize: int = pydantic.Field(ge=0)
 
 
 def _truncate(text: str, limit: int) -> str:
