@@ -147,43 +147,47 @@ async def _find(store: ResilienceStore, prefix: str) -> OutboxItem | str:
     return matches[0]
 
 
-async def _retry(url: str, prefix: str) -> int:
+async def _revive(store: ResilienceStore, found: OutboxItem) -> str | None:
+    """``retry``: the dead letter waits again, its attempts reset."""
+    try:
+        write = PendingWrite.from_json(found.payload)
+        fresh: str | None = write.replace(attempts=0, created_at=time.time()).to_json()
+    except (ValueError, TypeError):
+        fresh = None  # unreadable: a drain removes it
+    await store.outbox_revive(found.id, fresh)
+    return None
+
+
+async def _bury(store: ResilienceStore, found: OutboxItem) -> str | None:
+    """``drop``: only a dead letter goes; anything else is refused with a line."""
+    if not found.dead:
+        return (
+            f"CRM write {found.id[:12]} is not dead-lettered; only a dead-lettered write"
+            " can be dropped."
+        )
+    await store.outbox_done(found.id)
+    return None
+
+
+_ACTIONS = {
+    "retry": (_revive, "CRM write {id} is waiting again; the next drain sends it."),
+    "drop": (_bury, "CRM write {id} dropped; it will not be sent."),
+}
+
+
+async def _operate(url: str, command: str, prefix: str) -> int:
+    """``retry`` or ``drop`` the one write ``prefix`` names; 1 with a line when it cannot."""
+    act, done = _ACTIONS[command]
     store = open_store(url)
     try:
         found = await _find(store, prefix)
-        if isinstance(found, str):
-            print(found, file=sys.stderr)
-            return 1
-        try:
-            write = PendingWrite.from_json(found.payload)
-            fresh: str | None = write.replace(attempts=0, created_at=time.time()).to_json()
-        except (ValueError, TypeError):
-            fresh = None  # unreadable: a drain removes it
-        await store.outbox_revive(found.id, fresh)
+        refusal = found if isinstance(found, str) else await act(store, found)
     finally:
         await store.aclose()
-    print(f"CRM write {found.id[:12]} is waiting again; the next drain sends it.")
-    return 0
-
-
-async def _drop(url: str, prefix: str) -> int:
-    store = open_store(url)
-    try:
-        found = await _find(store, prefix)
-        if isinstance(found, str):
-            print(found, file=sys.stderr)
-            return 1
-        if not found.dead:
-            print(
-                f"CRM write {found.id[:12]} is not dead-lettered; only a dead-lettered write"
-                " can be dropped.",
-                file=sys.stderr,
-            )
-            return 1
-        await store.outbox_done(found.id)
-    finally:
-        await store.aclose()
-    print(f"CRM write {found.id[:12]} dropped; it will not be sent.")
+    if refusal is not None or isinstance(found, str):
+        print(refusal, file=sys.stderr)
+        return 1
+    print(done.format(id=found.id[:12]))
     return 0
 
 
@@ -203,10 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return asyncio.run(_list(url))
-        if args.command == "retry":
-            return asyncio.run(_retry(url, args.id))
-        if args.command == "drop":
-            return asyncio.run(_drop(url, args.id))
+        if args.command in _ACTIONS:
+            return asyncio.run(_operate(url, args.command, args.id))
         return asyncio.run(_drain(settings))
     except StoreError as exc:
         print(f"The resilience store did not answer ({redact(str(exc))}).", file=sys.stderr)
