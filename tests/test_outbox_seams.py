@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 
 from src.error_recovery import CircuitBreaker, CircuitState
 from src.outbox import Outbox, OutboxPolicy, PendingWrite
-from src.outbox.cli import _drop, _list, _retry, outbox_for
+from src.outbox.cli import _list, _operate, outbox_for
 from src.sandbox import FaultKind, Sandbox
 from src.services.wiring import TrialistServices
 from src.settings import settings_from_env
@@ -101,15 +101,15 @@ async def test_a_write_that_cannot_go_never_blocks_the_others_and_is_dead_letter
         assert "0 CRM write(s) waiting" in listed and "1 CRM write(s) dead-lettered" in listed
         assert poison.write_id[:12] in listed and "DEAD (3 attempts)" in listed
 
-        assert await _drop(store_url, "nope") == 1
-        assert await _retry(store_url, poison.write_id[:8]) == 0
+        assert await _operate(store_url, "drop", "nope") == 1
+        assert await _operate(store_url, "retry", poison.write_id[:8]) == 0
         [item] = await store.outbox_list()
         assert not item.dead and PendingWrite.from_json(item.payload).attempts == 0
-        assert await _drop(store_url, poison.write_id[:8]) == 1  # live: not dropped
+        assert await _operate(store_url, "drop", poison.write_id[:8]) == 1  # live: not dropped
         for _ in range(3):
             await outbox.flush()
         assert (await store.outbox_list())[0].dead
-        assert await _drop(store_url, poison.write_id[:8]) == 0
+        assert await _operate(store_url, "drop", poison.write_id[:8]) == 0
         assert await store.outbox_list() == []
     finally:
         assert outbox.services.salesforce is not None
