@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.memory_job import TURNS  # the same ten turns as the plain-subprocess table
+from bench.memory_job import TURNS, talk  # the plain-subprocess table's ten turns
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = {"ours": ROOT / "src" / "agent.py", "bare": ROOT / "bench" / "bare_agent.py"}
@@ -70,8 +70,6 @@ def _vad(kind: str) -> Any:
 
 
 async def _ours(main: dict[str, Any], vad: Any) -> int:
-    from livekit.agents.voice.run_result import FunctionCallEvent
-
     from src.services.wiring import TrialistServices
     from src.session import build_session
     from src.settings import settings_from_env
@@ -91,17 +89,11 @@ async def _ours(main: dict[str, Any], vad: Any) -> int:
         stt_model=None,
         vad_model=vad,
     )
-    tools = 0
     try:
-        await session.start(agent)
-        for text in TURNS:
-            result = await asyncio.wait_for(session.run(user_input=text), 30)
-            tools += sum(isinstance(e, FunctionCallEvent) for e in result.events)
+        return await talk(session, agent)
     finally:
-        await session.aclose()
         await services.aclose()
         await store.store.aclose()
-    return tools
 
 
 def job(who: str, vad_kind: str, conn: Any) -> None:

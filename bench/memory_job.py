@@ -42,11 +42,27 @@ def rss_kib() -> dict[str, int]:
     return out
 
 
+async def talk(session: Any, agent: Any, stages: dict[str, Any] | None = None) -> int:
+    """Start ``session`` with ``agent``, hold the ten turns, close it; the tool calls
+    made. With ``stages``, the RSS once the session has started."""
+    from livekit.agents.voice.run_result import FunctionCallEvent
+
+    tools = 0
+    try:
+        await session.start(agent)
+        if stages is not None:
+            stages["after session start"] = rss_kib()
+        for text in TURNS:
+            result = await asyncio.wait_for(session.run(user_input=text), 30)
+            tools += sum(isinstance(e, FunctionCallEvent) for e in result.events)
+    finally:
+        await session.aclose()
+    return tools
+
+
 async def conversation(vad: Any, stages: dict[str, Any]) -> int:
     """Ten user turns through the production session; returns the tool calls made and
     records the RSS once the session has started, before the first turn."""
-    from livekit.agents.voice.run_result import FunctionCallEvent
-
     from src.agent import PandaDocTrialistAgent
     from src.services.wiring import TrialistServices
     from src.session import build_session
@@ -64,17 +80,10 @@ async def conversation(vad: Any, stages: dict[str, Any]) -> int:
         vad_model=vad,
     )
     stages["after build_session"] = rss_kib()
-    tools = 0
     try:
-        await session.start(agent)
-        stages["after session start"] = rss_kib()
-        for text in TURNS:
-            result = await asyncio.wait_for(session.run(user_input=text), 30)
-            tools += sum(isinstance(e, FunctionCallEvent) for e in result.events)
+        return await talk(session, agent, stages)
     finally:
-        await session.aclose()
         await services.aclose()
-    return tools
 
 
 def main() -> None:
