@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import json
 import os
@@ -48,7 +49,7 @@ from livekit.plugins import openai
 
 from bench.bare_agent import Replayer, ReplayingAgent, Request
 from bench.common import Budget, Report, Rows
-from src import tool_schemas
+from src import heap, tool_schemas
 from src.agent import INSTRUCTIONS, PandaDocTrialistAgent
 from src.openai_client import chat_client
 from src.sandbox.__main__ import service_urls_from_env
@@ -194,6 +195,13 @@ async def conversation(
         tool_schemas.install() if patched else tool_schemas.uninstall()
         await session.start(agent)
         stack.push_async_callback(session.aclose)
+        if isinstance(agent, PandaDocTrialistAgent):
+            # What the entrypoint does before the caller's first turn (src/agent.py): the
+            # call state out of GC scans, the opening words (the fleet's view of booking:
+            # the store's first use in this job), then again once the call is up.
+            heap.freeze_call_state()
+            await agent.opening_words(None)
+            heap.freeze_call_state()
         return [await _turn(session, kind, text) for kind, text in TURNS]
     raise AssertionError("unreachable")  # pragma: no cover (mypy: the with may swallow)
 
@@ -337,10 +345,15 @@ async def collect(rounds: int, *, seed: int = 29) -> Samples:
         replay = await record_requests(env)
         for variant in VARIANTS:
             await conversation(variant, env, replay)
+        # A job process starts from LiveKit's forkserver, which collects and freezes what it
+        # imported (livekit.agents.ipc._preload_freeze), and holds one call: each
+        # conversation starts from a collected heap, as a fresh job would (not timed).
+        heap.freeze_preloaded()
         for _ in range(rounds):
             order = list(VARIANTS)
             rng.shuffle(order)
             for variant in order:
+                gc.collect()
                 samples.by_variant[variant].append(await conversation(variant, env, replay))
     tool_schemas.install()  # leave the process as production runs
     return samples

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from livekit import rtc
 from livekit.agents import (
+    NOT_GIVEN,
     Agent,
     AgentServer,
     JobContext,
@@ -232,8 +233,17 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         chat_ctx, tools = degraded_request(caller_safe_context(chat_ctx), tools, down)
         model = self.session.llm
         assert isinstance(model, llm.LLM)
+        conn_options = self.session.conn_options.llm_conn_options
+        # LiveKit's default node opens this stream; given the stream itself, the watchdog
+        # reads it in LiveKit's own task (no task of its own per reply).
+        stream = model.chat(
+            chat_ctx=chat_ctx,
+            tools=tools,
+            tool_choice=model_settings.tool_choice if model_settings else NOT_GIVEN,
+            conn_options=conn_options,
+        )
         return watch_llm(
-            Agent.default.llm_node(self, chat_ctx, tools, model_settings),
+            stream,
             first_token_timeout=r.llm_first_token_timeout,
             stall_timeout=r.llm_stall_timeout,
             # Closed before LiveKit's own timeout (LLM_TIMEOUT after the last byte) turns
@@ -248,7 +258,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
                 chat_ctx,
                 tools,
                 tool_choice=model_settings.tool_choice,
-                conn_options=self.session.conn_options.llm_conn_options,
+                conn_options=conn_options,
             ),
             on_give_up=lambda: report_model_stall(model),
             speaking=lambda: self.session.agent_state == "speaking",

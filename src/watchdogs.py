@@ -27,14 +27,17 @@ rather than waiting for the plugin's own read timeout (30 s for OpenAI). Without
 audio (not rendered yet) the stream is left to the TTS's own timeout and fallback, since
 dropping it would be silence LiveKit takes for a finished reply.
 
-:func:`watch_llm` reads its stream in one task and keeps one timer, re-armed by moving
-its deadline on each chunk; its clock is the event loop's, or one a test passes.
+:func:`watch_llm` keeps one timer, re-armed by moving its deadline on each chunk; its
+clock is the event loop's, or one a test passes. The stream is read by one task of its
+own: a due timer cannot interrupt a read in the reader's task, since cancelling it would
+close LiveKit's stream (its chunks pass through async generators, ``aio.itertools.tee``).
 :func:`watch_tts` waits with ``asyncio.wait`` timeouts; tests shrink them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -116,14 +119,26 @@ class _Failed:
 
 
 class _Pump:
-    """Reads one stream into ``queue`` in one task (not a task and a wait per chunk)."""
+    """Reads one stream in one task of its own (not a task and a wait per chunk) into a
+    deque the watcher takes from; a due timer adds a tick. One future at a time wakes
+    the watcher (lighter than an ``asyncio.Queue`` per chunk)."""
 
-    def __init__(self, chunks: AsyncIterable[Any], queue: asyncio.Queue[Any]) -> None:
+    __slots__ = ("_waiter", "items", "iterator", "task")
+
+    def __init__(self, chunks: AsyncIterable[Any]) -> None:
+        self.items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.iterator = aiter(chunks)
-        self.task = asyncio.create_task(self._run(queue))
+        self.task = asyncio.create_task(self._run())
 
-    async def _run(self, queue: asyncio.Queue[Any]) -> None:
-        put = queue.put_nowait
+    def put(self, item: Any) -> None:
+        self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _run(self) -> None:
+        put = self.put
         try:
             while True:
                 put(await anext(self.iterator))
@@ -131,6 +146,19 @@ class _Pump:
             put(_END)
         except Exception as exc:
             put(_Failed(exc))
+
+    def tick(self) -> None:
+        self.put(_TICK)
+
+    async def get(self) -> Any:
+        items = self.items
+        while not items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return items.popleft()
 
     async def aclose(self) -> None:
         if not self.task.done():
@@ -182,13 +210,12 @@ async def watch_llm(
     ``clock`` and ``call_later`` (default: the event loop's) drive the one timer the
     stream has; tests pass virtual ones."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    source = _Pump(chunks)
     timer = _Timer(
-        lambda: queue.put_nowait(_TICK),
+        lambda: source.tick(),
         clock=clock or loop.time,
         call_later=call_later or loop.call_later,
     )
-    pump = _Pump(chunks, queue)
     stall_left = stall_timeout if give_up_timeout is None else give_up_timeout
     switch = fallback is not None and switch_timeout is not None
     if switch and answer_timeout is not None and switch_timeout is not None:
@@ -200,7 +227,7 @@ async def watch_llm(
     timer.arm(first_token_timeout)
     try:
         while True:
-            item = await queue.get()
+            item = await source.get()
             if item is _TICK:
                 if not timer.due():
                     continue  # a chunk came first and re-armed the timer
@@ -225,10 +252,8 @@ async def watch_llm(
                             switch_timeout,
                         )
                         switched = True
-                        await pump.aclose()
-                        while not queue.empty():  # the abandoned stream's last word
-                            queue.get_nowait()
-                        pump = _Pump(fallback(), queue)
+                        await source.aclose()  # the abandoned stream's last word unread
+                        source = _Pump(fallback())
                         rest = (
                             None
                             if answer_timeout is None
@@ -283,7 +308,7 @@ async def watch_llm(
             yield item
     finally:
         timer.cancel()
-        await pump.aclose()
+        await source.aclose()
 
 
 F = TypeVar("F")

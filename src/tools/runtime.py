@@ -9,6 +9,7 @@ modules take it as their first argument, so a tool body reads as plain steps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -40,6 +41,8 @@ logger = get_logger("pandadoc.agent")
 
 T = TypeVar("T")
 MIN_ATTEMPT_S = 0.5  # no request starts with less time than this left in the tool budget
+# Of FILLER_DELAY, the share a tool works before LiveKit's filler scheduler is started.
+LAZY_FILLER_SHARE = 0.5
 
 
 class ToolRuntime(ErrorRecoveryMixin):
@@ -241,30 +244,50 @@ class ToolRuntime(ErrorRecoveryMixin):
         """Speak ``sentence`` once if the work inside leaves the caller waiting for
         ``FILLER_DELAY`` seconds; with ``turn``, only if no other tool of the turn has
         spoken its filler, and then, still waiting about ``PROGRESS_DELAY`` seconds in,
-        one progress sentence for the turn (:class:`~src.tools.turn.FillerSource`)."""
+        one progress sentence for the turn (:class:`~src.tools.turn.FillerSource`).
+
+        LiveKit's scheduler (``RunContext.with_filler``: two tasks, session listeners, an
+        idle wait) starts only once the work has taken half of ``FILLER_DELAY``
+        (:data:`LAZY_FILLER_SHARE`), then dwells for the other half; work that ends
+        sooner (a cached answer, a fast vendor, an open circuit) never pays for it. While
+        the agent is speaking at that moment the full dwell applies, as LiveKit's own."""
         with_filler = getattr(context, "with_filler", None)
         if with_filler is None:
             yield
             return
         r = self.settings.resilience
-        if turn is None:
-            async with with_filler(sentence, delay=r.filler_delay):
-                yield
-            return
-        source = turn.claim_filler(sentence)
-        # LiveKit's scheduler: a dwell of FILLER_DELAY idle seconds before each fire, and
-        # ``interval`` seconds after one, so the second fire comes about PROGRESS_DELAY in.
-        interval = max(0.0, r.progress_delay - 2 * r.filler_delay) if r.progress_delay else None
+        source: Any = sentence if turn is None else turn.claim_filler(sentence)
+        options: dict[str, Any] = {}
+        if turn is not None:
+            # LiveKit's scheduler: a dwell of FILLER_DELAY idle seconds before each fire,
+            # and ``interval`` seconds after one, so the second comes about PROGRESS_DELAY in.
+            interval = max(0.0, r.progress_delay - 2 * r.filler_delay) if r.progress_delay else None
+            options = {"interval": interval, "max_steps": 2 if interval is not None else None}
+        head = r.filler_delay * LAZY_FILLER_SHARE
+        scheduler = contextlib.AsyncExitStack()
+        entering: asyncio.Future[Any] | None = None
+
+        def start() -> None:
+            nonlocal entering
+            speaking = getattr(getattr(context, "session", None), "agent_state", None) == "speaking"
+            delay = r.filler_delay if speaking else r.filler_delay - head
+            entering = asyncio.ensure_future(
+                scheduler.enter_async_context(with_filler(source, delay=delay, **options))
+            )
+
+        handle = asyncio.get_running_loop().call_later(head, start)
         try:
-            async with with_filler(
-                source,
-                delay=r.filler_delay,
-                interval=interval,
-                max_steps=2 if interval is not None else None,
-            ):
-                yield
+            yield
         finally:
-            source.answered()
+            handle.cancel()
+            if turn is not None:
+                source.answered()
+            if entering is not None and not entering.done():
+                entering.cancel()  # started a moment ago but not yet run: it never will
+            elif entering is not None:
+                if not entering.cancelled() and entering.exception() is not None:
+                    logger.warning("Filler scheduler could not start")
+                await scheduler.aclose()
 
 
 def zone(name: str) -> ZoneInfo:
