@@ -47,6 +47,7 @@ from typing import Any
 from opentelemetry import trace
 
 from src import metrics, phrases
+from src.events import listener
 from src.redaction import get_logger
 
 __all__ = [
@@ -182,11 +183,11 @@ class CallReport:
         if session is self._session:
             return
         self._session = session
-        session.on("user_state_changed", self._on_user_state)
-        session.on("agent_state_changed", self._on_agent_state)
-        session.on("conversation_item_added", self._on_item)
-        session.on("function_tools_executed", self._on_tools)
-        session.on("close", lambda _event: self.finish(session))
+        session.on("user_state_changed", listener(self._on_user_state))
+        session.on("agent_state_changed", listener(self._on_agent_state))
+        session.on("conversation_item_added", listener(self._on_item))
+        session.on("function_tools_executed", listener(self._on_tools))
+        session.on("close", listener(lambda _event: self.finish(session)))
 
     def _on_user_state(self, event: Any) -> None:
         if event.new_state == "speaking":
@@ -248,8 +249,8 @@ class CallReport:
         _sample_memory()
         logger.info("Call report %s", json.dumps(figures, sort_keys=True))
         self._record_metrics()
-        for listener in list(FINISHED_LISTENERS):
-            listener(self)
+        for on_finished in list(FINISHED_LISTENERS):
+            on_finished(self)
         span = getattr(session, "_session_span", None) or trace.get_current_span()
         if span.is_recording():
             span.set_attributes(_span_attributes(figures))

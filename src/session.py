@@ -34,6 +34,7 @@ from livekit.plugins import deepgram, openai
 
 from src import tool_schemas
 from src.error_recovery import ERROR_RESPONSES, ErrorRecoveryMixin
+from src.events import listener
 from src.openai_client import chat_client
 from src.phrases import (
     APOLOGY,
@@ -303,9 +304,9 @@ class SessionErrorHandler:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def attach(self) -> None:
-        self.session.on("error", self.on_error)
-        self.session.on("conversation_item_added", self.on_item_added)
-        self.session.on("user_input_transcribed", self.on_user_input)
+        self.session.on("error", listener(self.on_error))
+        self.session.on("conversation_item_added", listener(self.on_item_added))
+        self.session.on("user_input_transcribed", listener(self.on_user_input))
 
     def on_error(self, event: ErrorEvent) -> None:
         if self.ended:
@@ -401,5 +402,5 @@ def build_session(
     def _on_close(event: CloseEvent) -> None:
         logger.info("Session closed: %s", event.reason)
 
-    session.on("close", _on_close)
+    session.on("close", listener(_on_close))
     return session

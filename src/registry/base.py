@@ -162,6 +162,7 @@ class Registry:
 
     def __init__(self, *vendors: Vendor) -> None:
         self._vendors: dict[str, Vendor] = {}
+        self._behind: dict[str, tuple[str, ...]] = {}  # asked before each model request
         for vendor in vendors:
             self.register(vendor)
 
@@ -169,9 +170,11 @@ class Registry:
         if vendor.name in self._vendors:
             raise ValueError(f"vendor {vendor.name!r} is already registered")
         self._vendors[vendor.name] = vendor
+        self._behind.clear()
 
     def unregister(self, name: str) -> None:
         self._vendors.pop(name, None)
+        self._behind.clear()
 
     @contextlib.contextmanager
     def extended(self, *vendors: Vendor) -> Iterator[Registry]:
@@ -209,6 +212,9 @@ class Registry:
 
     def behind(self, capability: str) -> tuple[str, ...]:
         """The vendors behind ``capability``."""
-        return tuple(
-            v.name for v in self if v.capability is not None and v.capability.name == capability
-        )
+        known = self._behind.get(capability)
+        if known is None:
+            known = self._behind[capability] = tuple(
+                v.name for v in self if v.capability is not None and v.capability.name == capability
+            )
+        return known
