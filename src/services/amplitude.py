@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -88,8 +89,9 @@ TRIAL_END_PROPERTY = "trial_end_date"
 # == Amplitude facts this client relies on =====================================================
 # Sources: reference/apis/vendor-facts.md ("Amplitude Dashboard REST") and
 # amplitude-dashboard-rest.openapi.yml. The settings' defaults are these limits
-# (AMPLITUDE_HOURLY_QUERY_BUDGET, AMPLITUDE_MAX_CONCURRENT); every request of this client
-# (usersearch and useractivity alike) holds one slot of the fleet-wide concurrency cap.
+# (AMPLITUDE_HOURLY_QUERY_BUDGET, AMPLITUDE_MAX_CONCURRENT); a lookup holds one slot of the
+# fleet-wide concurrency cap for its two requests (usersearch, then useractivity), which it
+# sends one after the other: never more requests in flight than slots held.
 HOURLY_QUERY_LIMIT = 360  # usersearch + useractivity queries per hour, per project
 MAX_CONCURRENT_REQUESTS = 5  # in flight across all Dashboard REST endpoints, per project
 # usersearch?user= may match an id prefix: the returned user_id is checked exactly; no
@@ -358,17 +360,19 @@ class AmplitudeClient(ServiceClient):
             return None
 
     async def _get(self, path: str, params: dict[str, Any]) -> Any:
-        if self._limiter is None:
-            return await self._http.request(
-                "GET", path, params=params, headers=self._headers, on_404=BadResponse
-            )
-        async with self._limiter.slot():
-            return await self._http.request(
-                "GET", path, params=params, headers=self._headers, on_404=BadResponse
-            )
+        return await self._http.request(
+            "GET", path, params=params, headers=self._headers, on_404=BadResponse
+        )
 
-    async def get_trial_usage(self, email: str) -> TrialUsage:
-        """The trial usage of the user whose Amplitude user id is ``email``.
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """One slot of the fleet-wide concurrency cap, for one lookup's requests (sent one
+        after the other, so never more than one of them in flight)."""
+        return self._limiter.slot() if self._limiter is not None else contextlib.nullcontext()
+
+    async def get_trial_usage(self, email: str, *, cached: bool = True) -> TrialUsage:
+        """The trial usage of the user whose Amplitude user id is ``email``; with
+        ``cached`` (default) a cached answer is given first (a caller that has just
+        looked, :meth:`cached_usage`, passes ``False``).
 
         Idempotent (two reads): safe to retry when the error is ``retryable``.
 
@@ -380,27 +384,28 @@ class AmplitudeClient(ServiceClient):
         user_id = email.strip()
         if not user_id:
             raise InvalidRequest(SERVICE, "amplitude: empty user id")
-        cached = await self.cached_usage(user_id)
-        if cached is not None:
-            logger.debug("amplitude usage served from the cache")
-            return cached
+        if cached:
+            known = await self.cached_usage(user_id)
+            if known is not None:
+                logger.debug("amplitude usage served from the cache")
+                return known
         if self._limiter is not None:
             await self._limiter.charge(QUERIES_PER_LOOKUP)  # QuotaExhausted: nothing sent
-        # A 404 is never "no user": a search answers "nobody" with an empty list.
-        found = parse_model(
-            SERVICE, _UserSearch, await self._get("/api/2/usersearch", {"user": user_id})
-        )
-        wanted = user_id.casefold()
-        # Only an exact user-id match: reading someone else's usage aloud would be a leak.
-        match = next(
-            (m for m in found.matches if (m.user_id or "").casefold() == wanted),
-            None,
-        )
-        if match is None:
-            raise NotFound(SERVICE, "amplitude: no user with that id")
-
-        params = {"user": match.amplitude_id, "offset": 0, "limit": _EVENT_PAGE}
-        activity = await parse_activity(await self._get("/api/2/useractivity", params))
+        async with self._slot():
+            # A 404 is never "no user": a search answers "nobody" with an empty list.
+            found = parse_model(
+                SERVICE, _UserSearch, await self._get("/api/2/usersearch", {"user": user_id})
+            )
+            wanted = user_id.casefold()
+            # Only an exact user-id match: reading someone else's usage aloud would leak.
+            match = next(
+                (m for m in found.matches if (m.user_id or "").casefold() == wanted),
+                None,
+            )
+            if match is None:
+                raise NotFound(SERVICE, "amplitude: no user with that id")
+            params = {"user": match.amplitude_id, "offset": 0, "limit": _EVENT_PAGE}
+            activity = await parse_activity(await self._get("/api/2/useractivity", params))
         trial_end = parse_trial_end(activity.user_data.properties.trial_end_date)
         facts = _facts(activity.events, trial_end)
         usage = _as_of(facts, self._clock())
