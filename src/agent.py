@@ -48,7 +48,7 @@ from livekit.agents import (
 # Plugins must register on the main thread: import them here, not inside prewarm or jobs.
 from livekit.plugins import silero
 
-from src import heap, metrics, quickstart
+from src import heap, metrics, quickstart, tool_schemas
 from src.error_recovery import CircuitBreaker, RateRule, VoiceRetryPolicy, process_window
 from src.error_recovery.budget import process_budget
 from src.error_recovery.bulkhead import process_bulkhead
@@ -387,6 +387,9 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
             lambda: crm.log_summary(self, context.userdata, summary, interest),
         )
 
+
+# LiveKit reads each tool's type hints at every call: evaluate them once, here.
+tool_schemas.resolve_annotations(PandaDocTrialistAgent)
 
 try:
     SETTINGS = load_settings()

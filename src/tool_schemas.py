@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import typing
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "clear",
     "freeze",
     "install",
+    "resolve_annotations",
     "uninstall",
 ]
 
@@ -161,6 +163,24 @@ _KEEP: dict[str, Callable[[Any], Any]] = {
     "function_arguments_to_pydantic_model": lambda model: model,
 }
 _memos: dict[str, _Memo] = {}
+
+
+def resolve_annotations(owner: type) -> int:
+    """Evaluate the annotations of ``owner``'s tools once, in place. LiveKit calls
+    ``typing.get_type_hints`` on a tool at every call (to find its ``RunContext``
+    parameter); written as strings (``from __future__ import annotations``), each is then
+    compiled and evaluated again. Returns how many tools were resolved."""
+    resolved = 0
+    for value in vars(owner).values():
+        if not isinstance(value, FunctionTool):
+            continue
+        func = value.__wrapped__  # type: ignore[attr-defined]
+        hints = typing.get_type_hints(func, include_extras=True)
+        annotations = func.__annotations__  # the dict the tool shares (functools.wraps)
+        annotations.clear()
+        annotations.update(hints)
+        resolved += 1
+    return resolved
 
 
 def install() -> None:

@@ -28,7 +28,8 @@ def is_valid_email(email: str) -> bool:
     """
     if not email or len(email) > 254:
         return False
-    if any(unicodedata.category(ch).startswith("C") for ch in email):
+    # (printable text has no category C character: the walk is for the rest)
+    if not email.isprintable() and any(unicodedata.category(ch).startswith("C") for ch in email):
         return False
     match = _EMAIL.fullmatch(email)
     return match is not None and len(match.group("local")) <= 64

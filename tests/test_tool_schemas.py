@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import typing
 from collections.abc import Iterator
 
 import pytest
 from livekit.agents import Agent, function_tool
-from livekit.agents.llm import ToolContext
+from livekit.agents.llm import FunctionTool, ToolContext
 from livekit.agents.llm import utils as llm_utils
 from livekit.agents.llm._provider_format import anthropic as anthropic_format
 from livekit.agents.llm._provider_format import openai as openai_format
@@ -195,3 +196,17 @@ def test_tool_call_arguments_are_validated_with_one_model_per_tool(cache: None) 
     after = tool_schemas.cache_info()
     assert after["model_misses"] - before["model_misses"] <= 2  # one per tool, at most
     assert after["model_hits"] - before["model_hits"] >= 3
+
+
+def test_the_agents_tool_annotations_are_evaluated_once_at_import() -> None:
+    """LiveKit calls ``get_type_hints`` on a tool at every call; string annotations
+    (PEP 563) would be compiled and evaluated each time (issue #29)."""
+    from livekit.agents import RunContext
+
+    tool = PandaDocTrialistAgent.get_trial_usage
+    annotations = tool.__annotations__
+    assert not any(isinstance(a, str) for a in annotations.values())
+    assert typing.get_origin(annotations["context"]) is RunContext
+    assert tool_schemas.resolve_annotations(PandaDocTrialistAgent) == len(
+        [v for v in vars(PandaDocTrialistAgent).values() if isinstance(v, FunctionTool)]
+    )

@@ -55,7 +55,9 @@ def speakable(value: str | None) -> str | None:
         return None
     if not any(ch.isalpha() for ch in text):
         return None
-    if any(unicodedata.category(ch) in ("Cf", "Cc", "Co", "Cs") for ch in text):
+    if not text.isprintable() and any(
+        unicodedata.category(ch) in ("Cf", "Cc", "Co", "Cs") for ch in text
+    ):
         return None
     if _UNSPEAKABLE.search(text) or _CODE.search(text):
         return None
