@@ -64,11 +64,14 @@ async def conversations(
         assert client is not None
 
         async def lookup(
-            email: str = EMAIL, get: Callable[[str], Awaitable[Any]] = client.get_trial_usage
+            email: str = EMAIL,
+            get: Callable[..., Awaitable[Any]] = client.get_trial_usage,
+            *,
+            cached: bool = True,
         ) -> Any:
             nonlocal attempts
             attempts += 1
-            return await get(email)
+            return await get(email, cached=cached)
 
         client.get_trial_usage = lookup  # type: ignore[method-assign]
         ctx = StandInRunContext(TrialistData(email=EMAIL))

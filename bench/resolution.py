@@ -48,10 +48,10 @@ async def policy_ours(settings: Settings) -> tuple[str, int]:
     assert client is not None
     original = client.get_trial_usage
 
-    async def counted(email: str) -> Any:
+    async def counted(email: str, *, cached: bool = True) -> Any:
         nonlocal attempts
         attempts += 1
-        return await original(email)
+        return await original(email, cached=cached)
 
     client.get_trial_usage = counted  # type: ignore[method-assign]
     ctx = StandInRunContext(TrialistData(email=EMAIL))

@@ -75,7 +75,7 @@ class InstantAmplitude:
         self.down = down
         self.calls = 0
 
-    async def get_trial_usage(self, email: str) -> TrialUsage:
+    async def get_trial_usage(self, email: str, *, cached: bool = True) -> TrialUsage:
         self.calls += 1
         if self.down:
             raise ConnectionFailed("amplitude", "connection refused")
