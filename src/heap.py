@@ -24,7 +24,7 @@ from __future__ import annotations
 import gc
 import sys
 
-__all__ = ["freeze_call_state", "freeze_preloaded", "preload_modules"]
+__all__ = ["FIRST_CALL_IMPORTS", "freeze_call_state", "freeze_preloaded", "preload_modules"]
 
 
 def freeze_call_state() -> int:
@@ -40,16 +40,40 @@ def freeze_preloaded() -> int:
     return gc.get_freeze_count()
 
 
+# Imported by every call on first use, not by the worker's main file: the vendor clients
+# (the registry imports them when a job builds its services), python-dotenv (the job reads
+# the main file again, settings included), and what the model client and LiveKit load on a
+# session's first request. Found by listing ``sys.modules`` of a job after ten turns
+# against the forkserver's (``bench/memory_fork.py``); ``tests/test_bench_smoke.py`` holds
+# the list to what a conversation really imports.
+FIRST_CALL_IMPORTS = (
+    "src.services.amplitude",
+    "src.services.chilipiper",
+    "src.services.hubspot",
+    "src.services.salesforce",
+    "src.services.salesforce_model",
+    "src.services.soql",
+    "dotenv",
+    "anyio._backends._asyncio",
+    "anyio.streams.memory",
+    "anyio.streams.stapled",
+    "openai.resources.models",
+    "livekit.agents.llm.async_toolset",
+)
+
+
 def preload_modules(*, redis: bool = False) -> list[str]:
-    """Our modules for LiveKit's forkserver to import once, before any job forks (its
+    """The modules for LiveKit's forkserver to import once, before any job forks (its
     ``preload_modules``): every ``src`` module loaded by now, i.e. what the worker's main
-    file imports, and the Redis store when the fleet uses it (imported on first use
-    otherwise). A job then shares their pages instead of holding its own copy; measured in
-    ``bench/memory_fork.py`` (issue #29): about 10 MB less private memory per job.
-    The main file itself is left out: LiveKit's job runs it again as ``__mp_main__``."""
+    file imports, what every call imports on first use (:data:`FIRST_CALL_IMPORTS`), and
+    the Redis store when the fleet uses it (imported on first use otherwise). A job then
+    shares their pages instead of holding its own copy; measured in
+    ``bench/memory_fork.py`` (issue #29). The main file itself is left out: LiveKit's job
+    runs it again as ``__mp_main__``."""
     main = getattr(sys.modules.get("__main__"), "__spec__", None)
     skip = {getattr(main, "name", None), "src.agent"}
     ours = sorted(n for n in list(sys.modules) if n.split(".")[0] == "src" and n not in skip)
+    ours += [n for n in FIRST_CALL_IMPORTS if n not in ours]
     if redis and "src.store.redis_store" not in ours:
         ours.append("src.store.redis_store")
     return ours

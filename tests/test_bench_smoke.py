@@ -5,8 +5,12 @@ production tool (its answer, its open circuit). No timing is asserted; the peer 
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
+import json
+import os
+from pathlib import Path
 
 from bench import fullstack
 from bench.run import MEASUREMENTS
@@ -100,6 +104,51 @@ def test_the_forkserver_preloads_every_module_of_ours_the_agent_imports() -> Non
     assert "src.agent" not in preload  # the job reads the main file itself
     for name in ("src.session", "src.error_recovery", "src.tools", "src.store"):
         assert name in preload
-    assert all(n.split(".")[0] == "src" and n in sys.modules for n in preload)
+    ours = [n for n in preload if n not in heap.FIRST_CALL_IMPORTS]
+    assert all(n.split(".")[0] == "src" and n in sys.modules for n in ours)
     assert "src.store.redis_store" in heap.preload_modules(redis=True)
     assert src.agent.server._preload_modules  # handed to LiveKit's worker
+
+
+async def test_a_conversation_imports_nothing_of_ours_the_forkserver_left_out(
+    tmp_path: Path,
+) -> None:
+    """What a job imports on first use is private memory in every job: the worker's
+    preload list must hold every module of ours (and of the first-call list) that a
+    ten-turn conversation imports (a job process, as ``bench/memory_fork.py`` runs it)."""
+    import subprocess
+    import sys
+
+    from src.sandbox.remote import SandboxProcess
+
+    script = """
+import asyncio, json, runpy, sys
+worker = runpy.run_path("src/agent.py", run_name="__worker__")
+for name in worker["server"]._preload_modules:
+    __import__(name)
+before = set(sys.modules)
+from bench import memory_fork
+main = runpy.run_path("src/agent.py", run_name="__mp_main__")
+tools = asyncio.run(memory_fork._ours(main, None))
+print(json.dumps({"tools": tools, "new": sorted(set(sys.modules) - before)}))
+"""
+    async with SandboxProcess() as sandbox:
+        env = {
+            **os.environ,
+            **sandbox.env(),
+            "RESILIENCE_STORE_URL": f"sqlite:///{tmp_path / 'resilience.db'}",
+        }
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            script,
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(child.communicate(), 120)
+    assert child.returncode == 0, stderr.decode()[-2000:]
+    found = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert found["tools"] >= 5  # the conversation reached every vendor
+    assert [n for n in found["new"] if n.split(".")[0] == "src"] == []
