@@ -40,19 +40,13 @@ def freeze_preloaded() -> int:
     return gc.get_freeze_count()
 
 
-# Imported by every call on first use, not by the worker's main file: the vendor clients
-# (the registry imports them when a job builds its services), python-dotenv (the job reads
-# the main file again, settings included), and what the model client and LiveKit load on a
-# session's first request. Found by listing ``sys.modules`` of a job after ten turns
-# against the forkserver's (``bench/memory_fork.py``); ``tests/test_bench_smoke.py`` holds
-# the list to what a conversation really imports.
+# Imported by every call on first use, not by the worker's main file (besides the vendor
+# clients, which the registry names): python-dotenv (the job reads the main file again,
+# settings included), and what the model client and LiveKit load on a session's first
+# request. Found by listing ``sys.modules`` of a job after ten turns against the
+# forkserver's (``bench/memory_fork.py``); ``tests/test_bench_smoke.py`` checks that a
+# conversation imports no module of ours late.
 FIRST_CALL_IMPORTS = (
-    "src.services.amplitude",
-    "src.services.chilipiper",
-    "src.services.hubspot",
-    "src.services.salesforce",
-    "src.services.salesforce_model",
-    "src.services.soql",
     "dotenv",
     "anyio._backends._asyncio",
     "anyio.streams.memory",
@@ -65,7 +59,8 @@ FIRST_CALL_IMPORTS = (
 def preload_modules(*, redis: bool = False) -> list[str]:
     """The modules for LiveKit's forkserver to import once, before any job forks (its
     ``preload_modules``): every ``src`` module loaded by now, i.e. what the worker's main
-    file imports, what every call imports on first use (:data:`FIRST_CALL_IMPORTS`), and
+    file imports, the vendors' clients (imported by the registry on first use), what every
+    call imports on first use (:data:`FIRST_CALL_IMPORTS`), and
     the Redis store when the fleet uses it (imported on first use otherwise). A job then
     shares their pages instead of holding its own copy; measured in
     ``bench/memory_fork.py`` (issue #29). The main file itself is left out: LiveKit's job
@@ -73,7 +68,10 @@ def preload_modules(*, redis: bool = False) -> list[str]:
     main = getattr(sys.modules.get("__main__"), "__spec__", None)
     skip = {getattr(main, "name", None), "src.agent"}
     ours = sorted(n for n in list(sys.modules) if n.split(".")[0] == "src" and n not in skip)
-    ours += [n for n in FIRST_CALL_IMPORTS if n not in ours]
+    from src.registry import VENDORS  # loaded by the main file already
+
+    late = [v.client_module for v in VENDORS if v.client_module]
+    ours += [n for n in (*late, *FIRST_CALL_IMPORTS) if n not in ours]
     if redis and "src.store.redis_store" not in ours:
         ours.append("src.store.redis_store")
     return ours

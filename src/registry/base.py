@@ -124,6 +124,9 @@ class Vendor:
             (``<PREFIX>_MAX_RESPONSE_BYTES`` overrides it).
         capability: what the model is told is down while its circuit is open.
         url_key: the variable of its address (default ``<PREFIX>_BASE_URL``).
+        client_module: the module of its client, which ``client`` imports on first use;
+            the worker's forkserver preloads it (:func:`src.heap.preload_modules`), so
+            jobs share it instead of each importing its own copy.
 
     Its metrics carry ``name`` as their ``service`` label (breaker transitions, open
     circuits, fallbacks), as do its log lines.
@@ -138,6 +141,7 @@ class Vendor:
     max_response_bytes: int = MIB
     capability: Capability | None = None
     url_key: str = ""
+    client_module: str = ""
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or not self.name.islower():
