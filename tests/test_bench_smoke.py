@@ -96,7 +96,6 @@ def test_turn_bench_ratios_are_per_round_medians() -> None:
 
 
 def test_the_forkserver_preloads_every_module_of_ours_the_agent_imports() -> None:
-
     import src.agent
     from src import heap
 
