@@ -45,9 +45,6 @@ from livekit.agents import (
     llm,
 )
 
-# Plugins must register on the main thread: import them here, not inside prewarm or jobs.
-from livekit.plugins import silero
-
 from src import heap, metrics, quickstart, tool_schemas
 from src.error_recovery import CircuitBreaker, RateRule, VoiceRetryPolicy, process_window
 from src.error_recovery.budget import process_budget
@@ -83,6 +80,7 @@ from src.tools.degraded import Capability, DegradedLog, degraded_request, down_c
 from src.tools.policy import record_identity
 from src.tools.runtime import ToolRuntime
 from src.tools.unknown import UnknownWrites
+from src.vad import build_vad
 from src.watchdogs import watch_llm, watch_tts
 
 __all__ = ["INSTRUCTIONS", "PandaDocTrialistAgent", "server"]
@@ -410,7 +408,7 @@ server = AgentServer(
 
 
 def prewarm(proc: JobProcess) -> None:
-    proc.userdata["vad"] = silero.VAD.load()
+    proc.userdata["vad"] = build_vad()  # LiveKit's native Silero, the plugin's options
 
 
 server.setup_fnc = prewarm

@@ -1,14 +1,15 @@
-"""LiveKit's native VAD decides what the Silero plugin decides (issue #29).
+"""LiveKit's native VAD, as :func:`src.vad.build_vad` builds it for the worker's prewarm,
+decides what the Silero plugin decided (issue #29).
 
-The worker's prewarm loaded the Silero plugin (``silero.VAD.load()``: onnxruntime and an
-inference session in every job process). LiveKit also ships a native build of the same
-Silero model (``livekit.agents.inference.VAD``, package livekit-local-inference; its weights
-are loaded once in the forkserver and shared by every job), with other defaults (it ends
-speech after 0.25 s of silence, the plugin after 0.55 s). Constructed with the plugin's
-options, it runs the same model on the same 32 ms windows (16 kHz; both resample other
-rates with LiveKit's resampler), and the raw probabilities agree; the one difference left is
-that the plugin smooths them (an exponential filter keeping 0.35 of the previous value) and
-the native stream does not, which can move a decision by a window.
+The prewarm loaded the Silero plugin (``silero.VAD.load()``: onnxruntime and an inference
+session in every job process). LiveKit also ships a native build of the same Silero model
+(``livekit.agents.inference.VAD``, package livekit-local-inference; its weights are loaded
+once in the forkserver and shared by every job), with other defaults (it ends speech after
+0.25 s of silence, the plugin after 0.55 s). Built with the plugin's options, it runs the
+same model on the same 32 ms windows (16 kHz; both resample other rates with LiveKit's
+resampler), and the raw probabilities agree (to 2e-5 on these recordings); the one
+difference left is that the plugin smooths them (an exponential filter keeping 0.35 of the
+previous value) and the native stream does not, which can move a decision by a window.
 
 Fed the recorded utterances of ``tests/data/speech/`` as LiveKit feeds a VAD (10 or 20 ms
 frames, then the end of input), both must produce the same START_OF_SPEECH/END_OF_SPEECH
@@ -30,6 +31,8 @@ from livekit.agents import vad
 # Not importorskip: livekit-local-inference is pinned; a machine without it fails here.
 from livekit.agents.inference import VAD as NativeVAD
 from livekit.plugins import silero
+
+from src.vad import DEFAULT_VAD_OPTIONS, VADOptions, build_vad
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 WINDOW_S = 512 / 16000  # one inference window of either VAD: 512 samples at 16 kHz
@@ -71,12 +74,6 @@ def plugin() -> vad.VAD:
     return silero.VAD.load()
 
 
-def native_with_plugin_options(plugin: vad.VAD) -> vad.VAD:
-    """The native VAD constructed with every option the plugin was loaded with."""
-    opts = plugin._opts  # type: ignore[attr-defined]
-    return NativeVAD(**{name: getattr(opts, name) for name in OPTIONS})
-
-
 def read_wav(path: Path) -> tuple[int, np.ndarray]:
     with wave.open(str(path)) as w:
         assert (w.getnchannels(), w.getsampwidth()) == (1, 2), path
@@ -107,7 +104,8 @@ def segments(events: list[Decision]) -> list[float]:
 
 
 def test_every_option_is_the_plugins(plugin: vad.VAD) -> None:
-    native = native_with_plugin_options(plugin)
+    native = build_vad()
+    assert isinstance(native, NativeVAD)
     for name in OPTIONS:
         assert getattr(native._opts, name) == getattr(plugin._opts, name), name  # type: ignore[attr-defined]
     # The plugin infers at 16 kHz unless told 8 kHz; the native model only at 16 kHz.
@@ -120,7 +118,7 @@ def test_every_option_is_the_plugins(plugin: vad.VAD) -> None:
 async def test_same_decisions(plugin: vad.VAD, name: str, frame_ms: int) -> None:
     rate, pcm = read_wav(SPEECH / f"{name}.wav")
     expected = await decisions(plugin, rate, pcm, frame_ms)
-    actual = await decisions(native_with_plugin_options(plugin), rate, pcm, frame_ms)
+    actual = await decisions(build_vad(), rate, pcm, frame_ms)
 
     assert [e.kind for e in actual] == [e.kind for e in expected]
     assert len(segments(expected)) == SEGMENTS[name]
@@ -129,3 +127,26 @@ async def test_same_decisions(plugin: vad.VAD, name: str, frame_ms: int) -> None
         assert abs(got.speech_s - want.speech_s) <= TOLERANCE_S, (got, want)
     for got_s, want_s in zip(segments(actual), segments(expected), strict=True):
         assert abs(got_s - want_s) <= TOLERANCE_S, (got_s, want_s)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_silence_duration": -0.1},
+        {"activation_threshold": 0.0},
+        {"activation_threshold": 1.5},
+        {"deactivation_threshold": 0.0},
+        {"deactivation_threshold": 0.7},  # above the activation threshold (0.5)
+    ],
+)
+def test_options_are_checked(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        VADOptions(**bad)  # type: ignore[arg-type]
+
+
+def test_deactivation_follows_activation_unless_given() -> None:
+    assert DEFAULT_VAD_OPTIONS.deactivation_threshold is None
+    raised = build_vad(VADOptions(activation_threshold=0.6))
+    assert raised._opts.deactivation_threshold == pytest.approx(0.45)  # type: ignore[attr-defined]
+    given = build_vad(VADOptions(deactivation_threshold=0.2))
+    assert given._opts.deactivation_threshold == 0.2  # type: ignore[attr-defined]
