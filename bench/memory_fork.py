@@ -37,8 +37,11 @@ from bench.memory_job import TURNS, talk  # the plain-subprocess table's ten tur
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = {"ours": ROOT / "src" / "agent.py", "bare": ROOT / "bench" / "bare_agent.py"}
-# The plugins both agents register (ours: OpenAI LLM/TTS, Deepgram STT, Silero VAD).
-PLUGINS = ("livekit.plugins.openai", "livekit.plugins.silero", "livekit.plugins.deepgram")
+# The plugins both agents register (OpenAI LLM/TTS, Deepgram STT). An agent whose prewarm
+# loads the Silero plugin registers it too (the bare agent; ours until issue #29, now
+# LiveKit's native VAD, src/vad.py), so it is preloaded with the "silero" VAD only.
+PLUGINS = ("livekit.plugins.openai", "livekit.plugins.deepgram")
+SILERO = "livekit.plugins.silero"
 # LiveKit appends these to every forkserver preload list, the freeze last.
 LIVEKIT_TAIL = ("livekit.agents.ipc._preload", "livekit.agents.ipc._preload_freeze")
 VARIANTS = (("bare", "silero"), ("ours", "silero"), ("ours", "native"))
@@ -61,9 +64,9 @@ def smaps() -> dict[str, float]:
 
 def _vad(kind: str) -> Any:
     if kind == "native":
-        from livekit.agents.inference import VAD
+        from src.vad import build_vad  # production's prewarm VAD
 
-        return VAD()
+        return build_vad()
     from livekit.plugins import silero
 
     return silero.VAD.load()
@@ -111,7 +114,8 @@ def worker(who: str, vad_kind: str) -> dict[str, Any]:
     main = runpy.run_path(str(MAIN[who]), run_name="__worker__")
     server = main.get("server")
     ours = list(getattr(server, "_preload_modules", None) or [])
-    preload = list(dict.fromkeys([*PLUGINS, *ours, *LIVEKIT_TAIL]))
+    plugins = [*PLUGINS, SILERO] if vad_kind == "silero" else list(PLUGINS)
+    preload = list(dict.fromkeys([*plugins, *ours, *LIVEKIT_TAIL]))
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(preload)
     receive, send = ctx.Pipe(duplex=False)

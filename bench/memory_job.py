@@ -4,9 +4,9 @@ environment (``python -m bench.memory_job``); prints one JSON line.
 
 Stages: a bare interpreter; ``import src.agent`` (what a LiveKit job process imports:
 livekit-agents, the plugins, our code; settings load from the environment); ``prewarm``
-(the production function: silero VAD load); a 10-turn text conversation through the
-production ``build_session`` and agent against the sandbox's scripted model and vendors
-(no room, no audio I/O: text in, text out).
+(the production function: LiveKit's native VAD, ``src.vad.build_vad``); a 10-turn text
+conversation through the production ``build_session`` and agent against the sandbox's
+scripted model and vendors (no room, no audio I/O: text in, text out).
 """
 
 from __future__ import annotations
