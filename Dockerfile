@@ -32,7 +32,8 @@ RUN uv sync --no-dev --no-editable --no-cache
 ENV PATH="/app/.venv/bin:$PATH"
 
 # Model files of every installed LiveKit plugin baked into the image (LiveKit's current
-# command; Silero's VAD model ships inside its wheel and is checked by the tests).
+# command; the VAD's model, LiveKit's native Silero, ships inside livekit-local-inference's
+# wheel and is checked by the tests).
 RUN python -m livekit.agents download-files
 
 CMD ["python", "src/agent.py", "start"]
