@@ -21,7 +21,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from src.drill.simulation.invariants import INVARIANTS, oracle_answers
 from src.drill.simulation.machine import machine_for
-from src.drill.simulation.vendors import Outcome
+from src.drill.simulation.vendors import Outcome, Request, last_attempts_failed
 from src.drill.simulation.world import World
 from tests.fleet_helpers import RedisServer
 
@@ -122,6 +122,33 @@ def test_the_oracle_needs_every_request_of_an_answer() -> None:
         [Outcome.OK, Outcome.RATE_LIMITED_LONG, Outcome.OK], 6.0, per_answer=2
     )
     assert oracle_answers([Outcome.OK, Outcome.E503, Outcome.OK, Outcome.OK], 6.0, per_answer=2)
+
+
+def test_the_breakers_honest_reason_is_judged_in_attempts_not_requests() -> None:
+    # A flapping Amplitude: each usage attempt's usersearch answers, its useractivity
+    # fails. Three failed attempts open the circuit honestly, though one request in
+    # three of the last ones answered; untagged requests are attempts of their own.
+    def req(op: str, outcome: Outcome, attempt: object) -> Request:
+        return Request("amplitude", op, outcome, 0.0, attempt=attempt)
+
+    a, b, c = object(), object(), object()
+    journal = [
+        req("usersearch", Outcome.E503, a),
+        req("usersearch", Outcome.OK, b),
+        req("useractivity", Outcome.E503, b),
+        req("usersearch", Outcome.OK, c),
+        req("useractivity", Outcome.E503, c),
+    ]
+    assert last_attempts_failed(journal)
+    assert not last_attempts_failed(journal[1:])  # two attempts only
+    journal[-1] = req("useractivity", Outcome.OK, c)  # the last attempt answered
+    assert not last_attempts_failed(journal)
+
+    def untagged(*outcomes: Outcome) -> list[Request]:
+        return [Request("salesforce", "find_person", o, 0.0) for o in outcomes]
+
+    assert last_attempts_failed(untagged(Outcome.OK, Outcome.E500, Outcome.E503, Outcome.HANG))
+    assert not last_attempts_failed(untagged(Outcome.E500, Outcome.OK, Outcome.E503, Outcome.HANG))
 
 
 def test_the_oracle_keeps_to_the_budget() -> None:

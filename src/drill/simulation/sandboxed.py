@@ -20,7 +20,7 @@ from typing import Any
 from src.sandbox import Sandbox
 from src.sandbox.base import Fault, FaultKind, SandboxServer
 
-from .vendors import Outcome, Request, Write
+from .vendors import Outcome, Request, Write, last_attempts_failed
 
 __all__ = ["SandboxVendor", "SandboxVendors"]
 
@@ -101,17 +101,26 @@ class SandboxVendor:
     # -- journals ----------------------------------------------------------------------------
     @property
     def journal(self) -> list[Request]:
-        out = []
+        out: list[Request] = []
+        search: Request | None = None  # Amplitude's last answered usersearch
         for e in self.server.journal:
             if not fnmatch.fnmatchcase(e.path, self.pattern):
                 continue
             answered = e.fault in (None, "slow") and e.status is not None and e.status < 500
-            out.append(Request(self.name, e.path, Outcome.OK if answered else Outcome.E503, e.at))
+            req = Request(self.name, e.path, Outcome.OK if answered else Outcome.E503, e.at)
+            # The sandbox's journal does not know our attempts: a useractivity is taken
+            # as the second request of the attempt whose usersearch answered just before
+            # (the stand-ins tag each request with its attempt instead).
+            if e.path.endswith("/useractivity") and search is not None:
+                req.attempt = search.attempt
+                search = None
+            elif e.path.endswith("/usersearch") and answered:
+                req.attempt, search = object(), req
+            out.append(req)
         return out
 
     def last_failed(self, n: int = 3) -> bool:
-        last = self.journal[-n:]
-        return len(last) == n and not any(r.answered for r in last)
+        return last_attempts_failed(self.journal, n)
 
     @property
     def writes(self) -> list[Write]:

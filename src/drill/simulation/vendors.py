@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from src.attempt import ATTEMPT_TIMER
 from src.errors import BadResponse, ConnectionFailed, NotFound, ServiceError, ServiceTimeout
 from src.latency import REQUEST_LIMIT
 from src.sandbox.amplitude import generate_events
@@ -77,10 +78,32 @@ class Request:
     outcome: Outcome
     at: float
     applied: bool = False
+    # the retry attempt it was sent in (that attempt's timer, kept alive here so its id
+    # stays unique): one answer may take several requests (Amplitude's usersearch, then
+    # useractivity), and the breaker counts attempts, not requests
+    attempt: object = None
 
     @property
     def answered(self) -> bool:
         return self.outcome in ANSWERED
+
+
+def last_attempts_failed(journal: list[Request], n: int = 3) -> bool:
+    """Whether the last ``n`` attempts in ``journal`` all failed (the breaker's honest
+    reason to open). An attempt's requests share its tag (untagged: a request is an
+    attempt of its own); a failed request ends its attempt, so an attempt failed when its
+    last request did. Walks back only as far as the ``n`` attempts take."""
+    seen: set[int] = set()
+    for req in reversed(journal):
+        key = id(req.attempt) if req.attempt is not None else id(req)
+        if key in seen:
+            continue  # an earlier request of an attempt already judged by its last
+        if req.answered:
+            return False
+        seen.add(key)
+        if len(seen) == n:
+            return True
+    return False
 
 
 @dataclass
@@ -135,9 +158,8 @@ class Vendor:
         return self.mode == "healthy" and not self.schedule
 
     def last_failed(self, n: int = 3) -> bool:
-        """Whether the last ``n`` requests all failed (the breaker's honest reason)."""
-        last = self.journal[-n:]
-        return len(last) == n and not any(r.answered for r in last)
+        """Whether the last ``n`` attempts all failed (the breaker's honest reason)."""
+        return last_attempts_failed(self.journal, n)
 
     def _limit(self) -> float:
         adapted = REQUEST_LIMIT.get()
@@ -149,7 +171,9 @@ class Vendor:
         """One request: ``write`` applies it at the vendor, ``answer`` builds the
         answer (it may raise ``NotFound``, an answer too)."""
         outcome = self._next()
-        req = Request(self.name, op, outcome, self.clock.now())
+        timer = ATTEMPT_TIMER.get()
+        attempt = timer[0] if timer is not None else None
+        req = Request(self.name, op, outcome, self.clock.now(), attempt=attempt)
         self.journal.append(req)
 
         def apply() -> None:
