@@ -158,6 +158,15 @@ def test_the_oracle_keeps_to_the_budget() -> None:
     assert not oracle_answers(outcomes, budget=4.0)
 
 
+def test_a_booking_held_twice_is_a_double_send_two_calls_booking_are_not(tmp_path: Path) -> None:
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    when = world.clock.utc_now()
+    world.vendors.meetings[:] = [("a@x.io", when, "m-1", 1), ("a@x.io", when, "m-2", 2)]
+    assert INVARIANTS["exactly_once"](world) == []  # one caller, two conversations
+    world.vendors.meetings.append(("a@x.io", when, "m-3", 2))
+    assert INVARIANTS["exactly_once"](world) == ["2 meetings for one booking"]
+
+
 # -- issue 23's defects, each as the schedule that shows it -------------------------------
 # Each scenario drives the same world as the state machine, then asks one invariant.
 # On main the invariant reports the defect (the test is an expected failure); once

@@ -14,13 +14,12 @@ import fnmatch
 import itertools
 from collections import deque
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from src.sandbox import Sandbox
 from src.sandbox.base import Fault, FaultKind, SandboxServer
 
-from .vendors import Outcome, Request, Write, last_attempts_failed
+from .vendors import Meeting, Outcome, Request, Write, last_attempts_failed
 
 __all__ = ["SandboxVendor", "SandboxVendors"]
 
@@ -155,9 +154,10 @@ class SandboxVendors:
             vendor.arm(list(schedules.get(name, ())))
 
     @property
-    def meetings(self) -> list[tuple[str, datetime, str]]:
+    def meetings(self) -> list[Meeting]:
+        # The sandbox books one meeting per time at most: the conversation is not known.
         return [
-            (m.guest_email.casefold(), m.start_time, m.meeting_id)
+            (m.guest_email.casefold(), m.start_time, m.meeting_id, 0)
             for m in self.sandbox.chilipiper.meetings
             if m.status == "Active"
         ]

@@ -49,6 +49,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# A meeting ChiliPiper holds: (guest email, start, meeting id, the conversation that
+# booked it). Two conversations of one caller may each book a time (ChiliPiper may have
+# several reps free at it); one conversation's booking held twice is a double send.
+Meeting = tuple[str, datetime, str, int]
+_CONVERSATIONS = itertools.count(1)
 PEOPLE: tuple[TrialUser, ...] = TRIAL_USERS
 FAST_S = 0.05  # a healthy answer
 SLOW_S = 1.2  # slow but healthy: under the 2.5 s request limit
@@ -218,7 +223,7 @@ class Vendors:
     def __init__(self, clock: VirtualClock, service_timeout: float) -> None:
         self.clock = clock
         self.by_name = {n: Vendor(n, clock, service_timeout) for n in self.NAMES}
-        self.meetings: list[tuple[str, datetime, str]] = []  # (email, start, id)
+        self.meetings: list[Meeting] = []
 
     def __getitem__(self, name: str) -> Vendor:
         return self.by_name[name]
@@ -319,9 +324,10 @@ class ChiliPiperStandIn(_StandIn):
 
     booking_url = ""
 
-    def __init__(self, vendor: Vendor, meetings: list[tuple[str, datetime, str]]) -> None:
+    def __init__(self, vendor: Vendor, meetings: list[Meeting]) -> None:
         super().__init__(vendor)
         self.meetings = meetings
+        self.conversation = next(_CONVERSATIONS)  # one stand-in per job process
         self._in_doubt: set[tuple[str, datetime]] = set()
 
     async def open_session(self, guest: Guest, now: datetime) -> BookingSession:
@@ -349,7 +355,7 @@ class ChiliPiperStandIn(_StandIn):
             await v.serve(
                 "schedule",
                 lambda: None,
-                write=lambda: self.meetings.append((*key, meeting_id)),
+                write=lambda: self.meetings.append((*key, meeting_id, self.conversation)),
             )
         except ServiceError as exc:
             if not write_outcome_is_ambiguous(exc):
