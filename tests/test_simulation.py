@@ -23,6 +23,7 @@ from src.drill.simulation.invariants import INVARIANTS, oracle_answers
 from src.drill.simulation.machine import machine_for
 from src.drill.simulation.vendors import Outcome, Request, last_attempts_failed
 from src.drill.simulation.world import World
+from src.phrases import ACCOUNT_FALLBACK
 from tests.fleet_helpers import RedisServer
 
 # invariant -> the issue 23 defects (its items) that break it; empty since #23 merged
@@ -149,6 +150,34 @@ def test_the_breakers_honest_reason_is_judged_in_attempts_not_requests() -> None
 
     assert last_attempts_failed(untagged(Outcome.OK, Outcome.E500, Outcome.E503, Outcome.HANG))
     assert not last_attempts_failed(untagged(Outcome.E500, Outcome.OK, Outcome.E503, Outcome.HANG))
+
+
+async def test_a_circuit_a_job_opened_alone_with_the_store_down_is_honest(tmp_path: Path) -> None:
+    # The store down: each process judges alone. Job 0 sees Salesforce fail three times
+    # and opens its own circuit; job 1 then gets answers (its circuit never saw them
+    # fail). Job 0's next lookup is refused by its circuit and HubSpot asks for a 10 s
+    # wait: a fallback, honest though the fleet's last Salesforce attempt answered.
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    try:
+        world.start(0)
+        world.start(1)
+        await world.store_event("down")
+        world.vendor_mode("salesforce", "down")
+        for _ in range(2):
+            await world.reply(0, [("account", None)], {})
+        await world.reply(1, [("account", None)], {"salesforce": [Outcome.OK]})
+        world.vendor_mode("salesforce", "flapping")
+        world.begin_step()
+        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+        (heard,) = world.heard
+        assert heard.said == ACCOUNT_FALLBACK
+        assert not heard.failed_before["salesforce"]  # the fleet's view: it answered
+        assert oracle_answers(heard.oracle["salesforce"], budget=6.0)
+        assert heard.own_circuit["salesforce"]  # job 0's view: three failed attempts
+        assert not world.vendors["salesforce"].last_failed(job=1)
+        assert INVARIANTS["harm_free"](world) == []
+    finally:
+        await world.end_all()
 
 
 def test_the_oracle_keeps_to_the_budget() -> None:

@@ -57,6 +57,7 @@ __all__ = [
     "QUOTA_KEY",
     "TOOLS",
     "Job",
+    "circuit_open",
     "dead_letters",
     "drain",
     "end_job",
@@ -88,11 +89,16 @@ class Job:
     origin: dict[str, int] = field(default_factory=dict)  # write id -> call of its reply
     # (vendor, old, new, requests the vendor had seen) for every breaker transition
     transitions: list[tuple[str, str, str, int]] = field(default_factory=list)
+    opened_at: dict[str, int] = field(default_factory=dict)  # vendor -> requests seen
+    # when this job's circuit last opened (kept: transitions are cleared each step)
 
 
 def _transition_log(job: Job, vendors: Vendors) -> Callable[[str, Any, Any], None]:
     def note(name: str, old: Any, new: Any) -> None:
-        job.transitions.append((name, str(old), str(new), len(vendors[name].journal)))
+        seen = len(vendors[name].journal)
+        job.transitions.append((name, str(old), str(new), seen))
+        if new is CircuitState.OPEN:
+            job.opened_at[name] = seen
 
     return note
 
@@ -287,6 +293,17 @@ async def drain(
 def probe_in_flight(breaker: CircuitBreaker) -> bool:
     """Whether this breaker holds a half-open probe that has not ended."""
     return bool(breaker._probe_token)
+
+
+def circuit_open(job: Job, vendor: str) -> bool:
+    """Whether the job's own breaker for ``vendor`` is open (its local view)."""
+    breaker = job.agent.circuit_breakers.get(vendor)
+    return breaker is not None and breaker.state is CircuitState.OPEN
+
+
+def opened_at(job: Job, vendor: str) -> int | None:
+    """How many requests ``vendor`` had seen when the job's circuit for it last opened."""
+    return job.opened_at.get(vendor)
 
 
 def half_open(breaker: CircuitBreaker) -> bool:

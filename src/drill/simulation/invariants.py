@@ -9,7 +9,9 @@ suite and ``python -m src.drill simulate`` report.
   (or sits in the dead-letter list).
 * ``harm_free``: a read answered by its fallback where plain bounded retries, without
   breaker, budget or rate rule, would have got the data from the same fault schedule
-  (:func:`oracle_answers`), unless the vendor really failed its last three requests.
+  (:func:`oracle_answers`), unless the vendor really failed its last three attempts (a
+  usage attempt is two requests), or the job's own open circuit refused it after the
+  job's own last three attempts failed (with the store down a process judges alone).
 * ``probes_end_honestly``: no breaker is left half-open or holding a probe when no call
   is in flight, and a half-open circuit closes only after its vendor answered.
 * ``store_faults_contained``: no store fault (nor anything but a vendor's failure)
@@ -137,6 +139,8 @@ def harm_free(world: World) -> list[str]:
             continue  # the vendor's own hourly quota: the oracle could not ask either
         if h.failed_before[vendor] or world.vendors[vendor].last_failed():
             continue  # a circuit open on a vendor that really failed its last three
+        if h.own_circuit.get(vendor):
+            continue  # the job's own circuit, on the three attempts it saw fail
         per_answer = 2 if h.tool == "usage" else 1  # user search, then activity
         if oracle_answers(h.oracle[vendor], budget, r, per_answer):
             why = type(h.cause).__name__ if h.cause is not None else "a refusal"

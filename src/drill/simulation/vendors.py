@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -39,6 +40,7 @@ from .clock import VirtualClock
 
 __all__ = [
     "PEOPLE",
+    "SENDER",
     "AmplitudeHttp",
     "ChiliPiperStandIn",
     "HubSpotStandIn",
@@ -54,6 +56,9 @@ T = TypeVar("T")
 # several reps free at it); one conversation's booking held twice is a double send.
 Meeting = tuple[str, datetime, str, int]
 _CONVERSATIONS = itertools.count(1)
+#: The world's key of the job whose process sends a request (``None``: a drain from
+#: another process), set by :class:`~.world.World` around a job's steps.
+SENDER: ContextVar[int | None] = ContextVar("sim_sender", default=None)
 PEOPLE: tuple[TrialUser, ...] = TRIAL_USERS
 FAST_S = 0.05  # a healthy answer
 SLOW_S = 1.2  # slow but healthy: under the 2.5 s request limit
@@ -87,19 +92,23 @@ class Request:
     # stays unique): one answer may take several requests (Amplitude's usersearch, then
     # useractivity), and the breaker counts attempts, not requests
     attempt: object = None
+    job: int | None = None  # the job whose process sent it (SENDER)
 
     @property
     def answered(self) -> bool:
         return self.outcome in ANSWERED
 
 
-def last_attempts_failed(journal: list[Request], n: int = 3) -> bool:
-    """Whether the last ``n`` attempts in ``journal`` all failed (the breaker's honest
-    reason to open). An attempt's requests share its tag (untagged: a request is an
-    attempt of its own); a failed request ends its attempt, so an attempt failed when its
-    last request did. Walks back only as far as the ``n`` attempts take."""
+def last_attempts_failed(journal: list[Request], n: int = 3, job: int | None = None) -> bool:
+    """Whether the last ``n`` attempts in ``journal`` (with ``job``: that job's own) all
+    failed (the breaker's honest reason to open). An attempt's requests share its tag
+    (untagged: a request is an attempt of its own); a failed request ends its attempt,
+    so an attempt failed when its last request did. Walks back only as far as the ``n``
+    attempts take."""
     seen: set[int] = set()
     for req in reversed(journal):
+        if job is not None and req.job != job:
+            continue
         key = id(req.attempt) if req.attempt is not None else id(req)
         if key in seen:
             continue  # an earlier request of an attempt already judged by its last
@@ -162,9 +171,10 @@ class Vendor:
     def healthy(self) -> bool:
         return self.mode == "healthy" and not self.schedule
 
-    def last_failed(self, n: int = 3) -> bool:
-        """Whether the last ``n`` attempts all failed (the breaker's honest reason)."""
-        return last_attempts_failed(self.journal, n)
+    def last_failed(self, n: int = 3, job: int | None = None) -> bool:
+        """Whether the last ``n`` attempts (with ``job``: that job's own) all failed
+        (the breaker's honest reason)."""
+        return last_attempts_failed(self.journal, n, job)
 
     def _limit(self) -> float:
         adapted = REQUEST_LIMIT.get()
@@ -178,7 +188,7 @@ class Vendor:
         outcome = self._next()
         timer = ATTEMPT_TIMER.get()
         attempt = timer[0] if timer is not None else None
-        req = Request(self.name, op, outcome, self.clock.now(), attempt=attempt)
+        req = Request(self.name, op, outcome, self.clock.now(), attempt=attempt, job=SENDER.get())
         self.journal.append(req)
 
         def apply() -> None:
