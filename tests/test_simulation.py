@@ -4,9 +4,10 @@ jumps on virtual time (model: :mod:`src.drill.simulation`). One test per invaria
 enforcing that invariant alone (the others are still checked and counted), so a report
 names which invariant broke. A fixed budget: derandomized, a few examples each.
 
-``KNOWN_SEAM_DEFECTS`` lists the invariants that ``main`` still breaks through the seam
-defects of issue 23; their tests are expected to fail (``xfail``, not strict) until that
-issue is merged, then the set is emptied and they must pass.
+``KNOWN_SEAM_DEFECTS`` lists invariants our code is known to break (their tests are
+expected failures, ``xfail`` not strict, and are not shrunk); it is empty: every
+invariant must hold. Add an entry only with the defect's issue, and empty it again
+when that is fixed.
 """
 
 from __future__ import annotations
@@ -26,14 +27,9 @@ from src.drill.simulation.world import World
 from src.phrases import ACCOUNT_FALLBACK
 from tests.fleet_helpers import RedisServer
 
-# invariant -> the issue 23 defects (its items) that break it; empty since #23 merged
-KNOWN_SEAM_DEFECTS: dict[str, str] = {
-    # Open after the wave-3 merge: a CRM account lookup falls back where the oracle, which
-    # replays one reply's schedule alone, expects an answer. Not yet known whether our
-    # code or the oracle (concurrent replies of one job share a vendor's schedule; the
-    # account tool now also asks HubSpot for identity) is wrong: under investigation.
-    "harm_free": "account lookups: fallback vs the oracle under concurrent replies (open)",
-}
+# invariant -> the issue 23 defects (its items) that break it; empty since #23 merged and
+# harm_free's oracle judges a breaker's reason in attempts, and per job (issue 24)
+KNOWN_SEAM_DEFECTS: dict[str, str] = {}
 
 SUITE = settings(
     max_examples=20,
@@ -198,8 +194,7 @@ def test_a_booking_held_twice_is_a_double_send_two_calls_booking_are_not(tmp_pat
 
 # -- issue 23's defects, each as the schedule that shows it -------------------------------
 # Each scenario drives the same world as the state machine, then asks one invariant.
-# On main the invariant reports the defect (the test is an expected failure); once
-# issue 23 is merged and KNOWN_SEAM_DEFECTS emptied, each must hold.
+# With issue 23's fix reverted the invariant reports the defect; with it, each holds.
 
 
 async def _budget_starves_a_blip(w: World) -> None:
@@ -260,9 +255,21 @@ async def _a_malformed_breaker_record(w: World) -> None:
     await w.reply(0, [("usage", None)], {})
 
 
+async def _an_answer_inside_a_failure_streak(w: World) -> None:
+    # issue 24: a 500 and a "no such record" (one conversation), then two 500s (another)
+    # opened the circuit: not three failures in a row
+    w.start(3)  # in no CRM: Salesforce answers that it has no record
+    w.start(0)
+    await w.reply(0, [("account", None)], {"salesforce": [Outcome.E500]})
+    await w.reply(1, [("account", None)], {"salesforce": [Outcome.E500, Outcome.E500]})
+    w.begin_step()
+    await w.reply(1, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+
+
 SCENARIOS = {
     "harm_free/budget": _budget_starves_a_blip,
     "harm_free/rate-rule": _rate_rule_opens_on_a_flapping_vendor,
+    "harm_free/answer-in-streak": _an_answer_inside_a_failure_streak,
     "nothing_promised_lost/head-of-line": _a_stuck_write_blocks_the_outbox,
     "exactly_once/double-send": _a_slow_store_sends_one_write_twice,
     "probes_end_honestly/quota": _a_quota_refusal_ends_a_probe,
