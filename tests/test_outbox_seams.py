@@ -290,3 +290,48 @@ def test_the_outbox_command_does_not_import_the_agent() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+class _CommitsThenTimesOut:
+    """A store whose next ``outbox_put`` commits, then the guard stops waiting."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner, self.slow_puts = inner, 1
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def outbox_put(self, item_id: str, payload: str) -> None:
+        await self.inner.outbox_put(item_id, payload)
+        if self.slow_puts:
+            self.slow_puts -= 1
+            raise TimeoutError
+
+
+# -- issue 24 (found by the fleet simulation): the same, for a write kept in the job -----
+async def test_a_kept_write_whose_slow_put_committed_is_never_sent_twice(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A write kept in the job while the store was unavailable goes to the store on the
+    next flush; the put commits but the guard gives up, so the job sends its own copy.
+    The stored copy is marked "may have applied": the drain that claims it looks it up
+    and finds it, instead of sending it again."""
+    clock = Clock()
+    store = SqliteStore(tmp_path / "slow.db", clock=clock)
+    await store.outbox_list()
+    guard = StoreGuard(_CommitsThenTimesOut(store))  # type: ignore[arg-type]
+    outbox = await outbox_on(sandbox, guard)
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    outbox.pending.append(write)  # kept in this job while the store was down
+    try:
+        await outbox.flush()  # the put committed, the guard gave up: the job's copy goes
+        assert len(sandbox.salesforce.tasks) == 1
+        [stored] = await store.outbox_list()
+        assert PendingWrite.from_json(stored.payload).verify
+        guard._down_until = 0.0  # skip the cool-down
+        clock.now += 200.0
+        assert await outbox.flush() == 0  # looked up, found: not sent again
+        assert len(sandbox.salesforce.tasks) == 1
+    finally:
+        await outbox.services.aclose()
+        await store.aclose()
