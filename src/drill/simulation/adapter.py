@@ -73,6 +73,7 @@ TOOLS = ("usage", "account", "slots", "book", "summary")
 FALLBACK = {"usage": USAGE_FALLBACK, "account": ACCOUNT_FALLBACK, "slots": SLOTS_FALLBACK}
 VENDOR_OF = {"usage": "amplitude", "slots": "chilipiper"}
 QUOTA_KEY = "amplitude:quota:hour"
+SIM_GUARD_S = 30.0  # the store guard's real-time wait in the simulation
 CALL_INDEX: ContextVar[int] = ContextVar("sim_call_index", default=-1)
 
 
@@ -117,7 +118,12 @@ def _process(
     """A fresh process: its own store connection, guard and per-process protection."""
     reset_process_protection()  # windows, bulkheads, budgets: this process's own
     inner = open_sim_store(store_url, clock)
-    guard = StoreGuard(cast(ResilienceStore, FaultyStore(inner, faults)), clock=clock.now)
+    # The guard's wait is real time (0.3 s): on a loaded host a healthy SQLite operation
+    # could outlast it, and a run would not replay. A store slower than the guard is the
+    # proxy's ``slow`` fault (deterministic); the real wait only bounds a stuck store.
+    guard = StoreGuard(
+        cast(ResilienceStore, FaultyStore(inner, faults)), timeout=SIM_GUARD_S, clock=clock.now
+    )
     if hasattr(vendors, "env"):  # the sandbox over real HTTP: the real clients, as a job
         services = TrialistServices.from_settings(
             settings, quota_store=FleetQuotaStore(guard), usage_cache=FleetUsageCache(guard)
