@@ -295,8 +295,8 @@ def test_the_outbox_command_does_not_import_the_agent() -> None:
 class _CommitsThenTimesOut:
     """A store whose next ``outbox_put`` commits, then the guard stops waiting."""
 
-    def __init__(self, inner: SqliteStore) -> None:
-        self.inner, self.slow_puts = inner, 1
+    def __init__(self, inner: SqliteStore, slow_puts: int = 1) -> None:
+        self.inner, self.slow_puts = inner, slow_puts
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -334,4 +334,32 @@ async def test_a_kept_write_whose_slow_put_committed_is_never_sent_twice(
         assert len(sandbox.salesforce.tasks) == 1
     finally:
         await outbox.services.aclose()
+        await store.aclose()
+
+
+async def test_a_kept_write_a_drain_sent_from_the_store_is_not_sent_again_from_the_job(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The same slow put, the write not yet due in the job: a drain elsewhere sends the
+    stored copy; the job's next flush meets a slow put again and sends its own copy,
+    which is marked too, so it is looked up and found instead of going out twice."""
+    clock = Clock()
+    store = SqliteStore(tmp_path / "slow.db", clock=clock)
+    await store.outbox_list()
+    guard = StoreGuard(_CommitsThenTimesOut(store, slow_puts=2))  # type: ignore[arg-type]
+    job = await outbox_on(sandbox, guard)
+    drain = await outbox_on(sandbox, StoreGuard(store))
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    job.pending.append(write.replace(next_at=clock.now + 3600.0))  # backing off here
+    try:
+        await job.flush(due_only=True)  # stored (slow put), not yet due in the job
+        assert not sandbox.salesforce.tasks
+        assert await drain.flush() == 0  # another process sends the stored copy
+        assert len(sandbox.salesforce.tasks) == 1
+        guard._down_until = 0.0  # skip the cool-down
+        await job.flush()  # a slow put again: the job's own copy goes, looked up first
+        assert len(sandbox.salesforce.tasks) == 1
+    finally:
+        await job.services.aclose()
+        await drain.services.aclose()
         await store.aclose()

@@ -313,13 +313,15 @@ class Outbox:
     async def _save_local(self) -> bool:
         """Writes kept in memory while the store was down go to the store now (a copy
         the store already has wins: it may say "look it up first"). ``True`` when none
-        is left in memory. Each goes marked "may have applied" (issue #24): a put that
-        committed while the guard gave up leaves the job sending its own copy, so
-        whoever claims the stored one looks it up first."""
+        is left in memory. Each is marked "may have applied" first, here and in the
+        store (issue #24): a put that committed while the guard gave up leaves two
+        copies, one a drain may send, the other this job's, so either is looked up in
+        the CRM before it is sent."""
         while self.pending:
             write = self.pending[0]
-            ahead = write if write.verify else write.replace(verify=True, sent_at=self._wall())
-            item_id, payload = write.write_id, ahead.to_json()
+            if not write.verify:
+                write = self.pending[0] = write.replace(verify=True, sent_at=self._wall())
+            item_id, payload = write.write_id, write.to_json()
             try:
                 await self._store_op(
                     lambda st, i=item_id, p=payload: st.outbox_put(i, p)  # type: ignore[misc]
