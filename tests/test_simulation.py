@@ -292,3 +292,27 @@ async def test_each_seam_defect_is_caught_by_its_invariant(key: str, tmp_path: P
         assert INVARIANTS[invariant](world) == []
     finally:
         await world.end_all()
+
+
+async def test_only_a_half_open_circuit_closing_is_judged_for_its_probe(tmp_path: Path) -> None:
+    # A probe failed (half-open -> open); later the circuit adopts the fleet's closed
+    # view (the store back): no probe closed it. A half-open circuit that closes with
+    # no answer since it became half-open is a violation.
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    key = world.start(2)
+    job = world.jobs[key]
+    world.vendors["hubspot"].journal.append(Request("hubspot", "find", Outcome.E503, 0.0))
+    job.transitions[:] = [
+        ("hubspot", "open", "half_open", 0),
+        ("hubspot", "half_open", "open", 1),
+        ("hubspot", "open", "closed", 1),
+    ]
+    assert INVARIANTS["probes_end_honestly"](world) == []
+    job.transitions[:] = [
+        ("hubspot", "open", "half_open", 0),
+        ("hubspot", "half_open", "closed", 1),
+    ]
+    assert INVARIANTS["probes_end_honestly"](world) == [
+        "hubspot: a half-open circuit closed without a vendor answer"
+    ]
+    await world.end_all()

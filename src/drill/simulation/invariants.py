@@ -159,12 +159,14 @@ def probes_end_honestly(world: World) -> list[str]:
                 found.append(f"job {key}: {name} left half-open with no call in flight")
     for job in world.all_jobs():
         opened_at: dict[str, int] = {}
-        for name, _old, new, seen in job.transitions:
+        for name, old, new, seen in job.transitions:
             if new == "half_open":
                 opened_at[name] = seen
-            elif new == "closed" and name in opened_at:
-                since = world.vendors[name].journal[opened_at.pop(name) : seen]
-                if not any(req.answered for req in since):
+            elif old == "half_open":  # the probe's verdict (an open circuit that adopts
+                # the fleet's closed view, e.g. once the store is back, is no probe's)
+                start = opened_at.pop(name, None)
+                since = world.vendors[name].journal[start:seen] if start is not None else []
+                if new == "closed" and start is not None and not any(r.answered for r in since):
                     found.append(f"{name}: a half-open circuit closed without a vendor answer")
         job.transitions.clear()
     return found
