@@ -61,6 +61,7 @@ __all__ = [
     "dead_letters",
     "drain",
     "end_job",
+    "not_due",
     "open_job",
     "open_sim_store",
     "probe_in_flight",
@@ -327,6 +328,24 @@ async def dead_letters(store_url: str, clock: VirtualClock) -> set[str]:
     finally:
         await store.aclose()
     return {i.id for i in items if i.dead}
+
+
+async def not_due(store_url: str, clock: VirtualClock) -> set[str]:
+    """Write ids in the store's outbox that a drain starting now does not take: backing
+    off (issue #23) or claimed by another drain; empty when the store cannot be read."""
+    now = clock.wall()
+    listed = await _listed(store_url, clock)
+    return {i.id for i in listed or () if i.next_at > now or i.claimed_until > now}
+
+
+async def _listed(store_url: str, clock: VirtualClock) -> list[Any] | None:
+    store = open_sim_store(store_url, clock)
+    try:
+        return list(await store.outbox_list())
+    except Exception:
+        return None
+    finally:
+        await store.aclose()
 
 
 async def stored_writes(store_url: str, clock: VirtualClock) -> dict[str, bool] | None:

@@ -6,7 +6,7 @@ suite and ``python -m src.drill simulate`` report.
   twice for one conversation's booking).
 * ``nothing_promised_lost``: a write the caller heard was saved is applied now; one
   they heard will be saved is applied by a drain that runs while its vendor is healthy
-  (or sits in the dead-letter list).
+  and the write is due (not in its backoff), or sits in the dead-letter list.
 * ``harm_free``: a read answered by its fallback where plain bounded retries, without
   breaker, budget or rate rule, would have got the data from the same fault schedule
   (:func:`oracle_answers`), unless the vendor really failed its last three attempts (a
@@ -69,6 +69,7 @@ def nothing_promised_lost(world: World) -> list[str]:
             continue
         live = {w.write_id for j in world.jobs.values() for w in j.agent.outbox.pending}
         exempt = live | world.memory_only | world.lost_by_store | drain.dead_letters
+        exempt |= drain.not_due  # backing off (or claimed elsewhere): not this drain's
         for p in drain.promised:
             if (
                 p.vendor in drain.healthy

@@ -60,6 +60,7 @@ class DrainReport:
     healthy: set[str]
     promised: list[Promise]  # promises not yet applied as the drain began
     dead_letters: set[str] = field(default_factory=set)  # write ids dead-lettered
+    not_due: set[str] = field(default_factory=set)  # backing off or claimed as it began
 
 
 @dataclass
@@ -259,6 +260,7 @@ class World:
         healthy = {n for n, v in self.vendors.by_name.items() if v.healthy and n != without}
         open_promises = [p for p in self.promises.values() if not self.applied(p.write_id)]
         down = self.faults.down
+        waiting = set() if down else await adapter.not_due(self.store_url, self.clock)
         try:
             left = await adapter.drain(
                 self.store_url,
@@ -274,7 +276,9 @@ class World:
             return
         dead = await adapter.dead_letters(self.store_url, self.clock)
         self.drains.append(
-            DrainReport(left, down or bool(self.faults.escaped), healthy, open_promises, dead)
+            DrainReport(
+                left, down or bool(self.faults.escaped), healthy, open_promises, dead, waiting
+            )
         )
 
     # -- reading the journals ----------------------------------------------------------------
