@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"invariants enforced: {', '.join(chosen)}")
     started = time.perf_counter()
     failure: BaseException | None = None
+    interrupted = False
     try:
         run_state_machine_as_test(
             machine,
@@ -102,9 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else list(Phase),
             ),
         )
+    except KeyboardInterrupt:  # stopped by hand: what ran so far, without a verdict
+        failure = None
+        interrupted = True
     except BaseException as exc:  # the counterexample was printed above by Hypothesis
-        if isinstance(exc, KeyboardInterrupt):
-            raise
         failure = exc
     finally:
         if server is not None:
@@ -120,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = STATS.get(f"first:{name}")
         at = f", first in example {first}" if first else ""
         print(f"  {name:24} {flag:8} steps that broke it: {hits}{at}")
+    if interrupted:
+        print("interrupted: no violation in the examples run so far")
+        return 130
     if failure is None:
         print("no violation")
         return 0

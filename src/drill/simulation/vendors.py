@@ -18,6 +18,7 @@ Salesforce, HubSpot and ChiliPiper are stand-in clients with the methods the too
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -330,7 +331,9 @@ class HubSpotStandIn(_StandIn):
 
 class ChiliPiperStandIn(_StandIn):
     """Opening a booking session and booking on it; an unknown earlier outcome is looked
-    up before booking again (the real client's reconciliation, per conversation)."""
+    up before booking again, and bookings of one conversation go one at a time, a time
+    booked here answered from memory (the real client's reconciliation, its lock and its
+    cache, per conversation: two tools of one reply booking the same time are one)."""
 
     booking_url = ""
 
@@ -339,6 +342,8 @@ class ChiliPiperStandIn(_StandIn):
         self.meetings = meetings
         self.conversation = next(_CONVERSATIONS)  # one stand-in per job process
         self._in_doubt: set[tuple[str, datetime]] = set()
+        self._booked: dict[tuple[str, datetime], BookedMeeting] = {}
+        self._lock = asyncio.Lock()
 
     async def open_session(self, guest: Guest, now: datetime) -> BookingSession:
         start = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
@@ -351,6 +356,13 @@ class ChiliPiperStandIn(_StandIn):
         self, session: BookingSession, slot: DemoSlot, guest: Guest, *, now: datetime | None = None
     ) -> BookedMeeting:
         key = (guest.email.casefold(), slot.starts_at.astimezone(UTC))
+        async with self._lock:
+            known = self._booked.get(key)
+            if known is None:
+                known = self._booked[key] = await self._book(key, slot)
+            return known
+
+    async def _book(self, key: tuple[str, datetime], slot: DemoSlot) -> BookedMeeting:
         v = self.vendor
         if key in self._in_doubt:
             found = await v.serve(
