@@ -290,3 +290,76 @@ def test_the_outbox_command_does_not_import_the_agent() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+class _CommitsThenTimesOut:
+    """A store whose next ``outbox_put`` commits, then the guard stops waiting."""
+
+    def __init__(self, inner: SqliteStore, slow_puts: int = 1) -> None:
+        self.inner, self.slow_puts = inner, slow_puts
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def outbox_put(self, item_id: str, payload: str) -> None:
+        await self.inner.outbox_put(item_id, payload)
+        if self.slow_puts:
+            self.slow_puts -= 1
+            raise TimeoutError
+
+
+# -- issue 24 (found by the fleet simulation): the same, for a write kept in the job -----
+async def test_a_kept_write_whose_slow_put_committed_is_never_sent_twice(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A write kept in the job while the store was unavailable goes to the store on the
+    next flush; the put commits but the guard gives up, so the job sends its own copy.
+    The stored copy is marked "may have applied": the drain that claims it looks it up
+    and finds it, instead of sending it again."""
+    clock = Clock()
+    store = SqliteStore(tmp_path / "slow.db", clock=clock)
+    await store.outbox_list()
+    guard = StoreGuard(_CommitsThenTimesOut(store))  # type: ignore[arg-type]
+    outbox = await outbox_on(sandbox, guard)
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    outbox.pending.append(write)  # kept in this job while the store was down
+    try:
+        await outbox.flush()  # the put committed, the guard gave up: the job's copy goes
+        assert len(sandbox.salesforce.tasks) == 1
+        [stored] = await store.outbox_list()
+        assert PendingWrite.from_json(stored.payload).verify
+        guard._down_until = 0.0  # skip the cool-down
+        clock.now += 200.0
+        assert await outbox.flush() == 0  # looked up, found: not sent again
+        assert len(sandbox.salesforce.tasks) == 1
+    finally:
+        await outbox.services.aclose()
+        await store.aclose()
+
+
+async def test_a_kept_write_a_drain_sent_from_the_store_is_not_sent_again_from_the_job(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The same slow put, the write not yet due in the job: a drain elsewhere sends the
+    stored copy; the job's next flush meets a slow put again and sends its own copy,
+    which is marked too, so it is looked up and found instead of going out twice."""
+    clock = Clock()
+    store = SqliteStore(tmp_path / "slow.db", clock=clock)
+    await store.outbox_list()
+    guard = StoreGuard(_CommitsThenTimesOut(store, slow_puts=2))  # type: ignore[arg-type]
+    job = await outbox_on(sandbox, guard)
+    drain = await outbox_on(sandbox, StoreGuard(store))
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    job.pending.append(write.replace(next_at=clock.now + 3600.0))  # backing off here
+    try:
+        await job.flush(due_only=True)  # stored (slow put), not yet due in the job
+        assert not sandbox.salesforce.tasks
+        assert await drain.flush() == 0  # another process sends the stored copy
+        assert len(sandbox.salesforce.tasks) == 1
+        guard._down_until = 0.0  # skip the cool-down
+        await job.flush()  # a slow put again: the job's own copy goes, looked up first
+        assert len(sandbox.salesforce.tasks) == 1
+    finally:
+        await job.services.aclose()
+        await drain.services.aclose()
+        await store.aclose()

@@ -4,7 +4,9 @@
   success), the consecutive-attempt rule still stops a dead vendor after three requests;
 * only an answer from the vendor ends a half-open probe as a success, and every probe
   ends (no breaker stays half-open with no probe in flight);
-* a success never opens the shared circuit.
+* a success never opens the shared circuit;
+* (issue #24) an answer that is no success (not found, invalid) ends a streak of
+  failures, as it ends a probe: three failures open a circuit only in a row.
 
 Stores are real: a SQLite file and a redis-server (``store_url``)."""
 
@@ -17,7 +19,14 @@ from aiohttp import web
 
 from src.attempt import listening, served_locally, vendor_answered
 from src.error_recovery import CircuitBreaker, CircuitState, ErrorRecoveryMixin, RateRule
-from src.errors import CircuitOpenError, InvalidRequest, ServiceTimeout, ServiceUnavailable
+from src.errors import (
+    CircuitOpenError,
+    InvalidRequest,
+    NotFound,
+    ServiceTimeout,
+    ServiceUnavailable,
+)
+from src.registry import READ
 from src.sandbox.base import SandboxServer
 from src.services.http import HttpOptions, ServiceHttp
 from src.services.quota import QuotaExhausted
@@ -269,3 +278,37 @@ async def test_a_success_never_opens_the_shared_circuit(store: ResilienceStore) 
     await store.breaker_reset("amp")  # and the fleet closes it again (a probe elsewhere)
     await here.on_success(duration=0.05)  # our call answers, late
     assert (await store.breaker_view("amp", 30.0)).state == "closed"
+
+
+# -- issue #24: an answer that is no success still ends a streak of failures -------------
+@pytest.mark.parametrize("fleet", [True, False], ids=["shared", "local"])
+@pytest.mark.parametrize(
+    "answer", [NotFound("amp"), InvalidRequest("amp", status=422)], ids=["404", "422"]
+)
+async def test_an_answer_between_failures_ends_the_streak(
+    store: ResilienceStore, answer: Exception, fleet: bool
+) -> None:
+    """One conversation sees a 500, then the vendor's "no such record"; another then two
+    500s. Not three failures in a row: the circuit stays closed (the fleet simulation
+    found it open, refusing a lookup that plain retries would have answered). A third
+    failure in a row still opens it."""
+    clock = Clock()
+    first = breaker_on(store if fleet else None, clock)
+    second = breaker_on(store, clock) if fleet else first
+    one, two = Caller(first, clock), Caller(second, clock)
+
+    async def fail() -> str:
+        raise ServiceUnavailable("amp", status=500)
+
+    async def answered() -> str:
+        raise answer
+
+    call = one.call_with_retry_and_circuit_breaker
+    assert await call("amp", fail, FALLBACK, max_retries=0, kind=READ) == FALLBACK
+    with pytest.raises(type(answer)):
+        await call("amp", answered, FALLBACK, max_retries=0, kind=READ)
+    for _ in range(2):
+        await two.call_with_retry_and_circuit_breaker("amp", fail, FALLBACK, max_retries=0)
+    assert second.state is CircuitState.CLOSED
+    await two.call_with_retry_and_circuit_breaker("amp", fail, FALLBACK, max_retries=0)
+    assert second.state is CircuitState.OPEN

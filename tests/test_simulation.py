@@ -4,9 +4,10 @@ jumps on virtual time (model: :mod:`src.drill.simulation`). One test per invaria
 enforcing that invariant alone (the others are still checked and counted), so a report
 names which invariant broke. A fixed budget: derandomized, a few examples each.
 
-``KNOWN_SEAM_DEFECTS`` lists the invariants that ``main`` still breaks through the seam
-defects of issue 23; their tests are expected to fail (``xfail``, not strict) until that
-issue is merged, then the set is emptied and they must pass.
+``KNOWN_SEAM_DEFECTS`` lists invariants our code is known to break (their tests are
+expected failures, ``xfail`` not strict, and are not shrunk); it is empty: every
+invariant must hold. Add an entry only with the defect's issue, and empty it again
+when that is fixed.
 """
 
 from __future__ import annotations
@@ -21,18 +22,14 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from src.drill.simulation.invariants import INVARIANTS, oracle_answers
 from src.drill.simulation.machine import machine_for
-from src.drill.simulation.vendors import Outcome
+from src.drill.simulation.vendors import Outcome, Request, last_attempts_failed
 from src.drill.simulation.world import World
+from src.phrases import ACCOUNT_FALLBACK
 from tests.fleet_helpers import RedisServer
 
-# invariant -> the issue 23 defects (its items) that break it; empty since #23 merged
-KNOWN_SEAM_DEFECTS: dict[str, str] = {
-    # Open after the wave-3 merge: a CRM account lookup falls back where the oracle, which
-    # replays one reply's schedule alone, expects an answer. Not yet known whether our
-    # code or the oracle (concurrent replies of one job share a vendor's schedule; the
-    # account tool now also asks HubSpot for identity) is wrong: under investigation.
-    "harm_free": "account lookups: fallback vs the oracle under concurrent replies (open)",
-}
+# invariant -> the issue 23 defects (its items) that break it; empty since #23 merged and
+# harm_free's oracle judges a breaker's reason in attempts, and per job (issue 24)
+KNOWN_SEAM_DEFECTS: dict[str, str] = {}
 
 SUITE = settings(
     max_examples=20,
@@ -124,6 +121,61 @@ def test_the_oracle_needs_every_request_of_an_answer() -> None:
     assert oracle_answers([Outcome.OK, Outcome.E503, Outcome.OK, Outcome.OK], 6.0, per_answer=2)
 
 
+def test_the_breakers_honest_reason_is_judged_in_attempts_not_requests() -> None:
+    # A flapping Amplitude: each usage attempt's usersearch answers, its useractivity
+    # fails. Three failed attempts open the circuit honestly, though one request in
+    # three of the last ones answered; untagged requests are attempts of their own.
+    def req(op: str, outcome: Outcome, attempt: object) -> Request:
+        return Request("amplitude", op, outcome, 0.0, attempt=attempt)
+
+    a, b, c = object(), object(), object()
+    journal = [
+        req("usersearch", Outcome.E503, a),
+        req("usersearch", Outcome.OK, b),
+        req("useractivity", Outcome.E503, b),
+        req("usersearch", Outcome.OK, c),
+        req("useractivity", Outcome.E503, c),
+    ]
+    assert last_attempts_failed(journal)
+    assert not last_attempts_failed(journal[1:])  # two attempts only
+    journal[-1] = req("useractivity", Outcome.OK, c)  # the last attempt answered
+    assert not last_attempts_failed(journal)
+
+    def untagged(*outcomes: Outcome) -> list[Request]:
+        return [Request("salesforce", "find_person", o, 0.0) for o in outcomes]
+
+    assert last_attempts_failed(untagged(Outcome.OK, Outcome.E500, Outcome.E503, Outcome.HANG))
+    assert not last_attempts_failed(untagged(Outcome.E500, Outcome.OK, Outcome.E503, Outcome.HANG))
+
+
+async def test_a_circuit_a_job_opened_alone_with_the_store_down_is_honest(tmp_path: Path) -> None:
+    # The store down: each process judges alone. Job 0 sees Salesforce fail three times
+    # and opens its own circuit; job 1 then gets answers (its circuit never saw them
+    # fail). Job 0's next lookup is refused by its circuit and HubSpot asks for a 10 s
+    # wait: a fallback, honest though the fleet's last Salesforce attempt answered.
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    try:
+        world.start(0)
+        world.start(1)
+        await world.store_event("down")
+        world.vendor_mode("salesforce", "down")
+        for _ in range(2):
+            await world.reply(0, [("account", None)], {})
+        await world.reply(1, [("account", None)], {"salesforce": [Outcome.OK]})
+        world.vendor_mode("salesforce", "flapping")
+        world.begin_step()
+        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+        (heard,) = world.heard
+        assert heard.said == ACCOUNT_FALLBACK
+        assert not heard.failed_before["salesforce"]  # the fleet's view: it answered
+        assert oracle_answers(heard.oracle["salesforce"], budget=6.0)
+        assert heard.own_circuit["salesforce"]  # job 0's view: three failed attempts
+        assert not world.vendors["salesforce"].last_failed(job=1)
+        assert INVARIANTS["harm_free"](world) == []
+    finally:
+        await world.end_all()
+
+
 def test_the_oracle_keeps_to_the_budget() -> None:
     # two quick failures then data: fits 6 s, not the 4 s Salesforce gets before HubSpot
     outcomes = [Outcome.E503, Outcome.E503, Outcome.OK]
@@ -131,10 +183,18 @@ def test_the_oracle_keeps_to_the_budget() -> None:
     assert not oracle_answers(outcomes, budget=4.0)
 
 
+def test_a_booking_held_twice_is_a_double_send_two_calls_booking_are_not(tmp_path: Path) -> None:
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    when = world.clock.utc_now()
+    world.vendors.meetings[:] = [("a@x.io", when, "m-1", 1), ("a@x.io", when, "m-2", 2)]
+    assert INVARIANTS["exactly_once"](world) == []  # one caller, two conversations
+    world.vendors.meetings.append(("a@x.io", when, "m-3", 2))
+    assert INVARIANTS["exactly_once"](world) == ["2 meetings for one booking"]
+
+
 # -- issue 23's defects, each as the schedule that shows it -------------------------------
 # Each scenario drives the same world as the state machine, then asks one invariant.
-# On main the invariant reports the defect (the test is an expected failure); once
-# issue 23 is merged and KNOWN_SEAM_DEFECTS emptied, each must hold.
+# With issue 23's fix reverted the invariant reports the defect; with it, each holds.
 
 
 async def _budget_starves_a_blip(w: World) -> None:
@@ -195,9 +255,21 @@ async def _a_malformed_breaker_record(w: World) -> None:
     await w.reply(0, [("usage", None)], {})
 
 
+async def _an_answer_inside_a_failure_streak(w: World) -> None:
+    # issue 24: a 500 and a "no such record" (one conversation), then two 500s (another)
+    # opened the circuit: not three failures in a row
+    w.start(3)  # in no CRM: Salesforce answers that it has no record
+    w.start(0)
+    await w.reply(0, [("account", None)], {"salesforce": [Outcome.E500]})
+    await w.reply(1, [("account", None)], {"salesforce": [Outcome.E500, Outcome.E500]})
+    w.begin_step()
+    await w.reply(1, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+
+
 SCENARIOS = {
     "harm_free/budget": _budget_starves_a_blip,
     "harm_free/rate-rule": _rate_rule_opens_on_a_flapping_vendor,
+    "harm_free/answer-in-streak": _an_answer_inside_a_failure_streak,
     "nothing_promised_lost/head-of-line": _a_stuck_write_blocks_the_outbox,
     "exactly_once/double-send": _a_slow_store_sends_one_write_twice,
     "probes_end_honestly/quota": _a_quota_refusal_ends_a_probe,
@@ -220,3 +292,27 @@ async def test_each_seam_defect_is_caught_by_its_invariant(key: str, tmp_path: P
         assert INVARIANTS[invariant](world) == []
     finally:
         await world.end_all()
+
+
+async def test_only_a_half_open_circuit_closing_is_judged_for_its_probe(tmp_path: Path) -> None:
+    # A probe failed (half-open -> open); later the circuit adopts the fleet's closed
+    # view (the store back): no probe closed it. A half-open circuit that closes with
+    # no answer since it became half-open is a violation.
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    key = world.start(2)
+    job = world.jobs[key]
+    world.vendors["hubspot"].journal.append(Request("hubspot", "find", Outcome.E503, 0.0))
+    job.transitions[:] = [
+        ("hubspot", "open", "half_open", 0),
+        ("hubspot", "half_open", "open", 1),
+        ("hubspot", "open", "closed", 1),
+    ]
+    assert INVARIANTS["probes_end_honestly"](world) == []
+    job.transitions[:] = [
+        ("hubspot", "open", "half_open", 0),
+        ("hubspot", "half_open", "closed", 1),
+    ]
+    assert INVARIANTS["probes_end_honestly"](world) == [
+        "hubspot: a half-open circuit closed without a vendor answer"
+    ]
+    await world.end_all()

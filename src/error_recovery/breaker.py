@@ -229,6 +229,8 @@ class CircuitBreaker:
             await self._finish(probe, self._verdict(exc, heard))
             return
         if self._state is not CircuitState.CLOSED or not self._is_failure(exc):
+            if self._state is CircuitState.CLOSED and self._verdict(exc, heard):
+                await self.on_success(duration=duration)  # an answer: the streak ends
             return
         by_rate = self._observe(failed=True, duration=duration) if judge else None
         if guard is None:
@@ -396,15 +398,17 @@ class CircuitBreaker:
         duration: float | None = None,
         judge: bool = True,
     ) -> None:
-        """Record a failed call; exceptions the predicate does not count are neutral,
-        except that a probe which merely got an uncounted answer (e.g. not found) proves
-        the service is up, and a probe ended without a word from the vendor (a refusal
-        by our own code, a cancellation or another ``BaseException``) only frees the slot:
-        the circuit is open again, due at once, for the next caller's probe."""
+        """Record a failed call. An answer the predicate does not count (e.g. not found)
+        proves the service is up: it is a success, for a probe and for the streak of
+        failures in a row (issue #24). A call ended without a word from the vendor (a
+        refusal by our own code, a cancellation, another ``BaseException``) is neutral; as
+        a probe it only frees the slot, due at once for the next caller's probe."""
         if probe:
             self._end_probe_with(probe, self._verdict(exc, None))
             return
         if self._state is not CircuitState.CLOSED or not self._is_failure(exc):
+            if self._state is CircuitState.CLOSED and self._verdict(exc, None):
+                self.record_success(duration=duration)  # an answer: the streak ends
             return
         self._count_failure(self._observe(failed=True, duration=duration) if judge else None)
 

@@ -313,9 +313,14 @@ class Outbox:
     async def _save_local(self) -> bool:
         """Writes kept in memory while the store was down go to the store now (a copy
         the store already has wins: it may say "look it up first"). ``True`` when none
-        is left in memory."""
+        is left in memory. Each is marked "may have applied" first, here and in the
+        store (issue #24): a put that committed while the guard gave up leaves two
+        copies, one a drain may send, the other this job's, so either is looked up in
+        the CRM before it is sent."""
         while self.pending:
             write = self.pending[0]
+            if not write.verify:
+                write = self.pending[0] = write.replace(verify=True, sent_at=self._wall())
             item_id, payload = write.write_id, write.to_json()
             try:
                 await self._store_op(

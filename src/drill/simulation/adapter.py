@@ -57,9 +57,11 @@ __all__ = [
     "QUOTA_KEY",
     "TOOLS",
     "Job",
+    "circuit_open",
     "dead_letters",
     "drain",
     "end_job",
+    "not_due",
     "open_job",
     "open_sim_store",
     "probe_in_flight",
@@ -72,6 +74,7 @@ TOOLS = ("usage", "account", "slots", "book", "summary")
 FALLBACK = {"usage": USAGE_FALLBACK, "account": ACCOUNT_FALLBACK, "slots": SLOTS_FALLBACK}
 VENDOR_OF = {"usage": "amplitude", "slots": "chilipiper"}
 QUOTA_KEY = "amplitude:quota:hour"
+SIM_GUARD_S = 30.0  # the store guard's real-time wait in the simulation
 CALL_INDEX: ContextVar[int] = ContextVar("sim_call_index", default=-1)
 
 
@@ -88,11 +91,16 @@ class Job:
     origin: dict[str, int] = field(default_factory=dict)  # write id -> call of its reply
     # (vendor, old, new, requests the vendor had seen) for every breaker transition
     transitions: list[tuple[str, str, str, int]] = field(default_factory=list)
+    opened_at: dict[str, int] = field(default_factory=dict)  # vendor -> requests seen
+    # when this job's circuit last opened (kept: transitions are cleared each step)
 
 
 def _transition_log(job: Job, vendors: Vendors) -> Callable[[str, Any, Any], None]:
     def note(name: str, old: Any, new: Any) -> None:
-        job.transitions.append((name, str(old), str(new), len(vendors[name].journal)))
+        seen = len(vendors[name].journal)
+        job.transitions.append((name, str(old), str(new), seen))
+        if new is CircuitState.OPEN:
+            job.opened_at[name] = seen
 
     return note
 
@@ -111,7 +119,12 @@ def _process(
     """A fresh process: its own store connection, guard and per-process protection."""
     reset_process_protection()  # windows, bulkheads, budgets: this process's own
     inner = open_sim_store(store_url, clock)
-    guard = StoreGuard(cast(ResilienceStore, FaultyStore(inner, faults)), clock=clock.now)
+    # The guard's wait is real time (0.3 s): on a loaded host a healthy SQLite operation
+    # could outlast it, and a run would not replay. A store slower than the guard is the
+    # proxy's ``slow`` fault (deterministic); the real wait only bounds a stuck store.
+    guard = StoreGuard(
+        cast(ResilienceStore, FaultyStore(inner, faults)), timeout=SIM_GUARD_S, clock=clock.now
+    )
     if hasattr(vendors, "env"):  # the sandbox over real HTTP: the real clients, as a job
         services = TrialistServices.from_settings(
             settings, quota_store=FleetQuotaStore(guard), usage_cache=FleetUsageCache(guard)
@@ -289,6 +302,17 @@ def probe_in_flight(breaker: CircuitBreaker) -> bool:
     return bool(breaker._probe_token)
 
 
+def circuit_open(job: Job, vendor: str) -> bool:
+    """Whether the job's own breaker for ``vendor`` is open (its local view)."""
+    breaker = job.agent.circuit_breakers.get(vendor)
+    return breaker is not None and breaker.state is CircuitState.OPEN
+
+
+def opened_at(job: Job, vendor: str) -> int | None:
+    """How many requests ``vendor`` had seen when the job's circuit for it last opened."""
+    return job.opened_at.get(vendor)
+
+
 def half_open(breaker: CircuitBreaker) -> bool:
     return breaker.state is CircuitState.HALF_OPEN
 
@@ -304,6 +328,24 @@ async def dead_letters(store_url: str, clock: VirtualClock) -> set[str]:
     finally:
         await store.aclose()
     return {i.id for i in items if i.dead}
+
+
+async def not_due(store_url: str, clock: VirtualClock) -> set[str]:
+    """Write ids in the store's outbox that a drain starting now does not take: backing
+    off (issue #23) or claimed by another drain; empty when the store cannot be read."""
+    now = clock.wall()
+    listed = await _listed(store_url, clock)
+    return {i.id for i in listed or () if i.next_at > now or i.claimed_until > now}
+
+
+async def _listed(store_url: str, clock: VirtualClock) -> list[Any] | None:
+    store = open_sim_store(store_url, clock)
+    try:
+        return list(await store.outbox_list())
+    except Exception:
+        return None
+    finally:
+        await store.aclose()
 
 
 async def stored_writes(store_url: str, clock: VirtualClock) -> dict[str, bool] | None:

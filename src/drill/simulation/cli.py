@@ -6,6 +6,7 @@ that replays it; exits 1 on a violation.
     uv run python -m src.drill simulate --examples 2000 --seed 7
     uv run python -m src.drill simulate --examples 500 --invariant harm_free
     uv run python -m src.drill simulate --examples 50 --store redis
+    uv run python -m src.drill simulate --examples 3000 --invariant exactly_once --no-shrink
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hypothesis import HealthCheck, seed, settings
+from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from .invariants import INVARIANTS
@@ -32,6 +33,8 @@ def _command(args: argparse.Namespace, chosen: Sequence[str]) -> str:
     parts += [f"--seed {args.seed}", f"--steps {args.steps}"]
     if args.store != "sqlite":
         parts.append(f"--store {args.store}")
+    if args.no_shrink:
+        parts.append("--no-shrink")
     parts += [f"--invariant {n}" for n in chosen if len(chosen) < len(INVARIANTS)]
     return " ".join(parts)
 
@@ -50,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="enforce only this invariant (repeatable; the others are still counted)",
     )
     parser.add_argument("--store", choices=["sqlite", "redis"], default="sqlite")
+    parser.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="stop at the first violation, unshrunk (to count the examples it takes)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show the agent's logs")
     args = parser.parse_args(argv)
     if args.seed is None:
@@ -79,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"invariants enforced: {', '.join(chosen)}")
     started = time.perf_counter()
     failure: BaseException | None = None
+    interrupted = False
     try:
         run_state_machine_as_test(
             machine,
@@ -89,11 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 database=None,
                 print_blob=True,
                 suppress_health_check=list(HealthCheck),
+                phases=[Phase.explicit, Phase.reuse, Phase.generate]
+                if args.no_shrink
+                else list(Phase),
             ),
         )
+    except KeyboardInterrupt:  # stopped by hand: what ran so far, without a verdict
+        failure = None
+        interrupted = True
     except BaseException as exc:  # the counterexample was printed above by Hypothesis
-        if isinstance(exc, KeyboardInterrupt):
-            raise
         failure = exc
     finally:
         if server is not None:
@@ -109,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = STATS.get(f"first:{name}")
         at = f", first in example {first}" if first else ""
         print(f"  {name:24} {flag:8} steps that broke it: {hits}{at}")
+    if interrupted:
+        print("interrupted: no violation in the examples run so far")
+        return 130
     if failure is None:
         print("no violation")
         return 0

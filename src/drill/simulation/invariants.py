@@ -2,13 +2,16 @@
 returns what it found wrong (an empty list: it holds). Their names are what the test
 suite and ``python -m src.drill simulate`` report.
 
-* ``exactly_once``: no note, Task or meeting is held twice by its vendor.
+* ``exactly_once``: no note, Task or meeting is held twice by its vendor (a meeting:
+  twice for one conversation's booking).
 * ``nothing_promised_lost``: a write the caller heard was saved is applied now; one
   they heard will be saved is applied by a drain that runs while its vendor is healthy
-  (or sits in the dead-letter list).
+  and the write is due (not in its backoff), or sits in the dead-letter list.
 * ``harm_free``: a read answered by its fallback where plain bounded retries, without
   breaker, budget or rate rule, would have got the data from the same fault schedule
-  (:func:`oracle_answers`), unless the vendor really failed its last three requests.
+  (:func:`oracle_answers`), unless the vendor really failed its last three attempts (a
+  usage attempt is two requests), or the job's own open circuit refused it after the
+  job's own last three attempts failed (with the store down a process judges alone).
 * ``probes_end_honestly``: no breaker is left half-open or holding a probe when no call
   is in flight, and a half-open circuit closes only after its vendor answered.
 * ``store_faults_contained``: no store fault (nor anything but a vendor's failure)
@@ -47,8 +50,9 @@ def exactly_once(world: World) -> list[str]:
             m.group(1) for w in world.vendors[name].writes for m in [_REF.search(w.text)] if m
         )
         found += [f"{name} holds write {ref[:8]} {n} times" for ref, n in refs.items() if n > 1]
-    meetings = Counter((email, start) for email, start, _ in world.vendors.meetings)
-    found += [f"{n} meetings for one caller at one time" for n in meetings.values() if n > 1]
+    # one conversation's booking held twice (two calls of one caller may each book)
+    meetings = Counter((email, start, by) for email, start, _, by in world.vendors.meetings)
+    found += [f"{n} meetings for one booking" for n in meetings.values() if n > 1]
     return found
 
 
@@ -65,6 +69,7 @@ def nothing_promised_lost(world: World) -> list[str]:
             continue
         live = {w.write_id for j in world.jobs.values() for w in j.agent.outbox.pending}
         exempt = live | world.memory_only | world.lost_by_store | drain.dead_letters
+        exempt |= drain.not_due  # backing off (or claimed elsewhere): not this drain's
         for p in drain.promised:
             if (
                 p.vendor in drain.healthy
@@ -135,6 +140,8 @@ def harm_free(world: World) -> list[str]:
             continue  # the vendor's own hourly quota: the oracle could not ask either
         if h.failed_before[vendor] or world.vendors[vendor].last_failed():
             continue  # a circuit open on a vendor that really failed its last three
+        if h.own_circuit.get(vendor):
+            continue  # the job's own circuit, on the three attempts it saw fail
         per_answer = 2 if h.tool == "usage" else 1  # user search, then activity
         if oracle_answers(h.oracle[vendor], budget, r, per_answer):
             why = type(h.cause).__name__ if h.cause is not None else "a refusal"
@@ -153,12 +160,14 @@ def probes_end_honestly(world: World) -> list[str]:
                 found.append(f"job {key}: {name} left half-open with no call in flight")
     for job in world.all_jobs():
         opened_at: dict[str, int] = {}
-        for name, _old, new, seen in job.transitions:
+        for name, old, new, seen in job.transitions:
             if new == "half_open":
                 opened_at[name] = seen
-            elif new == "closed" and name in opened_at:
-                since = world.vendors[name].journal[opened_at.pop(name) : seen]
-                if not any(req.answered for req in since):
+            elif old == "half_open":  # the probe's verdict (an open circuit that adopts
+                # the fleet's closed view, e.g. once the store is back, is no probe's)
+                start = opened_at.pop(name, None)
+                since = world.vendors[name].journal[start:seen] if start is not None else []
+                if new == "closed" and start is not None and not any(r.answered for r in since):
                     found.append(f"{name}: a half-open circuit closed without a vendor answer")
         job.transitions.clear()
     return found

@@ -48,8 +48,14 @@ ARG = st.one_of(st.none(), st.integers(0, len(PEOPLE) - 1))
 # the CRM tools twice as likely: they are where the outbox, the store and the lookups meet
 TOOL = st.sampled_from([*adapter.TOOLS, "account", "summary"])
 CALL = st.tuples(TOOL, ARG)
-STORE_OPS = ("*", "outbox_put", "outbox_claim", "breaker_failure", "budget_add")
+STORE_OPS = ("*", "outbox_put", "outbox_claim", "breaker_failure", "budget_update")
 MAX_JOBS = 4
+TOOL_OF = {
+    "amplitude": "usage",
+    "salesforce": "account",
+    "hubspot": "account",
+    "chilipiper": "slots",
+}
 
 
 class FleetMachine(RuleBasedStateMachine):
@@ -139,6 +145,46 @@ class FleetMachine(RuleBasedStateMachine):
         """Later (past claim leases and recovery timeouts), ``python -m src.outbox
         drain`` on a host where every CRM, or all but one, is configured."""
         self._run(self.world.drain(later=130.0, without=without))
+
+    @precondition(lambda self: bool(self.world.jobs))
+    @rule(job=st.integers(0, MAX_JOBS - 1), vendor=VENDOR, replies=st.integers(1, 4))
+    def outage_then_recovery(self, job: int, vendor: str, replies: int) -> None:
+        """A vendor dies while a conversation keeps asking (its circuit opens, its retry
+        budget is spent), then recovers: past the recovery timeout a probe answers. What
+        a later blip meets (issue 23, item 1: a budget starved by earlier outages)."""
+        tool = TOOL_OF[vendor]
+
+        async def story() -> None:
+            self.world.vendor_mode(vendor, "down")
+            for _ in range(replies):
+                await self.world.reply(job, [(tool, _arg(tool, None))], {})
+            self.world.jump(31.0)
+            self.world.vendor_mode(vendor, "healthy")
+            await self.world.reply(job, [(tool, _arg(tool, None))], {})
+
+        self._run(story())
+
+    @precondition(lambda self: bool(self.world.jobs))
+    @rule(
+        jobs=st.lists(st.integers(0, MAX_JOBS - 1), min_size=1, max_size=3),
+        stuck=st.sampled_from(["salesforce", "hubspot"]),
+    )
+    def writes_queue_behind_a_stuck_write(self, jobs: list[int], stuck: str) -> None:
+        """Conversations find their CRM record, then both CRMs fail while they save their
+        call summaries (kept in the outbox); all but ``stuck`` recover and another
+        process drains (issue 23, item 3: one write that cannot go blocks the others)."""
+
+        async def story() -> None:
+            for job in jobs:
+                await self.world.reply(job, [("account", None)], {})
+            for vendor in ("salesforce", "hubspot"):
+                self.world.vendor_mode(vendor, "down")
+            for job in jobs:
+                await self.world.reply(job, [("summary", None)], {})
+            self.world.vendor_mode("hubspot" if stuck == "salesforce" else "salesforce", "healthy")
+            await self.world.drain(later=130.0)
+
+        self._run(story())
 
     # -- rules: faults and time ---------------------------------------------------------------
     @rule(vendor=VENDOR, mode=st.sampled_from(["healthy", "down", "flapping"]))

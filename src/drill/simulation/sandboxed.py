@@ -14,13 +14,12 @@ import fnmatch
 import itertools
 from collections import deque
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from src.sandbox import Sandbox
 from src.sandbox.base import Fault, FaultKind, SandboxServer
 
-from .vendors import Outcome, Request, Write
+from .vendors import Meeting, Outcome, Request, Write, last_attempts_failed
 
 __all__ = ["SandboxVendor", "SandboxVendors"]
 
@@ -101,17 +100,28 @@ class SandboxVendor:
     # -- journals ----------------------------------------------------------------------------
     @property
     def journal(self) -> list[Request]:
-        out = []
+        out: list[Request] = []
+        search: Request | None = None  # Amplitude's last answered usersearch
         for e in self.server.journal:
             if not fnmatch.fnmatchcase(e.path, self.pattern):
                 continue
             answered = e.fault in (None, "slow") and e.status is not None and e.status < 500
-            out.append(Request(self.name, e.path, Outcome.OK if answered else Outcome.E503, e.at))
+            req = Request(self.name, e.path, Outcome.OK if answered else Outcome.E503, e.at)
+            # The sandbox's journal does not know our attempts: a useractivity is taken
+            # as the second request of the attempt whose usersearch answered just before
+            # (the stand-ins tag each request with its attempt instead).
+            if e.path.endswith("/useractivity") and search is not None:
+                req.attempt = search.attempt
+                search = None
+            elif e.path.endswith("/usersearch") and answered:
+                req.attempt, search = object(), req
+            out.append(req)
         return out
 
-    def last_failed(self, n: int = 3) -> bool:
-        last = self.journal[-n:]
-        return len(last) == n and not any(r.answered for r in last)
+    def last_failed(self, n: int = 3, job: int | None = None) -> bool:
+        if job is not None:
+            return False  # the sandbox's journal does not know the sender: never judged
+        return last_attempts_failed(self.journal, n)
 
     @property
     def writes(self) -> list[Write]:
@@ -146,9 +156,10 @@ class SandboxVendors:
             vendor.arm(list(schedules.get(name, ())))
 
     @property
-    def meetings(self) -> list[tuple[str, datetime, str]]:
+    def meetings(self) -> list[Meeting]:
+        # The sandbox books one meeting per time at most: the conversation is not known.
         return [
-            (m.guest_email.casefold(), m.start_time, m.meeting_id)
+            (m.guest_email.casefold(), m.start_time, m.meeting_id, 0)
             for m in self.sandbox.chilipiper.meetings
             if m.status == "Active"
         ]

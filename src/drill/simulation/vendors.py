@@ -18,14 +18,17 @@ Salesforce, HubSpot and ChiliPiper are stand-in clients with the methods the too
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from src.attempt import ATTEMPT_TIMER
 from src.errors import BadResponse, ConnectionFailed, NotFound, ServiceError, ServiceTimeout
 from src.latency import REQUEST_LIMIT
 from src.sandbox.amplitude import generate_events
@@ -38,6 +41,7 @@ from .clock import VirtualClock
 
 __all__ = [
     "PEOPLE",
+    "SENDER",
     "AmplitudeHttp",
     "ChiliPiperStandIn",
     "HubSpotStandIn",
@@ -48,6 +52,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# A meeting ChiliPiper holds: (guest email, start, meeting id, the conversation that
+# booked it). Two conversations of one caller may each book a time (ChiliPiper may have
+# several reps free at it); one conversation's booking held twice is a double send.
+Meeting = tuple[str, datetime, str, int]
+_CONVERSATIONS = itertools.count(1)
+#: The world's key of the job whose process sends a request (``None``: a drain from
+#: another process), set by :class:`~.world.World` around a job's steps.
+SENDER: ContextVar[int | None] = ContextVar("sim_sender", default=None)
 PEOPLE: tuple[TrialUser, ...] = TRIAL_USERS
 FAST_S = 0.05  # a healthy answer
 SLOW_S = 1.2  # slow but healthy: under the 2.5 s request limit
@@ -77,10 +89,36 @@ class Request:
     outcome: Outcome
     at: float
     applied: bool = False
+    # the retry attempt it was sent in (that attempt's timer, kept alive here so its id
+    # stays unique): one answer may take several requests (Amplitude's usersearch, then
+    # useractivity), and the breaker counts attempts, not requests
+    attempt: object = None
+    job: int | None = None  # the job whose process sent it (SENDER)
 
     @property
     def answered(self) -> bool:
         return self.outcome in ANSWERED
+
+
+def last_attempts_failed(journal: list[Request], n: int = 3, job: int | None = None) -> bool:
+    """Whether the last ``n`` attempts in ``journal`` (with ``job``: that job's own) all
+    failed (the breaker's honest reason to open). An attempt's requests share its tag
+    (untagged: a request is an attempt of its own); a failed request ends its attempt,
+    so an attempt failed when its last request did. Walks back only as far as the ``n``
+    attempts take."""
+    seen: set[int] = set()
+    for req in reversed(journal):
+        if job is not None and req.job != job:
+            continue
+        key = id(req.attempt) if req.attempt is not None else id(req)
+        if key in seen:
+            continue  # an earlier request of an attempt already judged by its last
+        if req.answered:
+            return False
+        seen.add(key)
+        if len(seen) == n:
+            return True
+    return False
 
 
 @dataclass
@@ -134,10 +172,10 @@ class Vendor:
     def healthy(self) -> bool:
         return self.mode == "healthy" and not self.schedule
 
-    def last_failed(self, n: int = 3) -> bool:
-        """Whether the last ``n`` requests all failed (the breaker's honest reason)."""
-        last = self.journal[-n:]
-        return len(last) == n and not any(r.answered for r in last)
+    def last_failed(self, n: int = 3, job: int | None = None) -> bool:
+        """Whether the last ``n`` attempts (with ``job``: that job's own) all failed
+        (the breaker's honest reason)."""
+        return last_attempts_failed(self.journal, n, job)
 
     def _limit(self) -> float:
         adapted = REQUEST_LIMIT.get()
@@ -149,7 +187,9 @@ class Vendor:
         """One request: ``write`` applies it at the vendor, ``answer`` builds the
         answer (it may raise ``NotFound``, an answer too)."""
         outcome = self._next()
-        req = Request(self.name, op, outcome, self.clock.now())
+        timer = ATTEMPT_TIMER.get()
+        attempt = timer[0] if timer is not None else None
+        req = Request(self.name, op, outcome, self.clock.now(), attempt=attempt, job=SENDER.get())
         self.journal.append(req)
 
         def apply() -> None:
@@ -194,7 +234,7 @@ class Vendors:
     def __init__(self, clock: VirtualClock, service_timeout: float) -> None:
         self.clock = clock
         self.by_name = {n: Vendor(n, clock, service_timeout) for n in self.NAMES}
-        self.meetings: list[tuple[str, datetime, str]] = []  # (email, start, id)
+        self.meetings: list[Meeting] = []
 
     def __getitem__(self, name: str) -> Vendor:
         return self.by_name[name]
@@ -291,14 +331,19 @@ class HubSpotStandIn(_StandIn):
 
 class ChiliPiperStandIn(_StandIn):
     """Opening a booking session and booking on it; an unknown earlier outcome is looked
-    up before booking again (the real client's reconciliation, per conversation)."""
+    up before booking again, and bookings of one conversation go one at a time, a time
+    booked here answered from memory (the real client's reconciliation, its lock and its
+    cache, per conversation: two tools of one reply booking the same time are one)."""
 
     booking_url = ""
 
-    def __init__(self, vendor: Vendor, meetings: list[tuple[str, datetime, str]]) -> None:
+    def __init__(self, vendor: Vendor, meetings: list[Meeting]) -> None:
         super().__init__(vendor)
         self.meetings = meetings
+        self.conversation = next(_CONVERSATIONS)  # one stand-in per job process
         self._in_doubt: set[tuple[str, datetime]] = set()
+        self._booked: dict[tuple[str, datetime], BookedMeeting] = {}
+        self._lock = asyncio.Lock()
 
     async def open_session(self, guest: Guest, now: datetime) -> BookingSession:
         start = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
@@ -311,6 +356,13 @@ class ChiliPiperStandIn(_StandIn):
         self, session: BookingSession, slot: DemoSlot, guest: Guest, *, now: datetime | None = None
     ) -> BookedMeeting:
         key = (guest.email.casefold(), slot.starts_at.astimezone(UTC))
+        async with self._lock:
+            known = self._booked.get(key)
+            if known is None:
+                known = self._booked[key] = await self._book(key, slot)
+            return known
+
+    async def _book(self, key: tuple[str, datetime], slot: DemoSlot) -> BookedMeeting:
         v = self.vendor
         if key in self._in_doubt:
             found = await v.serve(
@@ -325,7 +377,7 @@ class ChiliPiperStandIn(_StandIn):
             await v.serve(
                 "schedule",
                 lambda: None,
-                write=lambda: self.meetings.append((*key, meeting_id)),
+                write=lambda: self.meetings.append((*key, meeting_id, self.conversation)),
             )
         except ServiceError as exc:
             if not write_outcome_is_ambiguous(exc):

@@ -16,7 +16,7 @@ from src.settings import Settings
 from . import adapter
 from .clock import WALL_START, VirtualClock
 from .faults import StoreFaults, corrupt, wipe
-from .vendors import PEOPLE, Outcome, Vendors
+from .vendors import PEOPLE, SENDER, Outcome, Vendors
 
 __all__ = ["Heard", "Promise", "World"]
 
@@ -45,7 +45,12 @@ class Heard:
     cause: BaseException | None
     alone: bool  # the only call of its reply (the harm-free oracle judges those)
     oracle: dict[str, list[Outcome]]  # each vendor's next outcomes as the reply began
-    failed_before: dict[str, bool]  # vendor -> its last three requests had all failed
+    failed_before: dict[str, bool]  # vendor -> its last three attempts had all failed
+    # vendor -> this job's own circuit refused it in this reply (no request sent, the
+    # circuit open since a failed request of the job's own) after the job's own last
+    # three attempts to it had all failed: a process judges on what it saw (the store
+    # down, or its shared view not yet due for a refresh), not on others' answers
+    own_circuit: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,6 +60,7 @@ class DrainReport:
     healthy: set[str]
     promised: list[Promise]  # promises not yet applied as the drain began
     dead_letters: set[str] = field(default_factory=set)  # write ids dead-lettered
+    not_due: set[str] = field(default_factory=set)  # backing off or claimed as it began
 
 
 @dataclass
@@ -110,23 +116,56 @@ class World:
             return
         job = self.jobs[key]
         self.vendors.set_schedule(schedule)
-        oracle = {n: v.peek(6) for n, v in self.vendors.by_name.items()}  # 3 tries x 2
-        failed = {n: v.last_failed() for n, v in self.vendors.by_name.items()}
+        vendors = self.vendors.by_name
+        oracle = {n: v.peek(6) for n, v in vendors.items()}  # 3 tries x 2
+        failed = {n: v.last_failed() for n, v in vendors.items()}
+        own_failed = {n: v.last_failed(job=key) for n, v in vendors.items()}
+        sent = {n: len(v.journal) for n, v in vendors.items()}
         before = set(job.writes)
+        token = SENDER.set(key)
         try:
             results = await adapter.run_reply(job, calls)
         except Exception as exc:  # the conversation broke: every invariant's concern
             self.crashes.append(f"reply raised {type(exc).__name__}")
             return
         finally:
+            SENDER.reset(token)
             self.vendors.set_schedule({})
+        own_circuit = {
+            n: own_failed[n]
+            and adapter.circuit_open(job, n)
+            and self._opened_on_own_failure(job, key, n)
+            and not any(r.job == key for r in v.journal[sent[n] :])
+            for n, v in vendors.items()
+        }
         person = PEOPLE.index(job.person)
         for (tool, arg), (said, cause) in zip(calls, results, strict=True):
             self.heard.append(
-                Heard(key, person, tool, arg, said, cause, len(calls) == 1, oracle, failed)
+                Heard(
+                    key,
+                    person,
+                    tool,
+                    arg,
+                    said,
+                    cause,
+                    len(calls) == 1,
+                    oracle,
+                    failed,
+                    own_circuit,
+                )
             )
         self.all_heard += len(results)
         self._promise(key, job, before, calls, results)
+
+    def _opened_on_own_failure(self, job: adapter.Job, key: int, vendor: str) -> bool:
+        """Whether the job's circuit for ``vendor`` last opened on a failed request of
+        its own (its count or rate rule), not by adopting the fleet's view."""
+        seen = adapter.opened_at(job, vendor)
+        journal = self.vendors[vendor].journal
+        if not seen or seen > len(journal):
+            return False
+        last = journal[seen - 1]
+        return last.job == key and not last.answered
 
     def _promise(
         self,
@@ -159,10 +198,13 @@ class World:
         def in_flight() -> bool:
             return sum(len(v.journal) for v in self.vendors.by_name.values()) > requests
 
+        token = SENDER.set(key)
         try:
             await adapter.end_job(job, cancel_mid_send=in_flight if mid_send else None)
         except Exception as exc:
             self.crashes.append(f"job end raised {type(exc).__name__}")
+        finally:
+            SENDER.reset(token)
         self.memory_only |= {w.write_id for w in job.agent.outbox.pending}
         self.ended.append(job)
 
@@ -218,6 +260,7 @@ class World:
         healthy = {n for n, v in self.vendors.by_name.items() if v.healthy and n != without}
         open_promises = [p for p in self.promises.values() if not self.applied(p.write_id)]
         down = self.faults.down
+        waiting = set() if down else await adapter.not_due(self.store_url, self.clock)
         try:
             left = await adapter.drain(
                 self.store_url,
@@ -233,7 +276,9 @@ class World:
             return
         dead = await adapter.dead_letters(self.store_url, self.clock)
         self.drains.append(
-            DrainReport(left, down or bool(self.faults.escaped), healthy, open_promises, dead)
+            DrainReport(
+                left, down or bool(self.faults.escaped), healthy, open_promises, dead, waiting
+            )
         )
 
     # -- reading the journals ----------------------------------------------------------------
