@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -332,8 +333,9 @@ async def dead_letters(store_url: str, clock: VirtualClock) -> set[str]:
 
 async def not_due(store_url: str, clock: VirtualClock) -> set[str]:
     """Write ids in the store's outbox that a drain starting now does not take: backing
-    off (issue #23) or claimed by another drain; empty when the store cannot be read."""
-    now = clock.wall()
+    off (issue #23) or claimed by another drain; empty when the store cannot be read.
+    Judged on the store's clock: the virtual one for SQLite, Redis keeps its own."""
+    now = clock.wall() if store_url.startswith("sqlite://") else time.time()
     listed = await _listed(store_url, clock)
     return {i.id for i in listed or () if i.next_at > now or i.claimed_until > now}
 
