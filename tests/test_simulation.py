@@ -63,18 +63,10 @@ def test_invariant_holds_over_random_fleet_schedules(invariant: str) -> None:
     run_state_machine_as_test(machine_for([invariant]), settings=budget)
 
 
-# The oracle replays a reply's schedule on the virtual clock; on Redis the leases, TTLs
-# and the store guard's waits run on Redis's and the loop's real time, which it does not
-# model. Open (issue 24's closing note): on Redis the search finds an account lookup
-# falling back while every Salesforce answer was "ok"; harm_free is judged on SQLite.
-ON_REDIS_UNJUDGED = {"harm_free"}
-
-
 def test_a_smaller_run_on_a_real_redis_server(tmp_path: Path) -> None:
     """The same machine on a real redis-server (the store of several workers): the
-    invariants no known defect breaks, but ``harm_free`` (see ``ON_REDIS_UNJUDGED``).
-    Redis keeps its own clock, so the virtual clock jumps stay out (a jump would only
-    make the local and shared views disagree)."""
+    invariants no known defect breaks. Redis keeps its own clock, so the virtual clock
+    jumps stay out (a jump would only make the local and shared views disagree)."""
     server = RedisServer(tmp_path / "redis")
     server.start()
 
@@ -85,7 +77,7 @@ def test_a_smaller_run_on_a_real_redis_server(tmp_path: Path) -> None:
         return server.url
 
     try:
-        sound = [n for n in INVARIANTS if n not in {*KNOWN_SEAM_DEFECTS, *ON_REDIS_UNJUDGED}]
+        sound = [n for n in INVARIANTS if n not in KNOWN_SEAM_DEFECTS]
         run_state_machine_as_test(
             machine_for(sound, store=store, clock_jumps=False),
             settings=settings(SUITE, max_examples=4, stateful_step_count=25),
