@@ -434,7 +434,8 @@ async def entrypoint(ctx: JobContext) -> None:
     session = build_session(
         settings,
         userdata=data,
-        vad_model=ctx.proc.userdata.get("vad"),
+        # prewarm's; built here if a process skipped it (never LiveKit's 0.25 s default)
+        vad_model=ctx.proc.userdata.get("vad") or build_vad(),
         apology=apology,
         goodbye=goodbye,
     )

@@ -405,7 +405,8 @@ class AmplitudeClient(ServiceClient):
             if match is None:
                 raise NotFound(SERVICE, "amplitude: no user with that id")
             params = {"user": match.amplitude_id, "offset": 0, "limit": _EVENT_PAGE}
-            activity = await parse_activity(await self._get("/api/2/useractivity", params))
+            page = await self._get("/api/2/useractivity", params)
+        activity = await parse_activity(page)  # validated after the slot is given back
         trial_end = parse_trial_end(activity.user_data.properties.trial_end_date)
         facts = _facts(activity.events, trial_end)
         usage = _as_of(facts, self._clock())
