@@ -706,9 +706,12 @@ async def test_call_with_retry_falls_back_and_opens_after_three_failed_attempts(
     assert func.calls == 3  # the open circuit sent nothing
 
 
-async def test_call_with_retry_half_open_probe_is_a_single_attempt(
+async def test_call_with_retry_half_open_probe_keeps_its_retries(
     agent: RecoveringAgent, clock: FakeClock
 ) -> None:
+    """Issue #24: a probe is a call, not an attempt. A blip on its first attempt is
+    retried like any call's (plain retries would have answered), and the circuit
+    re-opens only when the whole probe call failed."""
     breaker = agent.circuit_breakers["hubspot"]
     func = Flaky(*(unavailable() for _ in range(100)))
     for _ in range(3):
@@ -716,11 +719,45 @@ async def test_call_with_retry_half_open_probe_is_a_single_attempt(
     calls = func.calls
     clock.advance(30.0)
     assert await agent.call_with_retry_and_circuit_breaker("hubspot", func, FALLBACK) == FALLBACK
-    assert func.calls == calls + 1
-    assert breaker.state is CircuitState.OPEN
+    assert func.calls == calls + 3  # the probe's attempt and its two retries, no more
+    assert breaker.state is CircuitState.OPEN and breaker.retry_in() == 30.0
     clock.advance(30.0)
-    ok = Flaky(value="recovered")
-    assert await agent.call_with_retry_and_circuit_breaker("hubspot", ok, FALLBACK) == "recovered"
+    blip = Flaky(unavailable(), value="recovered")
+    assert await agent.call_with_retry_and_circuit_breaker("hubspot", blip, FALLBACK) == "recovered"
+    assert blip.calls == 2
+    assert breaker.state is CircuitState.CLOSED and breaker.failure_count == 0
+
+
+async def test_call_with_retry_others_are_refused_while_a_probe_retries(
+    agent: RecoveringAgent, clock: FakeClock
+) -> None:
+    breaker = agent.circuit_breakers["hubspot"]
+    for _ in range(3):
+        await agent.call_with_retry_and_circuit_breaker(
+            "hubspot", Flaky(*(unavailable() for _ in range(3))), FALLBACK
+        )
+    clock.advance(30.0)
+    gate = asyncio.Event()
+    first = True
+
+    async def probe_call() -> str:
+        nonlocal first
+        if first:
+            first = False
+            raise unavailable()
+        await gate.wait()  # the probe's retry is in flight
+        return "recovered"
+
+    probe = asyncio.create_task(
+        agent.call_with_retry_and_circuit_breaker("hubspot", probe_call, FALLBACK)
+    )
+    for _ in range(20):
+        await asyncio.sleep(0)
+    other = Flaky(value="other")
+    assert await agent.call_with_retry_and_circuit_breaker("hubspot", other, FALLBACK) == FALLBACK
+    assert other.calls == 0 and breaker.state is CircuitState.HALF_OPEN
+    gate.set()
+    assert await probe == "recovered"
     assert breaker.state is CircuitState.CLOSED
 
 

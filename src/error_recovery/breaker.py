@@ -368,6 +368,11 @@ class CircuitBreaker:
         self._probe_token = self._tokens_issued
         return self._probe_token
 
+    def holds(self, probe: int) -> bool:
+        """Whether ``probe`` (a token from :meth:`admit`) is the half-open probe in
+        flight: its call may retry while it is."""
+        return bool(probe) and probe == self._probe_token and self._state is CircuitState.HALF_OPEN
+
     def _end_probe(self, probe: int) -> bool:
         """Free the probe slot; ``False`` for a stale token (the slot is not its own)."""
         if probe != self._probe_token:

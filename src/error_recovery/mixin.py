@@ -200,8 +200,10 @@ class ErrorRecoveryMixin:
         calls); a retried call that then succeeds clears the count, so one transient
         failure never opens a circuit. Before each retry the breaker's shared view is
         refreshed: a circuit another conversation opened meanwhile ends the retries. A
-        half-open probe is a single attempt (no retries pile onto a service that is just
-        recovering).
+        half-open probe is a call like any other: it keeps its retries (one caller's
+        few requests, inside its turn), and its verdict is the call's, so a blip on the
+        probe's first attempt neither re-opens the circuit nor costs the caller an
+        answer a retry would have got (issue #24); everyone else is refused meanwhile.
 
         Args:
             service_name: key of ``self.circuit_breakers``.
@@ -301,7 +303,7 @@ class ErrorRecoveryMixin:
         took: float | None = None  # seconds the last attempt took (the slow-call rule)
         clock = self.retry_clock
         budget = self.retry_budgets.get(service_name)
-        retries = 0 if probe else max_retries
+        retries = max_retries
         granted: bool | None = None  # the budget's answer for this call's next retry
 
         async def attempt() -> T:
@@ -312,7 +314,7 @@ class ErrorRecoveryMixin:
                 report.retry(self, service_name)
                 # Before a retry, see what other conversations learned meanwhile.
                 await breaker.refresh()
-                if breaker.state is not CircuitState.CLOSED:
+                if breaker.state is not CircuitState.CLOSED and not breaker.holds(probe):
                     raise CircuitOpenError(service_name, breaker.retry_in())
             if budget is not None:
                 budget.started(retry=attempts > 1)
@@ -336,8 +338,11 @@ class ErrorRecoveryMixin:
             return result
 
         def _retryable(exc: BaseException) -> bool:
-            # Stop retrying if other callers opened the circuit meanwhile.
-            if not is_retryable(exc) or breaker.state is not CircuitState.CLOSED:
+            # Stop retrying if other callers opened the circuit meanwhile (a probe goes
+            # on while the probe is still its own).
+            if not is_retryable(exc):
+                return False
+            if breaker.state is not CircuitState.CLOSED and not breaker.holds(probe):
                 return False
             if rule is not None and not rule.may_resend(exc):
                 logger.info(
