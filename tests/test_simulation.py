@@ -266,7 +266,28 @@ async def _an_answer_inside_a_failure_streak(w: World) -> None:
     await w.reply(1, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
 
 
+async def _a_blip_on_the_probe(w: World) -> None:
+    # issue 24 (seed 24): job 0 holds the fleet's open view when the store goes down;
+    # another process then gets an answer job 0 cannot see. Past the recovery timeout
+    # job 0's probe meets one 503 where a retry answers: a single-attempt probe fell back.
+    w.start(1)
+    w.start(0)
+    w.vendor_mode("salesforce", "down")
+    for _ in range(2):
+        await w.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+    await w.reply(1, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+    await w.store_event("down")
+    w.start(0)  # a new process: its circuit is its own while the store is down
+    await w.reply(2, [("account", None)], {"salesforce": [Outcome.OK]})
+    w.jump(31.0)
+    w.vendor_mode("salesforce", "healthy")
+    w.begin_step()
+    blip = {"salesforce": [Outcome.E503, Outcome.OK], "hubspot": [Outcome.RATE_LIMITED_LONG]}
+    await w.reply(1, [("account", None)], blip)
+
+
 SCENARIOS = {
+    "harm_free/probe-blip": _a_blip_on_the_probe,
     "harm_free/budget": _budget_starves_a_blip,
     "harm_free/rate-rule": _rate_rule_opens_on_a_flapping_vendor,
     "harm_free/answer-in-streak": _an_answer_inside_a_failure_streak,
