@@ -120,19 +120,16 @@ async def test_failed_calls_still_open_by_rate_and_a_dead_vendor_costs_three_req
     rule = RateRule(failure_rate_threshold=0.5, minimum_calls=4, window_size=4)
     breaker = CircuitBreaker(100, name="amp", clock=clock, rate_rule=rule)
     caller = Caller(breaker, clock)
-    n = 0
+    failing = False
 
-    async def two_of_three_calls_fail() -> str:  # each call: one attempt, not retried
-        nonlocal n
-        n += 1
-        if n % 3:
+    async def two_of_three_calls_fail() -> str:  # a failing call: every retry fails too
+        if failing:
             raise ServiceUnavailable("amp", status=503)
         return "data"
 
-    for _ in range(6):
-        await caller.call_with_retry_and_circuit_breaker(
-            "amp", two_of_three_calls_fail, FALLBACK, max_retries=0
-        )
+    for n in range(6):
+        failing = bool(n % 3)
+        await caller.call_with_retry_and_circuit_breaker("amp", two_of_three_calls_fail, FALLBACK)
     assert breaker.state is CircuitState.OPEN  # the caller-felt failure rate opened it
 
     requests = 0
@@ -149,6 +146,36 @@ async def test_failed_calls_still_open_by_rate_and_a_dead_vendor_costs_three_req
             await dead_caller.call_with_retry_and_circuit_breaker("amp", dead, FALLBACK) == FALLBACK
         )
     assert requests == 3 and dead_breaker.state is CircuitState.OPEN
+
+
+async def test_calls_sent_once_by_choice_are_left_to_the_consecutive_rule() -> None:
+    # Issue #24: the outbox sends a write once per flush (its retry is the next flush).
+    # On a vendor failing every other request such calls fail half the time, though a
+    # retry would have absorbed each fault: the failure rate must not open the circuit
+    # (a lookup the vendor would answer then falls back). Three in a row still do.
+    clock = Clock()
+    rule = RateRule(failure_rate_threshold=0.5, minimum_calls=4, window_size=4)
+    breaker = CircuitBreaker(3, name="amp", clock=clock, rate_rule=rule)
+    caller = Caller(breaker, clock)
+    n = 0
+
+    async def flapping() -> str:
+        nonlocal n
+        n += 1
+        if n % 2:
+            raise ServiceUnavailable("amp", status=503)
+        return "data"
+
+    for _ in range(12):
+        await caller.call_with_retry_and_circuit_breaker("amp", flapping, "", max_retries=0)
+    assert breaker.state is CircuitState.CLOSED  # 6 of 12 sent-once calls failed
+
+    async def down() -> str:
+        raise ServiceUnavailable("amp", status=503)
+
+    for _ in range(3):
+        await caller.call_with_retry_and_circuit_breaker("amp", down, "", max_retries=0)
+    assert breaker.state is CircuitState.OPEN  # three failures in a row
 
 
 # -- item 6: only an answer from the vendor ends a probe as a success -----------------

@@ -286,8 +286,21 @@ async def _a_blip_on_the_probe(w: World) -> None:
     await w.reply(1, [("account", None)], blip)
 
 
+async def _writes_sent_once_open_the_circuit_by_rate(w: World) -> None:
+    # issue 24 (seed 24, example 1845): on a Salesforce failing every other request each
+    # call summary's write (sent once: the outbox is its retry) fails after its record
+    # lookup answered; the failure rate then opened the circuit on faults a retry absorbs
+    w.start(0)
+    w.vendor_mode("salesforce", "flapping")
+    for n in range(5):  # each: the record's lookup answers, then the write fails
+        await w.reply(0, [("summary", None)], {} if n else {"salesforce": [Outcome.OK]})
+    w.begin_step()
+    await w.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+
+
 SCENARIOS = {
     "harm_free/probe-blip": _a_blip_on_the_probe,
+    "harm_free/rate-rule-writes": _writes_sent_once_open_the_circuit_by_rate,
     "harm_free/budget": _budget_starves_a_blip,
     "harm_free/rate-rule": _rate_rule_opens_on_a_flapping_vendor,
     "harm_free/answer-in-streak": _an_answer_inside_a_failure_streak,

@@ -389,7 +389,13 @@ class ErrorRecoveryMixin:
             if probe:  # every probe ends, whatever ended it (issue #23)
                 await breaker.on_failure(exc, probe=probe, duration=took, heard=contact)
             elif exc is counted:
-                await breaker.on_call_failed(exc, duration=took)  # the call, as felt
+                # the call, as felt. A call sent once by its own choice (no retries: the
+                # outbox's send, whose retry is the next flush) says nothing about whether
+                # retries would have absorbed the fault, so the rate rules leave it to the
+                # consecutive rule, like any attempt (issue #24: writes failing on a
+                # vendor that fails every other request opened the circuit by rate)
+                if retries:
+                    await breaker.on_call_failed(exc, duration=took)
             elif not isinstance(exc, CircuitOpenError):
                 await breaker.on_failure(exc)  # e.g. the attempt's time ran out
             if isinstance(exc, reraise) or not isinstance(exc, Exception):
