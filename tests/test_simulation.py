@@ -22,7 +22,12 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from src.drill.simulation.invariants import INVARIANTS, oracle_answers
 from src.drill.simulation.machine import machine_for
-from src.drill.simulation.vendors import Outcome, Request, last_attempts_failed
+from src.drill.simulation.vendors import (
+    Outcome,
+    Request,
+    last_attempts_failed,
+    rate_rule_honest,
+)
 from src.drill.simulation.world import World
 from src.phrases import ACCOUNT_FALLBACK
 from tests.fleet_helpers import RedisServer
@@ -146,6 +151,31 @@ def test_the_breakers_honest_reason_is_judged_in_attempts_not_requests() -> None
 
     assert last_attempts_failed(untagged(Outcome.OK, Outcome.E500, Outcome.E503, Outcome.HANG))
     assert not last_attempts_failed(untagged(Outcome.E500, Outcome.OK, Outcome.E503, Outcome.HANG))
+
+
+def test_the_rate_rules_honest_reason_is_judged_in_calls_as_felt() -> None:
+    # The failure-rate rule opens honestly only on calls that failed as the caller felt
+    # them: a call whose retry answered is an answer; a write sent once by choice (the
+    # outbox's) is not judged; calls of other jobs, and before ``since``, are not its.
+    def call(*outcomes: Outcome, op: str = "find_person", job: int = 0, at: float = 10.0):
+        tag = object()
+        return [Request("salesforce", op, o, at, job=job, call=tag) for o in outcomes]
+
+    failed = call(Outcome.HANG)
+    retried = call(Outcome.E503, Outcome.OK)
+    half = [r for _ in range(5) for r in (*call(Outcome.HANG), *call(Outcome.OK))]
+    assert rate_rule_honest(half, 0, window=20, minimum=10, threshold=0.5)
+    assert not rate_rule_honest(half[:-2], 0, window=20, minimum=10, threshold=0.5)  # 9 calls
+    flapping = [r for _ in range(10) for r in call(Outcome.E503, Outcome.OK)]
+    assert not rate_rule_honest(flapping, 0, window=20, minimum=10, threshold=0.5)
+    writes = [r for _ in range(10) for r in call(Outcome.E503, op="create_task")]
+    assert not rate_rule_honest(writes, 0, window=20, minimum=1, threshold=0.5)
+    others = [r for _ in range(10) for r in call(Outcome.HANG, job=1)]
+    assert not rate_rule_honest(others, 0, window=20, minimum=1, threshold=0.5)
+    early = [r for _ in range(10) for r in call(Outcome.HANG, at=1.0)]
+    assert rate_rule_honest(early, 0, window=20, minimum=10, threshold=0.5)
+    assert not rate_rule_honest(early, 0, window=20, minimum=10, threshold=0.5, since=5.0)
+    assert rate_rule_honest([*retried, *failed], 0, window=20, minimum=2, threshold=0.5)
 
 
 async def test_a_circuit_a_job_opened_alone_with_the_store_down_is_honest(tmp_path: Path) -> None:

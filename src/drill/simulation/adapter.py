@@ -94,6 +94,11 @@ class Job:
     transitions: list[tuple[str, str, str, int]] = field(default_factory=list)
     opened_at: dict[str, int] = field(default_factory=dict)  # vendor -> requests seen
     # when this job's circuit last opened (kept: transitions are cleared each step)
+    closed_at: dict[str, int] = field(default_factory=dict)  # ... last closed
+    # vendor -> requests seen when the circuit that last opened had closed before (its
+    # rate window had started again then)
+    window_from: dict[str, int] = field(default_factory=dict)
+    opened_time: dict[str, float] = field(default_factory=dict)  # ... on the clock
 
 
 def _transition_log(job: Job, vendors: Vendors) -> Callable[[str, Any, Any], None]:
@@ -102,6 +107,10 @@ def _transition_log(job: Job, vendors: Vendors) -> Callable[[str, Any, Any], Non
         job.transitions.append((name, str(old), str(new), seen))
         if new is CircuitState.OPEN:
             job.opened_at[name] = seen
+            job.window_from[name] = job.closed_at.get(name, 0)
+            job.opened_time[name] = vendors[name].clock.now()
+        elif new is CircuitState.CLOSED:
+            job.closed_at[name] = seen
 
     return note
 

@@ -11,7 +11,9 @@ suite and ``python -m src.drill simulate`` report.
   breaker, budget or rate rule, would have got the data from the same fault schedule
   (:func:`oracle_answers`), unless the vendor really failed its last three attempts (a
   usage attempt is two requests), or the job's own open circuit refused it after the
-  job's own last three attempts failed (with the store down a process judges alone).
+  job's own last three attempts failed, or its own recent calls had failed (as its
+  callers felt them) at the failure-rate threshold: the rate rule's honest reason (with
+  the store down a process judges alone; a rate window is a process's own).
 * ``probes_end_honestly``: no breaker is left half-open or holding a probe when no call
   is in flight, and a half-open circuit closes only after its vendor answered.
 * ``store_faults_contained``: no store fault (nor anything but a vendor's failure)

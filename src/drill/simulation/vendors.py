@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from src.attempt import ATTEMPT_TIMER
+from src.attempt import ATTEMPT_TIMER, VENDOR_CONTACT
 from src.errors import BadResponse, ConnectionFailed, NotFound, ServiceError, ServiceTimeout
 from src.latency import REQUEST_LIMIT
 from src.sandbox.amplitude import generate_events
@@ -94,6 +94,9 @@ class Request:
     # useractivity), and the breaker counts attempts, not requests
     attempt: object = None
     job: int | None = None  # the job whose process sent it (SENDER)
+    # the protected call it was sent in (what that call listens with, kept alive here):
+    # the rate rules judge calls, as the caller felt them
+    call: object = None
 
     @property
     def answered(self) -> bool:
@@ -119,6 +122,41 @@ def last_attempts_failed(journal: list[Request], n: int = 3, job: int | None = N
         if len(seen) == n:
             return True
     return False
+
+
+#: Requests of a call sent once by its own choice (the outbox's send: its retry is the
+#: next flush); the rate rules leave such calls to the consecutive rule.
+SENT_ONCE_OPS = frozenset({"create_task", "create_note"})
+
+
+def rate_rule_honest(
+    journal: list[Request],
+    job: int,
+    window: int,
+    minimum: int,
+    threshold: float,
+    since: float = float("-inf"),
+) -> bool:
+    """Whether ``job``'s last ``window`` calls in ``journal`` (at least ``minimum``,
+    sent from ``since`` on) failed, as the caller felt them (a call's last request
+    failed), at ``threshold`` or more: the failure-rate rule's honest reason to open.
+    Calls sent once by choice (:data:`SENT_ONCE_OPS`) are not judged, as the rule does
+    not judge them."""
+    seen: set[int] = set()
+    failed = 0
+    for req in reversed(journal):
+        if req.at < since:
+            break
+        if req.job != job or req.op in SENT_ONCE_OPS:
+            continue
+        key = id(req.call) if req.call is not None else id(req)
+        if key in seen:
+            continue  # an earlier request of a call already judged by its last
+        seen.add(key)
+        failed += not req.answered
+        if len(seen) == window:
+            break
+    return len(seen) >= minimum and failed >= threshold * len(seen)
 
 
 @dataclass
@@ -189,7 +227,15 @@ class Vendor:
         outcome = self._next()
         timer = ATTEMPT_TIMER.get()
         attempt = timer[0] if timer is not None else None
-        req = Request(self.name, op, outcome, self.clock.now(), attempt=attempt, job=SENDER.get())
+        req = Request(
+            self.name,
+            op,
+            outcome,
+            self.clock.now(),
+            attempt=attempt,
+            job=SENDER.get(),
+            call=VENDOR_CONTACT.get(),
+        )
         self.journal.append(req)
 
         def apply() -> None:

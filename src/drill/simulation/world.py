@@ -16,7 +16,7 @@ from src.settings import Settings
 from . import adapter
 from .clock import WALL_START, VirtualClock
 from .faults import StoreFaults, corrupt, wipe
-from .vendors import PEOPLE, SENDER, Outcome, Vendors
+from .vendors import PEOPLE, SENDER, Outcome, Vendors, rate_rule_honest
 
 __all__ = ["Heard", "Promise", "World"]
 
@@ -48,8 +48,10 @@ class Heard:
     failed_before: dict[str, bool]  # vendor -> its last three attempts had all failed
     # vendor -> this job's own circuit refused it in this reply (no request sent, the
     # circuit open since a failed request of the job's own) after the job's own last
-    # three attempts to it had all failed: a process judges on what it saw (the store
-    # down, or its shared view not yet due for a refresh), not on others' answers
+    # three attempts to it had all failed, or its own recent calls had failed at the
+    # failure-rate threshold: a process judges on what it saw (the store down, or its
+    # shared view not yet due for a refresh, its rate window its own), not on others'
+    # answers
     own_circuit: dict[str, bool] = field(default_factory=dict)
 
 
@@ -132,9 +134,9 @@ class World:
             SENDER.reset(token)
             self.vendors.set_schedule({})
         own_circuit = {
-            n: own_failed[n]
-            and adapter.circuit_open(job, n)
+            n: adapter.circuit_open(job, n)
             and self._opened_on_own_failure(job, key, n)
+            and (own_failed[n] or self._opened_by_honest_rate(job, key, n))
             and not any(r.job == key for r in v.journal[sent[n] :])
             for n, v in vendors.items()
         }
@@ -166,6 +168,22 @@ class World:
             return False
         last = journal[seen - 1]
         return last.job == key and not last.answered
+
+    def _opened_by_honest_rate(self, job: adapter.Job, key: int, vendor: str) -> bool:
+        """Whether the job's circuit for ``vendor`` last opened when the job's own recent
+        calls had failed, as its callers felt them, at the failure-rate threshold (the
+        rate rule's honest reason; its window is the process's own, since the circuit
+        last closed, of the calls that ended in the window's time before the opening: a
+        call that started up to one request limit earlier may have ended in it)."""
+        seen = adapter.opened_at(job, vendor)
+        r = self.settings.resilience
+        since = job.window_from.get(vendor, 0)
+        journal = self.vendors[vendor].journal[since : seen or 0]
+        window_s = r.window_seconds or float("inf")
+        started = job.opened_time.get(vendor, 0.0) - window_s - r.service_timeout
+        return rate_rule_honest(
+            journal, key, r.window_size, r.minimum_calls, r.failure_rate_threshold, started
+        )
 
     def _promise(
         self,
