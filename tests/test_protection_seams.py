@@ -12,7 +12,7 @@ Stores are real: a SQLite file and a redis-server (``store_url``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -67,13 +67,8 @@ def breaker_on(store: ResilienceStore | None, clock: Clock, **kw: object) -> Cir
     return CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0, **kw)  # type: ignore[arg-type]
 
 
-# -- item 2: rules that judge what the caller feels ------------------------------------
-async def test_every_other_request_failing_is_absorbed_and_the_circuit_stays_closed(
-    store: ResilienceStore,
-) -> None:
-    clock = Clock()
-    breaker = breaker_on(store, clock, rate_rule=RateRule())  # failure rate 50 % over 10
-    caller = Caller(breaker, clock)
+def every_other_request_fails() -> Callable[[], Awaitable[str]]:
+    """A vendor failing every other request (the first with a 503)."""
     n = 0
 
     async def flapping() -> str:
@@ -82,6 +77,18 @@ async def test_every_other_request_failing_is_absorbed_and_the_circuit_stays_clo
         if n % 2:
             raise ServiceUnavailable("amp", status=503)
         return "data"
+
+    return flapping
+
+
+# -- item 2: rules that judge what the caller feels ------------------------------------
+async def test_every_other_request_failing_is_absorbed_and_the_circuit_stays_closed(
+    store: ResilienceStore,
+) -> None:
+    clock = Clock()
+    breaker = breaker_on(store, clock, rate_rule=RateRule())  # failure rate 50 % over 10
+    caller = Caller(breaker, clock)
+    flapping = every_other_request_fails()
 
     got = [
         await caller.call_with_retry_and_circuit_breaker("amp", flapping, FALLBACK)
@@ -157,14 +164,7 @@ async def test_calls_sent_once_by_choice_are_left_to_the_consecutive_rule() -> N
     rule = RateRule(failure_rate_threshold=0.5, minimum_calls=4, window_size=4)
     breaker = CircuitBreaker(3, name="amp", clock=clock, rate_rule=rule)
     caller = Caller(breaker, clock)
-    n = 0
-
-    async def flapping() -> str:
-        nonlocal n
-        n += 1
-        if n % 2:
-            raise ServiceUnavailable("amp", status=503)
-        return "data"
+    flapping = every_other_request_fails()
 
     for _ in range(12):
         await caller.call_with_retry_and_circuit_breaker("amp", flapping, "", max_retries=0)
