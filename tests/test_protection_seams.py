@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from src.attempt import listening, served_locally, vendor_answered
+from src.drill.simulation.faults import FaultyStore, StoreFaults
 from src.error_recovery import CircuitBreaker, CircuitState, ErrorRecoveryMixin, RateRule
 from src.errors import (
     CircuitOpenError,
@@ -176,6 +177,42 @@ async def test_calls_sent_once_by_choice_are_left_to_the_consecutive_rule() -> N
     for _ in range(3):
         await caller.call_with_retry_and_circuit_breaker("amp", down, "", max_retries=0)
     assert breaker.state is CircuitState.OPEN  # three failures in a row
+
+
+async def test_a_success_the_store_missed_ends_the_fleets_streak_once_it_is_back(
+    store: ResilienceStore,
+) -> None:
+    # Issue #24 (simulate --seed 7): a failure reached the store, then the store was
+    # unreachable (down, or cooling down after a slow operation) for a failure and the
+    # success that ended the streak. Back, the store still held the old failure: adopted,
+    # two new failures made "three in a row" and opened the circuit. The success the
+    # store missed is told to it first.
+    clock = Clock()
+    faults = StoreFaults()
+    guard = StoreGuard(FaultyStore(store, faults), clock=clock, cool_down=2.0)  # type: ignore[arg-type]
+    breaker = CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0)
+    caller = Caller(breaker, clock)
+
+    async def down() -> str:
+        raise ServiceUnavailable("amp", status=503)
+
+    async def up() -> str:
+        return "data"
+
+    await caller.call_with_retry_and_circuit_breaker("amp", down, "", max_retries=0)
+    assert (await store.breaker_view("amp", 30.0)).failures == 1
+    faults.down = True
+    await caller.call_with_retry_and_circuit_breaker("amp", down, "", max_retries=0)
+    assert await caller.call_with_retry_and_circuit_breaker("amp", up, "", max_retries=0) == "data"
+    faults.down = False
+    clock.now += 3.0  # past the guard's cool-down
+    for _ in range(2):
+        await caller.call_with_retry_and_circuit_breaker("amp", down, "", max_retries=0)
+    assert breaker.state is CircuitState.CLOSED and breaker.failure_count == 2
+    view = await store.breaker_view("amp", 30.0)
+    assert view.state == "closed" and view.failures == 2
+    await caller.call_with_retry_and_circuit_breaker("amp", down, "", max_retries=0)
+    assert breaker.state is CircuitState.OPEN  # three in a row still open it
 
 
 # -- item 6: only an answer from the vendor ends a probe as a success -----------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -110,6 +111,9 @@ class CircuitBreaker:
         self.share_ttl = share_ttl
         self.probe_lease = probe_lease
         self._synced_at: float | None = None
+        # A success the store did not hear (it was down or cooling down): the fleet's
+        # count may still hold the failures this success ended (issue #24).
+        self._success_unsent = False
         self._shared_probe: dict[int, str] = {}  # local probe token -> fleet lease token
         self.rate_rule = rate_rule
         if window is None and rate_rule is not None:
@@ -176,9 +180,18 @@ class CircuitBreaker:
             view = await guard.run(
                 lambda: guard.store.breaker_view(self.name, self.recovery_timeout), "read"
             )
+            if self._success_unsent and view.state == "closed" and view.failures:
+                await self._send_success(guard)
+                view = replace(view, failures=0)
         except StoreError:
             return
+        self._success_unsent = False  # the store is heard again: its view counts now
         self._adopt(view)
+
+    async def _send_success(self, guard: StoreGuard) -> None:
+        """Tell the store a success ended the failure streak (raises StoreError)."""
+        await guard.run(lambda: guard.store.breaker_success(self.name), "success")
+        self._success_unsent = False
 
     async def admit(self) -> int:
         """:meth:`acquire` for the fleet: refuses while the shared circuit is open, and
@@ -238,6 +251,8 @@ class CircuitBreaker:
             return
         threshold = 1 if by_rate else self.failure_threshold  # the rate rule opens it now
         try:
+            if self._success_unsent:  # the streak the store holds ended before this one
+                await self._send_success(guard)
             opened, view = await guard.run(
                 lambda: guard.store.breaker_failure(self.name, threshold, self.recovery_timeout),
                 "failure",
@@ -300,9 +315,11 @@ class CircuitBreaker:
                     "slow calls",
                 )
             return
-        if had_failures and self._state is CircuitState.CLOSED:
-            with contextlib.suppress(StoreError):
-                await guard.run(lambda: guard.store.breaker_success(self.name), "success")
+        if (had_failures or self._success_unsent) and self._state is CircuitState.CLOSED:
+            try:
+                await self._send_success(guard)
+            except StoreError:
+                self._success_unsent = True  # told once the store is heard again
 
     def _verdict(self, exc: BaseException | None, heard: VendorContact | None) -> bool | None:
         return probe_verdict(exc, heard, self._is_failure)
