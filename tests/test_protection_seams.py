@@ -12,6 +12,7 @@ Stores are real: a SQLite file and a redis-server (``store_url``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -213,6 +214,55 @@ async def test_a_success_the_store_missed_ends_the_fleets_streak_once_it_is_back
     assert view.state == "closed" and view.failures == 2
     await caller.call_with_retry_and_circuit_breaker("amp", down, "", max_retries=0)
     assert breaker.state is CircuitState.OPEN  # three in a row still open it
+
+
+async def test_a_success_lands_after_a_concurrent_failure_on_its_way_to_the_store(
+    store: ResilienceStore,
+) -> None:
+    # Issue #24 (simulate --seed 24, example 3613): two calls of one reply; the first
+    # failed, and while its failure was on its way to the store the second succeeded.
+    # The success (the process's count still 0) was not written, the failure landed
+    # after it, and the fleet kept one failure as the start of a streak that two later
+    # failures turned into "three in a row". The success now waits for it.
+    clock = Clock()
+    release = asyncio.Event()
+
+    class SlowFailures:  # the real store; a failure's write is held until released
+        def __init__(self, inner: ResilienceStore) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        async def breaker_failure(self, *args: object) -> object:
+            await release.wait()
+            return await self.inner.breaker_failure(*args)  # type: ignore[arg-type]
+
+    guard = StoreGuard(SlowFailures(store), timeout=5.0, clock=clock)  # type: ignore[arg-type]
+    breaker = CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0)
+    caller = Caller(breaker, clock)
+
+    async def down() -> str:
+        raise ServiceUnavailable("amp", status=503)
+
+    async def up() -> str:
+        return "data"
+
+    failing = asyncio.create_task(
+        caller.call_with_retry_and_circuit_breaker("amp", down, "", max_retries=0)
+    )
+    for _ in range(10):
+        await asyncio.sleep(0)  # its failure is on its way to the store
+    succeeding = asyncio.create_task(
+        caller.call_with_retry_and_circuit_breaker("amp", up, "", max_retries=0)
+    )
+    for _ in range(10):
+        await asyncio.sleep(0)
+    release.set()
+    assert await succeeding == "data"
+    await failing
+    assert (await store.breaker_view("amp", 30.0)).failures == 0  # the success came last
+    assert breaker.failure_count == 0
 
 
 # -- item 6: only an answer from the vendor ends a probe as a success -----------------

@@ -21,6 +21,7 @@ opening by that rule is written to the store like any other, so the fleet follow
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -114,6 +115,10 @@ class CircuitBreaker:
         # A success the store did not hear (it was down or cooling down): the fleet's
         # count may still hold the failures this success ended (issue #24).
         self._success_unsent = False
+        # Failures on their way to the store: a success of a concurrent call waits for
+        # them, so the store sees the two in the order they happened (issue #24).
+        self._failure_writes = 0
+        self._writes_idle: asyncio.Event | None = None
         self._shared_probe: dict[int, str] = {}  # local probe token -> fleet lease token
         self.rate_rule = rate_rule
         if window is None and rate_rule is not None:
@@ -250,6 +255,7 @@ class CircuitBreaker:
             self._count_failure(by_rate)
             return
         threshold = 1 if by_rate else self.failure_threshold  # the rate rule opens it now
+        self._failure_writes += 1
         try:
             if self._success_unsent:  # the streak the store holds ended before this one
                 await self._send_success(guard)
@@ -260,6 +266,10 @@ class CircuitBreaker:
         except StoreError:
             self._count_failure(by_rate)
             return
+        finally:
+            self._failure_writes -= 1
+            if not self._failure_writes and self._writes_idle is not None:
+                self._writes_idle.set()
         self._synced_at = self._clock()
         if opened and self._state is CircuitState.CLOSED:
             self._failure_count = view.failures
@@ -303,6 +313,14 @@ class CircuitBreaker:
         if probe:
             await self._finish(probe, self._verdict(None, heard))
             return
+        if self._failure_writes:
+            # A concurrent call's failure is on its way to the store (each write bounded
+            # by the guard's timeout): this success came after it and must land after
+            # it, else the store keeps that failure as the start of a new streak.
+            if self._writes_idle is None:
+                self._writes_idle = asyncio.Event()
+            self._writes_idle.clear()
+            await self._writes_idle.wait()
         had_failures = self._failure_count > 0
         by_rate = self.record_success(duration=duration)
         if guard is None:
