@@ -265,6 +265,56 @@ async def test_a_success_lands_after_a_concurrent_failure_on_its_way_to_the_stor
     assert breaker.failure_count == 0
 
 
+async def test_an_answer_that_arrives_after_the_circuit_opened_closes_it(
+    store: ResilienceStore,
+) -> None:
+    # Issue #24 (simulate --seed 7, example 4530): a call admitted while the circuit was
+    # closed answered just after three failures of other calls opened it. The vendor
+    # works: refusing everyone for the recovery timeout would turn answers into
+    # fallbacks. A cache hit after the opening says nothing and keeps it open.
+    clock = Clock()
+    breaker = breaker_on(store, clock)
+    caller = Caller(breaker, clock)
+    answer = asyncio.Event()
+
+    async def slow_answer() -> str:
+        await answer.wait()
+        vendor_answered()
+        return "data"
+
+    async def down() -> str:
+        raise ServiceUnavailable("amp", status=503)
+
+    straggler = asyncio.create_task(
+        caller.call_with_retry_and_circuit_breaker("amp", slow_answer, FALLBACK)
+    )
+    await asyncio.sleep(0)
+    for _ in range(3):
+        await caller.call_with_retry_and_circuit_breaker("amp", down, FALLBACK, max_retries=0)
+    assert breaker.state is CircuitState.OPEN
+    answer.set()
+    assert await straggler == "data"
+    assert breaker.state is CircuitState.CLOSED
+    assert (await store.breaker_view("amp", 30.0)).state == "closed"
+
+    cached = asyncio.Event()
+
+    async def from_cache() -> str:
+        await cached.wait()
+        served_locally()
+        return "data"
+
+    local = asyncio.create_task(
+        caller.call_with_retry_and_circuit_breaker("amp", from_cache, FALLBACK)
+    )
+    await asyncio.sleep(0)
+    for _ in range(3):
+        await caller.call_with_retry_and_circuit_breaker("amp", down, FALLBACK, max_retries=0)
+    cached.set()
+    assert await local == "data"
+    assert breaker.state is CircuitState.OPEN  # no word from the vendor
+
+
 # -- item 6: only an answer from the vendor ends a probe as a success -----------------
 async def open_now(caller: Caller) -> None:
     async def down() -> str:

@@ -321,6 +321,20 @@ class CircuitBreaker:
                 self._writes_idle = asyncio.Event()
             self._writes_idle.clear()
             await self._writes_idle.wait()
+        if self._state is CircuitState.OPEN and self._verdict(None, heard) is True:
+            # A call admitted while the circuit was closed (while open only a probe
+            # goes through) answered after it opened: the vendor works, and refusing
+            # callers for the recovery timeout would turn its answers into fallbacks
+            # (issue #24). Such a call ends within its tool deadline, so this is the
+            # opening it saw.
+            self._close()
+            if guard is not None:
+                with contextlib.suppress(StoreError):
+                    await guard.run(
+                        lambda: guard.store.breaker_late_success(self.name), "late success"
+                    )
+                self._synced_at = self._clock()
+            return
         had_failures = self._failure_count > 0
         by_rate = self.record_success(duration=duration)
         if guard is None:

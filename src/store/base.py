@@ -121,6 +121,15 @@ def rule_success(rec: Record, now: float) -> tuple[None, bool]:
     return None, True
 
 
+def rule_late_success(rec: Record, now: float) -> tuple[None, bool]:
+    """A call admitted while the circuit was closed answered after it opened: the vendor
+    works, the open circuit closes (a half-open one is its probe's to decide)."""
+    if rec["state"] != "open":
+        return None, False
+    rec.update(state="closed", failures=0, opened_at=0.0, probe="", probe_until=0.0)
+    return None, True
+
+
 def rule_probe(recovery_timeout: float, lease: float) -> Mutation[str]:
     """Take the fleet's one probe lease when the recovery timeout is over (or the last
     probe's lease expired: its process died); result: the token, ``""`` when refused."""
@@ -267,6 +276,9 @@ class ResilienceStore(abc.ABC):
 
     async def breaker_success(self, name: str) -> None:
         await self._mutate(name, rule_success)
+
+    async def breaker_late_success(self, name: str) -> None:
+        await self._mutate(name, rule_late_success)
 
     async def breaker_probe(
         self, name: str, recovery_timeout: float, lease: float
