@@ -268,51 +268,54 @@ async def test_a_success_lands_after_a_concurrent_failure_on_its_way_to_the_stor
 async def test_an_answer_that_arrives_after_the_circuit_opened_closes_it(
     store: ResilienceStore,
 ) -> None:
-    # Issue #24 (simulate --seed 7, example 4530): a call admitted while the circuit was
-    # closed answered just after three failures of other calls opened it. The vendor
-    # works: refusing everyone for the recovery timeout would turn answers into
-    # fallbacks. A cache hit after the opening says nothing and keeps it open.
+    # Issue #24 (simulate --seed 7, example 4530): an attempt sent after the failures
+    # that then opened the circuit got the vendor's answer just after the opening. The
+    # vendor works: refusing everyone for the recovery timeout would turn answers into
+    # fallbacks. (An answer to an attempt sent before those failures changes nothing:
+    # test_straggler_outcomes_do_not_disturb_an_open_circuit.)
     clock = Clock()
     breaker = breaker_on(store, clock)
     caller = Caller(breaker, clock)
-    answer = asyncio.Event()
 
-    async def slow_answer() -> str:
-        await answer.wait()
-        vendor_answered()
-        return "data"
+    async def round_trip(served: Callable[[], None]) -> CircuitState:
+        fail, answer = asyncio.Event(), asyncio.Event()
+        sent = asyncio.Queue[None]()
 
-    async def down() -> str:
-        raise ServiceUnavailable("amp", status=503)
+        async def failing() -> str:
+            sent.put_nowait(None)
+            await fail.wait()
+            raise ServiceUnavailable("amp", status=503)
 
-    straggler = asyncio.create_task(
-        caller.call_with_retry_and_circuit_breaker("amp", slow_answer, FALLBACK)
-    )
-    await asyncio.sleep(0)
-    for _ in range(3):
-        await caller.call_with_retry_and_circuit_breaker("amp", down, FALLBACK, max_retries=0)
-    assert breaker.state is CircuitState.OPEN
-    answer.set()
-    assert await straggler == "data"
-    assert breaker.state is CircuitState.CLOSED
+        async def answering() -> str:
+            sent.put_nowait(None)
+            await answer.wait()
+            served()
+            return "data"
+
+        failures = [
+            asyncio.create_task(
+                caller.call_with_retry_and_circuit_breaker("amp", failing, "", max_retries=0)
+            )
+            for _ in range(3)
+        ]
+        for _ in failures:
+            await sent.get()
+        clock.now += 1.0  # sent after the three failing requests
+        late = asyncio.create_task(
+            caller.call_with_retry_and_circuit_breaker("amp", answering, FALLBACK)
+        )
+        await sent.get()
+        clock.now += 1.0
+        fail.set()
+        await asyncio.gather(*failures)
+        assert breaker.state is CircuitState.OPEN
+        answer.set()
+        assert await late == "data"
+        return breaker.state
+
+    assert await round_trip(vendor_answered) is CircuitState.CLOSED
     assert (await store.breaker_view("amp", 30.0)).state == "closed"
-
-    cached = asyncio.Event()
-
-    async def from_cache() -> str:
-        await cached.wait()
-        served_locally()
-        return "data"
-
-    local = asyncio.create_task(
-        caller.call_with_retry_and_circuit_breaker("amp", from_cache, FALLBACK)
-    )
-    await asyncio.sleep(0)
-    for _ in range(3):
-        await caller.call_with_retry_and_circuit_breaker("amp", down, FALLBACK, max_retries=0)
-    cached.set()
-    assert await local == "data"
-    assert breaker.state is CircuitState.OPEN  # no word from the vendor
+    assert await round_trip(served_locally) is CircuitState.OPEN  # a cache: no word
 
 
 # -- item 6: only an answer from the vendor ends a probe as a success -----------------

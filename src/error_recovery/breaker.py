@@ -119,6 +119,10 @@ class CircuitBreaker:
         # them, so the store sees the two in the order they happened (issue #24).
         self._failure_writes = 0
         self._writes_idle: asyncio.Event | None = None
+        # When the latest attempt of the current failure streak started (this process's
+        # own failures): an answer to an attempt sent after it, arriving once the
+        # circuit opened, shows the vendor works (issue #24).
+        self._streak_started: float | None = None
         self._shared_probe: dict[int, str] = {}  # local probe token -> fleet lease token
         self.rate_rule = rate_rule
         if window is None and rate_rule is not None:
@@ -251,6 +255,9 @@ class CircuitBreaker:
                 await self.on_success(duration=duration)  # an answer: the streak ends
             return
         by_rate = self._observe(failed=True, duration=duration) if judge else None
+        started = self._clock() - (duration or 0.0)
+        if self._streak_started is None or started > self._streak_started:
+            self._streak_started = started
         if guard is None:
             self._count_failure(by_rate)
             return
@@ -321,12 +328,14 @@ class CircuitBreaker:
                 self._writes_idle = asyncio.Event()
             self._writes_idle.clear()
             await self._writes_idle.wait()
-        if self._state is CircuitState.OPEN and self._verdict(None, heard) is True:
-            # A call admitted while the circuit was closed (while open only a probe
-            # goes through) answered after it opened: the vendor works, and refusing
+        if self._late_answer(duration, heard):
+            # An attempt sent after the last failure of the streak that opened the
+            # circuit (by a call admitted while it was closed: while open only a probe
+            # goes through) got the vendor's answer: the vendor works, and refusing
             # callers for the recovery timeout would turn its answers into fallbacks
             # (issue #24). Such a call ends within its tool deadline, so this is the
-            # opening it saw.
+            # opening it saw. An answer to an attempt sent before those failures says
+            # nothing about now and changes nothing.
             self._close()
             if guard is not None:
                 with contextlib.suppress(StoreError):
@@ -352,6 +361,15 @@ class CircuitBreaker:
                 await self._send_success(guard)
             except StoreError:
                 self._success_unsent = True  # told once the store is heard again
+
+    def _late_answer(self, duration: float | None, heard: VendorContact | None) -> bool:
+        """Whether a success while open answers an attempt sent after the last failure
+        of this process's streak that opened the circuit."""
+        if self._state is not CircuitState.OPEN or duration is None:
+            return False
+        if self._streak_started is None or self._verdict(None, heard) is not True:
+            return False
+        return self._clock() - duration > self._streak_started
 
     def _verdict(self, exc: BaseException | None, heard: VendorContact | None) -> bool | None:
         return probe_verdict(exc, heard, self._is_failure)
@@ -385,6 +403,7 @@ class CircuitBreaker:
         self._opened_at = self._clock() - max(0.0, self.recovery_timeout - retry_in)
         self._failure_count = view.failures
         if self._state is not CircuitState.OPEN:
+            self._streak_started = None  # the fleet's failures: their times are not ours
             self._transition(CircuitState.OPEN)
             logger.info(
                 "Circuit breaker: circuit opened by another conversation",
@@ -438,6 +457,7 @@ class CircuitBreaker:
             return None
         if self._state is CircuitState.CLOSED:
             self._failure_count = 0
+            self._streak_started = None
             by_rate = self._observe(failed=False, duration=duration)
             if by_rate:
                 self._open_by_rate(by_rate)
@@ -526,6 +546,7 @@ class CircuitBreaker:
 
     def _close(self) -> None:
         self._failure_count = 0
+        self._streak_started = None
         if self._window is not None:
             self._window.clear()
         self._opened_at = None
