@@ -69,6 +69,14 @@ def breaker_on(store: ResilienceStore | None, clock: Clock, **kw: object) -> Cir
     return CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0, **kw)  # type: ignore[arg-type]
 
 
+async def vendor_down() -> str:
+    raise ServiceUnavailable("amp", status=503)
+
+
+async def vendor_up() -> str:
+    return "data"
+
+
 def every_other_request_fails() -> Callable[[], Awaitable[str]]:
     """A vendor failing every other request (the first with a 503)."""
     n = 0
@@ -194,11 +202,7 @@ async def test_a_success_the_store_missed_ends_the_fleets_streak_once_it_is_back
     breaker = CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0)
     caller = Caller(breaker, clock)
 
-    async def down() -> str:
-        raise ServiceUnavailable("amp", status=503)
-
-    async def up() -> str:
-        return "data"
+    down, up = vendor_down, vendor_up
 
     await caller.call_with_retry_and_circuit_breaker("amp", down, "", max_retries=0)
     assert (await store.breaker_view("amp", 30.0)).failures == 1
@@ -242,11 +246,7 @@ async def test_a_success_lands_after_a_concurrent_failure_on_its_way_to_the_stor
     breaker = CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0)
     caller = Caller(breaker, clock)
 
-    async def down() -> str:
-        raise ServiceUnavailable("amp", status=503)
-
-    async def up() -> str:
-        return "data"
+    down, up = vendor_down, vendor_up
 
     failing = asyncio.create_task(
         caller.call_with_retry_and_circuit_breaker("amp", down, "", max_retries=0)
