@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -32,7 +33,8 @@ from src.registry import READ
 from src.sandbox.base import SandboxServer
 from src.services.http import HttpOptions, ServiceHttp
 from src.services.quota import QuotaExhausted
-from src.store import ResilienceStore, StoreGuard, open_store
+from src.store import ResilienceStore, SqliteStore, StoreGuard, open_store
+from src.store.base import new_record, rule_failure, view_of
 
 FALLBACK = "I can't pull that up right now."
 
@@ -479,3 +481,86 @@ async def test_an_answer_between_failures_ends_the_streak(
     assert second.state is CircuitState.CLOSED
     await two.call_with_retry_and_circuit_breaker("amp", fail, FALLBACK, max_retries=0)
     assert second.state is CircuitState.OPEN
+
+
+# -- issue #24: a streak of failures that paused longer than the window starts again ----
+@pytest.mark.parametrize("where", ["store", "store down", "no store"])
+async def test_a_streak_that_paused_longer_than_the_window_starts_again(
+    tmp_path: Path, where: str
+) -> None:
+    """(simulate --seed 7, example 8088) Two failures, an hour of quiet, one more: that is
+    no "three in a row" (the circuit opened, and the same reply's retry, which the vendor
+    answered, was refused). A streak ends when it pauses longer than the rate rule's
+    window, in the process and in the store; within the window three still open it."""
+    clock = Clock()
+    faults = StoreFaults()
+    guard = None
+    if where != "no store":
+        store = SqliteStore(tmp_path / "fleet.db", clock=clock)
+        guard = StoreGuard(FaultyStore(store, faults), clock=clock)  # type: ignore[arg-type]
+    breaker = CircuitBreaker(
+        3,
+        name="amp",
+        clock=clock,
+        store=guard,
+        share_ttl=0.0,
+        rate_rule=RateRule(window_seconds=60),
+    )
+    caller = Caller(breaker, clock)
+    call = caller.call_with_retry_and_circuit_breaker
+    for _ in range(2):
+        await call("amp", vendor_down, FALLBACK, max_retries=0)
+    faults.down = where == "store down"
+    clock.now += 3600.0
+    await call("amp", vendor_down, FALLBACK, max_retries=0)
+    assert breaker.state is CircuitState.CLOSED and breaker.failure_count == 1
+    if where == "store":
+        assert (await store.breaker_view("amp", 30.0, 60.0)).failures == 1
+    clock.now += 59.0  # the next two come within the window: three in a row
+    for _ in range(2):
+        await call("amp", vendor_down, FALLBACK, max_retries=0)
+    assert breaker.state is CircuitState.OPEN
+    if where == "store":
+        assert (await store.breaker_view("amp", 30.0, 60.0)).state == "open"
+        await store.aclose()
+
+
+def test_the_stores_streak_rule_expires_old_failures_on_every_backend() -> None:
+    """The mutation every backend applies (SQLite, Redis and memory share it)."""
+    rec = new_record()
+    failure = rule_failure(3, 60.0)
+    assert failure(rec, 100.0) == (False, True)
+    assert failure(rec, 150.0) == (False, True)
+    assert view_of(rec, 211.0, 30.0, 60.0).failures == 0  # paused past the window
+    assert view_of(rec, 211.0, 30.0).failures == 2  # no window: as in the spec
+    assert failure(rec, 211.0) == (False, True) and rec["failures"] == 1
+    assert rule_failure(3)(dict(rec, failures=2), 9999.0) == (True, True)  # never expires
+
+
+async def test_a_success_kept_from_the_store_by_its_cool_down_reaches_it_at_once(
+    store: ResilienceStore,
+) -> None:
+    """(simulate --seed 24, example 5976) A failure's write committed but the guard
+    stopped waiting (a slow store), so its cool-down kept the success that ended the
+    streak from the store. Another process read the stale count and its two failures
+    made "three in a row". The success is now sent at once, in a task no caller waits
+    for; the caller's own call is not slowed by the store."""
+    clock = Clock()
+    faults = StoreFaults(slow={"breaker_failure": 1})
+    guard = StoreGuard(FaultyStore(store, faults), clock=clock, cool_down=2.0)  # type: ignore[arg-type]
+    breaker = CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0)
+    caller = Caller(breaker, clock)
+    call = caller.call_with_retry_and_circuit_breaker
+    await call("amp", vendor_down, "", max_retries=0)
+    assert (await store.breaker_view("amp", 30.0)).failures == 1  # committed nonetheless
+    assert guard.cooling_down
+    assert await call("amp", vendor_up, "", max_retries=0) == "data"
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert (await store.breaker_view("amp", 30.0)).failures == 0
+    other = breaker_on(store, clock)  # another process: two failures are not three
+    for _ in range(2):
+        await Caller(other, clock).call_with_retry_and_circuit_breaker(
+            "amp", vendor_down, "", max_retries=0
+        )
+    assert other.state is CircuitState.CLOSED

@@ -106,6 +106,7 @@ class CircuitBreaker(LocalCircuit):
         self._failure_writes = 0
         self._writes_idle: asyncio.Event | None = None
         self._shared_probe: dict[int, str] = {}  # local probe token -> fleet lease token
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- the protected call -----------------------------------------------------------
     async def call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
@@ -140,7 +141,10 @@ class CircuitBreaker(LocalCircuit):
         self._synced_at = self._clock()
         try:
             view = await guard.run(
-                lambda: guard.store.breaker_view(self.name, self.recovery_timeout), "read"
+                lambda: guard.store.breaker_view(
+                    self.name, self.recovery_timeout, self.streak_window
+                ),
+                "read",
             )
             if self._success_unsent and view.state == "closed" and view.failures:
                 await self._send_success(guard)
@@ -208,6 +212,7 @@ class CircuitBreaker(LocalCircuit):
                 await self.on_success(duration=duration)  # an answer: the streak ends
             return
         by_rate = self._observe(failed=True, duration=duration) if judge else None
+        self._streak_goes_on()
         started = self._clock() - (duration or 0.0)
         if self._streak_started is None or started > self._streak_started:
             self._streak_started = started
@@ -220,7 +225,9 @@ class CircuitBreaker(LocalCircuit):
             if self._success_unsent:  # the streak the store holds ended before this one
                 await self._send_success(guard)
             opened, view = await guard.run(
-                lambda: guard.store.breaker_failure(self.name, threshold, self.recovery_timeout),
+                lambda: guard.store.breaker_failure(
+                    self.name, threshold, self.recovery_timeout, self.streak_window
+                ),
                 "failure",
             )
         except StoreError:
@@ -310,10 +317,30 @@ class CircuitBreaker(LocalCircuit):
                 )
             return
         if (had_failures or self._success_unsent) and self._state is CircuitState.CLOSED:
+            cooling = guard.cooling_down
             try:
                 await self._send_success(guard)
             except StoreError:
                 self._success_unsent = True  # told once the store is heard again
+                if cooling and not self._background:
+                    self._send_success_soon(guard)
+
+    def _send_success_soon(self, guard: StoreGuard) -> None:
+        """The guard's cool-down kept a streak's end from the store; other processes
+        reading its count meanwhile would add their failures to a streak that ended
+        (issue #24). Tell it now, cool-down aside, in a task no caller waits for (one
+        operation, bounded by the guard's timeout; on failure it stays unsent)."""
+
+        async def send() -> None:
+            with contextlib.suppress(StoreError):
+                await guard.run(
+                    lambda: guard.store.breaker_success(self.name), "success", urgent=True
+                )
+                self._success_unsent = False
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _finish(self, probe: int, verdict: bool | None) -> None:
         """End a probe everywhere: locally, then its fleet lease."""
@@ -337,6 +364,8 @@ class CircuitBreaker(LocalCircuit):
         if view.state == "closed":
             if self._state is not CircuitState.CLOSED:
                 self._close()
+            if view.failures > self._failure_count:
+                self._failed_at = self._clock()  # the fleet's streak is recent (unexpired)
             self._failure_count = view.failures
             return
         # open, or half-open with someone else's probe: refuse until it is due

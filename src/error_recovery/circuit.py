@@ -45,6 +45,7 @@ class LocalCircuit:
         listeners: Iterable[TransitionListener] = (),
         rate_rule: RateRule | None = None,
         window: SlidingWindow | None = None,
+        streak_window: float | None = None,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be >= 1")
@@ -65,6 +66,15 @@ class LocalCircuit:
         # own failures): an answer to an attempt sent after it, arriving once the
         # circuit opened, shows the vendor works (issue #24).
         self._streak_started: float | None = None
+        # A streak of failures ends when it pauses longer than this (seconds; 0: never,
+        # as in the spec). Default: the rate rule's window, so both rules judge the same
+        # recent past; an hour-old failure says nothing about now (issue #24).
+        if streak_window is None:
+            streak_window = rate_rule.window_seconds if rate_rule is not None else 0.0
+        if streak_window < 0:
+            raise ValueError("streak_window must be >= 0 seconds")
+        self.streak_window = streak_window
+        self._failed_at: float | None = None  # when the streak's latest failure was counted
         self.rate_rule = rate_rule
         if window is None and rate_rule is not None:
             window = SlidingWindow(rate_rule)
@@ -170,6 +180,7 @@ class LocalCircuit:
             if self._state is CircuitState.CLOSED and self._verdict(exc, None):
                 self.record_success(duration=duration)  # an answer: the streak ends
             return
+        self._streak_goes_on()
         self._count_failure(self._observe(failed=True, duration=duration) if judge else None)
 
     def _end_probe_with(self, probe: int, verdict: bool | None) -> None:
@@ -183,6 +194,18 @@ class LocalCircuit:
         else:  # no verdict: never half-open without a probe in flight
             self._opened_at = self._clock() - self.recovery_timeout
             self._transition(CircuitState.OPEN)
+
+    def _streak_goes_on(self) -> None:
+        """A counted failure: it starts a new streak when the last one paused longer
+        than ``streak_window``."""
+        now = self._clock()
+        if (
+            self.streak_window
+            and self._failed_at is not None
+            and now - self._failed_at > self.streak_window
+        ):
+            self._failure_count = 0
+        self._failed_at = now
 
     def _count_failure(self, by_rate: str | None) -> None:
         self._failure_count += 1

@@ -86,25 +86,40 @@ def new_record() -> Record:
     return {"state": "closed", "failures": 0, "opened_at": 0.0, "probe": "", "probe_until": 0.0}
 
 
-def view_of(rec: Record, now: float, recovery_timeout: float) -> BreakerView:
+def view_of(
+    rec: Record, now: float, recovery_timeout: float, streak_window: float = 0.0
+) -> BreakerView:
     retry_in = 0.0
     if rec["state"] == "open":
         retry_in = max(0.0, float(rec["opened_at"]) + recovery_timeout - now)
     probing = rec["state"] == "half_open" and float(rec["probe_until"]) > now
-    return BreakerView(str(rec["state"]), int(rec["failures"]), retry_in, probing)
+    failures = 0 if _streak_over(rec, now, streak_window) else int(rec["failures"])
+    return BreakerView(str(rec["state"]), failures, retry_in, probing)
+
+
+def _streak_over(rec: Record, now: float, streak_window: float) -> bool:
+    """A closed circuit's streak of failures paused longer than ``streak_window`` (0:
+    never): the next failure starts a new one (issue #24). Records written before
+    failures had a time count as fresh."""
+    if not streak_window or rec["state"] != "closed":
+        return False
+    return now - float(rec.get("failed_at", now)) > streak_window
 
 
 def _open(rec: Record, now: float) -> None:
     rec.update(state="open", opened_at=now, probe="", probe_until=0.0)
 
 
-def rule_failure(threshold: int) -> Mutation[bool]:
-    """A counted failed attempt while closed; result: this failure opened the circuit."""
+def rule_failure(threshold: int, streak_window: float = 0.0) -> Mutation[bool]:
+    """A counted failed attempt while closed; result: this failure opened the circuit.
+    It starts a new streak when the last one paused longer than ``streak_window``."""
 
     def apply(rec: Record, now: float) -> tuple[bool, bool]:
         if rec["state"] != "closed":
             return False, False
-        rec["failures"] = int(rec["failures"]) + 1
+        failures = 0 if _streak_over(rec, now, streak_window) else int(rec["failures"])
+        rec["failures"] = failures + 1
+        rec["failed_at"] = now
         if rec["failures"] >= threshold:
             _open(rec, now)
             return True, True
@@ -264,15 +279,18 @@ class ResilienceStore(abc.ABC):
         await self._read("__ping__")
 
     # -- breaker operations (shared by every backend) -------------------------------
-    async def breaker_view(self, name: str, recovery_timeout: float) -> BreakerView:
+    async def breaker_view(
+        self, name: str, recovery_timeout: float, streak_window: float = 0.0
+    ) -> BreakerView:
         rec, now = await self._read(name)
-        return view_of(rec, now, recovery_timeout)
+        return view_of(rec, now, recovery_timeout, streak_window)
 
     async def breaker_failure(
-        self, name: str, threshold: int, recovery_timeout: float
+        self, name: str, threshold: int, recovery_timeout: float, streak_window: float = 0.0
     ) -> tuple[bool, BreakerView]:
-        opened, rec, now = await self._mutate(name, rule_failure(threshold))
-        return opened, view_of(rec, now, recovery_timeout)
+        """A counted failure; ``streak_window``: seconds a streak may pause (0: never)."""
+        opened, rec, now = await self._mutate(name, rule_failure(threshold, streak_window))
+        return opened, view_of(rec, now, recovery_timeout, streak_window)
 
     async def breaker_success(self, name: str) -> None:
         await self._mutate(name, rule_success)

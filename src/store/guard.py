@@ -47,10 +47,18 @@ class StoreGuard:
     def kind(self) -> str:
         return self.store.url_scheme or "store"
 
-    async def run(self, op: Callable[[], Awaitable[T]], what: str = "operation") -> T:
+    @property
+    def cooling_down(self) -> bool:
+        """After a failure, the guard refuses operations at once for a short while."""
+        return not self.healthy and self._clock() < self._down_until
+
+    async def run(
+        self, op: Callable[[], Awaitable[T]], what: str = "operation", *, urgent: bool = False
+    ) -> T:
         """Run one store operation, or raise :class:`StoreError` (at once while cooling
-        down)."""
-        if not self.healthy and self._clock() < self._down_until:
+        down, unless ``urgent``: an operation no caller waits for that the fleet needs
+        now, still bounded by the timeout)."""
+        if self.cooling_down and not urgent:
             raise StoreError("store cooling down after a failure")
         try:
             async with asyncio.timeout(self._timeout):
