@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -103,25 +103,33 @@ class Request:
         return self.outcome in ANSWERED
 
 
+def latest_per(requests: Iterable[Request], key: Callable[[Request], int]) -> Iterator[Request]:
+    """Each unit's latest request, newest unit first, from ``requests`` given newest
+    first; a unit is the requests sharing ``key`` (an attempt, a call). A failed request
+    ends its unit, so the unit failed when its latest request did."""
+    seen: set[int] = set()
+    for req in requests:
+        unit = key(req)
+        if unit not in seen:
+            seen.add(unit)
+            yield req
+
+
+def _attempt(req: Request) -> int:
+    return id(req.attempt) if req.attempt is not None else id(req)  # untagged: its own
+
+
+def _call(req: Request) -> int:
+    return id(req.call) if req.call is not None else id(req)
+
+
 def last_attempts_failed(journal: list[Request], n: int = 3, job: int | None = None) -> bool:
     """Whether the last ``n`` attempts in ``journal`` (with ``job``: that job's own) all
-    failed (the breaker's honest reason to open). An attempt's requests share its tag
-    (untagged: a request is an attempt of its own); a failed request ends its attempt,
-    so an attempt failed when its last request did. Walks back only as far as the ``n``
+    failed (the breaker's honest reason to open). Walks back only as far as the ``n``
     attempts take."""
-    seen: set[int] = set()
-    for req in reversed(journal):
-        if job is not None and req.job != job:
-            continue
-        key = id(req.attempt) if req.attempt is not None else id(req)
-        if key in seen:
-            continue  # an earlier request of an attempt already judged by its last
-        if req.answered:
-            return False
-        seen.add(key)
-        if len(seen) == n:
-            return True
-    return False
+    mine = (r for r in reversed(journal) if job is None or r.job == job)
+    last = list(itertools.islice(latest_per(mine, _attempt), n))
+    return len(last) == n and not any(r.answered for r in last)
 
 
 #: Requests of a call sent once by its own choice (the outbox's send: its retry is the
@@ -142,21 +150,11 @@ def rate_rule_honest(
     failed), at ``threshold`` or more: the failure-rate rule's honest reason to open.
     Calls sent once by choice (:data:`SENT_ONCE_OPS`) are not judged, as the rule does
     not judge them."""
-    seen: set[int] = set()
-    failed = 0
-    for req in reversed(journal):
-        if req.at < since:
-            break
-        if req.job != job or req.op in SENT_ONCE_OPS:
-            continue
-        key = id(req.call) if req.call is not None else id(req)
-        if key in seen:
-            continue  # an earlier request of a call already judged by its last
-        seen.add(key)
-        failed += not req.answered
-        if len(seen) == window:
-            break
-    return len(seen) >= minimum and failed >= threshold * len(seen)
+    recent = itertools.takewhile(lambda r: r.at >= since, reversed(journal))
+    mine = (r for r in recent if r.job == job and r.op not in SENT_ONCE_OPS)
+    calls = list(itertools.islice(latest_per(mine, _call), window))
+    failed = sum(not r.answered for r in calls)
+    return len(calls) >= minimum and failed >= threshold * len(calls)
 
 
 @dataclass
