@@ -564,3 +564,39 @@ async def test_a_success_kept_from_the_store_by_its_cool_down_reaches_it_at_once
             "amp", vendor_down, "", max_retries=0
         )
     assert other.state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("sent", ["after", "before"])
+@pytest.mark.parametrize("seen", ["open", "stale"])
+async def test_an_answer_after_the_fleets_failures_closes_the_circuit_everywhere(
+    store: ResilienceStore, sent: str, seen: str
+) -> None:
+    """(simulate --seed 24, example 9103) Another process's failures opened the circuit
+    while this process's call, sent after the last of them, was on its way; the vendor
+    answered it. The store keeps when the latest failed attempt was sent (on its clock,
+    from each attempt's age), so the answer closes the circuit fleet-wide, whether this
+    process had already adopted the opening or still saw it closed. An answer to an
+    attempt sent before that failure changes nothing."""
+    clock = Clock()
+    here, there = breaker_on(store, clock), breaker_on(store, clock)
+    # (attempts' ages, not the test's clock: the store judges them on its own clock)
+    for _ in range(2):
+        await there.on_failure(ServiceUnavailable("amp", status=503), duration=10.0)
+    assert await here.admit() == 0  # this call goes out while the circuit is closed
+    await there.on_failure(ServiceTimeout("amp"), duration=3.0)  # sent 3 s ago
+    assert there.state is CircuitState.OPEN
+    if seen == "open":
+        await here.refresh(force=True)
+        assert here.state is CircuitState.OPEN
+    with listening() as heard:
+        vendor_answered()
+    await here.on_success(duration=2.0 if sent == "after" else 5.0, heard=heard)
+    expected = "closed" if sent == "after" else "open"
+    assert (await store.breaker_view("amp", 30.0)).state == expected
+    await here.refresh(force=True)
+    assert here.state.value == expected
+    with listening() as cached:
+        served_locally()
+    if sent == "before":  # a cache's answer is no word from the vendor either
+        await here.on_success(duration=0.01, heard=cached)
+        assert (await store.breaker_view("amp", 30.0)).state == "open"

@@ -154,10 +154,15 @@ class CircuitBreaker(LocalCircuit):
         self._success_unsent = False  # the store is heard again: its view counts now
         self._adopt(view)
 
-    async def _send_success(self, guard: StoreGuard) -> None:
-        """Tell the store a success ended the failure streak (raises StoreError)."""
-        await guard.run(lambda: guard.store.breaker_success(self.name), "success")
+    async def _send_success(self, guard: StoreGuard, sent_ago: float | None = None) -> bool:
+        """Tell the store a success ended the failure streak (raises StoreError); with
+        ``sent_ago``, the vendor's answer to an attempt sent that long ago, which closes
+        a circuit the fleet opened on failures sent before it. Whether it did."""
+        closed = await guard.run(
+            lambda: guard.store.breaker_success(self.name, sent_ago), "success"
+        )
         self._success_unsent = False
+        return closed
 
     async def admit(self) -> int:
         """:meth:`acquire` for the fleet: refuses while the shared circuit is open, and
@@ -213,7 +218,8 @@ class CircuitBreaker(LocalCircuit):
             return
         by_rate = self._observe(failed=True, duration=duration) if judge else None
         self._streak_goes_on()
-        started = self._clock() - (duration or 0.0)
+        sent_ago = duration or 0.0
+        started = self._clock() - sent_ago
         if self._streak_started is None or started > self._streak_started:
             self._streak_started = started
         if guard is None:
@@ -226,7 +232,7 @@ class CircuitBreaker(LocalCircuit):
                 await self._send_success(guard)
             opened, view = await guard.run(
                 lambda: guard.store.breaker_failure(
-                    self.name, threshold, self.recovery_timeout, self.streak_window
+                    self.name, threshold, self.recovery_timeout, self.streak_window, sent_ago
                 ),
                 "failure",
             )
@@ -260,7 +266,9 @@ class CircuitBreaker(LocalCircuit):
         if guard is not None:  # tell the fleet (threshold 1 opens at once)
             with contextlib.suppress(StoreError):
                 await guard.run(
-                    lambda: guard.store.breaker_failure(self.name, 1, self.recovery_timeout),
+                    lambda: guard.store.breaker_failure(
+                        self.name, 1, self.recovery_timeout, self.streak_window, duration or 0.0
+                    ),
                     "failure rate",
                 )
             self._synced_at = self._clock()
@@ -288,21 +296,7 @@ class CircuitBreaker(LocalCircuit):
                 self._writes_idle = asyncio.Event()
             self._writes_idle.clear()
             await self._writes_idle.wait()
-        if self._late_answer(duration, heard):
-            # An attempt sent after the last failure of the streak that opened the
-            # circuit (by a call admitted while it was closed: while open only a probe
-            # goes through) got the vendor's answer: the vendor works, and refusing
-            # callers for the recovery timeout would turn its answers into fallbacks
-            # (issue #24). Such a call ends within its tool deadline, so this is the
-            # opening it saw. An answer to an attempt sent before those failures says
-            # nothing about now and changes nothing.
-            self._close()
-            if guard is not None:
-                with contextlib.suppress(StoreError):
-                    await guard.run(
-                        lambda: guard.store.breaker_late_success(self.name), "late success"
-                    )
-                self._synced_at = self._clock()
+        if self._state is CircuitState.OPEN and await self._answered_late(duration, heard):
             return
         had_failures = self._failure_count > 0
         by_rate = self.record_success(duration=duration)
@@ -312,18 +306,50 @@ class CircuitBreaker(LocalCircuit):
             # the slow-call rule opened it: tell the fleet (threshold 1 opens at once)
             with contextlib.suppress(StoreError):
                 await guard.run(
-                    lambda: guard.store.breaker_failure(self.name, 1, self.recovery_timeout),
+                    lambda: guard.store.breaker_failure(
+                        self.name, 1, self.recovery_timeout, self.streak_window, duration or 0.0
+                    ),
                     "slow calls",
                 )
             return
         if (had_failures or self._success_unsent) and self._state is CircuitState.CLOSED:
             cooling = guard.cooling_down
+            answered = duration if self._verdict(None, heard) is True else None
             try:
-                await self._send_success(guard)
+                closed = await self._send_success(guard, answered)
             except StoreError:
                 self._success_unsent = True  # told once the store is heard again
                 if cooling and not self._background:
                     self._send_success_soon(guard)
+                return
+            if closed:
+                # the fleet opened it while this success was on its way, on failures
+                # sent before this answer's attempt: the vendor works (issue #24)
+                self._close_if_open()
+
+    async def _answered_late(self, duration: float | None, heard: VendorContact | None) -> bool:
+        """A call admitted while the circuit was closed (while open only a probe goes
+        through) got the vendor's answer after it opened. Sent after the latest failed
+        attempt of the streak that opened it, it shows the vendor works, and refusing
+        callers for the recovery timeout would turn its answers into fallbacks (issue
+        #24): the circuit closes. This process judges its own streak; the store judges
+        the fleet's, whose failures were sent by other processes (their send times are
+        kept in the store, on its clock). An answer to an attempt sent before those
+        failures says nothing about now and changes nothing. Such a call ends within
+        its tool deadline, so this is the opening it saw."""
+        if duration is None or self._verdict(None, heard) is not True:
+            return False
+        own = self._late_answer(duration, heard)
+        fleet = False
+        guard = self.store
+        if guard is not None:
+            with contextlib.suppress(StoreError):
+                fleet = await self._send_success(guard, duration)
+            self._synced_at = self._clock()
+        if not (own or fleet):
+            return False
+        self._close_if_open()  # (a probe of ours that began meanwhile decides)
+        return True
 
     def _send_success_soon(self, guard: StoreGuard) -> None:
         """The guard's cool-down kept a streak's end from the store; other processes

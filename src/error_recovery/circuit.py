@@ -265,6 +265,10 @@ class LocalCircuit:
             extra={"breaker": self.name},
         )
 
+    def _close_if_open(self) -> None:
+        if self._state is CircuitState.OPEN:
+            self._close()
+
     def _transition(self, new: CircuitState) -> None:
         old, self._state = self._state, new
         if old is new:

@@ -110,9 +110,13 @@ def _open(rec: Record, now: float) -> None:
     rec.update(state="open", opened_at=now, probe="", probe_until=0.0)
 
 
-def rule_failure(threshold: int, streak_window: float = 0.0) -> Mutation[bool]:
-    """A counted failed attempt while closed; result: this failure opened the circuit.
-    It starts a new streak when the last one paused longer than ``streak_window``."""
+def rule_failure(
+    threshold: int, streak_window: float = 0.0, sent_ago: float = 0.0
+) -> Mutation[bool]:
+    """A counted failed attempt while closed, sent ``sent_ago`` seconds before now;
+    result: this failure opened the circuit. It starts a new streak when the last one
+    paused longer than ``streak_window``. The store keeps when the latest failed attempt
+    was sent (``failed_sent``), on its own clock, for :func:`rule_success`."""
 
     def apply(rec: Record, now: float) -> tuple[bool, bool]:
         if rec["state"] != "closed":
@@ -120,6 +124,7 @@ def rule_failure(threshold: int, streak_window: float = 0.0) -> Mutation[bool]:
         failures = 0 if _streak_over(rec, now, streak_window) else int(rec["failures"])
         rec["failures"] = failures + 1
         rec["failed_at"] = now
+        rec["failed_sent"] = max(float(rec.get("failed_sent", 0.0)), now - sent_ago)
         if rec["failures"] >= threshold:
             _open(rec, now)
             return True, True
@@ -128,21 +133,28 @@ def rule_failure(threshold: int, streak_window: float = 0.0) -> Mutation[bool]:
     return apply
 
 
-def rule_success(rec: Record, now: float) -> tuple[None, bool]:
-    """A success while closed clears the consecutive count."""
-    if rec["state"] != "closed" or int(rec["failures"]) == 0:
-        return None, False
-    rec["failures"] = 0
-    return None, True
+def rule_success(sent_ago: float | None = None) -> Mutation[bool]:
+    """A success. While closed it clears the consecutive count. While open, the vendor's
+    answer to an attempt sent ``sent_ago`` seconds before now (a call admitted while
+    the circuit was closed), after the latest failed attempt anyone in the fleet sent,
+    shows the vendor works now: the circuit closes (issue #24). An answer to an attempt
+    sent before those failures says nothing about now; a half-open circuit is its
+    probe's to decide. Result: whether it closed an open circuit."""
 
+    def apply(rec: Record, now: float) -> tuple[bool, bool]:
+        if rec["state"] == "closed":
+            if int(rec["failures"]) == 0:
+                return False, False
+            rec["failures"] = 0
+            return False, True
+        if rec["state"] != "open" or sent_ago is None or "failed_sent" not in rec:
+            return False, False
+        if now - sent_ago <= float(rec["failed_sent"]):
+            return False, False
+        rec.update(state="closed", failures=0, opened_at=0.0, probe="", probe_until=0.0)
+        return True, True
 
-def rule_late_success(rec: Record, now: float) -> tuple[None, bool]:
-    """A call admitted while the circuit was closed answered after it opened: the vendor
-    works, the open circuit closes (a half-open one is its probe's to decide)."""
-    if rec["state"] != "open":
-        return None, False
-    rec.update(state="closed", failures=0, opened_at=0.0, probe="", probe_until=0.0)
-    return None, True
+    return apply
 
 
 def rule_probe(recovery_timeout: float, lease: float) -> Mutation[str]:
@@ -175,6 +187,7 @@ def rule_probe_done(token: str, ok: bool | None) -> Mutation[str]:
             rec.update(state="closed", failures=0, opened_at=0.0, probe="", probe_until=0.0)
         else:
             rec["failures"] = int(rec["failures"]) + 1
+            rec["failed_sent"] = now  # the probe's attempt: only later ones say more
             _open(rec, now)
         return str(rec["state"]), True
 
@@ -286,17 +299,24 @@ class ResilienceStore(abc.ABC):
         return view_of(rec, now, recovery_timeout, streak_window)
 
     async def breaker_failure(
-        self, name: str, threshold: int, recovery_timeout: float, streak_window: float = 0.0
+        self,
+        name: str,
+        threshold: int,
+        recovery_timeout: float,
+        streak_window: float = 0.0,
+        sent_ago: float = 0.0,
     ) -> tuple[bool, BreakerView]:
-        """A counted failure; ``streak_window``: seconds a streak may pause (0: never)."""
-        opened, rec, now = await self._mutate(name, rule_failure(threshold, streak_window))
+        """A counted failure; ``streak_window``: seconds a streak may pause (0: never);
+        ``sent_ago``: seconds since the failed attempt was sent."""
+        rule = rule_failure(threshold, streak_window, sent_ago)
+        opened, rec, now = await self._mutate(name, rule)
         return opened, view_of(rec, now, recovery_timeout, streak_window)
 
-    async def breaker_success(self, name: str) -> None:
-        await self._mutate(name, rule_success)
-
-    async def breaker_late_success(self, name: str) -> None:
-        await self._mutate(name, rule_late_success)
+    async def breaker_success(self, name: str, sent_ago: float | None = None) -> bool:
+        """A success; with ``sent_ago`` (the vendor answered an attempt sent that many
+        seconds ago) it may close an open circuit. Whether it did (:func:`rule_success`)."""
+        closed, _, _ = await self._mutate(name, rule_success(sent_ago))
+        return closed
 
     async def breaker_probe(
         self, name: str, recovery_timeout: float, lease: float
