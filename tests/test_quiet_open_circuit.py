@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from livekit.agents.llm import ToolError
@@ -14,11 +15,13 @@ from prometheus_client import REGISTRY
 from src.agent import PandaDocTrialistAgent
 from src.drill.harness import StandInRunContext
 from src.error_recovery import CircuitState
+from src.errors import ServiceUnavailable
 from src.phrases import ACCOUNT_FALLBACK, USAGE_FALLBACK
 from src.sandbox import Sandbox
 from src.services.wiring import TrialistServices
 from src.settings import settings_from_env
 from src.state import TrialistData
+from src.store import StoreGuard, open_store
 from src.tools import crm, usage
 
 JANE = "jane.doe@acme.example.com"
@@ -110,3 +113,36 @@ async def test_one_open_crm_falls_through_to_the_other(
     assert ctx.userdata.crm_source == "hubspot"
     open_circuit(agent, "hubspot")
     assert agent.refused_by_open_circuits("lookup_account") == ACCOUNT_FALLBACK
+
+
+async def test_a_circuit_the_fleet_closed_is_not_refused_from_a_stale_local_view(
+    tmp_path: Path,
+) -> None:
+    """(simulate --seed 7, example 8292) This process's failure opened the circuit; the
+    fleet closed it since (an answer another process got). The tool's up-front refusal
+    read only the local breaker and refused a call the vendor would answer: it now takes
+    the fleet's view of an open circuit first."""
+    async with Sandbox() as sb:
+        env = sb.env() | {"RESILIENCE_STORE_URL": f"sqlite:///{tmp_path / 'fleet.db'}"}
+        settings = settings_from_env(env)
+        services = TrialistServices.from_settings(settings)
+        store = open_store(settings.fleet.store_url)
+        clock = FakeClock()
+        agent = PandaDocTrialistAgent(services, settings, clock=clock, store=StoreGuard(store))
+        try:
+            breaker = agent.circuit_breakers["amplitude"]
+            for _ in range(breaker.failure_threshold):
+                await breaker.on_failure(ServiceUnavailable("amplitude", status=503))
+            assert breaker.state is CircuitState.OPEN
+            ctx = StandInRunContext(TrialistData(email=JANE))
+            with pytest.raises(ToolError):  # the fleet agrees: refused up front
+                await usage_tool(agent, ctx)
+            assert sb.amplitude.journal == []
+            await store.breaker_reset("amplitude")  # closed elsewhere in the fleet
+            clock.now += 1.0  # past the shared view's cache
+            sentence = await usage_tool(agent, ctx)
+            assert sentence.startswith("You've created fourteen documents")
+            assert breaker.state is CircuitState.CLOSED
+        finally:
+            await services.aclose()
+            await store.aclose()

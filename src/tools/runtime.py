@@ -96,6 +96,7 @@ class ToolRuntime(ErrorRecoveryMixin):
         if filler is None:
             declaration = declaration_of(tool_name)
             filler = declaration.filler if declaration is not None else FILLER
+        await self._refresh_open_circuits(tool_name)
         fallback = self.refused_by_open_circuits(tool_name)
         if fallback is not None and not await self._cache_may_answer(tool_name, context):
             _, _, fallbacks = metrics.tool_metrics(tool_name)
@@ -110,6 +111,19 @@ class ToolRuntime(ErrorRecoveryMixin):
                 return await self.handle_tool_with_error_recovery(context, tool_name, body)
         finally:
             CURRENT_DEADLINE.reset(token)
+
+    async def _refresh_open_circuits(self, tool_name: str) -> None:
+        """Before refusing up front, an open circuit of the tool's vendors takes the
+        fleet's view (cached for the breaker's ``share_ttl``): another process's answer
+        may have closed it since (issue #24: a stale local "open" refused a lookup the
+        vendor was answering). A closed circuit is not read here."""
+        declaration = declaration_of(tool_name)
+        if declaration is None or declaration.fallback is None:
+            return
+        for name in declaration.vendors():
+            breaker = self.circuit_breakers.get(name)
+            if breaker is not None and breaker.state is CircuitState.OPEN:
+                await breaker.refresh()
 
     def refused_by_open_circuits(self, tool_name: str) -> str | None:
         """The declared fallback sentence of ``tool_name`` when every configured vendor it
