@@ -16,7 +16,7 @@ from src.settings import Settings
 from . import adapter
 from .clock import WALL_START, VirtualClock
 from .faults import StoreFaults, corrupt, wipe
-from .vendors import PEOPLE, SENDER, Outcome, Vendors, rate_rule_honest
+from .vendors import PEOPLE, SENDER, Outcome, Vendors, last_attempts_failed, rate_rule_honest
 
 __all__ = ["Heard", "Promise", "World"]
 
@@ -51,7 +51,8 @@ class Heard:
     # three attempts to it had all failed, or its own recent calls had failed at the
     # failure-rate threshold: a process judges on what it saw (the store down, or its
     # shared view not yet due for a refresh, its rate window its own), not on others'
-    # answers
+    # answers; or its circuit opened in this reply on the vendor's third failed attempt
+    # in a row (whoever sent them), refusing the reply's own retry
     own_circuit: dict[str, bool] = field(default_factory=dict)
 
 
@@ -136,8 +137,11 @@ class World:
         own_circuit = {
             n: adapter.circuit_open(job, n)
             and self._opened_on_own_failure(job, key, n)
-            and (own_failed[n] or self._opened_by_honest_rate(job, key, n))
-            and not any(r.job == key for r in v.journal[sent[n] :])
+            and (
+                ((own_failed[n] or self._opened_by_honest_rate(job, key, n))
+                and not any(r.job == key for r in v.journal[sent[n] :]))
+                or self._opened_on_three_in_this_reply(job, n, sent[n])
+            )
             for n, v in vendors.items()
         }
         person = PEOPLE.index(job.person)
@@ -168,6 +172,14 @@ class World:
             return False
         last = journal[seen - 1]
         return last.job == key and not last.answered
+
+    def _opened_on_three_in_this_reply(self, job: adapter.Job, vendor: str, sent: int) -> bool:
+        """Whether the job's circuit for ``vendor`` opened during this reply (from journal
+        index ``sent``) when the vendor had failed its last three attempts, whoever sent
+        them: the spec's honest opening; the reply's own retry is then refused."""
+        seen = adapter.opened_at(job, vendor)
+        journal = self.vendors[vendor].journal
+        return seen is not None and seen > sent and last_attempts_failed(journal[:seen])
 
     def _opened_by_honest_rate(self, job: adapter.Job, key: int, vendor: str) -> bool:
         """Whether the job's circuit for ``vendor`` last opened when the job's own recent
