@@ -138,8 +138,10 @@ class World:
             n: adapter.circuit_open(job, n)
             and self._opened_on_own_failure(job, key, n)
             and (
-                ((own_failed[n] or self._opened_by_honest_rate(job, key, n))
-                and not any(r.job == key for r in v.journal[sent[n] :]))
+                (
+                    (own_failed[n] or self._opened_by_honest_rate(job, key, n))
+                    and not any(r.job == key for r in v.journal[sent[n] :])
+                )
                 or self._opened_on_three_in_this_reply(job, n, sent[n])
             )
             for n, v in vendors.items()
