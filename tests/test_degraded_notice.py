@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from livekit.agents import AgentSession
+from livekit.agents import AgentSession, llm
 
 from src.agent import PandaDocTrialistAgent
 from src.errors import ServiceUnavailable
@@ -152,3 +152,17 @@ async def test_the_fleet_view_sets_expectations_at_the_start(rig: Rig) -> None:
         await store.breaker_failure("chilipiper", 3, 30.0)
     rig.agent.circuit_breakers["chilipiper"].store = guard  # a fresh conversation's breaker
     assert (await rig.agent.opening_words(None)).endswith(BOOKING_DOWN_OPENING)
+
+
+async def test_a_stale_local_open_is_checked_with_the_fleet_before_the_reply(rig: Rig) -> None:
+    """(issue #24) This process's failures opened the booking circuit; the fleet closed
+    it since. Before the reply is generated, an open circuit takes the fleet's view: the
+    model is not told booking is down on a stale local view."""
+    open_circuit(rig.agent, "chilipiper")
+    assert [cap.name for cap in rig.agent.down_capabilities()] == ["booking"]
+    store = MemoryStore(clock=rig.clock)  # the fleet: the circuit is closed there
+    rig.agent.circuit_breakers["chilipiper"].store = StoreGuard(store, clock=rig.clock)
+    await rig.agent.on_user_turn_completed(
+        llm.ChatContext.empty(), llm.ChatMessage(role="user", content=["Any demo times?"])
+    )
+    assert rig.agent.down_capabilities() == []
