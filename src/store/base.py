@@ -3,8 +3,11 @@
 A store holds two things shared by every conversation (job process) of a fleet:
 
 * one record per circuit breaker: ``state`` (closed/open/half_open), consecutive
-  ``failures``, ``opened_at`` and the half-open probe's lease (``probe`` token and
-  ``probe_until``), all times on the store's own clock;
+  ``failures``, when the latest was counted (``failed_at``: a streak that paused longer
+  than its window starts again) and when the latest failed attempt was sent
+  (``failed_sent``: a later attempt's answer closes an open circuit), ``opened_at`` and
+  the half-open probe's lease (``probe`` token and ``probe_until``), all times on the
+  store's own clock;
 * the durable outbox: CRM writes (an id and a JSON payload) with a claim lease, so two
   drains never send the same write at once;
 * vendor quotas and the usage cache (issue #18): a sliding-window budget per key, leases
