@@ -600,3 +600,25 @@ async def test_an_answer_after_the_fleets_failures_closes_the_circuit_everywhere
     if sent == "before":  # a cache's answer is no word from the vendor either
         await here.on_success(duration=0.01, heard=cached)
         assert (await store.breaker_view("amp", 30.0)).state == "open"
+
+
+async def test_a_probe_lease_refused_because_the_fleet_closed_lets_the_call_go(
+    store: ResilienceStore,
+) -> None:
+    """(simulate --seed 7, example 9766) This process's circuit was open and due; its
+    refresh got no answer from the store (a slow read), so it asked for the probe lease.
+    The store refused it because the fleet had closed the circuit meanwhile: the
+    process adopted "closed" and still refused the call, and the lookup fell back."""
+    clock = Clock()
+    faults = StoreFaults(slow={"breaker_view": 1})
+    guard = StoreGuard(FaultyStore(store, faults), clock=clock, cool_down=0.0)  # type: ignore[arg-type]
+    breaker = CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0)
+    for _ in range(3):  # opened here while the store was out of reach
+        breaker.record_failure(ServiceUnavailable("amp", status=503))
+    assert breaker.state is CircuitState.OPEN
+    clock.now += breaker.recovery_timeout + 1  # due for a probe; the fleet is closed
+    got = await Caller(breaker, clock).call_with_retry_and_circuit_breaker(
+        "amp", vendor_up, FALLBACK
+    )
+    assert faults.escaped == ["slow:breaker_view"]  # the refresh went unanswered
+    assert got == "data" and breaker.state is CircuitState.CLOSED

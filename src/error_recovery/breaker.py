@@ -186,6 +186,10 @@ class CircuitBreaker(LocalCircuit):
             return self.acquire()  # the store is down: this process decides alone
         if not token:
             self._adopt(view)
+            if self.state is CircuitState.CLOSED:
+                # closed in the fleet since (a refresh the store did not answer kept
+                # this process's stale "open"): the call goes ahead (issue #24)
+                return 0
             raise CircuitOpenError(self.name, view.retry_in)
         self._opened_at = self._clock() - self.recovery_timeout  # due, as the store said
         local = self.acquire()
