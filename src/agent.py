@@ -46,13 +46,7 @@ from livekit.agents import (
 )
 
 from src import heap, metrics, quickstart, tool_schemas
-from src.error_recovery import (
-    CircuitBreaker,
-    CircuitState,
-    RateRule,
-    VoiceRetryPolicy,
-    process_window,
-)
+from src.error_recovery import CircuitBreaker, RateRule, VoiceRetryPolicy, process_window
 from src.error_recovery.budget import process_budget
 from src.error_recovery.bulkhead import process_bulkhead
 from src.identity import identity_at_start, trusted_attributes
@@ -201,9 +195,7 @@ class PandaDocTrialistAgent(ToolRuntime, Agent):
         """Before the reply is generated: an open circuit takes the fleet's view (cached
         for ``share_ttl``), so the model is not told a capability is down, nor denied its
         tools, on a stale local view the fleet has closed since (issue #24)."""
-        for breaker in self.circuit_breakers.values():
-            if breaker.state is not CircuitState.CLOSED:
-                await breaker.refresh()
+        await self.refresh_open_circuits()
 
     def down_capabilities(self) -> list[Capability]:
         """What the model is told is unavailable now (open circuits, issue #15)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -96,7 +96,9 @@ class ToolRuntime(ErrorRecoveryMixin):
         if filler is None:
             declaration = declaration_of(tool_name)
             filler = declaration.filler if declaration is not None else FILLER
-        await self._refresh_open_circuits(tool_name)
+        declaration = declaration_of(tool_name)
+        if declaration is not None and declaration.fallback is not None:
+            await self.refresh_open_circuits(declaration.vendors())
         fallback = self.refused_by_open_circuits(tool_name)
         if fallback is not None and not await self._cache_may_answer(tool_name, context):
             _, _, fallbacks = metrics.tool_metrics(tool_name)
@@ -112,17 +114,14 @@ class ToolRuntime(ErrorRecoveryMixin):
         finally:
             CURRENT_DEADLINE.reset(token)
 
-    async def _refresh_open_circuits(self, tool_name: str) -> None:
-        """Before refusing up front, an open circuit of the tool's vendors takes the
-        fleet's view (cached for the breaker's ``share_ttl``): another process's answer
-        may have closed it since (issue #24: a stale local "open" refused a lookup the
-        vendor was answering). A closed circuit is not read here."""
-        declaration = declaration_of(tool_name)
-        if declaration is None or declaration.fallback is None:
-            return
-        for name in declaration.vendors():
+    async def refresh_open_circuits(self, names: Iterable[str] | None = None) -> None:
+        """Each open circuit (of ``names``, default all) takes the fleet's view, cached
+        for the breaker's ``share_ttl``: another process's answer may have closed it
+        since (issue #24: a stale local "open" refused a lookup the vendor was
+        answering, and told the model a capability was down). Closed ones are not read."""
+        for name in self.circuit_breakers if names is None else names:
             breaker = self.circuit_breakers.get(name)
-            if breaker is not None and breaker.state is CircuitState.OPEN:
+            if breaker is not None and breaker.state is not CircuitState.CLOSED:
                 await breaker.refresh()
 
     def refused_by_open_circuits(self, tool_name: str) -> str | None:
