@@ -222,6 +222,48 @@ async def test_a_success_the_store_missed_ends_the_fleets_streak_once_it_is_back
     assert breaker.state is CircuitState.OPEN  # three in a row still open it
 
 
+class SlowFirstSuccess:
+    """Forwards to ``inner``; the first ``breaker_success`` (the background send) is
+    slower than the failure sent after it (well within the guard's 0.3 s timeout)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.delayed = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def breaker_success(self, *args: object) -> bool:
+        if not self.delayed:
+            self.delayed = True
+            await asyncio.sleep(0.05)
+        return await self.inner.breaker_success(*args)  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_a_failure_after_a_background_success_reaches_the_store_after_it(
+    store: ResilienceStore,
+) -> None:
+    # Issue #24 (CI, the test above on Redis): a success the guard's cool-down kept from
+    # the store went in the background; the next failure overtook it on its way, and the
+    # success then cleared that failure too, so the new streak was counted one short.
+    clock = Clock()
+    faults = StoreFaults(slow={"breaker_failure": 1})  # committed, the guard stops waiting
+    slow = SlowFirstSuccess(FaultyStore(store, faults))
+    guard = StoreGuard(slow, clock=clock, cool_down=2.0)  # type: ignore[arg-type]
+    breaker = CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0)
+    caller = Caller(breaker, clock)
+
+    await caller.call_with_retry_and_circuit_breaker("amp", vendor_down, "", max_retries=0)
+    assert guard.cooling_down and (await store.breaker_view("amp", 30.0)).failures == 1
+    assert await caller.call_with_retry_and_circuit_breaker("amp", vendor_up, "") == "data"
+    clock.now += 3.0  # past the cool-down; the success is still on its way
+    await caller.call_with_retry_and_circuit_breaker("amp", vendor_down, "", max_retries=0)
+    await asyncio.sleep(0.1)  # anything still in flight lands
+    assert slow.delayed
+    view = await store.breaker_view("amp", 30.0)
+    assert view.failures == 1 and breaker.failure_count == 1
+
+
 async def test_a_success_lands_after_a_concurrent_failure_on_its_way_to_the_store(
     store: ResilienceStore,
 ) -> None:

@@ -232,6 +232,7 @@ class CircuitBreaker(LocalCircuit):
         threshold = 1 if by_rate else self.failure_threshold  # the rate rule opens it now
         self._failure_writes += 1
         try:
+            await self._background_sent()
             if self._success_unsent:  # the streak the store holds ended before this one
                 await self._send_success(guard)
             opened, view = await guard.run(
@@ -371,6 +372,13 @@ class CircuitBreaker(LocalCircuit):
         task = asyncio.get_running_loop().create_task(send())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _background_sent(self) -> None:
+        """Wait for a success sent in the background (bounded by the guard's timeout):
+        a failure that came after it must reach the store after it, else that success
+        clears the failure and the new streak is counted one short (issue #24)."""
+        if self._background:
+            await asyncio.wait(set(self._background))
 
     async def _finish(self, probe: int, verdict: bool | None) -> None:
         """End a probe everywhere: locally, then its fleet lease."""
