@@ -399,6 +399,7 @@ def _init_body(**changes: Any) -> dict[str, Any]:
         {"link": {"id": "3f2a9c1e-0000-4000-8000-00000000000g"}},
         {"guestEmail": "nobody"},
         {"guestTimezone": "Mars/Base"},
+        {"guestTimezone": "x" * 5000},  # longer than a file name: ZoneInfo raises OSError
         {"interval": {"startsAt": "2030-01-07T00:00:00Z", "duration": "P8D"}},
         {"interval": {"startsAt": "2030-01-07T00:00:00", "duration": "P1D"}},
         {"outputs": []},

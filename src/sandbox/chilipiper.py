@@ -125,7 +125,7 @@ def _zone(body: dict[str, Any]) -> str:
     name = _text(body, "guestTimezone")
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
         raise _BadBody("guestTimezone") from None
     return name
 

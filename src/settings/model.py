@@ -233,7 +233,7 @@ class AgentSettings:
             raise SettingsError("PROMETHEUS_PORT must be a port number (0 turns metrics off)")
         try:
             ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
             raise SettingsError("TRIALIST_TIMEZONE must be an IANA zone name") from None
         if self.trialist_email and not is_valid_email(self.trialist_email):
             raise SettingsError("TRIALIST_EMAIL must be an email address")

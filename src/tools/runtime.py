@@ -307,5 +307,5 @@ def zone(name: str) -> ZoneInfo:
     """The caller's time zone, UTC when the name is not a known IANA zone."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
         return ZoneInfo("UTC")
