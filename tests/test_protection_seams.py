@@ -664,3 +664,35 @@ async def test_a_probe_lease_refused_because_the_fleet_closed_lets_the_call_go(
     )
     assert faults.escaped == ["slow:breaker_view"]  # the refresh went unanswered
     assert got == "data" and breaker.state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("case", ["answered after", "sent before", "failed since"])
+async def test_an_answer_the_store_could_not_hear_closes_the_fleets_circuit_once_told(
+    store: ResilienceStore, case: str
+) -> None:
+    """(next to simulate --seed 31) Other processes' failures opened the fleet's circuit;
+    then the store went down, and this process (its view still closed) got the vendor's
+    answer. Back, the store still said "open" and every process refused a vendor whose
+    latest attempt answered. The answer, sent after those failures, is told to the store
+    when it is heard again and closes the circuit; one sent before them, or followed by
+    a failure of this process's own, changes nothing."""
+    clock = Clock()
+    faults = StoreFaults()
+    there = breaker_on(store, clock)
+    guard = StoreGuard(FaultyStore(store, faults), clock=clock, cool_down=0.0)  # type: ignore[arg-type]
+    here = CircuitBreaker(3, name="amp", clock=clock, store=guard, share_ttl=0.0)
+    for _ in range(3):  # (attempts' ages: the store judges them on its own clock)
+        await there.on_failure(ServiceTimeout("amp"), duration=3.0)  # sent 3 s ago
+    assert there.state is CircuitState.OPEN
+    faults.down = True
+    assert await here.admit() == 0  # the store out of reach: this process sees "closed"
+    with listening() as heard:
+        vendor_answered()
+    await here.on_success(duration=5.0 if case == "sent before" else 2.0, heard=heard)
+    if case == "failed since":
+        await here.on_failure(ServiceUnavailable("amp", status=503), duration=0.1)
+    faults.down = False
+    await here.refresh(force=True)
+    expected = "closed" if case == "answered after" else "open"
+    assert (await store.breaker_view("amp", 30.0)).state == expected
+    assert here.state.value == expected

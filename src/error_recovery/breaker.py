@@ -101,6 +101,10 @@ class CircuitBreaker(LocalCircuit):
         # A success the store did not hear (it was down or cooling down): the fleet's
         # count may still hold the failures this success ended (issue #24).
         self._success_unsent = False
+        # When the latest vendor-answered attempt this process heard while the store was
+        # unreachable was sent (its clock): told when the store is heard again, it closes
+        # a circuit the fleet opened on failures sent before it (issue #24).
+        self._answer_unheard: float | None = None
         # Failures on their way to the store: a success of a concurrent call waits for
         # them, so the store sees the two in the order they happened (issue #24).
         self._failure_writes = 0
@@ -149,6 +153,15 @@ class CircuitBreaker(LocalCircuit):
             if self._success_unsent and view.state == "closed" and view.failures:
                 await self._send_success(guard)
                 view = replace(view, failures=0)
+            # the vendor answered this process while the store could not hear it: an
+            # attempt sent after the fleet's failures shows it works (issue #24)
+            answered, self._answer_unheard = self._answer_unheard, None
+            if (
+                answered is not None
+                and view.state == "open"
+                and await self._send_success(guard, self._clock() - answered)
+            ):
+                view = replace(view, state="closed", failures=0, retry_in=0.0)
         except StoreError:
             return
         self._success_unsent = False  # the store is heard again: its view counts now
@@ -221,6 +234,7 @@ class CircuitBreaker(LocalCircuit):
                 await self.on_success(duration=duration)  # an answer: the streak ends
             return
         by_rate = self._observe(failed=True, duration=duration) if judge else None
+        self._answer_unheard = None  # the vendor's latest word to us is this failure
         self._streak_goes_on()
         sent_ago = duration or 0.0
         started = self._clock() - sent_ago
@@ -307,6 +321,8 @@ class CircuitBreaker(LocalCircuit):
         by_rate = self.record_success(duration=duration)
         if guard is None:
             return
+        if not guard.healthy and duration is not None and self._verdict(None, heard) is True:
+            self._answer_unheard = self._clock() - duration  # the fleet may not know yet
         if by_rate:
             # the slow-call rule opened it: tell the fleet (threshold 1 opens at once)
             with contextlib.suppress(StoreError):
