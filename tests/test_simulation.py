@@ -29,6 +29,7 @@ from src.drill.simulation.vendors import (
     rate_rule_honest,
 )
 from src.drill.simulation.world import World
+from src.error_recovery import CircuitState
 from src.phrases import ACCOUNT_FALLBACK
 from tests.fleet_helpers import RedisServer
 
@@ -201,6 +202,63 @@ async def test_a_circuit_a_job_opened_alone_with_the_store_down_is_honest(tmp_pa
         assert oracle_answers(heard.oracle["salesforce"], budget=6.0)
         assert heard.own_circuit["salesforce"]  # job 0's view: three failed attempts
         assert not world.vendors["salesforce"].last_failed(job=1)
+        assert INVARIANTS["harm_free"](world) == []
+    finally:
+        await world.end_all()
+
+
+async def test_an_answer_heard_while_the_store_was_down_is_told_to_it(tmp_path: Path) -> None:
+    # Issue #24 (a gap next to simulate --seed 31): three jobs' hangs open the fleet's
+    # Salesforce circuit; the store goes down; job 1 (which never saw the opening) gets
+    # Salesforce's answer. The store back, job 1's next lookup read the fleet's stale
+    # "open" and was refused, though the vendor's latest attempt answered: the answer
+    # it heard, sent after the fleet's failures, closes the circuit when it is told.
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    try:
+        for person in range(3):
+            world.start(person)
+        for job in (1, 2, 0):
+            await world.reply(job, [("account", None)], {"salesforce": [Outcome.HANG]})
+        assert world.jobs[0].agent.circuit_breakers["salesforce"].state is CircuitState.OPEN
+        await world.store_event("down")
+        world.jump(3.0)  # past the guard's cool-down
+        await world.reply(1, [("account", None)], {})
+        await world.store_event("up")
+        world.jump(3.0)
+        world.begin_step()
+        await world.reply(1, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+        (heard,) = world.heard
+        assert heard.said != ACCOUNT_FALLBACK
+        assert INVARIANTS["harm_free"](world) == []
+        breaker = world.jobs[1].agent.circuit_breakers["salesforce"]
+        assert breaker.state is CircuitState.CLOSED
+    finally:
+        await world.end_all()
+
+
+async def test_a_fleet_circuit_kept_open_while_the_store_is_down_is_honest(
+    tmp_path: Path,
+) -> None:
+    # (simulate --seed 31, example 2053) Three jobs' hangs open the fleet's Salesforce
+    # circuit, the last in job 0. The store goes down; job 1 gets Salesforce's answer.
+    # Job 0 cannot hear of it: its circuit, opened when the vendor had failed its last
+    # three attempts, refuses for the recovery timeout, as the spec's breaker does alone.
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    try:
+        for person in range(3):
+            world.start(person)
+        for job in (1, 2, 0):
+            await world.reply(job, [("account", None)], {"salesforce": [Outcome.HANG]})
+        await world.store_event("down")
+        world.jump(3.0)
+        await world.reply(1, [("account", None)], {})
+        world.begin_step()
+        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+        (heard,) = world.heard
+        assert heard.said == ACCOUNT_FALLBACK
+        assert not heard.failed_before["salesforce"]  # the fleet's view: it answered
+        assert not world.vendors["salesforce"].last_failed(job=0)  # one attempt of its own
+        assert heard.own_circuit["salesforce"]  # opened honestly, and deaf since
         assert INVARIANTS["harm_free"](world) == []
     finally:
         await world.end_all()

@@ -124,6 +124,7 @@ class World:
         failed = {n: v.last_failed() for n, v in vendors.items()}
         own_failed = {n: v.last_failed(job=key) for n, v in vendors.items()}
         sent = {n: len(v.journal) for n, v in vendors.items()}
+        deaf = self.faults.down or job.guard.cooling_down  # the fleet's word can't reach it
         before = set(job.writes)
         token = SENDER.set(key)
         try:
@@ -136,13 +137,18 @@ class World:
             self.vendors.set_schedule({})
         own_circuit = {
             n: adapter.circuit_open(job, n)
-            and self._opened_on_own_failure(job, key, n)
             and (
                 (
-                    (own_failed[n] or self._opened_by_honest_rate(job, key, n))
-                    and not any(r.job == key for r in v.journal[sent[n] :])
+                    self._opened_on_own_failure(job, key, n)
+                    and (
+                        (
+                            (own_failed[n] or self._opened_by_honest_rate(job, key, n))
+                            and not any(r.job == key for r in v.journal[sent[n] :])
+                        )
+                        or self._opened_on_three_in_this_reply(job, n, sent[n])
+                    )
                 )
-                or self._opened_on_three_in_this_reply(job, n, sent[n])
+                or (deaf and self._opened_honestly_and_heard_nothing(job, key, n))
             )
             for n, v in vendors.items()
         }
@@ -182,6 +188,18 @@ class World:
         seen = adapter.opened_at(job, vendor)
         journal = self.vendors[vendor].journal
         return seen is not None and seen > sent and last_attempts_failed(journal[:seen])
+
+    def _opened_honestly_and_heard_nothing(self, job: adapter.Job, key: int, vendor: str) -> bool:
+        """Whether the job's circuit for ``vendor`` opened when the vendor had failed its
+        last three attempts (whoever sent them: the spec's honest opening) and no answer
+        to the job's own requests came since. With the store down (or the job's guard
+        cooling down) the job cannot hear that other processes got answers since: it
+        judges alone, on what it saw, for the recovery timeout (the spec's breaker)."""
+        seen = adapter.opened_at(job, vendor)
+        journal = self.vendors[vendor].journal
+        if seen is None or seen > len(journal) or not last_attempts_failed(journal[:seen]):
+            return False
+        return not any(r.job == key and r.answered for r in journal[seen:])
 
     def _opened_by_honest_rate(self, job: adapter.Job, key: int, vendor: str) -> bool:
         """Whether the job's circuit for ``vendor`` last opened when the job's own recent
