@@ -264,6 +264,40 @@ async def test_a_fleet_circuit_kept_open_while_the_store_is_down_is_honest(
         await world.end_all()
 
 
+async def test_a_fleet_circuit_kept_open_until_an_unheard_answer_is_told_is_honest(
+    tmp_path: Path,
+) -> None:
+    # The store back, job 0 reads the fleet's "open" before job 1 (which got Salesforce's
+    # answer while the store was down) could tell it: the fleet does not know of that
+    # answer yet, and job 0's refusal is the breaker's honest one. Once job 1 has told
+    # the store, job 0 hears it and Salesforce answers.
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    try:
+        for person in range(3):
+            world.start(person)
+        for job in (1, 2, 0):
+            await world.reply(job, [("account", None)], {"salesforce": [Outcome.HANG]})
+        await world.store_event("down")
+        world.jump(3.0)
+        await world.reply(1, [("account", None)], {})
+        await world.store_event("up")
+        world.jump(3.0)
+        world.begin_step()
+        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+        (heard,) = world.heard
+        assert heard.said == ACCOUNT_FALLBACK
+        assert heard.own_circuit["salesforce"]  # job 1's answer is not told yet
+        assert INVARIANTS["harm_free"](world) == []
+        await world.reply(1, [("account", None)], {})  # job 1 tells the store
+        world.jump(1.0)
+        world.begin_step()
+        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+        (heard,) = world.heard
+        assert heard.said != ACCOUNT_FALLBACK
+    finally:
+        await world.end_all()
+
+
 def test_the_oracle_keeps_to_the_budget() -> None:
     # two quick failures then data: fits 6 s, not the 4 s Salesforce gets before HubSpot
     outcomes = [Outcome.E503, Outcome.E503, Outcome.OK]

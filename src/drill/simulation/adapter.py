@@ -58,6 +58,7 @@ __all__ = [
     "QUOTA_KEY",
     "TOOLS",
     "Job",
+    "answer_untold",
     "circuit_open",
     "dead_letters",
     "drain",
@@ -316,6 +317,13 @@ def circuit_open(job: Job, vendor: str) -> bool:
     """Whether the job's own breaker for ``vendor`` is open (its local view)."""
     breaker = job.agent.circuit_breakers.get(vendor)
     return breaker is not None and breaker.state is CircuitState.OPEN
+
+
+def answer_untold(job: Job, vendor: str) -> bool:
+    """Whether the job's breaker for ``vendor`` holds an answer the vendor gave it while
+    the store could not hear it, not yet told to the store (issue #24)."""
+    breaker = job.agent.circuit_breakers.get(vendor)
+    return breaker is not None and breaker._answer_unheard is not None
 
 
 def opened_at(job: Job, vendor: str) -> int | None:

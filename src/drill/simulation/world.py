@@ -82,6 +82,7 @@ class World:
         self.faults = StoreFaults()
         self.jobs: dict[int, adapter.Job] = {}
         self.ended: list[adapter.Job] = []
+        self.by_key: dict[int, adapter.Job] = {}  # every job started, running or ended
         self.promises: dict[str, Promise] = {}
         self.heard: list[Heard] = []  # this step's
         self.all_heard = 0
@@ -96,7 +97,7 @@ class World:
     def start(self, person: int) -> int:
         key = self._next
         self._next += 1
-        self.jobs[key] = adapter.open_job(
+        self.jobs[key] = self.by_key[key] = adapter.open_job(
             self.store_url,
             self.faults,
             self.clock,
@@ -148,7 +149,7 @@ class World:
                         or self._opened_on_three_in_this_reply(job, n, sent[n])
                     )
                 )
-                or (deaf and self._opened_honestly_and_heard_nothing(job, key, n))
+                or self._opened_honestly_and_unheard_since(job, key, n, deaf)
             )
             for n, v in vendors.items()
         }
@@ -189,17 +190,28 @@ class World:
         journal = self.vendors[vendor].journal
         return seen is not None and seen > sent and last_attempts_failed(journal[:seen])
 
-    def _opened_honestly_and_heard_nothing(self, job: adapter.Job, key: int, vendor: str) -> bool:
+    def _opened_honestly_and_unheard_since(
+        self, job: adapter.Job, key: int, vendor: str, deaf: bool
+    ) -> bool:
         """Whether the job's circuit for ``vendor`` opened when the vendor had failed its
-        last three attempts (whoever sent them: the spec's honest opening) and no answer
-        to the job's own requests came since. With the store down (or the job's guard
-        cooling down) the job cannot hear that other processes got answers since: it
-        judges alone, on what it saw, for the recovery timeout (the spec's breaker)."""
+        last three attempts (whoever sent them: the spec's honest opening) and no word
+        of an answer since could reach the job: none to its own requests, and either it
+        cannot hear the store (``deaf``: down, or its guard cooling down) or every answer
+        since went to a process that could not tell the store yet (it was out of reach
+        then, issue #24). It then judges on what the fleet knows, for the recovery
+        timeout: the spec's breaker."""
         seen = adapter.opened_at(job, vendor)
         journal = self.vendors[vendor].journal
         if seen is None or seen > len(journal) or not last_attempts_failed(journal[:seen]):
             return False
-        return not any(r.job == key and r.answered for r in journal[seen:])
+        since = [r for r in journal[seen:] if r.answered]
+        if any(r.job == key for r in since):
+            return False
+        return deaf or all(self._untold(r.job, vendor) for r in since)
+
+    def _untold(self, sender: int | None, vendor: str) -> bool:
+        job = self.by_key.get(sender) if sender is not None else None
+        return job is not None and adapter.answer_untold(job, vendor)
 
     def _opened_by_honest_rate(self, job: adapter.Job, key: int, vendor: str) -> bool:
         """Whether the job's circuit for ``vendor`` last opened when the job's own recent
