@@ -34,7 +34,7 @@ from src.sandbox.base import SandboxServer
 from src.services.http import HttpOptions, ServiceHttp
 from src.services.quota import QuotaExhausted
 from src.store import ResilienceStore, SqliteStore, StoreGuard, open_store
-from src.store.base import new_record, rule_failure, view_of
+from src.store.base import new_record, rule_failure, rule_success, view_of
 
 FALLBACK = "I can't pull that up right now."
 
@@ -579,6 +579,48 @@ def test_the_stores_streak_rule_expires_old_failures_on_every_backend() -> None:
     assert rule_failure(3)(dict(rec, failures=2), 9999.0) == (True, True)  # never expires
 
 
+@pytest.mark.parametrize(
+    ("answer_sent", "failures", "state_after"),
+    [
+        (95.0, 3, "open"),  # before the streak: says nothing about it
+        (105.0, 2, "closed"),  # after the first failure: two left in a row
+        (125.0, 1, "closed"),
+        (135.0, 0, "closed"),  # after the last: the vendor works (as before)
+    ],
+)
+def test_an_answer_told_late_breaks_the_streak_that_opened_the_circuit(
+    answer_sent: float, failures: int, state_after: str
+) -> None:
+    """(simulate --seed 57, example 296) A process got the vendor's answer while the store
+    was down, so the store kept a failure from before it; back, another process's two
+    failures made "three in a row" and opened the circuit for the fleet. Told (with when
+    its attempt was sent), the answer breaks that streak: the failures sent after it are
+    the streak now, and fewer than the threshold close the circuit."""
+    rec = new_record()
+    for sent in (100.0, 120.0, 130.0):
+        rule_failure(3, 60.0, sent_ago=140.0 - sent)(rec, 140.0)
+    assert rec["state"] == "open"
+    closed, _ = rule_success(sent_ago=150.0 - answer_sent)(rec, 150.0)
+    assert closed is (state_after == "closed")
+    assert rec["state"] == state_after and rec["failures"] == failures
+    if state_after == "closed" and failures:  # the rest of the streak still counts
+        assert rule_failure(3, 60.0)(rec, 151.0)[0] is (failures == 2)
+
+
+def test_a_late_answer_leaves_a_circuit_opened_otherwise_or_still_in_a_row() -> None:
+    rec = new_record()
+    rule_failure(1)(rec, 100.0)  # the rate rule opens at once
+    assert rule_success(sent_ago=1.0)(rec, 100.5) == (False, False)  # not a streak
+    rec = new_record()
+    for sent in (100.0, 110.0, 120.0, 130.0):  # four in a row, under a threshold of 5
+        rule_failure(5, 60.0, sent_ago=140.0 - sent)(rec, 140.0)
+    assert rule_failure(3, 60.0)(rec, 140.0) == (True, True)  # a fifth opens on 3
+    assert rule_success(sent_ago=140.0 - 105.0)(rec, 140.0) == (False, False)  # 4 after
+    assert rec["state"] == "open"
+    legacy = new_record() | {"state": "open", "failures": 3, "failed_sent": 130.0}
+    assert rule_success(sent_ago=20.0)(legacy, 140.0) == (False, False)  # no times kept
+
+
 async def test_a_success_kept_from_the_store_by_its_cool_down_reaches_it_at_once(
     store: ResilienceStore,
 ) -> None:
@@ -608,7 +650,7 @@ async def test_a_success_kept_from_the_store_by_its_cool_down_reaches_it_at_once
     assert other.state is CircuitState.CLOSED
 
 
-@pytest.mark.parametrize("sent", ["after", "before"])
+@pytest.mark.parametrize("sent", ["after", "between", "before"])
 @pytest.mark.parametrize("seen", ["open", "stale"])
 async def test_an_answer_after_the_fleets_failures_closes_the_circuit_everywhere(
     store: ResilienceStore, sent: str, seen: str
@@ -617,8 +659,9 @@ async def test_an_answer_after_the_fleets_failures_closes_the_circuit_everywhere
     while this process's call, sent after the last of them, was on its way; the vendor
     answered it. The store keeps when the latest failed attempt was sent (on its clock,
     from each attempt's age), so the answer closes the circuit fleet-wide, whether this
-    process had already adopted the opening or still saw it closed. An answer to an
-    attempt sent before that failure changes nothing."""
+    process had already adopted the opening or still saw it closed. One sent between
+    the failures shows they were not three in a row (in the order they were sent): the
+    circuit closes too. An answer to an attempt sent before them changes nothing."""
     clock = Clock()
     here, there = breaker_on(store, clock), breaker_on(store, clock)
     # (attempts' ages, not the test's clock: the store judges them on its own clock)
@@ -632,8 +675,10 @@ async def test_an_answer_after_the_fleets_failures_closes_the_circuit_everywhere
         assert here.state is CircuitState.OPEN
     with listening() as heard:
         vendor_answered()
-    await here.on_success(duration=2.0 if sent == "after" else 5.0, heard=heard)
-    expected = "closed" if sent == "after" else "open"
+    await here.on_success(
+        duration={"after": 2.0, "between": 5.0, "before": 12.0}[sent], heard=heard
+    )
+    expected = "open" if sent == "before" else "closed"
     assert (await store.breaker_view("amp", 30.0)).state == expected
     await here.refresh(force=True)
     assert here.state.value == expected
@@ -674,8 +719,8 @@ async def test_an_answer_the_store_could_not_hear_closes_the_fleets_circuit_once
     then the store went down, and this process (its view still closed) got the vendor's
     answer. Back, the store still said "open" and every process refused a vendor whose
     latest attempt answered. The answer, sent after those failures, is told to the store
-    when it is heard again and closes the circuit; one sent before them, or followed by
-    a failure of this process's own, changes nothing."""
+    when it is heard again (a read, or a failure this process writes after it) and
+    closes the circuit; one sent before them changes nothing."""
     clock = Clock()
     faults = StoreFaults()
     there = breaker_on(store, clock)
@@ -689,10 +734,13 @@ async def test_an_answer_the_store_could_not_hear_closes_the_fleets_circuit_once
     with listening() as heard:
         vendor_answered()
     await here.on_success(duration=5.0 if case == "sent before" else 2.0, heard=heard)
-    if case == "failed since":
-        await here.on_failure(ServiceUnavailable("amp", status=503), duration=0.1)
     faults.down = False
-    await here.refresh(force=True)
-    expected = "closed" if case == "answered after" else "open"
-    assert (await store.breaker_view("amp", 30.0)).state == expected
+    if case == "failed since":  # told before this process's next failure is written
+        await here.on_failure(ServiceUnavailable("amp", status=503), duration=0.1)
+    else:
+        await here.refresh(force=True)
+    expected = "open" if case == "sent before" else "closed"
+    view = await store.breaker_view("amp", 30.0)
+    failures = {"answered after": 0, "sent before": 3, "failed since": 1}[case]
+    assert view.state == expected and view.failures == failures
     assert here.state.value == expected

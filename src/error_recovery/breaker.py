@@ -101,9 +101,9 @@ class CircuitBreaker(LocalCircuit):
         # A success the store did not hear (it was down or cooling down): the fleet's
         # count may still hold the failures this success ended (issue #24).
         self._success_unsent = False
-        # When the latest vendor-answered attempt this process heard while the store was
-        # unreachable was sent (its clock): told when the store is heard again, it closes
-        # a circuit the fleet opened on failures sent before it (issue #24).
+        # When the latest vendor-answered attempt the store has not heard of was sent (this
+        # process's clock): told on the next contact, it ends the fleet's streak of
+        # failures sent before it, and closes a circuit they opened (issue #24).
         self._answer_unheard: float | None = None
         # Failures on their way to the store: a success of a concurrent call waits for
         # them, so the store sees the two in the order they happened (issue #24).
@@ -144,28 +144,39 @@ class CircuitBreaker(LocalCircuit):
             return
         self._synced_at = self._clock()
         try:
-            view = await guard.run(
-                lambda: guard.store.breaker_view(
-                    self.name, self.recovery_timeout, self.streak_window
-                ),
-                "read",
-            )
+            view = await self._read(guard)
             if self._success_unsent and view.state == "closed" and view.failures:
                 await self._send_success(guard)
                 view = replace(view, failures=0)
-            # the vendor answered this process while the store could not hear it: an
-            # attempt sent after the fleet's failures shows it works (issue #24)
-            answered, self._answer_unheard = self._answer_unheard, None
-            if (
-                answered is not None
-                and view.state == "open"
-                and await self._send_success(guard, self._clock() - answered)
-            ):
-                view = replace(view, state="closed", failures=0, retry_in=0.0)
+            if view.state != "open" and not view.failures:
+                self._answer_unheard = None  # nothing it could change
+            elif await self._tell_answer(guard):
+                view = await self._read(guard)  # what is left of the streak
         except StoreError:
             return
         self._success_unsent = False  # the store is heard again: its view counts now
         self._adopt(view)
+
+    async def _tell_answer(self, guard: StoreGuard) -> bool:
+        """Tell the store of the latest answer this process got that it has not heard
+        (raises StoreError; kept for the next contact). Failures of the fleet's streak
+        sent before that answer's attempt were not in a row with those after it: the
+        store keeps only the later ones, and closes a circuit they no longer hold open
+        (the store down, or not yet read, when the answer came; issue #24). Whether
+        there was one to tell."""
+        answered = self._answer_unheard
+        if answered is None:
+            return False
+        await self._send_success(guard, self._clock() - answered)
+        if self._answer_unheard == answered:
+            self._answer_unheard = None
+        return True
+
+    async def _read(self, guard: StoreGuard) -> BreakerView:
+        return await guard.run(
+            lambda: guard.store.breaker_view(self.name, self.recovery_timeout, self.streak_window),
+            "read",
+        )
 
     async def _send_success(self, guard: StoreGuard, sent_ago: float | None = None) -> bool:
         """Tell the store a success ended the failure streak (raises StoreError); with
@@ -234,7 +245,6 @@ class CircuitBreaker(LocalCircuit):
                 await self.on_success(duration=duration)  # an answer: the streak ends
             return
         by_rate = self._observe(failed=True, duration=duration) if judge else None
-        self._answer_unheard = None  # the vendor's latest word to us is this failure
         self._streak_goes_on()
         sent_ago = duration or 0.0
         started = self._clock() - sent_ago
@@ -249,6 +259,7 @@ class CircuitBreaker(LocalCircuit):
             await self._background_sent()
             if self._success_unsent:  # the streak the store holds ended before this one
                 await self._send_success(guard)
+            await self._tell_answer(guard)  # an answer sent before this failure's attempt
             opened, view = await guard.run(
                 lambda: guard.store.breaker_failure(
                     self.name, threshold, self.recovery_timeout, self.streak_window, sent_ago
@@ -321,8 +332,10 @@ class CircuitBreaker(LocalCircuit):
         by_rate = self.record_success(duration=duration)
         if guard is None:
             return
-        if not guard.healthy and duration is not None and self._verdict(None, heard) is True:
-            self._answer_unheard = self._clock() - duration  # the fleet may not know yet
+        answered = duration if self._verdict(None, heard) is True else None
+        if answered is not None:  # until the store has heard of it (a success on a closed
+            # circuit is not written; the store may be down, or hold a stale streak)
+            self._answer_unheard = self._clock() - answered
         if by_rate:
             # the slow-call rule opened it: tell the fleet (threshold 1 opens at once)
             with contextlib.suppress(StoreError):
@@ -335,7 +348,6 @@ class CircuitBreaker(LocalCircuit):
             return
         if (had_failures or self._success_unsent) and self._state is CircuitState.CLOSED:
             cooling = guard.cooling_down
-            answered = duration if self._verdict(None, heard) is True else None
             try:
                 closed = await self._send_success(guard, answered)
             except StoreError:
@@ -343,6 +355,8 @@ class CircuitBreaker(LocalCircuit):
                 if cooling and not self._background:
                     self._send_success_soon(guard)
                 return
+            if answered is not None:
+                self._answer_unheard = None  # heard (the latest answer: it says the most)
             if closed:
                 # the fleet opened it while this success was on its way, on failures
                 # sent before this answer's attempt: the vendor works (issue #24)

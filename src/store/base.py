@@ -5,9 +5,11 @@ A store holds two things shared by every conversation (job process) of a fleet:
 * one record per circuit breaker: ``state`` (closed/open/half_open), consecutive
   ``failures``, when the latest was counted (``failed_at``: a streak that paused longer
   than its window starts again) and when the latest failed attempt was sent
-  (``failed_sent``: a later attempt's answer closes an open circuit), ``opened_at`` and
-  the half-open probe's lease (``probe`` token and ``probe_until``), all times on the
-  store's own clock;
+  (``failed_sent``: a later attempt's answer closes an open circuit), when the streak's
+  failed attempts were sent (``streak_sent``) and the threshold that opened the circuit
+  on them (``streak_opened``: an answer sent inside the streak, told late, breaks it),
+  ``opened_at`` and the half-open probe's lease (``probe`` token and ``probe_until``),
+  all times on the store's own clock;
 * the durable outbox: CRM writes (an id and a JSON payload) with a claim lease, so two
   drains never send the same write at once;
 * vendor quotas and the usage cache (issue #18): a sliding-window budget per key, leases
@@ -109,8 +111,23 @@ def _streak_over(rec: Record, now: float, streak_window: float) -> bool:
     return now - float(rec.get("failed_at", now)) > streak_window
 
 
-def _open(rec: Record, now: float) -> None:
-    rec.update(state="open", opened_at=now, probe="", probe_until=0.0)
+def _open(rec: Record, now: float, *, streak: int = 0) -> None:
+    """Open; ``streak``: the threshold of the consecutive rule's count that opened it (a
+    late answer sent inside the streak can still break it, :func:`rule_success`); 0
+    when opened otherwise (the rate rule, a failed probe)."""
+    rec.update(state="open", opened_at=now, probe="", probe_until=0.0, streak_opened=streak)
+
+
+STREAK_KEPT = 16  # send times kept of a streak's latest failures
+
+
+def _streak_sent(rec: Record, failures: int) -> list[float] | None:
+    """When the streak's ``failures`` failed attempts were sent (store clock, oldest
+    first); ``None`` when the record does not know (written before it kept them)."""
+    kept = rec.get("streak_sent")
+    if not isinstance(kept, list) or len(kept) < failures or not failures:
+        return None
+    return [float(t) for t in kept[len(kept) - failures :]]
 
 
 def rule_failure(
@@ -125,11 +142,13 @@ def rule_failure(
         if rec["state"] != "closed":
             return False, False
         failures = 0 if _streak_over(rec, now, streak_window) else int(rec["failures"])
+        kept = _streak_sent(rec, failures) or []
         rec["failures"] = failures + 1
         rec["failed_at"] = now
         rec["failed_sent"] = max(float(rec.get("failed_sent", 0.0)), now - sent_ago)
+        rec["streak_sent"] = [*kept, now - sent_ago][-STREAK_KEPT:]
         if rec["failures"] >= threshold:
-            _open(rec, now)
+            _open(rec, now, streak=threshold if threshold > 1 else 0)
             return True, True
         return False, True
 
@@ -137,24 +156,48 @@ def rule_failure(
 
 
 def rule_success(sent_ago: float | None = None) -> Mutation[bool]:
-    """A success. While closed it clears the consecutive count. While open, the vendor's
+    """A success. While closed it ends the consecutive streak: with ``sent_ago`` (when
+    its attempt was sent), the failures sent after that attempt are the streak now;
+    without, none are. While open, the vendor's
     answer to an attempt sent ``sent_ago`` seconds before now (a call admitted while
     the circuit was closed), after the latest failed attempt anyone in the fleet sent,
-    shows the vendor works now: the circuit closes (issue #24). An answer to an attempt
-    sent before those failures says nothing about now; a half-open circuit is its
-    probe's to decide. Result: whether it closed an open circuit."""
+    shows the vendor works now: the circuit closes (issue #24). An answer sent between
+    the failures of the streak that opened it (told late: its process could not reach
+    the store) shows they were not in a row: the circuit closes when fewer than the
+    threshold were sent after it, and those are the streak now. An answer sent before
+    the streak says nothing about now; a half-open circuit is its probe's to decide.
+    Result: whether it closed an open circuit."""
 
     def apply(rec: Record, now: float) -> tuple[bool, bool]:
         if rec["state"] == "closed":
-            if int(rec["failures"]) == 0:
+            failures = int(rec["failures"])
+            if failures == 0:
                 return False, False
-            rec["failures"] = 0
+            streak = _streak_sent(rec, failures) if sent_ago is not None else None
+            sent = now - (sent_ago or 0.0)
+            after = [] if streak is None else [t for t in streak if t > sent]
+            if len(after) == failures:
+                return False, False  # every failure was sent after this answer's attempt
+            rec.update(failures=len(after), streak_sent=after)
             return False, True
         if rec["state"] != "open" or sent_ago is None or "failed_sent" not in rec:
             return False, False
-        if now - sent_ago <= float(rec["failed_sent"]):
+        sent = now - sent_ago
+        if sent > float(rec["failed_sent"]):
+            rec.update(state="closed", failures=0, opened_at=0.0, probe="", probe_until=0.0)
+            return True, True
+        # told late (its process could not reach the store): an answer sent inside the
+        # streak that opened the circuit shows those failures were not in a row; the
+        # failures sent after it are the streak now
+        threshold = int(rec.get("streak_opened") or 0)
+        streak = _streak_sent(rec, int(rec["failures"])) if threshold else None
+        if streak is None:
             return False, False
-        rec.update(state="closed", failures=0, opened_at=0.0, probe="", probe_until=0.0)
+        after = [t for t in streak if t > sent]
+        if len(after) >= threshold:  # still that many in a row after the answer
+            return False, False
+        rec.update(state="closed", opened_at=0.0, probe="", probe_until=0.0)
+        rec.update(failures=len(after), streak_sent=after, streak_opened=0)
         return True, True
 
     return apply
