@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
+from src.drill.simulation import adapter
 from src.drill.simulation.invariants import INVARIANTS, oracle_answers
 from src.drill.simulation.machine import machine_for
 from src.drill.simulation.vendors import (
@@ -289,6 +290,49 @@ async def test_a_fleet_circuit_kept_open_until_an_unheard_answer_is_told_is_hone
         assert heard.own_circuit["salesforce"]  # job 1's answer is not told yet
         assert INVARIANTS["harm_free"](world) == []
         await world.reply(1, [("account", None)], {})  # job 1 tells the store
+        world.jump(1.0)
+        world.begin_step()
+        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+        (heard,) = world.heard
+        assert heard.said != ACCOUNT_FALLBACK
+    finally:
+        await world.end_all()
+
+
+async def test_a_streak_the_store_kept_across_an_answer_it_missed_is_broken_once_told(
+    tmp_path: Path,
+) -> None:
+    # (simulate --seed 57, example 296) Job 1's Salesforce request failed; then, the store
+    # down, Salesforce answered job 1. Back, the store still held that failure, and job
+    # 0's two failures made it "three in a row": the fleet's circuit opened though the
+    # vendor had answered in between. Until job 1 tells the store, nobody can know: job
+    # 0's refusal is honest. Job 1's next contact tells it, the streak is broken (the
+    # two failures after the answer are the streak now) and the circuit closes.
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    try:
+        for person in range(2):
+            world.start(person)
+        await world.reply(1, [("account", None)], {"salesforce": [Outcome.HANG]})
+        await world.store_event("down")
+        world.jump(3.0)
+        await world.reply(1, [("account", None)], {})
+        await world.store_event("up")
+        world.jump(3.0)
+        for _ in range(2):
+            await world.reply(0, [("account", None)], {"salesforce": [Outcome.HANG]})
+        assert world.jobs[0].agent.circuit_breakers["salesforce"].state is CircuitState.OPEN
+        world.begin_step()
+        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+        (heard,) = world.heard
+        assert heard.said == ACCOUNT_FALLBACK
+        assert not heard.failed_before["salesforce"]  # the vendor answered in between
+        assert heard.own_circuit["salesforce"]  # as far as the fleet could know
+        assert INVARIANTS["harm_free"](world) == []
+        await world.reply(1, [("account", None)], {})  # job 1 tells the store
+        store = adapter.open_sim_store(world.store_url, world.clock)
+        view = await store.breaker_view("salesforce", 30.0)
+        await store.aclose()
+        assert view.state == "closed"  # (and job 1's new answer ended the streak)
         world.jump(1.0)
         world.begin_step()
         await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})

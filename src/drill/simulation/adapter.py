@@ -58,7 +58,6 @@ __all__ = [
     "QUOTA_KEY",
     "TOOLS",
     "Job",
-    "answer_untold",
     "circuit_open",
     "dead_letters",
     "drain",
@@ -69,6 +68,7 @@ __all__ = [
     "probe_in_flight",
     "run_reply",
     "settle",
+    "store_heard_at",
     "stored_writes",
 ]
 
@@ -134,7 +134,9 @@ def _process(
     # could outlast it, and a run would not replay. A store slower than the guard is the
     # proxy's ``slow`` fault (deterministic); the real wait only bounds a stuck store.
     guard = StoreGuard(
-        cast(ResilienceStore, FaultyStore(inner, faults)), timeout=SIM_GUARD_S, clock=clock.now
+        cast(ResilienceStore, FaultyStore(inner, faults, clock.now)),
+        timeout=SIM_GUARD_S,
+        clock=clock.now,
     )
     if hasattr(vendors, "env"):  # the sandbox over real HTTP: the real clients, as a job
         services = TrialistServices.from_settings(
@@ -319,11 +321,11 @@ def circuit_open(job: Job, vendor: str) -> bool:
     return breaker is not None and breaker.state is CircuitState.OPEN
 
 
-def answer_untold(job: Job, vendor: str) -> bool:
-    """Whether the job's breaker for ``vendor`` holds an answer the vendor gave it while
-    the store could not hear it, not yet told to the store (issue #24)."""
-    breaker = job.agent.circuit_breakers.get(vendor)
-    return breaker is not None and breaker._answer_unheard is not None
+def store_heard_at(job: Job, vendor: str) -> float:
+    """When the job's process last completed a breaker operation for ``vendor`` with the
+    store (what it had to tell, it told by then); ``-inf`` when never."""
+    proxy = cast(FaultyStore, job.guard.store)
+    return proxy.heard_at.get(vendor, float("-inf"))
 
 
 def opened_at(job: Job, vendor: str) -> int | None:

@@ -41,9 +41,19 @@ class StoreFaults:
 class FaultyStore:
     """Forwards every store method to ``inner``, applying :class:`StoreFaults`."""
 
-    def __init__(self, inner: ResilienceStore, faults: StoreFaults) -> None:
+    def __init__(
+        self,
+        inner: ResilienceStore,
+        faults: StoreFaults,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.inner = inner
         self.faults = faults
+        self.clock = clock
+        # breaker name -> when this process's last breaker operation on it returned: the
+        # store has heard what the process had to tell it by then (the simulation's
+        # oracle, issue #24)
+        self.heard_at: dict[str, float] = {}
 
     @property
     def url_scheme(self) -> str:
@@ -63,6 +73,8 @@ class FaultyStore:
             if faults.take_slow(name):
                 faults.escaped.append(f"slow:{name}")
                 raise TimeoutError  # committed, but the guard stopped waiting
+            if self.clock is not None and name.startswith("breaker_") and args:
+                self.heard_at[str(args[0])] = self.clock()
             return result
 
         return call

@@ -97,6 +97,7 @@ class Request:
     # the protected call it was sent in (what that call listens with, kept alive here):
     # the rate rules judge calls, as the caller felt them
     call: object = None
+    done: float = 0.0  # when an answered request's answer came (the clock)
 
     @property
     def answered(self) -> bool:
@@ -244,6 +245,7 @@ class Vendor:
         if outcome in (Outcome.OK, Outcome.SLOW):
             await self.clock.sleep(SLOW_S if outcome is Outcome.SLOW else FAST_S)
             apply()
+            req.done = self.clock.now()
             return answer()
         await self.clock.sleep(FAST_S)
         if outcome in (Outcome.E500, Outcome.E503):

@@ -16,7 +16,15 @@ from src.settings import Settings
 from . import adapter
 from .clock import WALL_START, VirtualClock
 from .faults import StoreFaults, corrupt, wipe
-from .vendors import PEOPLE, SENDER, Outcome, Vendors, last_attempts_failed, rate_rule_honest
+from .vendors import (
+    PEOPLE,
+    SENDER,
+    Outcome,
+    Request,
+    Vendors,
+    last_attempts_failed,
+    rate_rule_honest,
+)
 
 __all__ = ["Heard", "Promise", "World"]
 
@@ -194,24 +202,29 @@ class World:
         self, job: adapter.Job, key: int, vendor: str, deaf: bool
     ) -> bool:
         """Whether the job's circuit for ``vendor`` opened when the vendor had failed its
-        last three attempts (whoever sent them: the spec's honest opening) and no word
-        of an answer since could reach the job: none to its own requests, and either it
-        cannot hear the store (``deaf``: down, or its guard cooling down) or every answer
-        since went to a process that could not tell the store yet (it was out of reach
-        then, issue #24). It then judges on what the fleet knows, for the recovery
-        timeout: the spec's breaker."""
+        last three attempts as far as the fleet could know (answers whose processes have
+        not been able to tell the store yet left out), and no word of an answer since
+        could reach the job: none to its own requests, and either it cannot hear the
+        store (``deaf``: down, or its guard cooling down) or every answer since is one
+        the store has not heard of yet. It then judges on what the fleet knows, for the
+        recovery timeout: the spec's breaker (issue #24)."""
         seen = adapter.opened_at(job, vendor)
         journal = self.vendors[vendor].journal
-        if seen is None or seen > len(journal) or not last_attempts_failed(journal[:seen]):
+        if seen is None or seen > len(journal):
+            return False
+        known = [r for r in journal[:seen] if not self._untold(r, vendor)]
+        if not last_attempts_failed(known):
             return False
         since = [r for r in journal[seen:] if r.answered]
         if any(r.job == key for r in since):
             return False
-        return deaf or all(self._untold(r.job, vendor) for r in since)
+        return deaf or all(self._untold(r, vendor) for r in since)
 
-    def _untold(self, sender: int | None, vendor: str) -> bool:
-        job = self.by_key.get(sender) if sender is not None else None
-        return job is not None and adapter.answer_untold(job, vendor)
+    def _untold(self, req: Request, vendor: str) -> bool:
+        """An answer its process has not told the store yet: no breaker operation of that
+        process on ``vendor`` completed since the answer came."""
+        job = self.by_key.get(req.job) if req.job is not None else None
+        return req.answered and job is not None and req.done >= adapter.store_heard_at(job, vendor)
 
     def _opened_by_honest_rate(self, job: adapter.Job, key: int, vendor: str) -> bool:
         """Whether the job's circuit for ``vendor`` last opened when the job's own recent
