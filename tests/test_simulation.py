@@ -128,6 +128,19 @@ def test_the_oracle_needs_every_request_of_an_answer() -> None:
     assert oracle_answers([Outcome.OK, Outcome.E503, Outcome.OK, Outcome.OK], 6.0, per_answer=2)
 
 
+def test_the_oracle_counts_a_slow_request_of_a_failed_attempt() -> None:
+    # (simulate --seed 31, example 3544) 503; then a slow user search (1.2 s) whose
+    # activity request got a 429: 1.8 s gone, a 1 s wait, and a third attempt needs the
+    # full 2.5 s request limit: past the 5 s turn. The oracle had counted the failed
+    # attempt as one quick request.
+    outcomes = [Outcome.E503, Outcome.SLOW, Outcome.RATE_LIMITED, Outcome.OK, Outcome.OK]
+    assert not oracle_answers(outcomes, 5.0, per_answer=2)
+    assert oracle_answers(outcomes, 6.0, per_answer=2)
+    assert oracle_answers(
+        [Outcome.E503, Outcome.OK, Outcome.RATE_LIMITED, *outcomes[3:]], 5.0, per_answer=2
+    )
+
+
 def test_the_breakers_honest_reason_is_judged_in_attempts_not_requests() -> None:
     # A flapping Amplitude: each usage attempt's usersearch answers, its useractivity
     # fails. Three failed attempts open the circuit honestly, though one request in

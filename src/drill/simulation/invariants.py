@@ -36,7 +36,7 @@ from src.settings import ResilienceSettings
 from src.tools.runtime import MIN_ATTEMPT_S
 
 from .adapter import FALLBACK, VENDOR_OF, half_open, probe_in_flight
-from .vendors import FAST_S, PEOPLE, Outcome, owner_of
+from .vendors import FAST_S, PEOPLE, SLOW_S, Outcome, owner_of
 from .world import World
 
 __all__ = ["INVARIANTS", "oracle_answers"]
@@ -103,10 +103,12 @@ def oracle_answers(
     queue = list(outcomes)
     for i in range(1 + r.max_retries):
         failed: Outcome | None = None
+        took = 0.0  # the attempt's requests, one after the other
         for _ in range(per_answer):
             if not queue:
                 return False  # past what was recorded: not judged
             outcome = queue.pop(0)
+            took += SLOW_S if outcome is Outcome.SLOW else FAST_S
             if outcome not in (Outcome.OK, Outcome.SLOW):
                 failed = outcome
                 break
@@ -114,7 +116,7 @@ def oracle_answers(
             return True
         if failed in (Outcome.HANG, Outcome.LOST, Outcome.MALFORMED, Outcome.RATE_LIMITED_LONG):
             return False
-        t += FAST_S
+        t += took
         delay = min(r.max_delay, r.base_delay * 2**i)
         if failed is Outcome.RATE_LIMITED:
             delay = max(delay, 1.0)
