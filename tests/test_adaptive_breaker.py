@@ -41,9 +41,25 @@ def test_failure_rate_opens_with_its_own_log_line(caplog: pytest.LogCaptureFixtu
     breaker.record_failure(BOOM)
     assert breaker.state is CircuitState.CLOSED  # 9 calls
     breaker.record_success()
-    assert breaker.state is CircuitState.OPEN  # 10 calls, 50 % failed
-    assert "Opening circuit on failure rate 50% over the last 10 calls" in caplog.text
+    assert breaker.state is CircuitState.CLOSED  # 10 calls, 50 %: a success never opens
+    breaker.record_failure(BOOM)
+    assert breaker.state is CircuitState.OPEN  # the last 10 calls, 50 % failed
+    assert "Opening circuit on failure rate 55% over the last 11 calls" in caplog.text
     assert "after" not in caplog.text  # not the consecutive rule's line
+
+
+def test_a_success_never_opens_the_circuit_by_the_failure_rate() -> None:
+    # Issue #24 (simulate --seed 57, example 5415): on a vendor failing every other call,
+    # a success brought a full window to the threshold and opened the circuit (and wrote
+    # it to the fleet's store). Only a failure opens it by the failure rate.
+    rule = RateRule(failure_rate_threshold=0.5, minimum_calls=4, window_size=4)
+    breaker = CircuitBreaker(3, 30.0, name="amp", rate_rule=rule)
+    for _ in range(2):
+        breaker.record_failure(BOOM)
+        breaker.record_success()
+    assert breaker.state is CircuitState.CLOSED  # [F S F S]: 50 %, on a success
+    breaker.record_failure(BOOM)
+    assert breaker.state is CircuitState.OPEN  # [S F S F]: 50 %, on a failure
 
 
 def test_ten_percent_failures_never_open_the_rate_rule() -> None:
@@ -103,8 +119,8 @@ async def test_rate_rule_opening_is_shared_with_the_fleet() -> None:
     )
     there = CircuitBreaker(5, 30.0, name="amp", clock=clock, store=StoreGuard(store, clock=clock))
     for _ in range(2):
-        await here.on_failure(BOOM)
         await here.on_success()
+        await here.on_failure(BOOM)
     assert here.state is CircuitState.OPEN
     with pytest.raises(CircuitOpenError):
         await there.admit()

@@ -61,7 +61,9 @@ class SlidingWindow:
 
     def record(self, now: float, *, failed: bool, duration: float | None) -> str | None:
         """Add one call; returns why the circuit should open (``"failure rate"`` or
-        ``"slow-call rate"``), else ``None``."""
+        ``"slow-call rate"``), else ``None``. Only a failed call trips the failure rate,
+        only a slow one the slow-call rate: a quick answer never opens a circuit, even
+        when it pushes an older success out of the window (issue #24)."""
         rule = self.rule
         slow = bool(rule.slow_call_duration and duration is not None)
         slow = slow and duration is not None and duration >= rule.slow_call_duration
@@ -72,9 +74,9 @@ class SlidingWindow:
         total = len(self._calls)
         if total < rule.minimum_calls:
             return None
-        if self.failure_rate() >= rule.failure_rate_threshold:
+        if failed and self.failure_rate() >= rule.failure_rate_threshold:
             return "failure rate"
-        if rule.slow_call_duration and self.slow_rate() >= rule.slow_call_rate_threshold:
+        if slow and self.slow_rate() >= rule.slow_call_rate_threshold:
             return "slow-call rate"
         return None
 
