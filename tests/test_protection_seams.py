@@ -318,10 +318,12 @@ async def test_an_answer_that_arrives_after_the_circuit_opened_closes_it(
     # fallbacks. (An answer to an attempt sent before those failures changes nothing:
     # test_straggler_outcomes_do_not_disturb_an_open_circuit.)
     clock = Clock()
-    breaker = breaker_on(store, clock)
-    caller = Caller(breaker, clock)
 
     async def round_trip(served: Callable[[], None]) -> CircuitState:
+        # each round its own story (the store judges send times on its own, real clock)
+        await store.breaker_reset("amp")
+        breaker = breaker_on(store, clock)
+        caller = Caller(breaker, clock)
         fail, answer = asyncio.Event(), asyncio.Event()
         sent = asyncio.Queue[None]()
 
@@ -610,15 +612,17 @@ def test_an_answer_told_late_breaks_the_streak_that_opened_the_circuit(
 def test_a_late_answer_leaves_a_circuit_opened_otherwise_or_still_in_a_row() -> None:
     rec = new_record()
     rule_failure(1)(rec, 100.0)  # the rate rule opens at once
-    assert rule_success(sent_ago=1.0)(rec, 100.5) == (False, False)  # not a streak
+    assert rule_success(sent_ago=1.0)(rec, 100.5)[0] is False  # not a streak
+    assert rec["state"] == "open"
     rec = new_record()
     for sent in (100.0, 110.0, 120.0, 130.0):  # four in a row, under a threshold of 5
         rule_failure(5, 60.0, sent_ago=140.0 - sent)(rec, 140.0)
     assert rule_failure(3, 60.0)(rec, 140.0) == (True, True)  # a fifth opens on 3
-    assert rule_success(sent_ago=140.0 - 105.0)(rec, 140.0) == (False, False)  # 4 after
+    assert rule_success(sent_ago=140.0 - 105.0)(rec, 140.0)[0] is False  # 4 after
     assert rec["state"] == "open"
     legacy = new_record() | {"state": "open", "failures": 3, "failed_sent": 130.0}
-    assert rule_success(sent_ago=20.0)(legacy, 140.0) == (False, False)  # no times kept
+    assert rule_success(sent_ago=20.0)(legacy, 140.0)[0] is False  # no times kept
+    assert legacy["state"] == "open"
 
 
 async def test_a_success_kept_from_the_store_by_its_cool_down_reaches_it_at_once(
@@ -744,3 +748,36 @@ async def test_an_answer_the_store_could_not_hear_closes_the_fleets_circuit_once
     failures = {"answered after": 0, "sent before": 3, "failed since": 1}[case]
     assert view.state == expected and view.failures == failures
     assert here.state.value == expected
+
+
+def test_a_failure_sent_before_an_answer_the_store_heard_is_not_in_a_row() -> None:
+    """(simulate --seed 31, example 4035) A write whose answer was lost took the request
+    limit to fail; a quick request sent after it was answered first. Judged in the order
+    they were sent, the failure came before the answer: it does not start a streak with
+    the failures after it. The rate rule's "open now" (threshold 1) is not a streak."""
+    rec = new_record()
+    rule_failure(3, 60.0)(rec, 100.0)
+    rule_success(sent_ago=0.5)(rec, 102.0)  # sent at 101.5: the streak ends
+    assert rule_failure(3, 60.0, sent_ago=3.0)(rec, 103.0) == (False, False)  # sent at 100
+    for now in (104.0, 105.0):
+        rule_failure(3, 60.0)(rec, now)
+    assert rec["state"] == "closed" and rec["failures"] == 2
+    assert rule_failure(1, 60.0, sent_ago=5.0)(rec, 106.0) == (True, True)
+
+
+@pytest.mark.parametrize("where", ["store", "no store"])
+async def test_a_slow_failure_that_ended_after_a_quick_answer_is_not_in_a_row(
+    store: ResilienceStore, where: str
+) -> None:
+    clock = Clock()
+    breaker = breaker_on(store if where == "store" else None, clock)
+    with listening() as heard:
+        vendor_answered()
+    clock.now += 3.0
+    await breaker.on_success(duration=0.1, heard=heard)  # sent 0.1 s ago
+    await breaker.on_failure(ServiceTimeout("amp"), duration=2.5)  # sent 2.5 s ago
+    for _ in range(2):
+        await breaker.on_failure(ServiceUnavailable("amp", status=503), duration=0.1)
+    assert breaker.state is CircuitState.CLOSED and breaker.failure_count == 2
+    await breaker.on_failure(ServiceUnavailable("amp", status=503), duration=0.1)
+    assert breaker.state is CircuitState.OPEN  # three in a row, in the order they were sent

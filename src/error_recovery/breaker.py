@@ -105,6 +105,9 @@ class CircuitBreaker(LocalCircuit):
         # process's clock): told on the next contact, it ends the fleet's streak of
         # failures sent before it, and closes a circuit they opened (issue #24).
         self._answer_unheard: float | None = None
+        # When the latest answered attempt was sent: a failed attempt sent before it
+        # (a slow failure that ended after a quick answer) is not "in a row" (issue #24)
+        self._answered_sent: float | None = None
         # Failures on their way to the store: a success of a concurrent call waits for
         # them, so the store sees the two in the order they happened (issue #24).
         self._failure_writes = 0
@@ -250,8 +253,17 @@ class CircuitBreaker(LocalCircuit):
         started = self._clock() - sent_ago
         if self._streak_started is None or started > self._streak_started:
             self._streak_started = started
+        # sent before an answer that came already: judged in the order attempts were
+        # sent, it is not in a row (the store, when heard, judges the fleet's the same way)
+        before_answer = (
+            by_rate is None
+            and self.failure_threshold > 1
+            and self._answered_sent is not None
+            and started < self._answered_sent
+        )
         if guard is None:
-            self._count_failure(by_rate)
+            if not before_answer:
+                self._count_failure(by_rate)
             return
         threshold = 1 if by_rate else self.failure_threshold  # the rate rule opens it now
         self._failure_writes += 1
@@ -267,7 +279,8 @@ class CircuitBreaker(LocalCircuit):
                 "failure",
             )
         except StoreError:
-            self._count_failure(by_rate)
+            if not before_answer:
+                self._count_failure(by_rate)
             return
         finally:
             self._failure_writes -= 1
@@ -330,12 +343,16 @@ class CircuitBreaker(LocalCircuit):
             return
         had_failures = self._failure_count > 0
         by_rate = self.record_success(duration=duration)
+        answered = duration if self._verdict(None, heard) is True else None
+        if answered is not None:
+            sent = self._clock() - answered
+            if self._answered_sent is None or sent > self._answered_sent:
+                self._answered_sent = sent
+            if guard is not None:  # until the store has heard of it (a success on a closed
+                # circuit is not written; the store may be down, or hold a stale streak)
+                self._answer_unheard = sent
         if guard is None:
             return
-        answered = duration if self._verdict(None, heard) is True else None
-        if answered is not None:  # until the store has heard of it (a success on a closed
-            # circuit is not written; the store may be down, or hold a stale streak)
-            self._answer_unheard = self._clock() - answered
         if by_rate:
             # the slow-call rule opened it: tell the fleet (threshold 1 opens at once)
             with contextlib.suppress(StoreError):

@@ -8,6 +8,8 @@ A store holds two things shared by every conversation (job process) of a fleet:
   (``failed_sent``: a later attempt's answer closes an open circuit), when the streak's
   failed attempts were sent (``streak_sent``) and the threshold that opened the circuit
   on them (``streak_opened``: an answer sent inside the streak, told late, breaks it),
+  when the latest answered attempt it heard of was sent (``answered_sent``: a failure
+  sent before it is not "in a row"),
   ``opened_at`` and the half-open probe's lease (``probe`` token and ``probe_until``),
   all times on the store's own clock;
 * the durable outbox: CRM writes (an id and a JSON payload) with a claim lease, so two
@@ -135,12 +137,16 @@ def rule_failure(
 ) -> Mutation[bool]:
     """A counted failed attempt while closed, sent ``sent_ago`` seconds before now;
     result: this failure opened the circuit. It starts a new streak when the last one
-    paused longer than ``streak_window``. The store keeps when the latest failed attempt
-    was sent (``failed_sent``), on its own clock, for :func:`rule_success`."""
+    paused longer than ``streak_window``; one sent before an answered attempt the store
+    heard of is not in a row (threshold 1, the rate rule's "open now", aside). The store
+    keeps when the latest failed attempt was sent (``failed_sent``), on its own clock,
+    for :func:`rule_success`."""
 
     def apply(rec: Record, now: float) -> tuple[bool, bool]:
         if rec["state"] != "closed":
             return False, False
+        if threshold > 1 and now - sent_ago < float(rec.get("answered_sent", float("-inf"))):
+            return False, False  # sent before an answer that came already: not in a row
         failures = 0 if _streak_over(rec, now, streak_window) else int(rec["failures"])
         kept = _streak_sent(rec, failures) or []
         rec["failures"] = failures + 1
@@ -169,19 +175,23 @@ def rule_success(sent_ago: float | None = None) -> Mutation[bool]:
     Result: whether it closed an open circuit."""
 
     def apply(rec: Record, now: float) -> tuple[bool, bool]:
+        answered = False
+        if sent_ago is not None and now - sent_ago > float(rec.get("answered_sent", 0.0)):
+            rec["answered_sent"] = now - sent_ago
+            answered = True
         if rec["state"] == "closed":
             failures = int(rec["failures"])
             if failures == 0:
-                return False, False
+                return False, answered
             streak = _streak_sent(rec, failures) if sent_ago is not None else None
             sent = now - (sent_ago or 0.0)
             after = [] if streak is None else [t for t in streak if t > sent]
-            if len(after) == failures:
-                return False, False  # every failure was sent after this answer's attempt
+            if len(after) == failures:  # every failure was sent after this answer's attempt
+                return False, answered
             rec.update(failures=len(after), streak_sent=after)
             return False, True
         if rec["state"] != "open" or sent_ago is None or "failed_sent" not in rec:
-            return False, False
+            return False, answered
         sent = now - sent_ago
         if sent > float(rec["failed_sent"]):
             rec.update(state="closed", failures=0, opened_at=0.0, probe="", probe_until=0.0)
@@ -192,10 +202,10 @@ def rule_success(sent_ago: float | None = None) -> Mutation[bool]:
         threshold = int(rec.get("streak_opened") or 0)
         streak = _streak_sent(rec, int(rec["failures"])) if threshold else None
         if streak is None:
-            return False, False
+            return False, answered
         after = [t for t in streak if t > sent]
         if len(after) >= threshold:  # still that many in a row after the answer
-            return False, False
+            return False, answered
         rec.update(state="closed", opened_at=0.0, probe="", probe_until=0.0)
         rec.update(failures=len(after), streak_sent=after, streak_opened=0)
         return True, True
