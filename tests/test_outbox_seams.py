@@ -363,3 +363,74 @@ async def test_a_kept_write_a_drain_sent_from_the_store_is_not_sent_again_from_t
         await job.services.aclose()
         await drain.services.aclose()
         await store.aclose()
+
+
+async def test_a_queued_write_whose_slow_put_committed_is_never_sent_twice(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """(simulate --seed 31, example 4592) A write queued for later: its put commits but
+    the guard gives up, so the job keeps its own copy and sends it at its flush (the
+    store slow again), and the done after it is lost to the cool-down. The stored copy is
+    kept marked "look it up first": the drain that claims it finds it in the CRM."""
+    clock = Clock()
+    store = SqliteStore(tmp_path / "slow.db", clock=clock)
+    await store.outbox_list()
+    guard = StoreGuard(_CommitsThenTimesOut(store, slow_puts=2))  # type: ignore[arg-type]
+    job = await outbox_on(sandbox, guard)
+    drain = await outbox_on(sandbox, StoreGuard(store))
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    try:
+        await job.queue(write)  # committed, yet kept in the job too
+        assert job.pending and len(await store.outbox_list()) == 1
+        guard._down_until = 0.0  # skip the cool-down
+        await job.flush()  # a slow put again: the job's own copy goes
+        assert len(sandbox.salesforce.tasks) == 1
+        assert len(await store.outbox_list()) == 1  # its done was lost to the cool-down
+        clock.now += 200.0
+        assert await drain.flush() == 0  # looked up, found: not sent again
+        assert len(sandbox.salesforce.tasks) == 1
+    finally:
+        await job.services.aclose()
+        await drain.services.aclose()
+        await store.aclose()
+
+
+class _ClaimCommitsThenTimesOut(_CommitsThenTimesOut):
+    async def outbox_put_claimed(self, item_id: str, payload: str, lease: float) -> str | None:
+        held = await self.inner.outbox_put_claimed(item_id, payload, lease)
+        if self.slow_puts:
+            self.slow_puts -= 1
+            raise TimeoutError
+        return held
+
+
+async def test_a_job_copy_whose_slow_claim_committed_is_looked_up_before_every_send(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """(simulate --seed 57, example 6666) A write's claimed put commits but the guard
+    gives up: the job sends its own copy, the CRM refuses it (certainly not applied), and
+    a drain elsewhere later sends the stored copy. The job's next flush, the store down,
+    looks its copy up again before sending, and finds it."""
+    clock = Clock()
+    store = SqliteStore(tmp_path / "slow.db", clock=clock)
+    await store.outbox_list()
+    faulty = _ClaimCommitsThenTimesOut(store)
+    guard = StoreGuard(faulty)  # type: ignore[arg-type]
+    job = await outbox_on(sandbox, guard)
+    drain = await outbox_on(sandbox, StoreGuard(store))
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    sandbox.salesforce.inject("*/Task", FaultKind.SERVICE_UNAVAILABLE, count=1)
+    try:
+        assert await job.send(write) == "queued"  # stored (slow), the job's copy refused
+        assert not sandbox.salesforce.tasks and job.pending
+        clock.now += 200.0  # the stored copy's claim lease is over
+        assert await drain.flush() == 0
+        assert len(sandbox.salesforce.tasks) == 1
+        job.pending[0].next_at = 0.0
+        await job._flush_local(due_only=False)  # the store out of reach: from memory
+        assert len(sandbox.salesforce.tasks) == 1  # looked up, found: not sent again
+        assert not job.pending
+    finally:
+        await job.services.aclose()
+        await drain.services.aclose()
+        await store.aclose()

@@ -98,6 +98,8 @@ class Outbox:
         self._clock = clock
         self._service_timeout = service_timeout
         self._flush_lock = asyncio.Lock()
+        # writes whose store put failed (it may have committed all the same)
+        self._maybe_stored: set[str] = set()
         self._background: set[asyncio.Task[int]] = set()
 
     # -- the conversation's write ---------------------------------------------------------
@@ -129,6 +131,7 @@ class Outbox:
                 )
             except StoreError:
                 logger.warning("Outbox store unavailable; the write is kept in this job only")
+                self._maybe_stored.add(write.write_id)
             else:
                 self._kept.add(write.write_id)
                 if held is None:
@@ -247,10 +250,15 @@ class Outbox:
         if not write.created_at:
             write.created_at = self._wall()
         if self.store is not None:
+            # Stored marked "look it up first": a put that commits while the guard gives
+            # up leaves this job a copy it may send too, so the stored one never goes
+            # blind (issue #24)
+            stored = write if write.verify else write.replace(verify=True, sent_at=self._wall())
             try:
-                await self._store_op(lambda st: st.outbox_put(write.write_id, write.to_json()))
+                await self._store_op(lambda st: st.outbox_put(write.write_id, stored.to_json()))
             except StoreError:
                 logger.warning("Outbox store unavailable; the write waits in this job only")
+                self._maybe_stored.add(write.write_id)
             else:
                 self._kept.add(write.write_id)
                 return
@@ -263,6 +271,10 @@ class Outbox:
         """Send a write kept in :attr:`pending`: taking it out is its claim."""
         at = next(i for i, w in enumerate(self.pending) if w is write)
         del self.pending[at]
+        if write.write_id in self._maybe_stored:
+            # its put may have committed while the guard gave up: a drain may have sent
+            # that copy, so this one is looked for in the CRM first, every time (issue #24)
+            write.verify = True
         try:
             outcome = await self._attempt(write, deadline_at)
         except BaseException:
