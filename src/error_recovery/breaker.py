@@ -101,13 +101,13 @@ class CircuitBreaker(LocalCircuit):
         # A success the store did not hear (it was down or cooling down): the fleet's
         # count may still hold the failures this success ended (issue #24).
         self._success_unsent = False
-        # When the latest vendor-answered attempt the store has not heard of was sent (this
-        # process's clock): told on the next contact, it ends the fleet's streak of
-        # failures sent before it, and closes a circuit they opened (issue #24).
-        self._answer_unheard: float | None = None
-        # When the latest answered attempt was sent: a failed attempt sent before it
-        # (a slow failure that ended after a quick answer) is not "in a row" (issue #24)
+        # When the latest answered attempt was sent (this process's clock): a failed
+        # attempt sent before it (a slow failure that ended after a quick answer) is not
+        # "in a row"; while the store has not heard of it (``_answer_untold``), it is told
+        # on the next contact, ends the fleet's streak of failures sent before it and
+        # closes a circuit they opened (issue #24).
         self._answered_sent: float | None = None
+        self._answer_untold = False
         # Failures on their way to the store: a success of a concurrent call waits for
         # them, so the store sees the two in the order they happened (issue #24).
         self._failure_writes = 0
@@ -152,7 +152,7 @@ class CircuitBreaker(LocalCircuit):
                 await self._send_success(guard)
                 view = replace(view, failures=0)
             if view.state != "open" and not view.failures:
-                self._answer_unheard = None  # nothing it could change
+                self._answer_untold = False  # nothing it could change
             elif await self._tell_answer(guard):
                 view = await self._read(guard)  # what is left of the streak
         except StoreError:
@@ -167,12 +167,12 @@ class CircuitBreaker(LocalCircuit):
         store keeps only the later ones, and closes a circuit they no longer hold open
         (the store down, or not yet read, when the answer came; issue #24). Whether
         there was one to tell."""
-        answered = self._answer_unheard
-        if answered is None:
+        answered = self._answered_sent
+        if not self._answer_untold or answered is None:
             return False
         await self._send_success(guard, self._clock() - answered)
-        if self._answer_unheard == answered:
-            self._answer_unheard = None
+        if self._answered_sent == answered:  # (no later answer came meanwhile)
+            self._answer_untold = False
         return True
 
     async def _read(self, guard: StoreGuard) -> BreakerView:
@@ -344,13 +344,13 @@ class CircuitBreaker(LocalCircuit):
         had_failures = self._failure_count > 0
         by_rate = self.record_success(duration=duration)
         answered = duration if self._verdict(None, heard) is True else None
-        if answered is not None:
-            sent = self._clock() - answered
+        sent = None if answered is None else self._clock() - answered
+        if sent is not None:
             if self._answered_sent is None or sent > self._answered_sent:
                 self._answered_sent = sent
-            if guard is not None:  # until the store has heard of it (a success on a closed
-                # circuit is not written; the store may be down, or hold a stale streak)
-                self._answer_unheard = sent
+            # untold until the store hears of it (a success on a closed circuit is not
+            # written; the store may be down, or hold a stale streak)
+            self._answer_untold = guard is not None
         if guard is None:
             return
         if by_rate:
@@ -372,8 +372,8 @@ class CircuitBreaker(LocalCircuit):
                 if cooling and not self._background:
                     self._send_success_soon(guard)
                 return
-            if answered is not None:
-                self._answer_unheard = None  # heard (the latest answer: it says the most)
+            if sent is not None and sent == self._answered_sent:
+                self._answer_untold = False  # heard: the latest answer, it says the most
             if closed:
                 # the fleet opened it while this success was on its way, on failures
                 # sent before this answer's attempt: the vendor works (issue #24)
