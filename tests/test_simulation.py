@@ -221,6 +221,19 @@ async def test_a_circuit_a_job_opened_alone_with_the_store_down_is_honest(tmp_pa
         await world.end_all()
 
 
+async def _fleet_opens_then_job_1_is_answered_with_the_store_down(world: World) -> None:
+    """Three jobs' hangs open the fleet's Salesforce circuit (the last in job 0); the
+    store goes down; job 1, which never saw the opening, gets Salesforce's answer."""
+    for person in range(3):
+        world.start(person)
+    for job in (1, 2, 0):
+        await world.reply(job, [("account", None)], {"salesforce": [Outcome.HANG]})
+    assert world.jobs[0].agent.circuit_breakers["salesforce"].state is CircuitState.OPEN
+    await world.store_event("down")
+    world.jump(3.0)  # past the guard's cool-down
+    await world.reply(1, [("account", None)], {})
+
+
 async def test_an_answer_heard_while_the_store_was_down_is_told_to_it(tmp_path: Path) -> None:
     # Issue #24 (a gap next to simulate --seed 31): three jobs' hangs open the fleet's
     # Salesforce circuit; the store goes down; job 1 (which never saw the opening) gets
@@ -229,14 +242,7 @@ async def test_an_answer_heard_while_the_store_was_down_is_told_to_it(tmp_path: 
     # it heard, sent after the fleet's failures, closes the circuit when it is told.
     world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
     try:
-        for person in range(3):
-            world.start(person)
-        for job in (1, 2, 0):
-            await world.reply(job, [("account", None)], {"salesforce": [Outcome.HANG]})
-        assert world.jobs[0].agent.circuit_breakers["salesforce"].state is CircuitState.OPEN
-        await world.store_event("down")
-        world.jump(3.0)  # past the guard's cool-down
-        await world.reply(1, [("account", None)], {})
+        await _fleet_opens_then_job_1_is_answered_with_the_store_down(world)
         await world.store_event("up")
         world.jump(3.0)
         world.begin_step()
@@ -259,13 +265,7 @@ async def test_a_fleet_circuit_kept_open_while_the_store_is_down_is_honest(
     # three attempts, refuses for the recovery timeout, as the spec's breaker does alone.
     world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
     try:
-        for person in range(3):
-            world.start(person)
-        for job in (1, 2, 0):
-            await world.reply(job, [("account", None)], {"salesforce": [Outcome.HANG]})
-        await world.store_event("down")
-        world.jump(3.0)
-        await world.reply(1, [("account", None)], {})
+        await _fleet_opens_then_job_1_is_answered_with_the_store_down(world)
         world.begin_step()
         await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
         (heard,) = world.heard
@@ -287,13 +287,7 @@ async def test_a_fleet_circuit_kept_open_until_an_unheard_answer_is_told_is_hone
     # the store, job 0 hears it and Salesforce answers.
     world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
     try:
-        for person in range(3):
-            world.start(person)
-        for job in (1, 2, 0):
-            await world.reply(job, [("account", None)], {"salesforce": [Outcome.HANG]})
-        await world.store_event("down")
-        world.jump(3.0)
-        await world.reply(1, [("account", None)], {})
+        await _fleet_opens_then_job_1_is_answered_with_the_store_down(world)
         await world.store_event("up")
         world.jump(3.0)
         world.begin_step()
