@@ -12,9 +12,11 @@ Real stores (a SQLite file, a redis-server), a real sandbox CRM over HTTP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -308,6 +310,27 @@ class _CommitsThenTimesOut:
             raise TimeoutError
 
 
+@contextlib.asynccontextmanager
+async def job_and_drain(
+    sandbox: Sandbox, tmp_path: Path, store_of: Callable[[SqliteStore], object]
+) -> AsyncIterator[tuple[Clock, SqliteStore, StoreGuard, Outbox, Outbox, PendingWrite]]:
+    """A job's outbox on a store with a fault (``store_of``), a drain elsewhere on the
+    same store, and one Salesforce write; everything closed after."""
+    clock = Clock()
+    store = SqliteStore(tmp_path / "slow.db", clock=clock)
+    await store.outbox_list()
+    guard = StoreGuard(store_of(store))  # type: ignore[arg-type]
+    job = await outbox_on(sandbox, guard)
+    drain = await outbox_on(sandbox, StoreGuard(store))
+    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
+    try:
+        yield clock, store, guard, job, drain, write
+    finally:
+        await job.services.aclose()
+        await drain.services.aclose()
+        await store.aclose()
+
+
 # -- issue 24 (found by the fleet simulation): the same, for a write kept in the job -----
 async def test_a_kept_write_whose_slow_put_committed_is_never_sent_twice(
     sandbox: Sandbox, tmp_path: Path
@@ -343,15 +366,9 @@ async def test_a_kept_write_a_drain_sent_from_the_store_is_not_sent_again_from_t
     """The same slow put, the write not yet due in the job: a drain elsewhere sends the
     stored copy; the job's next flush meets a slow put again and sends its own copy,
     which is marked too, so it is looked up and found instead of going out twice."""
-    clock = Clock()
-    store = SqliteStore(tmp_path / "slow.db", clock=clock)
-    await store.outbox_list()
-    guard = StoreGuard(_CommitsThenTimesOut(store, slow_puts=2))  # type: ignore[arg-type]
-    job = await outbox_on(sandbox, guard)
-    drain = await outbox_on(sandbox, StoreGuard(store))
-    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
-    job.pending.append(write.replace(next_at=clock.now + 3600.0))  # backing off here
-    try:
+    slow = functools.partial(_CommitsThenTimesOut, slow_puts=2)
+    async with job_and_drain(sandbox, tmp_path, slow) as (clock, _, guard, job, drain, write):
+        job.pending.append(write.replace(next_at=clock.now + 3600.0))  # backing off here
         await job.flush(due_only=True)  # stored (slow put), not yet due in the job
         assert not sandbox.salesforce.tasks
         assert await drain.flush() == 0  # another process sends the stored copy
@@ -359,10 +376,6 @@ async def test_a_kept_write_a_drain_sent_from_the_store_is_not_sent_again_from_t
         guard._down_until = 0.0  # skip the cool-down
         await job.flush()  # a slow put again: the job's own copy goes, looked up first
         assert len(sandbox.salesforce.tasks) == 1
-    finally:
-        await job.services.aclose()
-        await drain.services.aclose()
-        await store.aclose()
 
 
 async def test_a_queued_write_whose_slow_put_committed_is_never_sent_twice(
@@ -372,14 +385,8 @@ async def test_a_queued_write_whose_slow_put_committed_is_never_sent_twice(
     the guard gives up, so the job keeps its own copy and sends it at its flush (the
     store slow again), and the done after it is lost to the cool-down. The stored copy is
     kept marked "look it up first": the drain that claims it finds it in the CRM."""
-    clock = Clock()
-    store = SqliteStore(tmp_path / "slow.db", clock=clock)
-    await store.outbox_list()
-    guard = StoreGuard(_CommitsThenTimesOut(store, slow_puts=2))  # type: ignore[arg-type]
-    job = await outbox_on(sandbox, guard)
-    drain = await outbox_on(sandbox, StoreGuard(store))
-    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
-    try:
+    slow = functools.partial(_CommitsThenTimesOut, slow_puts=2)
+    async with job_and_drain(sandbox, tmp_path, slow) as (clock, store, guard, job, drain, write):
         await job.queue(write)  # committed, yet kept in the job too
         assert job.pending and len(await store.outbox_list()) == 1
         guard._down_until = 0.0  # skip the cool-down
@@ -389,10 +396,6 @@ async def test_a_queued_write_whose_slow_put_committed_is_never_sent_twice(
         clock.now += 200.0
         assert await drain.flush() == 0  # looked up, found: not sent again
         assert len(sandbox.salesforce.tasks) == 1
-    finally:
-        await job.services.aclose()
-        await drain.services.aclose()
-        await store.aclose()
 
 
 class _ClaimCommitsThenTimesOut(_CommitsThenTimesOut):
@@ -411,16 +414,15 @@ async def test_a_job_copy_whose_slow_claim_committed_is_looked_up_before_every_s
     gives up: the job sends its own copy, the CRM refuses it (certainly not applied), and
     a drain elsewhere later sends the stored copy. The job's next flush, the store down,
     looks its copy up again before sending, and finds it."""
-    clock = Clock()
-    store = SqliteStore(tmp_path / "slow.db", clock=clock)
-    await store.outbox_list()
-    faulty = _ClaimCommitsThenTimesOut(store)
-    guard = StoreGuard(faulty)  # type: ignore[arg-type]
-    job = await outbox_on(sandbox, guard)
-    drain = await outbox_on(sandbox, StoreGuard(store))
-    write = PendingWrite("salesforce", salesforce_id(sandbox), "Summary", "note")
     sandbox.salesforce.inject("*/Task", FaultKind.SERVICE_UNAVAILABLE, count=1)
-    try:
+    async with job_and_drain(sandbox, tmp_path, _ClaimCommitsThenTimesOut) as (
+        clock,
+        _,
+        _,
+        job,
+        drain,
+        write,
+    ):
         assert await job.send(write) == "queued"  # stored (slow), the job's copy refused
         assert not sandbox.salesforce.tasks and job.pending
         clock.now += 200.0  # the stored copy's claim lease is over
@@ -430,7 +432,3 @@ async def test_a_job_copy_whose_slow_claim_committed_is_looked_up_before_every_s
         await job._flush_local(due_only=False)  # the store out of reach: from memory
         assert len(sandbox.salesforce.tasks) == 1  # looked up, found: not sent again
         assert not job.pending
-    finally:
-        await job.services.aclose()
-        await drain.services.aclose()
-        await store.aclose()
