@@ -13,7 +13,7 @@ when that is fixed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from src.drill.simulation.vendors import (
     last_attempts_failed,
     rate_rule_honest,
 )
-from src.drill.simulation.world import World
+from src.drill.simulation.world import Heard, World
 from src.error_recovery import CircuitState
 from src.phrases import ACCOUNT_FALLBACK
 from tests.fleet_helpers import RedisServer
@@ -54,6 +54,25 @@ def quiet_logs() -> Iterator[None]:
     logging.disable(logging.CRITICAL)
     yield
     logging.disable(logging.NOTSET)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    """A fleet over a real SQLite file, its jobs ended after the test."""
+    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
+    try:
+        yield world
+    finally:
+        await world.end_all()
+
+
+async def _ask_for_the_account(world: World, job: int) -> Heard:
+    """One step: job asks for the account while HubSpot wants a 10 s wait, so what the
+    caller hears hangs on Salesforce alone."""
+    world.begin_step()
+    await world.reply(job, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
+    (heard,) = world.heard
+    return heard
 
 
 def _param(name: str) -> object:
@@ -193,32 +212,26 @@ def test_the_rate_rules_honest_reason_is_judged_in_calls_as_felt() -> None:
     assert rate_rule_honest([*retried, *failed], 0, window=20, minimum=2, threshold=0.5)
 
 
-async def test_a_circuit_a_job_opened_alone_with_the_store_down_is_honest(tmp_path: Path) -> None:
+async def test_a_circuit_a_job_opened_alone_with_the_store_down_is_honest(world: World) -> None:
     # The store down: each process judges alone. Job 0 sees Salesforce fail three times
     # and opens its own circuit; job 1 then gets answers (its circuit never saw them
     # fail). Job 0's next lookup is refused by its circuit and HubSpot asks for a 10 s
     # wait: a fallback, honest though the fleet's last Salesforce attempt answered.
-    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
-    try:
-        world.start(0)
-        world.start(1)
-        await world.store_event("down")
-        world.vendor_mode("salesforce", "down")
-        for _ in range(2):
-            await world.reply(0, [("account", None)], {})
-        await world.reply(1, [("account", None)], {"salesforce": [Outcome.OK]})
-        world.vendor_mode("salesforce", "flapping")
-        world.begin_step()
-        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
-        (heard,) = world.heard
-        assert heard.said == ACCOUNT_FALLBACK
-        assert not heard.failed_before["salesforce"]  # the fleet's view: it answered
-        assert oracle_answers(heard.oracle["salesforce"], budget=6.0)
-        assert heard.own_circuit["salesforce"]  # job 0's view: three failed attempts
-        assert not world.vendors["salesforce"].last_failed(job=1)
-        assert INVARIANTS["harm_free"](world) == []
-    finally:
-        await world.end_all()
+    world.start(0)
+    world.start(1)
+    await world.store_event("down")
+    world.vendor_mode("salesforce", "down")
+    for _ in range(2):
+        await world.reply(0, [("account", None)], {})
+    await world.reply(1, [("account", None)], {"salesforce": [Outcome.OK]})
+    world.vendor_mode("salesforce", "flapping")
+    heard = await _ask_for_the_account(world, 0)
+    assert heard.said == ACCOUNT_FALLBACK
+    assert not heard.failed_before["salesforce"]  # the fleet's view: it answered
+    assert oracle_answers(heard.oracle["salesforce"], budget=6.0)
+    assert heard.own_circuit["salesforce"]  # job 0's view: three failed attempts
+    assert not world.vendors["salesforce"].last_failed(job=1)
+    assert INVARIANTS["harm_free"](world) == []
 
 
 async def _fleet_opens_then_job_1_is_answered_with_the_store_down(world: World) -> None:
@@ -234,80 +247,58 @@ async def _fleet_opens_then_job_1_is_answered_with_the_store_down(world: World) 
     await world.reply(1, [("account", None)], {})
 
 
-async def test_an_answer_heard_while_the_store_was_down_is_told_to_it(tmp_path: Path) -> None:
+async def test_an_answer_heard_while_the_store_was_down_is_told_to_it(world: World) -> None:
     # Issue #24 (a gap next to simulate --seed 31): three jobs' hangs open the fleet's
     # Salesforce circuit; the store goes down; job 1 (which never saw the opening) gets
     # Salesforce's answer. The store back, job 1's next lookup read the fleet's stale
     # "open" and was refused, though the vendor's latest attempt answered: the answer
     # it heard, sent after the fleet's failures, closes the circuit when it is told.
-    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
-    try:
-        await _fleet_opens_then_job_1_is_answered_with_the_store_down(world)
-        await world.store_event("up")
-        world.jump(3.0)
-        world.begin_step()
-        await world.reply(1, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
-        (heard,) = world.heard
-        assert heard.said != ACCOUNT_FALLBACK
-        assert INVARIANTS["harm_free"](world) == []
-        breaker = world.jobs[1].agent.circuit_breakers["salesforce"]
-        assert breaker.state is CircuitState.CLOSED
-    finally:
-        await world.end_all()
+    await _fleet_opens_then_job_1_is_answered_with_the_store_down(world)
+    await world.store_event("up")
+    world.jump(3.0)
+    heard = await _ask_for_the_account(world, 1)
+    assert heard.said != ACCOUNT_FALLBACK
+    assert INVARIANTS["harm_free"](world) == []
+    breaker = world.jobs[1].agent.circuit_breakers["salesforce"]
+    assert breaker.state is CircuitState.CLOSED
 
 
-async def test_a_fleet_circuit_kept_open_while_the_store_is_down_is_honest(
-    tmp_path: Path,
-) -> None:
+async def test_a_fleet_circuit_kept_open_while_the_store_is_down_is_honest(world: World) -> None:
     # (simulate --seed 31, example 2053) Three jobs' hangs open the fleet's Salesforce
     # circuit, the last in job 0. The store goes down; job 1 gets Salesforce's answer.
     # Job 0 cannot hear of it: its circuit, opened when the vendor had failed its last
     # three attempts, refuses for the recovery timeout, as the spec's breaker does alone.
-    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
-    try:
-        await _fleet_opens_then_job_1_is_answered_with_the_store_down(world)
-        world.begin_step()
-        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
-        (heard,) = world.heard
-        assert heard.said == ACCOUNT_FALLBACK
-        assert not heard.failed_before["salesforce"]  # the fleet's view: it answered
-        assert not world.vendors["salesforce"].last_failed(job=0)  # one attempt of its own
-        assert heard.own_circuit["salesforce"]  # opened honestly, and deaf since
-        assert INVARIANTS["harm_free"](world) == []
-    finally:
-        await world.end_all()
+    await _fleet_opens_then_job_1_is_answered_with_the_store_down(world)
+    heard = await _ask_for_the_account(world, 0)
+    assert heard.said == ACCOUNT_FALLBACK
+    assert not heard.failed_before["salesforce"]  # the fleet's view: it answered
+    assert not world.vendors["salesforce"].last_failed(job=0)  # one attempt of its own
+    assert heard.own_circuit["salesforce"]  # opened honestly, and deaf since
+    assert INVARIANTS["harm_free"](world) == []
 
 
 async def test_a_fleet_circuit_kept_open_until_an_unheard_answer_is_told_is_honest(
-    tmp_path: Path,
+    world: World,
 ) -> None:
     # The store back, job 0 reads the fleet's "open" before job 1 (which got Salesforce's
     # answer while the store was down) could tell it: the fleet does not know of that
     # answer yet, and job 0's refusal is the breaker's honest one. Once job 1 has told
     # the store, job 0 hears it and Salesforce answers.
-    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
-    try:
-        await _fleet_opens_then_job_1_is_answered_with_the_store_down(world)
-        await world.store_event("up")
-        world.jump(3.0)
-        world.begin_step()
-        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
-        (heard,) = world.heard
-        assert heard.said == ACCOUNT_FALLBACK
-        assert heard.own_circuit["salesforce"]  # job 1's answer is not told yet
-        assert INVARIANTS["harm_free"](world) == []
-        await world.reply(1, [("account", None)], {})  # job 1 tells the store
-        world.jump(1.0)
-        world.begin_step()
-        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
-        (heard,) = world.heard
-        assert heard.said != ACCOUNT_FALLBACK
-    finally:
-        await world.end_all()
+    await _fleet_opens_then_job_1_is_answered_with_the_store_down(world)
+    await world.store_event("up")
+    world.jump(3.0)
+    heard = await _ask_for_the_account(world, 0)
+    assert heard.said == ACCOUNT_FALLBACK
+    assert heard.own_circuit["salesforce"]  # job 1's answer is not told yet
+    assert INVARIANTS["harm_free"](world) == []
+    await world.reply(1, [("account", None)], {})  # job 1 tells the store
+    world.jump(1.0)
+    heard = await _ask_for_the_account(world, 0)
+    assert heard.said != ACCOUNT_FALLBACK
 
 
 async def test_a_streak_the_store_kept_across_an_answer_it_missed_is_broken_once_told(
-    tmp_path: Path,
+    world: World,
 ) -> None:
     # (simulate --seed 57, example 296) Job 1's Salesforce request failed; then, the store
     # down, Salesforce answered job 1. Back, the store still held that failure, and job
@@ -315,38 +306,30 @@ async def test_a_streak_the_store_kept_across_an_answer_it_missed_is_broken_once
     # vendor had answered in between. Until job 1 tells the store, nobody can know: job
     # 0's refusal is honest. Job 1's next contact tells it, the streak is broken (the
     # two failures after the answer are the streak now) and the circuit closes.
-    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
-    try:
-        for person in range(2):
-            world.start(person)
-        await world.reply(1, [("account", None)], {"salesforce": [Outcome.HANG]})
-        await world.store_event("down")
-        world.jump(3.0)
-        await world.reply(1, [("account", None)], {})
-        await world.store_event("up")
-        world.jump(3.0)
-        for _ in range(2):
-            await world.reply(0, [("account", None)], {"salesforce": [Outcome.HANG]})
-        assert world.jobs[0].agent.circuit_breakers["salesforce"].state is CircuitState.OPEN
-        world.begin_step()
-        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
-        (heard,) = world.heard
-        assert heard.said == ACCOUNT_FALLBACK
-        assert not heard.failed_before["salesforce"]  # the vendor answered in between
-        assert heard.own_circuit["salesforce"]  # as far as the fleet could know
-        assert INVARIANTS["harm_free"](world) == []
-        await world.reply(1, [("account", None)], {})  # job 1 tells the store
-        store = adapter.open_sim_store(world.store_url, world.clock)
-        view = await store.breaker_view("salesforce", 30.0)
-        await store.aclose()
-        assert view.state == "closed"  # (and job 1's new answer ended the streak)
-        world.jump(1.0)
-        world.begin_step()
-        await world.reply(0, [("account", None)], {"hubspot": [Outcome.RATE_LIMITED_LONG]})
-        (heard,) = world.heard
-        assert heard.said != ACCOUNT_FALLBACK
-    finally:
-        await world.end_all()
+    for person in range(2):
+        world.start(person)
+    await world.reply(1, [("account", None)], {"salesforce": [Outcome.HANG]})
+    await world.store_event("down")
+    world.jump(3.0)
+    await world.reply(1, [("account", None)], {})
+    await world.store_event("up")
+    world.jump(3.0)
+    for _ in range(2):
+        await world.reply(0, [("account", None)], {"salesforce": [Outcome.HANG]})
+    assert world.jobs[0].agent.circuit_breakers["salesforce"].state is CircuitState.OPEN
+    heard = await _ask_for_the_account(world, 0)
+    assert heard.said == ACCOUNT_FALLBACK
+    assert not heard.failed_before["salesforce"]  # the vendor answered in between
+    assert heard.own_circuit["salesforce"]  # as far as the fleet could know
+    assert INVARIANTS["harm_free"](world) == []
+    await world.reply(1, [("account", None)], {})  # job 1 tells the store
+    store = adapter.open_sim_store(world.store_url, world.clock)
+    view = await store.breaker_view("salesforce", 30.0)
+    await store.aclose()
+    assert view.state == "closed"  # (and job 1's new answer ended the streak)
+    world.jump(1.0)
+    heard = await _ask_for_the_account(world, 0)
+    assert heard.said != ACCOUNT_FALLBACK
 
 
 def test_the_oracle_keeps_to_the_budget() -> None:
@@ -491,21 +474,16 @@ def _scenario(key: str) -> object:
 
 
 @pytest.mark.parametrize("key", [_scenario(k) for k in SCENARIOS])
-async def test_each_seam_defect_is_caught_by_its_invariant(key: str, tmp_path: Path) -> None:
-    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
-    try:
-        await SCENARIOS[key](world)
-        invariant = key.split("/")[0]
-        assert INVARIANTS[invariant](world) == []
-    finally:
-        await world.end_all()
+async def test_each_seam_defect_is_caught_by_its_invariant(key: str, world: World) -> None:
+    await SCENARIOS[key](world)
+    invariant = key.split("/")[0]
+    assert INVARIANTS[invariant](world) == []
 
 
-async def test_only_a_half_open_circuit_closing_is_judged_for_its_probe(tmp_path: Path) -> None:
+async def test_only_a_half_open_circuit_closing_is_judged_for_its_probe(world: World) -> None:
     # A probe failed (half-open -> open); later the circuit adopts the fleet's closed
     # view (the store back): no probe closed it. A half-open circuit that closes with
     # no answer since it became half-open is a violation.
-    world = World(f"sqlite:///{tmp_path / 'fleet.db'}")
     key = world.start(2)
     job = world.jobs[key]
     world.vendors["hubspot"].journal.append(Request("hubspot", "find", Outcome.E503, 0.0))
@@ -522,4 +500,3 @@ async def test_only_a_half_open_circuit_closing_is_judged_for_its_probe(tmp_path
     assert INVARIANTS["probes_end_honestly"](world) == [
         "hubspot: a half-open circuit closed without a vendor answer"
     ]
-    await world.end_all()
