@@ -93,10 +93,9 @@ class ToolRuntime(ErrorRecoveryMixin):
         turn's budget, and the turn's one filler sentence (default: the tool's declared
         one) if the caller would otherwise wait in silence. A tool declared with a
         ``fallback`` whose vendors' circuits are all open answers it first."""
-        if filler is None:
-            declaration = declaration_of(tool_name)
-            filler = declaration.filler if declaration is not None else FILLER
         declaration = declaration_of(tool_name)
+        if filler is None:
+            filler = declaration.filler if declaration is not None else FILLER
         if declaration is not None and declaration.fallback is not None:
             await self.refresh_open_circuits(declaration.vendors())
         fallback = self.refused_by_open_circuits(tool_name)
